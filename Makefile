@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both build .venv idempotently.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mrisr-installed
+TORCH_PIN := torch==2.13.0
+
+.PHONY: demo test lint venv clean
+
+venv: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch is pinned only when none is importable, so a user's own (GPU) build is kept.
+$(STAMP): pyproject.toml | $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mrisr demo --out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mrisr tests examples benchmarks
+	$(VENV)/bin/ruff format --check mrisr tests examples benchmarks
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) demo-out

@@ -1,0 +1,87 @@
+"""The ``mrisr`` command line: a thin Typer layer over the library.
+
+Each command lives in its own module under :mod:`mrisr.cli` and only parses options and calls the
+library; heavy packages (torch, MONAI, SimpleITK) are imported inside the commands so that
+``mrisr --help`` answers at once.
+
+Exit codes: 0 all studies fine; 1 some studies failed (the others were processed); 2 usage error;
+3 interrupted by SIGTERM/SIGINT (a preemption) after the current study was finished or abandoned.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import typer
+
+from mrisr import __version__
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 3
+
+app = typer.Typer(
+    name="mrisr",
+    help="Super-resolution of MRI studies (NIfTI and DICOM) with SRCNN.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class _State:
+    debug: bool = False
+
+
+state = _State()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mrisr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Super-resolution of MRI studies (NIfTI and DICOM) with SRCNN."""
+    state.debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print one error line to stderr and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _register() -> None:
+    from mrisr.cli import info  # noqa: F401
+
+
+_register()
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``args`` (default ``sys.argv[1:]``) and return the exit code."""
+    try:
+        app(args=list(args) if args is not None else None, prog_name="mrisr", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return int(code) if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Exception hierarchy of mrisr.
+
+Every error raised for a user's input names the offending path, so that the CLI can print one line
+per failed study (``path: reason``) and carry on with the rest of a batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MrisrError(Exception):
+    """Base class of all mrisr errors.
+
+    Args:
+        path: The file or folder the error is about (``None`` when it is about no file).
+        reason: A short human-readable reason, one line.
+    """
+
+    def __init__(self, path: str | Path | None, reason: str) -> None:
+        self.path = None if path is None else Path(path)
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{self.path}: {self.reason}" if self.path is not None else self.reason)
+
+
+class UnreadableFileError(MrisrError):
+    """A file exists but cannot be read or decoded (truncated, corrupt, wrong format, no permission)."""
+
+
+class UnsupportedDataError(MrisrError):
+    """The file is readable but holds data mrisr does not process (non-image DICOM, 5D, RGB, NaN ...)."""
+
+
+class InconsistentGeometryError(MrisrError):
+    """A series whose slices do not form one regular grid (missing slice, uneven spacing, mixed orientation)."""
+
+
+class CheckpointError(MrisrError):
+    """A checkpoint file that is corrupt, truncated, foreign, or incompatible with the request."""
+
+
+class OutputExistsError(MrisrError):
+    """An output exists and ``overwrite`` was not requested."""

@@ -1,0 +1,132 @@
+"""Grid geometry: affines of refined and coarsened grids, voxel spacing, world coordinates.
+
+All affines are 4×4 matrices that map voxel indices ``(i, j, k, 1)`` to RAS world coordinates in mm
+(see :mod:`mrisr.io` for the volume contract). Indices refer to voxel *centres*.
+
+Refining a grid by an integer factor ``f`` along an axis keeps the field of view: the ``f`` new voxels
+tile the old one exactly, so new voxel ``i`` has its centre at old (fractional) index
+
+    ``(i + 0.5) / f - 0.5``
+
+which is the convention of ``torch.nn.functional.interpolate(..., align_corners=False)``, of
+antialiased downsampling by block averaging, and of ``docs/geometry.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+Factors = tuple[int, int, int]
+
+
+def as_factors(scale: int | Sequence[int]) -> Factors:
+    """Normalise a scale to three positive integer factors (one per voxel axis).
+
+    Args:
+        scale: One integer for an in-plane scale of axes 0 and 1 (``4`` means ``(4, 4, 1)``), or three.
+
+    Returns:
+        A tuple ``(f0, f1, f2)``.
+
+    Raises:
+        ValueError: If a factor is not a positive integer or the count is not 1 or 3.
+    """
+    if isinstance(scale, (int, np.integer)):
+        factors = (int(scale), int(scale), 1)
+    else:
+        vals = [int(s) for s in scale]
+        if len(vals) == 1:
+            factors = (vals[0], vals[0], 1)
+        elif len(vals) == 3:
+            factors = (vals[0], vals[1], vals[2])
+        else:
+            raise ValueError(f"scale needs 1 or 3 factors, got {len(vals)}")
+    if any(f < 1 for f in factors):
+        raise ValueError(f"scale factors must be positive integers, got {factors}")
+    return factors
+
+
+def parse_scale(text: str) -> Factors:
+    """Parse ``"4"`` or ``"4,4,1"`` (as given on the command line) into three factors."""
+    try:
+        parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    except ValueError as exc:
+        raise ValueError(f"scale must be an integer or three comma-separated integers, got {text!r}") from exc
+    return as_factors(parts[0] if len(parts) == 1 else parts)
+
+
+def refine_affine(affine: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Affine of the grid refined by integer ``factors`` per axis, with the field of view kept.
+
+    Args:
+        affine: 4×4 voxel-to-world affine of the coarse grid.
+        factors: Integer refinement per voxel axis (``len == 3``).
+
+    Returns:
+        The 4×4 affine of the fine grid: fine voxel ``i`` lies at coarse index ``(i + 0.5) / f - 0.5``.
+    """
+    f = np.asarray(factors, dtype=np.float64)
+    step = np.eye(4)
+    step[:3, :3] = np.diag(1.0 / f)
+    step[:3, 3] = 0.5 / f - 0.5
+    return np.asarray(affine, dtype=np.float64) @ step
+
+
+def coarsen_affine(affine: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Affine of the grid coarsened by integer ``factors`` (inverse of :func:`refine_affine`).
+
+    Coarse voxel ``i`` covers fine voxels ``f*i ... f*i + f - 1``; its centre is at fine index
+    ``f * i + (f - 1) / 2``.
+    """
+    f = np.asarray(factors, dtype=np.float64)
+    step = np.eye(4)
+    step[:3, :3] = np.diag(f)
+    step[:3, 3] = (f - 1.0) / 2.0
+    return np.asarray(affine, dtype=np.float64) @ step
+
+
+def refined_shape(shape: Sequence[int], factors: Sequence[int]) -> tuple[int, ...]:
+    """Shape of the refined grid: the first three axes multiplied by their factors, the rest kept."""
+    return tuple(int(n) * int(f) for n, f in zip(shape[:3], factors, strict=True)) + tuple(shape[3:])
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each voxel axis (norm of the affine's columns)."""
+    cols = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return tuple(float(v) for v in np.sqrt((cols**2).sum(axis=0)))  # type: ignore[return-value]
+
+
+def voxel_to_world(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
+    """World coordinates (mm, RAS) of voxel indices.
+
+    Args:
+        affine: 4×4 voxel-to-world affine.
+        ijk: Indices, shape ``(..., 3)``.
+
+    Returns:
+        Coordinates, shape ``(..., 3)``.
+    """
+    pts = np.asarray(ijk, dtype=np.float64)
+    a = np.asarray(affine, dtype=np.float64)
+    return pts @ a[:3, :3].T + a[:3, 3]
+
+
+def corner_world(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """World coordinates of the 8 corner voxel *centres* of a grid, shape ``(8, 3)``."""
+    n = [int(s) - 1 for s in shape[:3]]
+    corners = np.array([[i, j, k] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])], dtype=float)
+    return voxel_to_world(affine, corners)
+
+
+def fov_corner_world(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """World coordinates of the 8 outer corners of the field of view (voxel edges), shape ``(8, 3)``.
+
+    Refining a grid with :func:`refine_affine` keeps these exactly.
+    """
+    n = [int(s) - 0.5 for s in shape[:3]]
+    corners = np.array(
+        [[i, j, k] for i in (-0.5, n[0]) for j in (-0.5, n[1]) for k in (-0.5, n[2])], dtype=float
+    )
+    return voxel_to_world(affine, corners)

@@ -1,0 +1,126 @@
+"""Reading and writing volumes: the one volume contract of mrisr.
+
+The volume contract
+-------------------
+Every reader returns, and every writer takes, a :class:`Volume`:
+
+``data``
+    A NumPy array in the *voxel index order of the file* — axes ``(i, j, k)`` for a 3D volume, or
+    ``(i, j, k, t)`` for a 4D series (time points, diffusion directions). A 2D image is a 3D volume of
+    depth 1, shape ``(i, j, 1)``. Values are in the scan's own physical units: NIfTI scaling
+    (``scl_slope``/``scl_inter``) and DICOM rescale (``RescaleSlope``/``RescaleIntercept``) are applied.
+    The array's dtype is the on-disk dtype when no scaling applies, else ``float32``/``float64``.
+``affine``
+    A 4×4 float64 matrix mapping voxel indices ``(i, j, k, 1)`` of voxel *centres* to **RAS+ world
+    coordinates in mm** (x to the Right, y to the Anterior, z to the Superior). DICOM is LPS+: the
+    conversion ``RAS = diag(-1, -1, 1) · LPS`` happens in exactly one place, :mod:`mrisr.io.dicom`.
+``dtype``
+    The on-disk data type, used by writers by default (integers are rounded and clipped to its range).
+``fmt``
+    ``"nifti"`` or ``"dicom"``.
+``meta``
+    What a writer needs to write the study back faithfully. NIfTI: ``header`` (a copy of the
+    ``nibabel.Nifti1Header`` with qform/sform codes, units, intent, description, the 4th-dimension
+    step). DICOM: ``tags`` (patient, study and series tags as ``{keyword: value}``).
+
+Anything that changes a grid (see :mod:`mrisr.geometry`) returns the new affine with the new array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mrisr.geometry import voxel_spacing
+
+Format = Literal["nifti", "dicom"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class Volume:
+    """A volume and its geometry (see the module docstring for the contract)."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    dtype: np.dtype
+    fmt: Format
+    path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.data.ndim == 2:
+            self.data = self.data[:, :, None]
+        if self.data.ndim not in (3, 4):
+            raise ValueError(f"a volume is 3D or 4D, got shape {self.data.shape}")
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        self.dtype = np.dtype(self.dtype)
+
+    @property
+    def shape3(self) -> tuple[int, int, int]:
+        """Spatial shape ``(i, j, k)``."""
+        s = self.data.shape
+        return (int(s[0]), int(s[1]), int(s[2]))
+
+    @property
+    def n_frames(self) -> int:
+        """Number of 3D frames (1 for a 3D volume)."""
+        return int(self.data.shape[3]) if self.data.ndim == 4 else 1
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along ``(i, j, k)``."""
+        return voxel_spacing(self.affine)
+
+    def frame(self, t: int) -> np.ndarray:
+        """The 3D array of frame ``t``."""
+        return self.data[..., t] if self.data.ndim == 4 else self.data
+
+    def with_data(self, data: np.ndarray, affine: np.ndarray) -> Volume:
+        """A copy with a new array and affine (metadata kept), for a resampled grid."""
+        return replace(self, data=data, affine=np.asarray(affine, dtype=np.float64))
+
+
+def is_nifti_path(path: str | Path) -> bool:
+    """True when the file name ends in ``.nii`` or ``.nii.gz``."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: str | Path) -> str:
+    """File name without ``.nii``/``.nii.gz``."""
+    name = Path(path).name
+    for suf in (".nii.gz", ".nii"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def load_volume(path: str | Path) -> Volume:
+    """Load a NIfTI file, or a DICOM series (a folder, or one file of the series).
+
+    For folders holding several series use :func:`mrisr.discovery.find_studies` and
+    :func:`mrisr.io.dicom.read_dicom_series` with the file list of one series.
+    """
+    p = Path(path)
+    if is_nifti_path(p):
+        from mrisr.io.nifti import read_nifti
+
+        return read_nifti(p)
+    from mrisr.io.dicom import read_dicom_path
+
+    return read_dicom_path(p)
+
+
+def cast_to_dtype(data: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """Cast float data to ``dtype``: integers are rounded and clipped to the type's range."""
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.integer):
+        info = np.iinfo(dt)
+        return np.clip(np.rint(data), info.min, info.max).astype(dt)
+    if dt == np.bool_:
+        return data > 0.5
+    return data.astype(dt)

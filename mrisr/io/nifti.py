@@ -1,0 +1,140 @@
+"""NIfTI-1/2 reading and writing through nibabel, honouring the volume contract of :mod:`mrisr.io`."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+from mrisr.errors import UnreadableFileError, UnsupportedDataError
+from mrisr.fsutil import atomic_path
+from mrisr.io import Volume, cast_to_dtype
+
+log = logging.getLogger(__name__)
+
+_READ_ERRORS = (
+    ImageFileError,
+    EOFError,
+    OSError,
+    zlib.error,
+    gzip.BadGzipFile,
+    ValueError,
+    TypeError,
+    IndexError,
+)
+
+
+def _has_scaling(header: nib.Nifti1Header) -> bool:
+    slope, inter = header.get_slope_inter()
+    return slope is not None and (
+        not np.isclose(slope, 1.0) or (inter is not None and not np.isclose(inter, 0.0))
+    )
+
+
+def read_nifti(path: str | Path) -> Volume:
+    """Read a ``.nii``/``.nii.gz`` file into a :class:`~mrisr.io.Volume`.
+
+    The affine follows nibabel's precedence (sform when its code is set, else qform, else the
+    pixdim-only fallback). Scaled data are returned in physical units (float).
+
+    Raises:
+        UnreadableFileError: Empty, truncated, not gzip, not NIfTI, or unreadable file.
+        UnsupportedDataError: More than 4 non-singleton dimensions, or a non-numeric dtype (RGB).
+    """
+    p = Path(path)
+    try:
+        if p.stat().st_size == 0:
+            raise UnreadableFileError(p, "empty file (0 bytes)")
+        img = nib.load(str(p))
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise UnreadableFileError(p, f"not a NIfTI image ({type(img).__name__})")
+        data = np.asanyarray(img.dataobj)
+    except UnreadableFileError:
+        raise
+    except gzip.BadGzipFile as exc:
+        raise UnreadableFileError(p, f"not a valid gzip file ({exc})") from exc
+    except EOFError as exc:
+        raise UnreadableFileError(p, "truncated file (unexpected end of data)") from exc
+    except _READ_ERRORS as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "truncated" in msg.lower() or "too short" in msg.lower() or "buffer is too small" in msg:
+            msg = f"truncated file ({msg})"
+        raise UnreadableFileError(p, msg) from exc
+    if data.dtype.fields is not None or not np.issubdtype(data.dtype, np.number):
+        raise UnsupportedDataError(p, f"non-scalar voxel type {data.dtype} (RGB or complex?)")
+    if np.iscomplexobj(data):
+        raise UnsupportedDataError(p, "complex-valued data")
+    while data.ndim > 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim > 4:
+        if all(n == 1 for n in data.shape[4:]):
+            data = data.reshape(data.shape[:4])
+        else:
+            raise UnsupportedDataError(p, f"{data.ndim}D data of shape {data.shape} (at most 4D)")
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim < 2 or data.size == 0:
+        raise UnsupportedDataError(p, f"no image data (shape {data.shape})")
+    header = img.header.copy()
+    return Volume(
+        data=np.asarray(data),
+        affine=np.asarray(img.affine, dtype=np.float64),
+        dtype=img.get_data_dtype(),
+        fmt="nifti",
+        path=p,
+        meta={"header": header},
+    )
+
+
+def write_nifti(volume: Volume, path: str | Path, *, dtype: np.dtype | str | None = None) -> Path:
+    """Write ``volume`` to ``path`` atomically (``.nii`` or ``.nii.gz``).
+
+    The affine goes into both sform and qform with the input's codes (``scanner`` when the input had
+    none); the other header fields of the input (units, intent, description, the time step) are kept.
+
+    Args:
+        volume: The volume; ``volume.data`` in physical units.
+        path: Target file.
+        dtype: On-disk type; default the input's (``volume.dtype``). Integer types are rounded and
+            clipped, except when the input stored scaled integers, where nibabel picks a new scaling so
+            that physical units are kept.
+
+    Returns:
+        The path written.
+    """
+    out = Path(path)
+    dt = np.dtype(dtype) if dtype is not None else volume.dtype
+    src = volume.meta.get("header")
+    header = src.copy() if isinstance(src, nib.Nifti1Header) else nib.Nifti1Header()
+    if isinstance(header, nib.Nifti2Header):
+        header = nib.Nifti1Header.from_header(header)
+    scaled_input = isinstance(src, nib.Nifti1Header) and _has_scaling(src)
+    if np.issubdtype(dt, np.integer) and not scaled_input:
+        arr = cast_to_dtype(volume.data, dt)
+        header.set_slope_inter(1.0, 0.0)
+    elif np.issubdtype(dt, np.integer):
+        arr = np.asarray(volume.data, dtype=np.float64)
+        header.set_slope_inter(np.nan, np.nan)
+    else:
+        arr = np.asarray(volume.data).astype(dt, copy=False)
+        header.set_slope_inter(1.0, 0.0)
+    header.set_data_dtype(dt)
+    sform_code = int(header["sform_code"]) or 1
+    qform_code = int(header["qform_code"]) or 1
+    img = nib.Nifti1Image(arr, volume.affine, header=header)
+    img.set_sform(volume.affine, code=sform_code)
+    img.set_qform(volume.affine, code=qform_code)
+    if arr.ndim == 4:
+        zooms = list(img.header.get_zooms())
+        if isinstance(src, nib.Nifti1Header) and len(src.get_zooms()) >= 4:
+            zooms[3] = src.get_zooms()[3]
+        img.header.set_zooms(zooms)
+    with atomic_path(out) as tmp:
+        nib.save(img, str(tmp))
+    log.debug("wrote %s", out)
+    return out
