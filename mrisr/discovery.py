@@ -1,0 +1,178 @@
+"""Finding studies under files and folders.
+
+A *study* is one volume to process: a NIfTI file, or one DICOM series (grouped by
+SeriesInstanceUID). Discovery is sorted and deterministic, does not follow symbolic links that leave
+the root it was given, and stops at a maximum depth. Every study gets a stable id that is safe as a
+file name (no path separators, no ``..``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mrisr.io import Format, Volume, is_nifti_path, nifti_stem
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DEPTH = 12
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+@dataclass(frozen=True)
+class Study:
+    """One volume to process.
+
+    Attributes:
+        id: Stable, sanitised identifier usable as a file name.
+        fmt: ``"nifti"`` or ``"dicom"``.
+        path: The NIfTI file, or the folder holding the DICOM series.
+        files: The files of the study (one for NIfTI; the slices of a DICOM series).
+        series_uid: SeriesInstanceUID of a DICOM series.
+        description: SeriesDescription of a DICOM series (for display).
+    """
+
+    id: str
+    fmt: Format
+    path: Path
+    files: tuple[Path, ...] = field(default=())
+    series_uid: str | None = None
+    description: str = ""
+
+    def load(self) -> Volume:
+        """Read the study into a :class:`~mrisr.io.Volume`."""
+        if self.fmt == "nifti":
+            from mrisr.io.nifti import read_nifti
+
+            return read_nifti(self.path)
+        from mrisr.io.dicom import read_dicom_series
+
+        return read_dicom_series(list(self.files), uid=self.series_uid)
+
+
+def sanitize_id(text: str, *, max_len: int = 96) -> str:
+    """Make ``text`` safe as a file name: only ``[A-Za-z0-9._+-]``, no leading dots, no ``..``."""
+    s = _UNSAFE.sub("_", text)
+    s = re.sub(r"\.{2,}", "_", s).strip("._-")
+    return (s[:max_len].rstrip("._-")) or "study"
+
+
+def short_hash(text: str, n: int = 8) -> str:
+    """First ``n`` hex digits of the SHA-1 of ``text`` (a stable disambiguator)."""
+    return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+def _walk(root: Path, max_depth: int) -> Iterable[Path]:
+    """Files under ``root`` in sorted order; links leaving ``root`` and loops are not followed."""
+    real_root = root.resolve()
+    seen: set[Path] = set()
+
+    def visit(folder: Path, depth: int) -> Iterable[Path]:
+        real = folder.resolve()
+        if real in seen:
+            log.info("skipping %s: symlink loop", folder)
+            return
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", folder, exc)
+            return
+        for entry in entries:
+            p = Path(entry.path)
+            if entry.name.startswith("."):
+                continue
+            if entry.is_symlink():
+                try:
+                    target = p.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    log.info("skipping %s: broken or looping symlink", p)
+                    continue
+                if not target.is_relative_to(real_root):
+                    log.info("skipping %s: symlink leaves %s", p, root)
+                    continue
+            if entry.is_dir():
+                if depth >= max_depth:
+                    log.info("skipping %s: deeper than %d levels", p, max_depth)
+                    continue
+                yield from visit(p, depth + 1)
+            elif entry.is_file():
+                yield p
+
+    yield from visit(root, 0)
+
+
+def _nifti_ids(paths: Sequence[Path], roots: dict[Path, Path]) -> dict[Path, str]:
+    """Ids for NIfTI files: the stem, or the relative path when stems clash."""
+    stems: dict[str, list[Path]] = {}
+    for p in paths:
+        stems.setdefault(sanitize_id(nifti_stem(p)), []).append(p)
+    ids: dict[Path, str] = {}
+    for stem, group in stems.items():
+        if len(group) == 1:
+            ids[group[0]] = stem
+            continue
+        for p in group:
+            root = roots[p]
+            rel = p.relative_to(root) if p.is_relative_to(root) else Path(p.name)
+            parts = [*rel.parent.parts, nifti_stem(rel)]
+            ids[p] = sanitize_id("_".join(parts) or stem)
+    used: dict[str, int] = {}
+    for p in paths:  # last resort: identical sanitised paths
+        n = used.get(ids[p], 0)
+        used[ids[p]] = n + 1
+        if n:
+            ids[p] = f"{ids[p]}_{short_hash(str(p))}"
+    return ids
+
+
+def find_studies(inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_DEPTH) -> list[Study]:
+    """Find the studies under files and folders.
+
+    Args:
+        inputs: Files (NIfTI, DICOM) and folders to search.
+        max_depth: Folder levels to descend below each input folder.
+
+    Returns:
+        Studies sorted by id (ids are unique).
+
+    Raises:
+        FileNotFoundError: If an input does not exist.
+    """
+    nifti: list[Path] = []
+    roots: dict[Path, Path] = {}
+    others: list[tuple[Path, Path]] = []
+    for raw in inputs:
+        inp = Path(raw)
+        if not inp.exists():
+            raise FileNotFoundError(f"{inp}: no such file or folder")
+        files = [inp] if inp.is_file() else list(_walk(inp, max_depth))
+        root = inp.parent if inp.is_file() else inp
+        for f in files:
+            if is_nifti_path(f):
+                if f not in roots:
+                    nifti.append(f)
+                    roots[f] = root
+            else:
+                others.append((f, root))
+    ids = _nifti_ids(nifti, roots)
+    studies = [Study(id=ids[p], fmt="nifti", path=p, files=(p,)) for p in nifti]
+    if others:
+        from mrisr.io.dicom import group_dicom_series
+
+        studies.extend(group_dicom_series(others))
+    studies.sort(key=lambda s: s.id)
+    seen: dict[str, int] = {}
+    unique: list[Study] = []
+    for s in studies:
+        if s.id in seen:
+            s = Study(s.id + "_" + short_hash(str(s.path) + (s.series_uid or "")), s.fmt, s.path, s.files,
+                      s.series_uid, s.description)
+        seen[s.id] = 1
+        unique.append(s)
+    return unique

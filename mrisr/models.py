@@ -1,0 +1,108 @@
+"""Network architectures: pure ``nn.Module`` classes that know nothing of files, devices or training.
+
+``SRCNN`` is the network of Dong et al. (2014): feature extraction (``f1×f1``, ``n1`` filters), non-linear
+mapping (``f2×f2``, ``n2`` filters), reconstruction (``f3×f3``, one channel), ReLU after the first two
+layers. It works on a slice already upsampled to the target grid by bicubic interpolation. Padding
+keeps the size (``replicate`` by default, so borders do not darken). With ``residual=True`` the network
+predicts the detail that bicubic interpolation misses and adds it to its input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SRCNNConfig:
+    """Architecture of an SRCNN.
+
+    Attributes:
+        kernel_sizes: Kernel size of each layer, e.g. ``(9, 1, 5)`` (the seed) or ``(9, 5, 5)``.
+        filters: Filters of the hidden layers, e.g. ``(64, 32)``; the last layer has one channel.
+        residual: Predict the residual over the (bicubic) input instead of the image.
+        padding_mode: ``"replicate"``, ``"reflect"`` or ``"zeros"``.
+    """
+
+    kernel_sizes: tuple[int, ...] = (9, 1, 5)
+    filters: tuple[int, ...] = (64, 32)
+    residual: bool = False
+    padding_mode: str = "replicate"
+    name: str = field(default="srcnn")
+
+    def __post_init__(self) -> None:
+        if len(self.kernel_sizes) != len(self.filters) + 1:
+            raise ValueError("kernel_sizes needs one entry more than filters")
+        if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
+            raise ValueError(f"kernel sizes must be odd and positive, got {self.kernel_sizes}")
+        if self.padding_mode not in ("replicate", "reflect", "zeros"):
+            raise ValueError(f"unknown padding mode {self.padding_mode!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (lists, not tuples), as stored in checkpoints and sidecars."""
+        d = asdict(self)
+        d["kernel_sizes"] = list(self.kernel_sizes)
+        d["filters"] = list(self.filters)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SRCNNConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            kernel_sizes=tuple(int(k) for k in d["kernel_sizes"]),
+            filters=tuple(int(f) for f in d["filters"]),
+            residual=bool(d.get("residual", False)),
+            padding_mode=str(d.get("padding_mode", "replicate")),
+        )
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels each output depends on, on each side (the halo needed for exact tiling)."""
+        return sum(k // 2 for k in self.kernel_sizes)
+
+    @property
+    def macs_per_pixel(self) -> int:
+        """Multiply-accumulates per output pixel."""
+        chans = [1, *self.filters, 1]
+        return sum(k * k * cin * cout for k, cin, cout in zip(self.kernel_sizes, chans[:-1], chans[1:], strict=True))
+
+
+class SRCNN(nn.Module):
+    """SRCNN on single-channel images, input and output of shape ``(N, 1, H, W)``."""
+
+    def __init__(self, config: SRCNNConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or SRCNNConfig()
+        chans = [1, *self.config.filters, 1]
+        layers: list[nn.Module] = []
+        n = len(self.config.kernel_sizes)
+        for i, (k, cin, cout) in enumerate(zip(self.config.kernel_sizes, chans[:-1], chans[1:], strict=True)):
+            layers.append(nn.Conv2d(cin, cout, k, padding=k // 2, padding_mode=self.config.padding_mode))
+            if i < n - 1:
+                layers.append(nn.ReLU(inplace=True))
+        self.body = nn.Sequential(*layers)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal hidden layers; a small last layer so a residual net starts near bicubic."""
+        convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
+        for conv in convs[:-1]:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        nn.init.normal_(convs[-1].weight, std=1e-3)
+        nn.init.zeros_(convs[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.config.residual else y
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """Build a network from its stored description (``{"name": "srcnn", ...}``)."""
+    name = arch.get("name", "srcnn")
+    if name == "srcnn":
+        return SRCNN(SRCNNConfig.from_dict(arch))
+    raise ValueError(f"unknown architecture {name!r}")
