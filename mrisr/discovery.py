@@ -171,8 +171,14 @@ def find_studies(inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_D
     unique: list[Study] = []
     for s in studies:
         if s.id in seen:
-            s = Study(s.id + "_" + short_hash(str(s.path) + (s.series_uid or "")), s.fmt, s.path, s.files,
-                      s.series_uid, s.description)
+            s = Study(
+                s.id + "_" + short_hash(str(s.path) + (s.series_uid or "")),
+                s.fmt,
+                s.path,
+                s.files,
+                s.series_uid,
+                s.description,
+            )
         seen[s.id] = 1
         unique.append(s)
     return unique

@@ -32,7 +32,7 @@ class UnsupportedDataError(MrisrError):
 
 
 class InconsistentGeometryError(MrisrError):
-    """A series whose slices do not form one regular grid (missing slice, uneven spacing, mixed orientation)."""
+    """A series whose slices do not form one regular grid (missing slice, uneven spacing, ...)."""
 
 
 class CheckpointError(MrisrError):

@@ -64,11 +64,10 @@ def remove_path(path: Path) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file atomically (fsynced before the rename)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -100,3 +99,16 @@ def clean_temporaries(folder: str | Path) -> int:
         remove_path(p)
         n += 1
     return n
+
+
+def sha256_files(files: list[Path] | tuple[Path, ...]) -> str:
+    """Hex SHA-256 over the bytes of several files in the order given (one file: its own hash)."""
+    if len(files) == 1:
+        return sha256_file(files[0])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(Path(f).name.encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class RunOptions:
         max_tile_pixels: Slices with more output pixels than this are processed in tiles.
     """
 
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int | None = None
     amp: bool = True
     channels_last: bool = True
@@ -77,14 +77,20 @@ def _batch_size(opts: RunOptions, pixels: int) -> int:
     return max(1, min(1024, opts.budget_bytes() // max(1, pixels * BYTES_PER_PIXEL)))
 
 
-def _tiles(h: int, w: int, tile: int, halo: int) -> Iterator[tuple[slice, slice, slice, slice]]:
-    """Tiles of an ``h×w`` image: (input rows, input cols, output rows within tile, output cols)."""
+Tile = tuple[tuple[slice, slice], tuple[slice, slice], tuple[slice, slice]]
+
+
+def _tiles(h: int, w: int, tile: int, halo: int) -> Iterator[Tile]:
+    """Tiles of an ``h×w`` image: (input window with halo, output window, output part of the input window)."""
     for y0 in range(0, h, tile):
         for x0 in range(0, w, tile):
             y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
             ya, xa = max(0, y0 - halo), max(0, x0 - halo)
             yb, xb = min(h, y1 + halo), min(w, x1 + halo)
-            yield (slice(ya, yb), slice(xa, xb), slice(y0 - ya, y0 - ya + (y1 - y0)), slice(x0 - xa, x0 - xa + (x1 - x0)))
+            window = (slice(ya, yb), slice(xa, xb))
+            target = (slice(y0, y1), slice(x0, x1))
+            local = (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))
+            yield window, target, local
 
 
 class SliceRunner:
@@ -121,13 +127,10 @@ class SliceRunner:
 
     def _tiled(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        tile = max(64, int(math.sqrt(self.opts.max_tile_pixels)) - 2 * self.halo)
+        tile = max(8, math.isqrt(self.opts.max_tile_pixels) - 2 * self.halo)
         out = torch.empty_like(x)
-        for rows, cols, orow, ocol in _tiles(h, w, tile, self.halo):
-            y = self._forward(x[..., rows, cols])
-            out[..., rows.start + orow.start : rows.start + orow.stop, cols.start + ocol.start : cols.start + ocol.stop] = y[
-                ..., orow, ocol
-            ]
+        for (wy, wx), (ty, tx), (ly, lx) in _tiles(h, w, tile, self.halo):
+            out[..., ty, tx] = self._forward(x[..., wy, wx])[..., ly, lx]
         return out
 
 

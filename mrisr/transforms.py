@@ -198,7 +198,9 @@ def degrade_volume(x: np.ndarray, factors: Sequence[int], mode: str = "bicubic")
     """
     f = [int(v) for v in factors]
     a = np.asarray(x, dtype=np.float32)
-    a = a[: a.shape[0] - a.shape[0] % f[0], : a.shape[1] - a.shape[1] % f[1], : a.shape[2] - a.shape[2] % f[2]]
+    a = a[
+        : a.shape[0] - a.shape[0] % f[0], : a.shape[1] - a.shape[1] % f[1], : a.shape[2] - a.shape[2] % f[2]
+    ]
     t = torch.from_numpy(np.ascontiguousarray(a))
     if f[0] > 1 or f[1] > 1:
         t = downsample(t.permute(2, 0, 1)[:, None], (f[0], f[1]), mode)[:, 0].permute(1, 2, 0)

@@ -1,0 +1,143 @@
+"""``mrisr enhance``: super-resolve studies (a thin layer over :mod:`mrisr.enhance`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mrisr.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
+
+
+@app.command()
+def enhance(
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, DICOM files or folders of studies.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    scale: Annotated[
+        Optional[str], typer.Option(help="Factor: '4' (in-plane ×4) or per axis '4,4,1'. Default: the checkpoint's.")
+    ] = None,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option(help="Checkpoint (.pt). Default: the weights shipped for the scale.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    axis: Annotated[int, typer.Option(min=0, max=2, help="Slicing axis of the voxel array.")] = 2,
+    fmt: Annotated[str, typer.Option("--format", help="Output format: same | nifti | dicom.")] = "same",
+    dtype: Annotated[
+        Optional[str], typer.Option(help="Output dtype, e.g. float32. Default: the input's.")
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Slices per batch (default: by memory).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    simulate: Annotated[
+        bool, typer.Option(help="Inputs are references: degrade by --scale, super-resolve, measure PSNR/SSIM.")
+    ] = False,
+    degradation: Annotated[
+        Optional[str], typer.Option(help="Degradation for --simulate: bicubic | box | kspace (default: checkpoint's).")
+    ] = None,
+    save_intermediates: Annotated[bool, typer.Option(help="With --simulate, also write LR and bicubic volumes.")] = False,
+    figure: Annotated[bool, typer.Option(help="Write <id>_compare.png.")] = True,
+    amp: Annotated[bool, typer.Option(help="Mixed precision on the GPU.")] = True,
+) -> None:
+    """Super-resolve studies onto a finer grid, in the same place and the same units."""
+    import numpy as np
+
+    from mrisr.discovery import find_studies
+    from mrisr.enhance import EnhanceOptions, Enhancer, parse_factors, resolve_checkpoint
+    from mrisr.errors import MrisrError
+    from mrisr.inference import RunOptions, count_slices, resolve_device
+    from mrisr.transforms import DEGRADATIONS
+
+    if fmt not in ("same", "nifti", "dicom"):
+        raise fail(f"--format must be same, nifti or dicom, not {fmt!r}")
+    if degradation is not None and degradation not in DEGRADATIONS:
+        raise fail(f"--degradation must be one of {', '.join(DEGRADATIONS)}, not {degradation!r}")
+    if dtype is not None:
+        try:
+            np.dtype(dtype)
+        except TypeError:
+            raise fail(f"--dtype {dtype!r} is not a NumPy dtype") from None
+    try:
+        factors = parse_factors(scale)
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    try:
+        ckpt = resolve_checkpoint(checkpoint, factors)
+        studies = find_studies(inputs)
+    except (MrisrError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    if not studies:
+        raise fail(f"no NIfTI or DICOM studies found in {', '.join(map(str, inputs))}")
+    opts = EnhanceOptions(
+        out_dir=out,
+        scale=factors,
+        axis=axis,
+        fmt=fmt,  # type: ignore[arg-type]
+        dtype=dtype,
+        overwrite=overwrite,
+        simulate=simulate,
+        degradation=degradation,
+        save_intermediates=save_intermediates,
+        figure=figure,
+    )
+    enhancer = Enhancer(ckpt, RunOptions(device=dev, batch_size=batch_size, amp=amp))
+    results = _run_with_progress(enhancer, studies, opts, count_slices)
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        typer.echo(f"error: {r.error}", err=True)
+    _summary(results)
+    raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _run_with_progress(enhancer, studies, opts, count_slices):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mrisr.geometry import as_factors
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=state.debug,
+    ) as bar:
+        t_studies = bar.add_task("studies", total=len(studies))
+        t_slices = bar.add_task("slices", total=None)
+
+        def on_start(study, _):  # type: ignore[no-untyped-def]
+            bar.update(t_slices, description=f"{study.id}", completed=0, total=None)
+
+        def on_done(res):  # type: ignore[no-untyped-def]
+            bar.advance(t_studies)
+
+        return enhancer.enhance(
+            studies,
+            opts,
+            on_start=on_start,
+            on_slices=lambda n: bar.advance(t_slices, n),
+            on_done=on_done,
+        )
+
+
+def _summary(results) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="mrisr enhance")
+    for col in ("study", "status", "seconds", "PSNR bicubic", "PSNR SR", "output / reason"):
+        table.add_column(col)
+    for r in results:
+        m = r.metrics or {}
+        table.add_row(
+            r.study.id,
+            r.status,
+            f"{r.seconds:.1f}",
+            f"{m['psnr_bicubic']:.2f}" if "psnr_bicubic" in m else "",
+            f"{m['psnr_sr']:.2f}" if "psnr_sr" in m else "",
+            str(r.output.name if r.output else "") if r.status != "failed" else str(r.error),
+        )
+    Console(stderr=True).print(table)
+
+
+__all__ = ["EXIT_USAGE", "enhance"]

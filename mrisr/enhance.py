@@ -1,0 +1,472 @@
+"""Enhancing studies: the tool's main job, usable from Python and wrapped by ``mrisr enhance``.
+
+For each study: load → robust intensity normalisation (recorded) → slices across the slicing axis →
+bicubic ×scale → SRCNN → slices reassembled → normalisation inverted → clamped to the input's value
+range → cast back to the input dtype → written on the refined grid from :mod:`mrisr.geometry`, then a
+JSON sidecar (written last, it marks the study as done).
+
+With ``simulate=True`` each input is a high-resolution *reference*: it is degraded by the scale, then
+super-resolved back onto its own grid, and PSNR/SSIM of SR and of bicubic against it go into the
+sidecar.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mrisr import __version__
+from mrisr.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint
+from mrisr.discovery import Study
+from mrisr.errors import MrisrError, OutputExistsError, UnsupportedDataError
+from mrisr.fsutil import remove_path, sha256_files, write_json_atomic
+from mrisr.geometry import as_factors, coarsen_affine, refine_affine, voxel_spacing
+from mrisr.inference import RunOptions, SliceRunner, count_slices, resolve_device, super_resolve_array
+from mrisr.io import Volume, cast_to_dtype
+from mrisr.transforms import Normalization, degrade_volume, fit_normalization, upsample_volume
+
+log = logging.getLogger(__name__)
+
+OutFormat = Literal["same", "nifti", "dicom"]
+
+
+@dataclass(frozen=True)
+class EnhanceOptions:
+    """What to produce for each study.
+
+    Attributes:
+        out_dir: Output folder.
+        scale: Per-axis integer factors; ``None`` takes the checkpoint's.
+        axis: Slicing axis (slices are cut across it; its plane is upscaled).
+        fmt: Output format: ``same`` as the input, ``nifti`` or ``dicom``.
+        dtype: Output dtype; ``None`` keeps the input's (integers rounded and clipped).
+        overwrite: Replace existing outputs; else a study already done with the same input and
+            checkpoint is skipped, and any other existing output is an error for that study.
+        simulate: Treat inputs as references: degrade, super-resolve, measure.
+        degradation: Degradation for ``simulate`` (default: the checkpoint's).
+        save_intermediates: With ``simulate``, also write the LR and bicubic volumes.
+        figure: Write the ``<id>_compare.png`` figure.
+        clamp: Clamp SR to the input's value range (``True``) or only to its minimum (``False``).
+    """
+
+    out_dir: Path
+    scale: tuple[int, int, int] | None = None
+    axis: int = 2
+    fmt: OutFormat = "same"
+    dtype: str | None = None
+    overwrite: bool = False
+    simulate: bool = False
+    degradation: str | None = None
+    save_intermediates: bool = False
+    figure: bool = True
+    clamp: bool = True
+
+
+@dataclass
+class StudyResult:
+    """Outcome of one study: ``status`` is ``done``, ``skipped`` or ``failed``."""
+
+    study: Study
+    status: str
+    seconds: float = 0.0
+    error: str | None = None
+    sidecar: Path | None = None
+    output: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_checkpoint(path: str | Path | None, scale: tuple[int, int, int] | None) -> Checkpoint:
+    """Load ``path``, or the shipped weights for ``scale`` (×4 in-plane when no scale is given).
+
+    Raises:
+        CheckpointError: If the file is bad, or no weights are shipped for that scale.
+    """
+    from mrisr.errors import CheckpointError
+
+    if path is not None:
+        return load_checkpoint(path)
+    want = scale or (4, 4, 1)
+    found = shipped_checkpoint(want)
+    if found is None and want[2] == 1 and want[0] != want[1]:
+        found = None
+    if found is None and scale is not None and sorted(scale)[:2] == [1, 1]:
+        f = max(scale)
+        found = shipped_checkpoint((f, f, 1))  # one network serves any single-axis direction
+    if found is None:
+        raise CheckpointError(
+            None,
+            f"no shipped weights for scale {'x'.join(map(str, want))}; pass --checkpoint "
+            "(train one with `mrisr train`)",
+        )
+    return load_checkpoint(found)
+
+
+def _output_paths(out_dir: Path, study_id: str, fmt: str) -> tuple[Path, Path]:
+    out = out_dir / (f"{study_id}_sr" if fmt == "dicom" else f"{study_id}_sr.nii.gz")
+    return out, out_dir / f"{study_id}_sr.json"
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _psnr(x: np.ndarray, ref: np.ndarray, data_range: float) -> float:
+    from mrisr.metrics import psnr
+
+    return float(psnr(x, ref, data_range=data_range))
+
+
+class Enhancer:
+    """Super-resolves studies with one network, loaded once for all of them.
+
+    Args:
+        checkpoint: The network and its metadata.
+        run: Device and batching options.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, run: RunOptions | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.run = run or RunOptions(device=resolve_device("auto"))
+        self.model = checkpoint.build()
+        self.runner = SliceRunner(self.model, self.run)
+
+    # -- arrays -------------------------------------------------------------------------------------
+    def enhance_array(
+        self,
+        data: np.ndarray,
+        factors: tuple[int, int, int],
+        *,
+        axis: int = 2,
+        norm: Normalization | None = None,
+        clamp: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, Normalization]:
+        """Super-resolve a 3D or 4D array in physical units; returns float32 SR and the normalisation.
+
+        A constant array comes out constant; non-negative input gives non-negative output.
+        """
+        arr = np.asarray(data)
+        nm = norm or fit_normalization(arr)
+        frames = [arr] if arr.ndim == 3 else [arr[..., t] for t in range(arr.shape[3])]
+        outs = []
+        for frame in frames:
+            if nm.constant:
+                shape = tuple(n * f for n, f in zip(frame.shape, factors, strict=True))
+                outs.append(np.full(shape, nm.data_min, dtype=np.float32))
+                if progress is not None:
+                    progress(count_slices(frame.shape, factors, axis))
+                continue
+            sr_n = super_resolve_array(
+                self.model, nm.apply(frame), factors, axis=axis, opts=self.run, progress=progress
+            )
+            sr = nm.invert(sr_n)
+            hi = nm.data_max if clamp else np.inf
+            np.clip(sr, nm.data_min, hi, out=sr)
+            outs.append(sr)
+        out = outs[0] if arr.ndim == 3 else np.stack(outs, axis=-1)
+        return out, nm
+
+    # -- studies ------------------------------------------------------------------------------------
+    def process(
+        self,
+        study: Study,
+        opts: EnhanceOptions,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> StudyResult:
+        """Enhance one study; never raises for a bad study (the result says ``failed`` and why)."""
+        t0 = time.perf_counter()
+        factors = opts.scale or self.checkpoint.scale or (4, 4, 1)
+        out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
+        out_path, sidecar = _output_paths(opts.out_dir, study.id, out_fmt)
+        try:
+            in_sha = sha256_files(study.files)
+            old = _read_sidecar(sidecar) if sidecar.exists() else None
+            if not opts.overwrite and (old is not None or out_path.exists()):
+                if (
+                    old is not None
+                    and old.get("status") == "done"
+                    and old.get("input", {}).get("sha256") == in_sha
+                    and old.get("checkpoint", {}).get("sha256") == self.checkpoint.sha256
+                    and old.get("simulate", False) == opts.simulate
+                    and out_path.exists()
+                ):
+                    return StudyResult(study, "skipped", sidecar=sidecar, output=out_path)
+                if old is None or old.get("status") == "done":
+                    raise OutputExistsError(
+                        out_path, "output exists (from another input or checkpoint); use --overwrite"
+                    )
+            record = self._process(study, opts, factors, out_fmt, out_path, in_sha, progress)
+            record["seconds"] = round(time.perf_counter() - t0, 3)
+            write_json_atomic(sidecar, record)
+            return StudyResult(
+                study,
+                "done",
+                record["seconds"],
+                sidecar=sidecar,
+                output=out_path,
+                metrics=record.get("metrics") or {},
+            )
+        except (MrisrError, ValueError, OSError, MemoryError, RuntimeError) as exc:
+            reason = exc.reason if isinstance(exc, MrisrError) else f"{type(exc).__name__}: {exc}"
+            where = str(exc.path) if isinstance(exc, MrisrError) and exc.path is not None else str(study.path)
+            line = f"{where}: {reason}".splitlines()[0]
+            log.debug("study %s failed", study.id, exc_info=True)
+            seconds = round(time.perf_counter() - t0, 3)
+            if not isinstance(exc, OutputExistsError):
+                self._write_failure(study, opts, sidecar, line, seconds)
+            return StudyResult(study, "failed", seconds, error=line, sidecar=sidecar)
+
+    def _write_failure(
+        self, study: Study, opts: EnhanceOptions, sidecar: Path, line: str, seconds: float
+    ) -> None:
+        record = {
+            "study": study.id,
+            "status": "failed",
+            "error": line,
+            "input": {"path": str(study.path), "format": study.fmt},
+            "checkpoint": {"path": str(self.checkpoint.path), "sha256": self.checkpoint.sha256},
+            "mrisr_version": __version__,
+            "simulate": opts.simulate,
+            "device": str(self.run.device),
+            "seconds": seconds,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        try:
+            write_json_atomic(sidecar, record)
+        except OSError:
+            log.warning("could not write failure sidecar %s", sidecar)
+
+    def _process(
+        self,
+        study: Study,
+        opts: EnhanceOptions,
+        factors: tuple[int, int, int],
+        out_fmt: str,
+        out_path: Path,
+        in_sha: str,
+        progress: Callable[[int], None] | None,
+    ) -> dict[str, Any]:
+        vol = study.load()
+        if not np.isfinite(vol.data).all():
+            bad = int((~np.isfinite(vol.data)).sum())
+            raise UnsupportedDataError(study.path, f"{bad} NaN/Inf voxels of {vol.data.size}")
+        if out_fmt == "dicom" and vol.data.ndim == 4:
+            raise UnsupportedDataError(
+                study.path, "4D data cannot be written as one DICOM series; use --format nifti"
+            )
+        out_dtype = np.dtype(opts.dtype) if opts.dtype else vol.dtype
+        metrics: dict[str, float] | None = None
+        consistency: dict[str, float] | None = None
+        extra_paths: dict[str, str] = {}
+        figure_arrays: dict[str, np.ndarray | None] = {}
+        degradation = opts.degradation or str(self.checkpoint.meta.get("degradation", "bicubic"))
+        if degradation == "mixed":
+            degradation = "bicubic"
+        if opts.simulate:
+            ref_vol = _crop_to_multiple(vol, factors)
+            ref = np.asarray(ref_vol.data, dtype=np.float32)
+            lr = _degrade_frames(ref, factors, degradation)
+            if np.issubdtype(vol.dtype, np.integer):
+                lr = cast_to_dtype(lr, vol.dtype).astype(np.float32)
+            lr_affine = coarsen_affine(ref_vol.affine, factors)
+            sr, norm = self.enhance_array(lr, factors, axis=opts.axis, clamp=opts.clamp, progress=progress)
+            sr_out = cast_to_dtype(sr, out_dtype)
+            bic = _bicubic_frames(lr, ref.shape, float(lr.min()), float(lr.max()))
+            bic_out = cast_to_dtype(bic, out_dtype)
+            from mrisr.metrics import evaluate
+
+            metrics = evaluate(
+                _as3d(sr_out).astype(np.float64),
+                _as3d(bic_out).astype(np.float64),
+                _as3d(ref).astype(np.float64),
+                scale=max(factors[0], factors[1]),
+            )
+            out_vol = ref_vol.with_data(sr_out, ref_vol.affine)
+            if opts.save_intermediates:
+                from mrisr.io.nifti import write_nifti
+
+                lr_path = opts.out_dir / f"{study.id}_lr.nii.gz"
+                bic_path = opts.out_dir / f"{study.id}_bicubic.nii.gz"
+                write_nifti(
+                    ref_vol.with_data(cast_to_dtype(lr, out_dtype), lr_affine), lr_path, dtype=out_dtype
+                )
+                write_nifti(ref_vol.with_data(bic_out, ref_vol.affine), bic_path, dtype=out_dtype)
+                extra_paths = {"lowres": lr_path.name, "bicubic": bic_path.name}
+            figure_arrays = {"reference": ref, "lowres": lr, "bicubic": bic_out, "sr": sr_out}
+            lr_shape = list(lr.shape)
+        else:
+            sr, norm = self.enhance_array(
+                vol.data, factors, axis=opts.axis, clamp=opts.clamp, progress=progress
+            )
+            sr_out = cast_to_dtype(sr, out_dtype)
+            out_vol = vol.with_data(sr_out, refine_affine(vol.affine, factors))
+            lr = np.asarray(vol.data, dtype=np.float32)
+            back = _degrade_frames(sr_out.astype(np.float32), factors, degradation)
+            rng = float(lr.max() - lr.min()) or 1.0
+            consistency = {"psnr_lr": round(_psnr(back, lr, rng), 4), "degradation": degradation}  # type: ignore[dict-item]
+            bic = _bicubic_frames(lr, sr_out.shape, float(lr.min()), float(lr.max()))
+            figure_arrays = {"reference": None, "lowres": lr, "bicubic": bic, "sr": sr_out}
+            lr_shape = list(vol.data.shape)
+        _write_volume(out_vol, out_path, out_fmt, out_dtype)
+        figure_name = None
+        if opts.figure:
+            figure_name = self._figure(study, opts, figure_arrays, metrics)
+        return {
+            "study": study.id,
+            "status": "done",
+            "error": None,
+            "input": {
+                "path": str(study.path),
+                "sha256": in_sha,
+                "format": study.fmt,
+                "shape": list(vol.data.shape),
+                "spacing": list(vol.spacing),
+                "lowres_shape": lr_shape,
+            },
+            "output": {
+                "path": out_path.name,
+                "format": out_fmt,
+                "shape": list(out_vol.data.shape),
+                "spacing": list(voxel_spacing(out_vol.affine)),
+                "affine": out_vol.affine.round(6).tolist(),
+                "dtype": str(out_dtype),
+                **extra_paths,
+            },
+            "checkpoint": {"path": str(self.checkpoint.path), "sha256": self.checkpoint.sha256},
+            "model": self.checkpoint.arch,
+            "mrisr_version": __version__,
+            "scale": list(factors),
+            "axis": opts.axis,
+            "normalization": norm.to_dict(),
+            "degradation": degradation if (opts.simulate or consistency) else None,
+            "device": str(self.run.device),
+            "amp": bool(self.run.amp and self.run.device.type == "cuda"),
+            "simulate": opts.simulate,
+            "metrics": metrics,
+            "consistency": consistency,
+            "figure": figure_name,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def _figure(
+        self,
+        study: Study,
+        opts: EnhanceOptions,
+        arrays: dict[str, np.ndarray | None],
+        metrics: dict[str, float] | None,
+    ) -> str | None:
+        try:
+            from mrisr.figures import compare_figure
+        except ImportError:  # figures are optional (matplotlib missing on a lean install)
+            return None
+        path = opts.out_dir / f"{study.id}_compare.png"
+        sr = arrays["sr"]
+        bic = arrays["bicubic"]
+        assert sr is not None and bic is not None
+        compare_figure(
+            path,
+            reference=_first_frame(arrays.get("reference")),
+            lowres=_first_frame(arrays.get("lowres")),
+            bicubic=_first_frame(bic),  # type: ignore[arg-type]
+            sr=_first_frame(sr),  # type: ignore[arg-type]
+            metrics=metrics,
+            title=study.id,
+        )
+        return path.name
+
+    def enhance(
+        self,
+        studies: Sequence[Study],
+        opts: EnhanceOptions,
+        *,
+        on_start: Callable[[Study, int], None] | None = None,
+        on_slices: Callable[[int], None] | None = None,
+        on_done: Callable[[StudyResult], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[StudyResult]:
+        """Enhance ``studies`` in order; bad studies fail alone and the batch goes on."""
+        opts.out_dir.mkdir(parents=True, exist_ok=True)
+        results = []
+        for study in studies:
+            if should_stop is not None and should_stop():
+                break
+            if on_start is not None:
+                on_start(study, 0)
+            res = self.process(study, opts, progress=on_slices)
+            results.append(res)
+            if on_done is not None:
+                on_done(res)
+        return results
+
+
+def _as3d(a: np.ndarray) -> np.ndarray:
+    """A 4D array's frames side by side along axis 2 (for metrics over all frames)."""
+    if a.ndim == 3:
+        return a
+    return np.concatenate([a[..., t] for t in range(a.shape[3])], axis=2)
+
+
+def _first_frame(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else (a if a.ndim == 3 else a[..., 0])
+
+
+def _crop_to_multiple(vol: Volume, factors: tuple[int, int, int]) -> Volume:
+    """Crop the end of each axis to a multiple of its factor (the origin, and so the affine, stay)."""
+    sl = tuple(slice(0, n - n % f) for n, f in zip(vol.shape3, factors, strict=True))
+    if any(s.stop < 1 for s in sl):
+        raise UnsupportedDataError(vol.path, f"shape {vol.shape3} is smaller than the scale {factors}")
+    return vol.with_data(np.asarray(vol.data[sl]), vol.affine)
+
+
+def _frames(a: np.ndarray) -> list[np.ndarray]:
+    return [a] if a.ndim == 3 else [a[..., t] for t in range(a.shape[3])]
+
+
+def _stack(frames: list[np.ndarray], like: np.ndarray) -> np.ndarray:
+    return frames[0] if like.ndim == 3 else np.stack(frames, axis=-1)
+
+
+def _degrade_frames(a: np.ndarray, factors: tuple[int, int, int], mode: str) -> np.ndarray:
+    return _stack([degrade_volume(f, factors, mode) for f in _frames(a)], a)
+
+
+def _bicubic_frames(a: np.ndarray, shape: tuple[int, ...], lo: float, hi: float) -> np.ndarray:
+    ups = [np.clip(upsample_volume(f, shape[:3]), lo, hi) for f in _frames(a)]
+    return _stack(ups, a)
+
+
+def _write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype) -> None:
+    if fmt == "dicom":
+        from mrisr.io.dicom import write_dicom_series
+
+        if path.exists():
+            remove_path(path)
+        write_dicom_series(vol, path)
+    else:
+        from mrisr.io.nifti import write_nifti
+
+        write_nifti(vol, path, dtype=dtype)
+
+
+def parse_factors(scale: str | int | Sequence[int] | None) -> tuple[int, int, int] | None:
+    """``None`` stays ``None``; else see :func:`mrisr.geometry.as_factors` / ``parse_scale``."""
+    if scale is None:
+        return None
+    if isinstance(scale, str):
+        from mrisr.geometry import parse_scale
+
+        return parse_scale(scale)
+    return as_factors(scale)
