@@ -81,6 +81,11 @@ def read_nifti(path: str | Path) -> Volume:
     if data.ndim < 2 or data.size == 0:
         raise UnsupportedDataError(p, f"no image data (shape {data.shape})")
     header = img.header.copy()
+    # nibabel moves the scaling from a loaded header into the array proxy (the header then reads
+    # NaN); put it back so that writers know the input stored scaled integers.
+    slope = float(getattr(img.dataobj, "slope", 1.0))
+    inter = float(getattr(img.dataobj, "inter", 0.0))
+    header.set_slope_inter(slope, inter)
     return Volume(
         data=np.asarray(data),
         affine=np.asarray(img.affine, dtype=np.float64),

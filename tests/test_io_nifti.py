@@ -1,0 +1,146 @@
+"""NIfTI reading and writing: exact round trips, scaling, 4D step, bad files."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mrisr.errors import UnreadableFileError
+from mrisr.fsutil import TMP_MARK
+from mrisr.geometry import corner_world
+from mrisr.io import Volume, load_volume
+from mrisr.io.nifti import read_nifti, write_nifti
+
+GridMaker = Callable[[str], tuple[np.ndarray, np.ndarray]]
+
+
+@pytest.mark.parametrize("grid", ["oblique", "lps", "sagittal", "left_handed", "four_d", "two_d"])
+def test_read_gives_file_index_order_and_affine(
+    grid: str, grid_volume: GridMaker, write_nifti_file: Callable[..., Path]
+) -> None:
+    data, affine = grid_volume(grid)
+    path = write_nifti_file(f"{grid}.nii.gz", data, affine)
+    vol = read_nifti(path)
+    expected = data[:, :, None] if data.ndim == 2 else data
+    assert vol.data.shape == expected.shape
+    np.testing.assert_array_equal(vol.data, expected)
+    np.testing.assert_allclose(vol.affine, affine, atol=1e-5)
+    assert vol.dtype == np.int16
+    assert vol.fmt == "nifti"
+
+
+@pytest.mark.parametrize("grid", ["oblique", "lps", "sagittal", "left_handed", "four_d", "two_d"])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_round_trip_keeps_corners_and_values(
+    grid: str, suffix: str, grid_volume: GridMaker, write_nifti_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    data, affine = grid_volume(grid)
+    src = read_nifti(write_nifti_file(f"in_{grid}.nii.gz", data, affine))
+    out = write_nifti(src, tmp_path / f"out_{grid}{suffix}")
+    back = read_nifti(out)
+    np.testing.assert_allclose(
+        corner_world(back.affine, back.shape3), corner_world(affine, src.shape3), atol=1e-4
+    )
+    np.testing.assert_array_equal(back.data, src.data)
+    assert back.dtype == np.int16
+    assert not [p for p in tmp_path.iterdir() if TMP_MARK in p.name]
+
+
+def test_four_d_keeps_time_step(
+    grid_volume: GridMaker, write_nifti_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    data, affine = grid_volume("four_d")
+    src = read_nifti(write_nifti_file("fmri.nii.gz", data, affine, time_step=2.5))
+    assert src.n_frames == 3
+    np.testing.assert_array_equal(src.frame(1), data[..., 1])
+    back = nib.load(str(write_nifti(src, tmp_path / "out.nii.gz")))
+    assert back.header.get_zooms()[3] == pytest.approx(2.5)
+    assert back.header.get_xyzt_units() == ("mm", "sec")
+
+
+def test_scaled_integers_come_back_in_physical_units(tmp_path: Path, rng: np.random.Generator) -> None:
+    raw = rng.integers(0, 1000, size=(4, 3, 2)).astype(np.int16)
+    img = nib.Nifti1Image(raw, np.eye(4))
+    img.header.set_slope_inter(0.5, -10.0)
+    nib.save(img, str(tmp_path / "scaled.nii"))
+    vol = read_nifti(tmp_path / "scaled.nii")
+    np.testing.assert_allclose(vol.data, raw * 0.5 - 10.0)
+    back = read_nifti(write_nifti(vol, tmp_path / "again.nii"))
+    new_slope = back.meta["header"].get_slope_inter()[0]
+    assert back.dtype == np.int16
+    assert new_slope is not None and new_slope < 0.05
+    np.testing.assert_allclose(back.data, raw * 0.5 - 10.0, atol=new_slope / 2 + 1e-6)
+    assert not np.array_equal(back.data, np.rint(back.data))  # the half units survived
+
+
+def test_write_casts_float_data_to_integer_type_with_rounding_and_clipping(tmp_path: Path) -> None:
+    vol = Volume(
+        data=np.array([[[1.4, 1.6, -40000.0, 70000.0]]]), affine=np.eye(4), dtype=np.int16, fmt="nifti"
+    )
+    back = read_nifti(write_nifti(vol, tmp_path / "cast.nii.gz"))
+    np.testing.assert_array_equal(back.data.ravel(), [1, 2, -32768, 32767])
+
+
+def test_load_volume_dispatches_on_suffix(
+    grid_volume: GridMaker, write_nifti_file: Callable[..., Path]
+) -> None:
+    data, affine = grid_volume("lps")
+    vol = load_volume(write_nifti_file("x.NII.GZ", data, affine))
+    np.testing.assert_array_equal(vol.data, data)
+
+
+def test_truncated_gzip_is_reported_as_truncated(
+    grid_volume: GridMaker, write_nifti_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    data, affine = grid_volume("oblique")
+    full = write_nifti_file("full.nii.gz", data, affine).read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(full[: len(full) // 2])
+    with pytest.raises(UnreadableFileError, match="truncated") as info:
+        read_nifti(cut)
+    assert info.value.path == cut
+
+
+def test_zero_byte_file_is_reported_as_empty(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.nii.gz"
+    empty.touch()
+    with pytest.raises(UnreadableFileError, match="empty") as info:
+        read_nifti(empty)
+    assert str(empty) in str(info.value)
+
+
+def test_nii_gz_that_is_not_gzip(
+    grid_volume: GridMaker, write_nifti_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    data, affine = grid_volume("oblique")
+    plain = write_nifti_file("plain.nii", data, affine)
+    fake = tmp_path / "fake.nii.gz"
+    fake.write_bytes(plain.read_bytes())
+    with pytest.raises(UnreadableFileError, match="gzip") as info:
+        read_nifti(fake)
+    assert info.value.path == fake
+
+
+def test_text_file_named_nii_is_unreadable(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.nii"
+    bogus.write_text("this is not an image\n" * 30)
+    with pytest.raises(UnreadableFileError) as info:
+        read_nifti(bogus)
+    assert info.value.path == bogus
+
+
+def test_truncated_uncompressed_nifti(
+    grid_volume: GridMaker, write_nifti_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    data, affine = grid_volume("oblique")
+    full = gzip.decompress(write_nifti_file("full.nii.gz", data, affine).read_bytes())
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(full[:400])
+    with pytest.raises(UnreadableFileError) as info:
+        read_nifti(cut)
+    assert info.value.path == cut
