@@ -154,24 +154,27 @@ def write_dicom_slice(
 
 @pytest.fixture
 def axial_series(tmp_path: Path, rng: np.random.Generator) -> Callable[..., list[Path]]:
-    """Factory: ``axial_series(folder, z_positions, *, uid=None, prefix="IM", tags=None)`` writes one
-    4-row × 5-column axial slice per LPS z position (spacing 0.5 mm between rows, 0.8 mm between
-    columns, first pixel at x=-10, y=20) and returns the files."""
+    """Factory: ``axial_series(folder, z_positions, *, uid=None, names=None, shape=(4, 5), tags=None)``
+    writes one axial slice of ``shape`` (rows, columns) per LPS z position (0.5 mm between rows, 0.8 mm
+    between columns, first pixel at x=-10, y=20, file names ``IM000.dcm``... unless ``names``) and
+    returns the files."""
 
     def make(
         folder: str | Path,
         z_positions: Sequence[float],
         *,
         uid: str | None = None,
-        prefix: str = "IM",
+        names: Sequence[str] | None = None,
+        shape: tuple[int, int] = (4, 5),
         tags: dict[str, str] | None = None,
     ) -> list[Path]:
         series_uid = uid or generate_uid()
         out = tmp_path / folder
+        file_names = list(names) if names is not None else [f"IM{n:03d}.dcm" for n in range(len(z_positions))]
         return [
             write_dicom_slice(
-                out / f"{prefix}{n:03d}.dcm",
-                random_int16(rng, (4, 5)),
+                out / file_names[n],
+                random_int16(rng, shape),
                 series_uid=series_uid,
                 position=(-10.0, 20.0, z),
                 pixel_spacing=(0.5, 0.8),

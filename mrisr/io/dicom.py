@@ -338,7 +338,7 @@ def _order_slices(slices: list[_Slice], folder: Path) -> tuple[list[_Slice], np.
     gaps = np.diff(dist)
     step_len = float(np.median(gaps))
     tol = max(_REL_TOL * abs(step_len), _ABS_TOL)
-    if step_len <= tol:
+    if np.any(gaps <= tol):
         dup = [_fmt_pos(ordered[n].position) for n in range(len(gaps)) if gaps[n] <= tol]
         raise InconsistentGeometryError(
             folder,
