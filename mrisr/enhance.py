@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,8 @@ from mrisr import __version__
 from mrisr.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint
 from mrisr.discovery import Study
 from mrisr.errors import MrisrError, OutputExistsError, UnsupportedDataError
-from mrisr.fsutil import remove_path, sha256_files, write_json_atomic
+from mrisr.batch import study_lock
+from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
 from mrisr.geometry import as_factors, coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions, SliceRunner, count_slices, resolve_device, super_resolve_array
 from mrisr.io import Volume, cast_to_dtype
@@ -172,8 +174,9 @@ class Enhancer:
                 self.model, nm.apply(frame), factors, axis=axis, opts=self.run, progress=progress
             )
             sr = nm.invert(sr_n)
-            hi = nm.data_max if clamp else np.inf
-            np.clip(sr, nm.data_min, hi, out=sr)
+            # Clamp to this frame's own range, as the bicubic baseline is (overshoot is not signal).
+            lo, hi = float(frame.min()), float(frame.max()) if clamp else np.inf
+            np.clip(sr, lo, hi, out=sr)
             outs.append(sr)
         out = outs[0] if arr.ndim == 3 else np.stack(outs, axis=-1)
         return out, nm
@@ -185,8 +188,30 @@ class Enhancer:
         opts: EnhanceOptions,
         *,
         progress: Callable[[int], None] | None = None,
+        loaded: Future[Volume] | None = None,
     ) -> StudyResult:
-        """Enhance one study; never raises for a bad study (the result says ``failed`` and why)."""
+        """Enhance one study under its lock; never raises for a bad study (the result says why).
+
+        Args:
+            study: The study.
+            opts: What to produce.
+            progress: Called with the number of slices done.
+            loaded: The study's volume, already being read by a prefetching thread.
+        """
+        with study_lock(opts.out_dir, study.id) as mine:
+            if not mine:
+                return StudyResult(study, "locked", error=f"{study.path}: another process holds its lock")
+            for tmp in opts.out_dir.glob(f".{study.id}_*{TMP_MARK}*"):  # left by a killed run
+                remove_path(tmp)
+            return self._process_locked(study, opts, progress, loaded)
+
+    def _process_locked(
+        self,
+        study: Study,
+        opts: EnhanceOptions,
+        progress: Callable[[int], None] | None,
+        loaded: Future[Volume] | None,
+    ) -> StudyResult:
         t0 = time.perf_counter()
         factors = opts.scale or self.checkpoint.scale or (4, 4, 1)
         out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
@@ -204,11 +229,12 @@ class Enhancer:
                     and out_path.exists()
                 ):
                     return StudyResult(study, "skipped", sidecar=sidecar, output=out_path)
-                if old is None or old.get("status") == "done":
+                if old is not None and old.get("status") == "done":
                     raise OutputExistsError(
                         out_path, "output exists (from another input or checkpoint); use --overwrite"
                     )
-            record = self._process(study, opts, factors, out_fmt, out_path, in_sha, progress)
+                # An output without a 'done' sidecar is what a killed run leaves: it is redone.
+            record = self._process(study, opts, factors, out_fmt, out_path, in_sha, progress, loaded)
             record["seconds"] = round(time.perf_counter() - t0, 3)
             write_json_atomic(sidecar, record)
             return StudyResult(
@@ -258,8 +284,9 @@ class Enhancer:
         out_path: Path,
         in_sha: str,
         progress: Callable[[int], None] | None,
+        loaded: Future[Volume] | None = None,
     ) -> dict[str, Any]:
-        vol = study.load()
+        vol = loaded.result() if loaded is not None else study.load()
         if not np.isfinite(vol.data).all():
             bad = int((~np.isfinite(vol.data)).sum())
             raise UnsupportedDataError(study.path, f"{bad} NaN/Inf voxels of {vol.data.size}")
@@ -397,18 +424,28 @@ class Enhancer:
         on_done: Callable[[StudyResult], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[StudyResult]:
-        """Enhance ``studies`` in order; bad studies fail alone and the batch goes on."""
+        """Enhance ``studies`` in order; bad studies fail alone and the batch goes on.
+
+        The next study is read by a background thread while the current one computes. When
+        ``should_stop`` turns true (SIGTERM/SIGINT) the loop stops after the current study.
+        """
         opts.out_dir.mkdir(parents=True, exist_ok=True)
-        results = []
-        for study in studies:
-            if should_stop is not None and should_stop():
-                break
-            if on_start is not None:
-                on_start(study, 0)
-            res = self.process(study, opts, progress=on_slices)
-            results.append(res)
-            if on_done is not None:
-                on_done(res)
+        results: list[StudyResult] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrisr-read") as pool:
+            nxt: Future[Volume] | None = pool.submit(studies[0].load) if studies else None
+            for n, study in enumerate(studies):
+                current = nxt
+                nxt = pool.submit(studies[n + 1].load) if n + 1 < len(studies) else None
+                if should_stop is not None and should_stop():
+                    break
+                if on_start is not None:
+                    on_start(study, n)
+                res = self.process(study, opts, progress=on_slices, loaded=current)
+                results.append(res)
+                if on_done is not None:
+                    on_done(res)
+            if nxt is not None:
+                nxt.cancel()
         return results
 
 

@@ -67,7 +67,12 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 def _register() -> None:
-    from mrisr.cli import info  # noqa: F401
+    from mrisr.cli import (  # noqa: F401
+        demo,
+        enhance,
+        info,
+        train,
+    )
 
 
 _register()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from mrisr.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
+from mrisr.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
 
 
 @app.command()
@@ -15,28 +15,39 @@ def enhance(
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, DICOM files or folders of studies.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     scale: Annotated[
-        Optional[str], typer.Option(help="Factor: '4' (in-plane ×4) or per axis '4,4,1'. Default: the checkpoint's.")
+        str | None,
+        typer.Option(help="Factor: '4' (in-plane ×4) or per axis '4,4,1'. Default: the checkpoint's."),
     ] = None,
     checkpoint: Annotated[
-        Optional[Path], typer.Option(help="Checkpoint (.pt). Default: the weights shipped for the scale.")
+        Path | None, typer.Option(help="Checkpoint (.pt). Default: the weights shipped for the scale.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     axis: Annotated[int, typer.Option(min=0, max=2, help="Slicing axis of the voxel array.")] = 2,
     fmt: Annotated[str, typer.Option("--format", help="Output format: same | nifti | dicom.")] = "same",
     dtype: Annotated[
-        Optional[str], typer.Option(help="Output dtype, e.g. float32. Default: the input's.")
+        str | None, typer.Option(help="Output dtype, e.g. float32. Default: the input's.")
     ] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Slices per batch (default: by memory).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Slices per batch (default: by memory).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     simulate: Annotated[
-        bool, typer.Option(help="Inputs are references: degrade by --scale, super-resolve, measure PSNR/SSIM.")
+        bool,
+        typer.Option(help="Inputs are references: degrade by --scale, super-resolve, measure PSNR/SSIM."),
     ] = False,
     degradation: Annotated[
-        Optional[str], typer.Option(help="Degradation for --simulate: bicubic | box | kspace (default: checkpoint's).")
+        str | None,
+        typer.Option(help="Degradation for --simulate: bicubic | box | kspace (default: checkpoint's)."),
     ] = None,
-    save_intermediates: Annotated[bool, typer.Option(help="With --simulate, also write LR and bicubic volumes.")] = False,
+    save_intermediates: Annotated[
+        bool, typer.Option(help="With --simulate, also write LR and bicubic volumes.")
+    ] = False,
     figure: Annotated[bool, typer.Option(help="Write <id>_compare.png.")] = True,
     amp: Annotated[bool, typer.Option(help="Mixed precision on the GPU.")] = True,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Process shard I/N (0-based) only. Default: SLURM_ARRAY_TASK_ID/_COUNT when set."),
+    ] = None,
 ) -> None:
     """Super-resolve studies onto a finer grid, in the same place and the same units."""
     import numpy as np
@@ -44,7 +55,7 @@ def enhance(
     from mrisr.discovery import find_studies
     from mrisr.enhance import EnhanceOptions, Enhancer, parse_factors, resolve_checkpoint
     from mrisr.errors import MrisrError
-    from mrisr.inference import RunOptions, count_slices, resolve_device
+    from mrisr.inference import RunOptions, resolve_device
     from mrisr.transforms import DEGRADATIONS
 
     if fmt not in ("same", "nifti", "dicom"):
@@ -56,9 +67,12 @@ def enhance(
             np.dtype(dtype)
         except TypeError:
             raise fail(f"--dtype {dtype!r} is not a NumPy dtype") from None
+    from mrisr.batch import StopFlag, parse_shard, select_shard, shard_from_env
+
     try:
         factors = parse_factors(scale)
         dev = resolve_device(device)
+        shard_sel = parse_shard(shard) if shard is not None else shard_from_env()
     except ValueError as exc:
         raise fail(str(exc)) from None
     try:
@@ -68,6 +82,7 @@ def enhance(
         raise fail(str(exc)) from None
     if not studies:
         raise fail(f"no NIfTI or DICOM studies found in {', '.join(map(str, inputs))}")
+    studies = select_shard(studies, [s.id for s in studies], shard_sel)
     opts = EnhanceOptions(
         out_dir=out,
         scale=factors,
@@ -81,18 +96,22 @@ def enhance(
         figure=figure,
     )
     enhancer = Enhancer(ckpt, RunOptions(device=dev, batch_size=batch_size, amp=amp))
-    results = _run_with_progress(enhancer, studies, opts, count_slices)
+    with StopFlag() as stop:
+        results = _run_with_progress(enhancer, studies, opts, stop)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         typer.echo(f"error: {r.error}", err=True)
     _summary(results)
+    if stop:
+        typer.echo(
+            f"interrupted by signal {stop.signum}: {len(results)} of {len(studies)} studies handled", err=True
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
-def _run_with_progress(enhancer, studies, opts, count_slices):  # type: ignore[no-untyped-def]
+def _run_with_progress(enhancer, studies, opts, stop):  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from mrisr.geometry import as_factors
 
     with Progress(
         TextColumn("{task.description}"),
@@ -117,6 +136,7 @@ def _run_with_progress(enhancer, studies, opts, count_slices):  # type: ignore[n
             on_start=on_start,
             on_slices=lambda n: bar.advance(t_slices, n),
             on_done=on_done,
+            should_stop=lambda: bool(stop),
         )
 
 

@@ -36,6 +36,30 @@ def _has_scaling(header: nib.Nifti1Header) -> bool:
     )
 
 
+def _diagnose(path: Path) -> str | None:
+    """Why nibabel could not read ``path``, in words (``None`` when nothing specific is found)."""
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(540)
+                while fh.read(1 << 20):
+                    pass
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(540)
+    except gzip.BadGzipFile:
+        return "not a gzip file (the .gz name promises one)"
+    except EOFError:
+        return "truncated file (the gzip stream ends early)"
+    except (OSError, zlib.error) as exc:
+        return f"unreadable ({exc})"
+    if len(head) < 348:
+        return f"truncated file (too short for a NIfTI header: {len(head)} bytes)"
+    if head[344:348] not in (b"n+1\0", b"ni1\0") and head[4:8] not in (b"n+2\0", b"ni2\0"):
+        return "not a NIfTI file (no NIfTI magic in the header)"
+    return None
+
+
 def read_nifti(path: str | Path) -> Volume:
     """Read a ``.nii``/``.nii.gz`` file into a :class:`~mrisr.io.Volume`.
 
@@ -61,10 +85,10 @@ def read_nifti(path: str | Path) -> Volume:
     except EOFError as exc:
         raise UnreadableFileError(p, "truncated file (unexpected end of data)") from exc
     except _READ_ERRORS as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = _diagnose(p) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if "truncated" in msg.lower() or "too short" in msg.lower() or "buffer is too small" in msg:
-            msg = f"truncated file ({msg})"
-        raise UnreadableFileError(p, msg) from exc
+            msg = f"truncated file ({msg})" if not msg.startswith("truncated") else msg
+        raise UnreadableFileError(p, msg.replace(str(p), "").replace('""', "").strip(" :")) from exc
     if data.dtype.fields is not None or not np.issubdtype(data.dtype, np.number):
         raise UnsupportedDataError(p, f"non-scalar voxel type {data.dtype} (RGB or complex?)")
     if np.iscomplexobj(data):

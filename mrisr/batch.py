@@ -1,0 +1,166 @@
+"""Batch processing at cluster scale: shards, per-study locks, preemption.
+
+Shards
+    ``shard_of(id, n)`` gives each study to exactly one of ``n`` shards by a stable hash (SHA-1) of its
+    id, so any number of processes given ``--shard i/n`` for ``i = 0..n-1`` cover every study once,
+    whatever order they see the files in. Without ``--shard``, a SLURM array job's
+    ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT`` decide (the task id is taken relative to
+    ``SLURM_ARRAY_TASK_MIN``).
+Locks
+    Before a study is processed, ``.<id>.lock`` is created exclusively in the output folder
+    (``O_CREAT | O_EXCL``: atomic on local and NFSv3+ file systems) and holds ``host pid``. A lock of a
+    process that no longer runs on this host is stale and is taken over; a lock from another host is
+    taken over once older than ``stale_after`` seconds (default 24 h).
+Preemption
+    :class:`StopFlag` turns SIGTERM/SIGINT into a flag that the batch loop checks between studies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STALE_AFTER_S = 24 * 3600.0
+
+
+def shard_of(study_id: str, count: int) -> int:
+    """The shard (``0 <= s < count``) that owns ``study_id``."""
+    digest = hashlib.sha1(study_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``"I/N"`` (0-based) into ``(I, N)``.
+
+    Raises:
+        ValueError: Unless ``0 <= I < N``.
+    """
+    try:
+        a, b = text.split("/")
+        index, count = int(a), int(b)
+    except ValueError as exc:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from exc
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """The shard of a SLURM array task, from ``SLURM_ARRAY_TASK_ID``/``_COUNT``/``_MIN``; else ``None``."""
+    e = os.environ if env is None else env
+    if "SLURM_ARRAY_TASK_ID" not in e or "SLURM_ARRAY_TASK_COUNT" not in e:
+        return None
+    index = int(e["SLURM_ARRAY_TASK_ID"]) - int(e.get("SLURM_ARRAY_TASK_MIN", "0"))
+    count = int(e["SLURM_ARRAY_TASK_COUNT"])
+    if not 0 <= index < count:
+        raise ValueError(
+            f"SLURM array task {e['SLURM_ARRAY_TASK_ID']} is outside 0..{count - 1} "
+            "(use a contiguous array such as --array=0-N)"
+        )
+    return index, count
+
+
+def select_shard(items: Sequence[T], ids: Sequence[str], shard: tuple[int, int] | None) -> list[T]:
+    """The items whose id belongs to ``shard`` (all of them when ``shard`` is ``None``)."""
+    if shard is None:
+        return list(items)
+    index, count = shard
+    return [it for it, i in zip(items, ids, strict=True) if shard_of(i, count) == index]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_path(out_dir: Path, study_id: str) -> Path:
+    """Where the lock of a study lives."""
+    return out_dir / f".{study_id}.lock"
+
+
+def _is_stale(path: Path, stale_after: float) -> bool:
+    try:
+        text = path.read_text().split()
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        return False
+    if len(text) >= 2 and text[0] == socket.gethostname():
+        return not _pid_alive(int(text[1]))
+    return age > stale_after
+
+
+@contextlib.contextmanager
+def study_lock(out_dir: Path, study_id: str, *, stale_after: float = STALE_AFTER_S) -> Iterator[bool]:
+    """Hold the study's lock; yields ``False`` (and holds nothing) when another live process has it."""
+    path = lock_path(out_dir, study_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    acquired = False
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _is_stale(path, stale_after):
+                log.info("taking over stale lock %s", path)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            break
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{socket.gethostname()} {os.getpid()}\n")
+        acquired = True
+        break
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+class StopFlag:
+    """Turns SIGTERM and SIGINT into a flag (a SLURM preemption or Ctrl-C), restoring handlers on exit.
+
+    A second signal while the flag is set raises ``KeyboardInterrupt`` to abandon the current study
+    (its temporaries are removed by the atomic writers).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received signal %d: finishing the current study, then stopping", signum)
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not in the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]

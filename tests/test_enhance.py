@@ -1,0 +1,211 @@
+"""Enhance: geometry, units, dtype, identity network == bicubic, bad inputs in a batch, skipping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mrisr.checkpoint import save_checkpoint
+from mrisr.cli import main
+from mrisr.geometry import fov_corner_world, refine_affine, voxel_to_world
+from mrisr.inference import RunOptions, super_resolve_array
+from mrisr.models import SRCNN, SRCNNConfig
+
+def _oblique() -> np.ndarray:
+    """A rotated (not axis-aligned), anisotropic, LPS-like affine: 2 × 1.2 × 3 mm voxels."""
+    a, b = np.deg2rad(20.0), np.deg2rad(-10.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    aff = np.eye(4)
+    aff[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ rz @ rx @ np.diag([2.0, 1.2, 3.0])
+    aff[:3, 3] = [10.0, -5.0, 7.0]
+    return aff
+
+
+OBLIQUE = _oblique()
+
+
+def _ckpt(path: Path, *, identity: bool, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    cfg = SRCNNConfig(residual=True)
+    model = SRCNN(cfg)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        if identity:
+            last.weight.zero_()
+            last.bias.zero_()
+        else:
+            last.weight.normal_(0, 0.05)
+    save_checkpoint(path, model, cfg.to_dict(), {"scale": [4, 4, 1], "degradation": "bicubic"})
+    return path
+
+
+@pytest.fixture()
+def identity_ckpt(tmp_path: Path) -> Path:
+    return _ckpt(tmp_path / "identity.pt", identity=True)
+
+
+@pytest.fixture()
+def random_ckpt(tmp_path: Path) -> Path:
+    return _ckpt(tmp_path / "random.pt", identity=False)
+
+
+def _blob(shape: tuple[int, ...], seed: int = 0, dtype: type = np.int16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.random(shape) * 800 + 100
+    return x.astype(dtype)
+
+
+def _save(path: Path, data: np.ndarray, affine: np.ndarray = OBLIQUE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def _bicubic_reference(lr: np.ndarray, s: int) -> np.ndarray:
+    """Bicubic ×s of axes 0/1, computed independently of mrisr, clamped to the input range."""
+    t = torch.from_numpy(lr.astype(np.float32)).permute(2, 0, 1)[:, None]
+    up = F.interpolate(t, scale_factor=s, mode="bicubic", align_corners=False)[:, 0].permute(1, 2, 0).numpy()
+    return np.clip(up, lr.min(), lr.max())
+
+
+def test_identity_network_reproduces_bicubic_and_geometry(tmp_path: Path, identity_ckpt: Path) -> None:
+    lr = _blob((6, 5, 3))
+    src = _save(tmp_path / "in" / "s1.nii.gz", lr)
+    out = tmp_path / "out"
+    assert main(["enhance", str(src), "--out", str(out), "--checkpoint", str(identity_ckpt), "--scale", "4"]) == 0
+    img = nib.load(out / "s1_sr.nii.gz")
+    sr = np.asarray(img.dataobj)
+    assert sr.shape == (24, 20, 3)
+    assert sr.dtype == np.int16
+    expect = np.clip(np.rint(_bicubic_reference(lr, 4)), -32768, 32767).astype(np.int16)
+    np.testing.assert_array_equal(sr, expect)
+    # Geometry: the output voxel (i, j, k) sits at input index ((i+.5)/4-.5, (j+.5)/4-.5, k) in world space.
+    np.testing.assert_allclose(img.affine, refine_affine(OBLIQUE, (4, 4, 1)), atol=1e-6)
+    np.testing.assert_allclose(img.header.get_sform(), img.header.get_qform(), atol=1e-4)
+    ijk = np.array([[0, 0, 0], [23, 19, 2], [5, 11, 1]], dtype=float)
+    lr_idx = np.stack([(ijk[:, 0] + 0.5) / 4 - 0.5, (ijk[:, 1] + 0.5) / 4 - 0.5, ijk[:, 2]], axis=1)
+    np.testing.assert_allclose(voxel_to_world(img.affine, ijk), voxel_to_world(OBLIQUE, lr_idx), atol=1e-4)
+    np.testing.assert_allclose(fov_corner_world(img.affine, sr.shape), fov_corner_world(OBLIQUE, lr.shape), atol=1e-4)
+    side = json.loads((out / "s1_sr.json").read_text())
+    assert side["status"] == "done"
+    assert side["model"]["kernel_sizes"] == [9, 1, 5] and side["model"]["filters"] == [64, 32]
+    assert side["model"]["residual"] is True
+    assert side["scale"] == [4, 4, 1] and side["axis"] == 2
+    assert len(side["input"]["sha256"]) == 64 and len(side["checkpoint"]["sha256"]) == 64
+    assert side["output"]["shape"] == [24, 20, 3]
+
+
+def test_real_network_differs_from_bicubic_and_stays_nonnegative(tmp_path: Path, random_ckpt: Path) -> None:
+    lr = _blob((8, 8, 2), seed=3).astype(np.float32) - 100  # values in [0, 800]
+    lr[0, 0, 0] = 0.0
+    src = _save(tmp_path / "s2.nii.gz", lr)
+    out = tmp_path / "out"
+    assert main(["enhance", str(src), "--out", str(out), "--checkpoint", str(random_ckpt), "--no-figure"]) == 0
+    sr = nib.load(out / "s2_sr.nii.gz").get_fdata()
+    bic = _bicubic_reference(lr, 4)
+    assert np.abs(sr - bic).max() > 1.0
+    assert sr.min() >= 0.0
+
+
+def test_dtype_float32_option_and_4d(tmp_path: Path, identity_ckpt: Path) -> None:
+    lr = _blob((4, 4, 2, 3), seed=1)
+    lr[..., 1] = lr[..., 0] // 2
+    src = _save(tmp_path / "dwi.nii.gz", lr)
+    hdr_img = nib.load(src)
+    hdr_img.header.set_zooms((2.0, 1.2, 3.0, 2.5))
+    nib.save(hdr_img, str(src))
+    out = tmp_path / "out"
+    args = ["enhance", str(src), "--out", str(out), "--checkpoint", str(identity_ckpt), "--dtype", "float32"]
+    assert main(args) == 0
+    img = nib.load(out / "dwi_sr.nii.gz")
+    assert img.shape == (16, 16, 2, 3)
+    assert img.get_data_dtype() == np.float32
+    assert img.header.get_zooms()[3] == pytest.approx(2.5)
+    sr = img.get_fdata()
+    for t in range(3):
+        np.testing.assert_allclose(sr[..., t], _bicubic_reference(lr[..., t], 4), atol=1e-3)
+
+
+def test_tiled_equals_untiled() -> None:
+    torch.manual_seed(1)
+    model = SRCNN(SRCNNConfig(residual=True))
+    with torch.no_grad():
+        model.body[-1].weight.normal_(0, 0.1)
+    x = np.random.default_rng(0).random((20, 18, 2)).astype(np.float32)
+    whole = super_resolve_array(model, x, (4, 4, 1))
+    tiled = super_resolve_array(model, x, (4, 4, 1), opts=RunOptions(max_tile_pixels=24 * 24))
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_batch_survives_bad_studies(tmp_path: Path, identity_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "batch"
+    good = _save(data / "good.nii.gz", _blob((4, 4, 2)))
+    _save(data / "const.nii.gz", np.full((4, 4, 2), 7, np.int16))
+    nan = _blob((4, 4, 2)).astype(np.float32)
+    nan[1, 1, 1] = np.nan
+    _save(data / "nan.nii.gz", nan)
+    (data / "empty.nii.gz").write_bytes(b"")
+    (data / "text.nii.gz").write_text("not a nifti at all")
+    raw = good.read_bytes()
+    (data / "trunc.nii.gz").write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "out"
+    code = main(["enhance", str(data), "--out", str(out), "--checkpoint", str(identity_ckpt), "--no-figure"])
+    assert code == 1
+    err = capsys.readouterr().err
+    for name, why in [("nan", "NaN"), ("empty", "empty"), ("text", "gzip"), ("trunc", "truncated")]:
+        line = next(ln for ln in err.splitlines() if ln.startswith("error:") and f"{name}.nii.gz" in ln)
+        assert why.lower() in line.lower(), line
+        assert not (out / f"{name}_sr.nii.gz").exists()
+        assert json.loads((out / f"{name}_sr.json").read_text())["status"] == "failed"
+    assert "Traceback" not in err
+    assert (out / "good_sr.nii.gz").exists()
+    const = np.asarray(nib.load(out / "const_sr.nii.gz").dataobj)
+    assert const.shape == (16, 16, 2) and np.all(const == 7)
+    assert not list(out.glob(".*"))  # no temporaries left
+
+
+def test_rerun_skips_and_overwrite_redoes(tmp_path: Path, identity_ckpt: Path, random_ckpt: Path) -> None:
+    src = _save(tmp_path / "s.nii.gz", _blob((4, 4, 2)))
+    out = tmp_path / "out"
+    base = ["enhance", str(src), "--out", str(out), "--no-figure"]
+    assert main([*base, "--checkpoint", str(identity_ckpt)]) == 0
+    first = (out / "s_sr.json").read_text()
+    assert main([*base, "--checkpoint", str(identity_ckpt)]) == 0
+    assert (out / "s_sr.json").read_text() == first  # skipped: sidecar untouched
+    assert main([*base, "--checkpoint", str(random_ckpt)]) == 1  # another checkpoint: refuses to overwrite
+    assert main([*base, "--checkpoint", str(random_ckpt), "--overwrite"]) == 0
+    side = json.loads((out / "s_sr.json").read_text())
+    assert side["checkpoint"]["path"].endswith("random.pt")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"PK\x03\x04truncated zip"])
+def test_corrupted_checkpoint_is_one_line_error(
+    tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _save(tmp_path / "s.nii.gz", _blob((4, 4, 2)))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    assert main(["enhance", str(src), "--out", str(tmp_path / "o"), "--checkpoint", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.pt" in err[0]
+
+
+def test_foreign_torch_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, bad)
+    src = _save(tmp_path / "s.nii.gz", _blob((4, 4, 2)))
+    assert main(["enhance", str(src), "--out", str(tmp_path / "o"), "--checkpoint", str(bad)]) == 2
+    assert "not an mrisr checkpoint" in capsys.readouterr().err
+
+
+def test_no_weights_for_scale_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _save(tmp_path / "s.nii.gz", _blob((4, 4, 2)))
+    assert main(["enhance", str(src), "--out", str(tmp_path / "o"), "--scale", "7"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
