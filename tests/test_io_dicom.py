@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,9 +49,7 @@ def test_nifti_to_dicom_to_nifti_keeps_corners_and_values(
     via_dicom = read_dicom_path(series)
     back = read_nifti(write_nifti(via_dicom, tmp_path / "back.nii.gz"))
     assert back.data.shape == src.data.shape
-    np.testing.assert_allclose(
-        corner_world(back.affine, back.shape3), corner_world(affine, src.shape3), atol=1e-4
-    )
+    np.testing.assert_allclose(corner_world(back.affine, back.shape3), corner_world(affine, src.shape3), atol=1e-4)
     np.testing.assert_array_equal(back.data, src.data)
     assert back.dtype == np.int16
     assert not [p for p in tmp_path.iterdir() if TMP_MARK in p.name]
@@ -59,9 +58,7 @@ def test_nifti_to_dicom_to_nifti_keeps_corners_and_values(
 def test_written_geometry_tags_are_lps_with_row_spacing_first(grid_volume: GridMaker, tmp_path: Path) -> None:
     data, affine = grid_volume("lps")  # RAS diag(-0.8, -0.7, 3.0), origin (50, 60, -20)
     write_dicom_series(_dicom_volume(data, affine), tmp_path / "s")
-    slices = sorted(
-        (pydicom.dcmread(p) for p in (tmp_path / "s").iterdir()), key=lambda d: int(d.InstanceNumber)
-    )
+    slices = sorted((pydicom.dcmread(p) for p in (tmp_path / "s").iterdir()), key=lambda d: int(d.InstanceNumber))
     assert [int(d.InstanceNumber) for d in slices] == [1, 2, 3, 4]
     third = slices[2]
     np.testing.assert_allclose([float(v) for v in third.ImagePositionPatient], (-50.0, -60.0, -14.0))
@@ -73,9 +70,7 @@ def test_written_geometry_tags_are_lps_with_row_spacing_first(grid_volume: GridM
     np.testing.assert_array_equal(third.pixel_array, data[:, :, 2].T)
 
 
-def test_written_series_is_a_new_derived_series_of_the_same_patient(
-    grid_volume: GridMaker, tmp_path: Path
-) -> None:
+def test_written_series_is_a_new_derived_series_of_the_same_patient(grid_volume: GridMaker, tmp_path: Path) -> None:
     data, affine = grid_volume("oblique")
     write_dicom_series(_dicom_volume(data, affine), tmp_path / "s")
     headers = [pydicom.dcmread(p) for p in sorted((tmp_path / "s").iterdir())]
@@ -89,9 +84,7 @@ def test_written_series_is_a_new_derived_series_of_the_same_patient(
     assert list(first.ImageType) == ["DERIVED", "SECONDARY"]
     assert first.SeriesDescription == "T1 sag SR"
     assert int(first.SeriesNumber) == 1005
-    write_dicom_series(
-        _dicom_volume(data, affine), tmp_path / "t", series_description_suffix=" x2", series_number=77
-    )
+    write_dicom_series(_dicom_volume(data, affine), tmp_path / "t", series_description_suffix=" x2", series_number=77)
     other = pydicom.dcmread(sorted((tmp_path / "t").iterdir())[0])
     assert (other.SeriesDescription, int(other.SeriesNumber)) == ("T1 sag x2", 77)
 
@@ -227,9 +220,7 @@ def test_synthetic_series_geometry_and_order(axial_series: SeriesMaker, tmp_path
         np.testing.assert_array_equal(vol.data[:, :, k], pydicom.dcmread(f).pixel_array.T)
 
 
-def test_two_interleaved_series_in_one_folder_are_two_studies(
-    axial_series: SeriesMaker, tmp_path: Path
-) -> None:
+def test_two_interleaved_series_in_one_folder_are_two_studies(axial_series: SeriesMaker, tmp_path: Path) -> None:
     a = axial_series("mixed", [0.0, 2.0, 4.0], uid="1.2.3.1", names=["f0", "f2", "f4"])
     b = axial_series("mixed", [1.0, 3.0, 5.0], uid="1.2.3.2", names=["f1", "f3", "f5"])
     studies = group_dicom_series(_pairs(tmp_path / "mixed"))
@@ -300,3 +291,27 @@ def test_non_dicom_file_in_an_explicit_file_list(tmp_path: Path) -> None:
     with pytest.raises(UnreadableFileError, match="not a DICOM file") as info:
         read_dicom_series([junk])
     assert info.value.path == junk
+
+
+def test_pixels_without_simpleitk_match(
+    pydicom_files: Path, monkeypatch: pytest.MonkeyPatch, axial_series: SeriesMaker
+) -> None:
+    folder = pydicom_files / "dicomdirtests" / "98892001" / "CT5N"
+    files = axial_series("ax", [0.0, 2.0, 4.0])
+    with_sitk = [read_dicom_path(folder), read_dicom_series(files)]
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import SimpleITK now raises ImportError
+    without = [read_dicom_path(folder), read_dicom_series(files)]
+    for a, b in zip(with_sitk, without, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(a.affine, b.affine)
+
+
+def test_volume_without_tags_gets_required_empty_tags(grid_volume: GridMaker, tmp_path: Path) -> None:
+    data, affine = grid_volume("oblique")
+    vol = Volume(data=data, affine=affine, dtype=np.int16, fmt="nifti")
+    ds = pydicom.dcmread(sorted(write_dicom_series(vol, tmp_path / "s").iterdir())[0])
+    assert ds.PatientName == "" and ds.PatientID == ""
+    assert ds.Modality == "MR" and ds.SOPClassUID == pydicom.uid.MRImageStorage
+    assert int(ds.SeriesNumber) == 1000
+    assert ds.SeriesDescription == "mrisr SR"

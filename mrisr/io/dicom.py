@@ -86,6 +86,18 @@ COPIED_TAGS = (
 # A series' own identity, never copied onto a derived series.
 _NOT_WRITTEN = frozenset({"SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "SOPClassUID"})
 
+_TYPE2_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
 _REL_TOL = 0.01  # slice positions may deviate by 1 % of the slice spacing ...
 _ABS_TOL = 1e-3  # ... or 1e-3 mm, whichever is larger
 
@@ -276,10 +288,7 @@ def _parse_slice(path: Path, ds: Dataset, *, single: bool) -> _Slice:
         log.warning("%s: no PixelSpacing; assuming 1 mm", path)
         spacing = np.ones(2)
     row_dir, col_dir = iop[:3], iop[3:]
-    if not (
-        np.isclose(np.linalg.norm(row_dir), 1, atol=1e-3)
-        and np.isclose(np.linalg.norm(col_dir), 1, atol=1e-3)
-    ):
+    if not (np.isclose(np.linalg.norm(row_dir), 1, atol=1e-3) and np.isclose(np.linalg.norm(col_dir), 1, atol=1e-3)):
         raise InconsistentGeometryError(path, f"ImageOrientationPatient {list(iop)} is not two unit vectors")
     instance = ds.get("InstanceNumber")
     try:
@@ -311,10 +320,7 @@ def _order_slices(slices: list[_Slice], folder: Path) -> tuple[list[_Slice], np.
     """
     first = slices[0]
     for s in slices[1:]:
-        if not (
-            np.allclose(s.row_dir, first.row_dir, atol=1e-4)
-            and np.allclose(s.col_dir, first.col_dir, atol=1e-4)
-        ):
+        if not (np.allclose(s.row_dir, first.row_dir, atol=1e-4) and np.allclose(s.col_dir, first.col_dir, atol=1e-4)):
             raise InconsistentGeometryError(
                 folder,
                 f"mixed slice orientation: {s.path.name} has row/column directions "
@@ -348,8 +354,7 @@ def _order_slices(slices: list[_Slice], folder: Path) -> tuple[list[_Slice], np.
     bad = [n for n in range(len(gaps)) if abs(gaps[n] - step_len) > tol]
     if bad:
         details = "; ".join(
-            f"{_fmt_pos(ordered[n].position)} to {_fmt_pos(ordered[n + 1].position)}: {gaps[n]:.3f} mm"
-            for n in bad[:5]
+            f"{_fmt_pos(ordered[n].position)} to {_fmt_pos(ordered[n + 1].position)}: {gaps[n]:.3f} mm" for n in bad[:5]
         )
         missing = any(gaps[n] > step_len + tol for n in bad)
         raise InconsistentGeometryError(
@@ -366,9 +371,7 @@ def _order_slices(slices: list[_Slice], folder: Path) -> tuple[list[_Slice], np.
         raise InconsistentGeometryError(
             folder,
             "slice positions not on one line: "
-            + "; ".join(
-                f"{_fmt_pos(ordered[k].position)} (expected {_fmt_pos(expected[k])})" for k in off[:5]
-            ),
+            + "; ".join(f"{_fmt_pos(ordered[k].position)} (expected {_fmt_pos(expected[k])})" for k in off[:5]),
         )
     instances = [s.instance for s in ordered if s.instance is not None]
     if len(instances) == n and all(a > b for a, b in itertools.pairwise(instances)):
@@ -421,20 +424,37 @@ def _result_dtype(data: np.ndarray, slices: Sequence[_Slice]) -> np.dtype:
 
 
 def _read_pixels(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels of one slice in physical units (rescale applied), shape ``(rows, columns)``, float64."""
-    import SimpleITK as sitk  # noqa: N813
+    """Pixels of one slice in physical units (rescale applied), shape ``(rows, columns)``, float64.
 
+    SimpleITK (GDCM) decodes them; where SimpleITK is not installed, pydicom does (uncompressed and
+    the transfer syntaxes its installed plugins handle).
+    """
+    try:
+        import SimpleITK as sitk  # noqa: N813
+    except ImportError:
+        log.debug("SimpleITK not available; decoding %s with pydicom", path)
+        return _read_pixels_pydicom(path, shape)
     try:
         img = sitk.ReadImage(str(path), sitk.sitkFloat64, imageIO="GDCMImageIO")
     except RuntimeError as exc:
         msg = str(exc).strip().splitlines()
-        raise UnreadableFileError(
-            path, f"cannot read pixel data ({msg[-1] if msg else 'SimpleITK error'})"
-        ) from exc
+        raise UnreadableFileError(path, f"cannot read pixel data ({msg[-1] if msg else 'SimpleITK error'})") from exc
     arr = sitk.GetArrayFromImage(img)
     if arr.size != shape[0] * shape[1]:
         raise UnreadableFileError(path, f"pixel data of {arr.shape} does not match Rows×Columns {shape}")
     return arr.reshape(shape)
+
+
+def _read_pixels_pydicom(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        ds = pydicom.dcmread(path)
+        arr = np.asarray(ds.pixel_array, dtype=np.float64)
+    except (InvalidDicomError, OSError, EOFError, ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
+        raise UnreadableFileError(path, f"cannot read pixel data ({exc})") from exc
+    if arr.size != shape[0] * shape[1]:
+        raise UnreadableFileError(path, f"pixel data of {arr.shape} does not match Rows×Columns {shape}")
+    slope, inter = _rescale(ds)
+    return arr.reshape(shape) * slope + inter
 
 
 def _series_tags(ds: Dataset) -> dict[str, str]:
@@ -468,7 +488,9 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
         ds = _read_header(p)
         if ds is None:
             raise UnreadableFileError(p, "not a DICOM file")
-        if _image_header(p, ds) is not None:
+        why = _image_header(p, ds)
+        if why is not None:
+            log.info("skipping %s: %s", p, why)
             continue
         headers.append((p, ds))
     uids = {_tag_str(ds, "SeriesInstanceUID") for _, ds in headers}
@@ -526,8 +548,7 @@ def read_dicom_path(path: Path) -> Volume:
             ids = ", ".join(s.id for s in studies)
             raise UnsupportedDataError(
                 p,
-                f"{len(studies)} DICOM image series in the folder (need exactly one)"
-                + (f": {ids}" if ids else ""),
+                f"{len(studies)} DICOM image series in the folder (need exactly one)" + (f": {ids}" if ids else ""),
             )
         return read_dicom_series(list(studies[0].files), uid=studies[0].series_uid)
     ds = _read_header(p)
@@ -536,9 +557,7 @@ def read_dicom_path(path: Path) -> Volume:
     why = _image_header(p, ds)
     if why is not None:
         raise UnsupportedDataError(p, why)
-    siblings = [
-        (f, p.parent) for f in sorted(p.parent.iterdir()) if f.is_file() and not f.name.startswith(".")
-    ]
+    siblings = [(f, p.parent) for f in sorted(p.parent.iterdir()) if f.is_file() and not f.name.startswith(".")]
     for study in group_dicom_series(siblings):
         if p in study.files:
             return read_dicom_series(list(study.files), uid=study.series_uid)
@@ -676,6 +695,9 @@ def write_dicom_series(
             for kw, value in tags.items():
                 if kw not in _NOT_WRITTEN:
                     _set(ds, kw, value)
+            for kw in _TYPE2_TAGS:  # required to be present, even when empty
+                if kw not in ds:
+                    setattr(ds, kw, "")
             if "StudyInstanceUID" not in ds:
                 ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(volume.path or out)])
             if "Modality" not in ds:
@@ -707,9 +729,7 @@ def write_dicom_series(
             ds.PixelRepresentation = 0 if stored.dtype == np.uint16 else 1
             ds.RescaleSlope = _ds_value(slope)
             ds.RescaleIntercept = _ds_value(inter)
-            ds.PixelData = (
-                np.ascontiguousarray(stored[:, :, k].T).astype(stored.dtype.newbyteorder("<")).tobytes()
-            )
+            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype(stored.dtype.newbyteorder("<")).tobytes()
             _save(ds, tmp / f"IM{k + 1:05d}.dcm")
     log.debug("wrote %d slices to %s", nk, out)
     return out
