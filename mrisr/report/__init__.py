@@ -1,0 +1,317 @@
+"""Batch report: merge every ``*_sr.json`` sidecar under an output folder into CSV, JSON and HTML.
+
+:func:`build_report` reads the sidecars written by ``mrisr enhance`` (in every sub-folder, so the
+shards of a cluster run merge into one report), and writes beside them:
+
+``report.csv``
+    One row per study, columns :data:`COLUMNS`.
+``report.json``
+    ``{"summary": ..., "columns": ..., "studies": [...], "failures": [...], "duplicates": [...]}``;
+    non-finite numbers (an infinite PSNR of identical volumes) are written as ``null``.
+``report.html``
+    One self-contained page (CSS, JS and images inline): summary, gain histogram, a table sortable by
+    any column, comparison figures, failures. To stay small with thousands of studies only some
+    figures are embedded (base64 data URIs): the first ``embed_first`` studies by name and the
+    ``embed_worst`` studies with the lowest PSNR gain; every other figure is linked by its relative
+    path, which resolves while the page stays in the output folder.
+
+See ``docs/report.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mrisr.errors import MrisrError
+from mrisr.fsutil import atomic_path, write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = "_sr.json"
+METRICS: tuple[str, ...] = (
+    "psnr_bicubic", "psnr_sr", "ssim_bicubic", "ssim_sr", "ssim3d_bicubic", "ssim3d_sr",
+    "psnr_bicubic_masked", "psnr_sr_masked", "ssim_bicubic_masked", "ssim_sr_masked",
+)  # fmt: skip
+COLUMNS: tuple[str, ...] = (
+    "study", "status",
+    "psnr_bicubic", "psnr_sr", "gain_db", "ssim_bicubic", "ssim_sr", "ssim_gain",
+    "ssim3d_bicubic", "ssim3d_sr",
+    "psnr_bicubic_masked", "psnr_sr_masked", "gain_db_masked", "ssim_bicubic_masked", "ssim_sr_masked",
+    "psnr_lr", "seconds", "device", "input", "output", "figure", "sidecar", "error",
+)  # fmt: skip
+NUMERIC: frozenset[str] = frozenset(METRICS) | {"gain_db", "ssim_gain", "gain_db_masked", "psnr_lr", "seconds"}
+
+
+class NoSidecarsError(MrisrError):
+    """An output folder that holds no ``*_sr.json`` sidecar."""
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`build_report` wrote and found.
+
+    Attributes:
+        csv_path: ``report.csv``.
+        json_path: ``report.json``.
+        html_path: ``report.html``.
+        n_studies: Studies (after merging duplicates).
+        n_done: Studies with status ``done``.
+        n_failed: The others (failed, unreadable or invalid sidecars).
+        gain_db_mean: Mean of ``psnr_sr - psnr_bicubic`` over studies with metrics, dB (``None``: none).
+        gain_db_sd: Its sample standard deviation, dB (0 for one study, ``None`` for none).
+        ssim_gain_mean: Mean of ``ssim_sr - ssim_bicubic``.
+        ssim_gain_sd: Its sample standard deviation.
+        failures: ``(study, reason)`` of every failed study.
+        n_duplicates: Sidecars set aside because another sidecar of the same study was kept.
+    """
+
+    csv_path: Path
+    json_path: Path
+    html_path: Path
+    n_studies: int
+    n_done: int
+    n_failed: int
+    gain_db_mean: float | None
+    gain_db_sd: float | None
+    ssim_gain_mean: float | None
+    ssim_gain_sd: float | None
+    failures: tuple[tuple[str, str], ...]
+    n_duplicates: int
+
+
+def find_sidecars(out_dir: Path) -> list[Path]:
+    """Every ``*_sr.json`` under ``out_dir`` (recursively), hidden temporaries excluded, sorted."""
+    return sorted(
+        p
+        for p in out_dir.rglob(f"*{SIDECAR_SUFFIX}")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out_dir).parts)
+    )
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v)
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    d = a - b
+    return d if math.isfinite(d) else None
+
+
+def _rel(p: Path, root: Path) -> str:
+    return Path(os.path.relpath(p, root)).as_posix()
+
+
+def _row_from_sidecar(path: Path, out_dir: Path) -> dict[str, Any]:
+    """One report row; an unreadable or invalid sidecar gives a failed row naming the reason."""
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row["study"] = path.name[: -len(SIDECAR_SUFFIX)]
+    row["sidecar"] = _rel(path, out_dir)
+    row["status"] = "failed"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        row["error"] = f"unreadable sidecar: {' '.join(str(exc).split())}"
+        return row
+    if not isinstance(data, dict):
+        row["error"] = "invalid sidecar: not a JSON object"
+        return row
+    row["_created"] = str(data.get("created") or "")
+    if isinstance(data.get("study"), str) and data["study"]:
+        row["study"] = data["study"]
+    status = data.get("status")
+    row["status"] = status if status in ("done", "failed") else "failed"
+    err = data.get("error")
+    row["error"] = None if err is None else " ".join(str(err).split())
+    if status not in ("done", "failed"):
+        row["error"] = f"invalid sidecar: status {status!r}"
+    row["seconds"] = _num(data.get("seconds"))
+    row["device"] = data.get("device")
+    inp, outp = data.get("input"), data.get("output")
+    if isinstance(inp, dict):
+        row["input"] = inp.get("path")
+    if isinstance(outp, dict) and outp.get("path"):
+        row["output"] = _rel(path.parent / str(outp["path"]), out_dir)
+    metrics = data.get("metrics")
+    if isinstance(metrics, dict):
+        for k in METRICS:
+            row[k] = _num(metrics.get(k))
+    cons = data.get("consistency")
+    if isinstance(cons, dict):
+        row["psnr_lr"] = _num(cons.get("psnr_lr"))
+    row["gain_db"] = _diff(row["psnr_sr"], row["psnr_bicubic"])
+    row["gain_db_masked"] = _diff(row["psnr_sr_masked"], row["psnr_bicubic_masked"])
+    row["ssim_gain"] = _diff(row["ssim_sr"], row["ssim_bicubic"])
+    fig = data.get("figure")
+    if isinstance(fig, str) and fig:
+        row["figure"] = _rel(path.parent / fig, out_dir)
+    return row
+
+
+def _merge(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One row per study: a done sidecar beats a failed one, then the newest ``created`` wins."""
+    best: dict[str, dict[str, Any]] = {}
+    dropped: list[dict[str, Any]] = []
+    for row in rows:
+        key = row["study"]
+        old = best.get(key)
+        if old is None:
+            best[key] = row
+            continue
+        rank_new = (row["status"] == "done", row.get("_created") or "")
+        rank_old = (old["status"] == "done", old.get("_created") or "")
+        keep, drop = (row, old) if rank_new > rank_old else (old, row)
+        best[key] = keep
+        dropped.append(drop)
+    return [best[k] for k in sorted(best)], dropped
+
+
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = math.fsum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    var = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def _finite(values: list[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, float) and math.isfinite(v)]
+
+
+def _json_safe(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _cell_text(v: Any) -> str:
+    return "" if v is None else repr(v) if isinstance(v, float) else str(v)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow([_cell_text(row[c]) for c in COLUMNS])
+    write_text_atomic(path, buf.getvalue())
+
+
+def _histogram_png(gains: list[float]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 2.8))
+    try:
+        ax.hist(gains, bins=min(50, max(5, int(math.sqrt(len(gains))))), color="#3b75af")
+        ax.axvline(0.0, color="k", linewidth=0.8)
+        ax.set_xlabel("PSNR gain of SRCNN over bicubic (dB)")
+        ax.set_ylabel("studies")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def build_report(out_dir: str | Path, *, embed_first: int = 20, embed_worst: int = 10) -> ReportResult:
+    """Read every sidecar under ``out_dir`` and write ``report.csv``, ``report.json``, ``report.html``.
+
+    Args:
+        out_dir: Output folder of ``mrisr enhance`` (shards in sub-folders are included).
+        embed_first: Figures embedded in the HTML for the first studies by name.
+        embed_worst: Figures embedded for the studies with the lowest PSNR gain (in addition).
+
+    Returns:
+        A :class:`ReportResult`.
+
+    Raises:
+        FileNotFoundError: If ``out_dir`` is not a folder.
+        NoSidecarsError: If it holds no sidecar.
+    """
+    from mrisr.report.page import render_html
+
+    root = Path(out_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    paths = find_sidecars(root)
+    if not paths:
+        raise NoSidecarsError(root, f"no *{SIDECAR_SUFFIX} sidecar found")
+    rows, dropped = _merge([_row_from_sidecar(p, root) for p in paths])
+    for d in dropped:
+        logger.info("study %s: sidecar %s superseded by another sidecar", d["study"], d["sidecar"])
+    done = [r for r in rows if r["status"] == "done"]
+    failed = [r for r in rows if r["status"] != "done"]
+    gm, gsd = _mean_sd(_finite([r["gain_db"] for r in done]))
+    sm, ssd = _mean_sd(_finite([r["ssim_gain"] for r in done]))
+    gains = _finite([r["gain_db"] for r in done])
+    summary: dict[str, Any] = {
+        "out_dir": str(root.resolve()),
+        "studies": len(rows),
+        "done": len(done),
+        "failed": len(failed),
+        "with_metrics": len(gains),
+        "gain_db_mean": gm,
+        "gain_db_sd": gsd,
+        "ssim_gain_mean": sm,
+        "ssim_gain_sd": ssd,
+        "duplicates": len(dropped),
+    }
+    failures = tuple((str(r["study"]), str(r["error"] or "failed (no reason recorded)")) for r in failed)
+
+    csv_path, json_path, html_path = root / "report.csv", root / "report.json", root / "report.html"
+    _write_csv(csv_path, rows)
+    write_json_atomic(
+        json_path,
+        {
+            "summary": summary,
+            "columns": list(COLUMNS),
+            "studies": [{c: _json_safe(r[c]) for c in COLUMNS} for r in rows],
+            "failures": [{"study": s, "error": e} for s, e in failures],
+            "duplicates": [d["sidecar"] for d in dropped],
+        },
+    )
+    embed = _pick_embedded(rows, root, embed_first=embed_first, embed_worst=embed_worst)
+    hist = base64.b64encode(_histogram_png(gains)).decode("ascii") if gains else None
+    page = render_html(summary=summary, rows=rows, columns=COLUMNS, numeric=NUMERIC, embedded=embed,
+                       histogram_b64=hist, failures=failures)  # fmt: skip
+    with atomic_path(html_path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    logger.info("report of %d studies written to %s", len(rows), html_path)
+    return ReportResult(
+        csv_path=csv_path, json_path=json_path, html_path=html_path, n_studies=len(rows),
+        n_done=len(done), n_failed=len(failed), gain_db_mean=gm, gain_db_sd=gsd, ssim_gain_mean=sm,
+        ssim_gain_sd=ssd, failures=failures, n_duplicates=len(dropped),
+    )  # fmt: skip
+
+
+def _pick_embedded(rows: list[dict[str, Any]], root: Path, *, embed_first: int, embed_worst: int) -> dict[str, str]:
+    """``{study: base64 PNG}`` of the figures to embed (existing files only)."""
+    with_fig = [r for r in rows if r["figure"]]
+    chosen = with_fig[: max(0, embed_first)]
+    ranked = sorted((r for r in with_fig if isinstance(r["gain_db"], float)), key=lambda r: (r["gain_db"], r["study"]))
+    chosen += ranked[: max(0, embed_worst)]
+    out: dict[str, str] = {}
+    for r in chosen:
+        if r["study"] in out:
+            continue
+        try:
+            out[r["study"]] = base64.b64encode((root / r["figure"]).read_bytes()).decode("ascii")
+        except OSError as exc:
+            logger.warning("study %s: figure not embedded: %s", r["study"], exc)
+    return out
