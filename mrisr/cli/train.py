@@ -1,0 +1,135 @@
+"""``mrisr train``: train an SRCNN on a folder of studies (a thin layer over :mod:`mrisr.training`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mrisr.cli import EXIT_OK, EXIT_USAGE, app, fail
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise fail(f"--{name} takes comma-separated integers, not {text!r}") from None
+
+
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Argument(help="Folders or files of NIfTI/DICOM training studies.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (checkpoints, metrics, curves).")],
+    scale: Annotated[int, typer.Option(min=1, help="In-plane factor s (trains for s,s,1).")] = 4,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of the cosine learning-rate schedule.")] = 10,
+    steps_per_epoch: Annotated[int, typer.Option(min=1, help="Optimisation steps per epoch.")] = 200,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many steps in all (the schedule still follows --epochs).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Patches per step (per process).")] = 16,
+    patch_size: Annotated[int, typer.Option(min=2, help="High-resolution patch side in voxels.")] = 64,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (Adam, cosine decay).")] = 1e-3,
+    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Fraction of studies held out.")] = 0.1,
+    degradation: Annotated[
+        str, typer.Option(help="bicubic | box | kspace | mixed (bicubic or box per patch).")
+    ] = "bicubic",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the split, the weights and the patches.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    workers: Annotated[int, typer.Option(min=0, help="Data-loader worker processes.")] = 0,
+    kernel_sizes: Annotated[str, typer.Option(help="Kernel size of each layer, e.g. 9,1,5.")] = "9,1,5",
+    filters: Annotated[str, typer.Option(help="Filters of the hidden layers, e.g. 64,32.")] = "64,32",
+    residual: Annotated[bool, typer.Option(help="Predict the residual over bicubic.")] = True,
+    padding: Annotated[str, typer.Option(help="Convolution padding: replicate | reflect | zeros.")] = "replicate",
+    loss: Annotated[str, typer.Option(help="mse | l1 | ssim")] = "mse",
+    axes: Annotated[
+        str | None, typer.Option(help="Slice axes, e.g. 2 or 0,1,2 (default: all three if near-isotropic).")
+    ] = None,
+    invert_prob: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of patches with tissue contrast inverted in the head.")
+    ] = 0.5,
+    augment: Annotated[bool, typer.Option(help="Flips, rotations, gamma, intensity scaling, noise.")] = True,
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")] = None,
+) -> None:
+    """Train an SRCNN on degraded/original patch pairs; writes best.pt, last.pt, metrics.csv, curves.png."""
+    import logging
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from mrisr.errors import MrisrError
+    from mrisr.models import SRCNNConfig
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from mrisr.training import Callbacks, TrainConfig
+    from mrisr.training import train as run_training
+
+    try:
+        model = SRCNNConfig(
+            kernel_sizes=_ints(kernel_sizes, "kernel-sizes"),
+            filters=_ints(filters, "filters"),
+            residual=residual,
+            padding_mode=padding,
+        )
+        cfg = TrainConfig(
+            scale=scale,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            patch_size=patch_size,
+            lr=lr,
+            val_fraction=val_fraction,
+            degradation=degradation,
+            device=device,
+            seed=seed,
+            workers=workers,
+            model=model,
+            loss=loss,
+            axes=_ints(axes, "axes") if axes else None,
+            invert_prob=invert_prob,
+            augment=augment,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if resume and not (out / "last.pt").is_file():
+        raise fail(f"--resume: {out / 'last.pt'} does not exist")
+    if not resume and (out / "last.pt").exists():
+        raise fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    logging.getLogger("mrisr.training").setLevel(logging.INFO)
+    main_rank = int(os.environ.get("RANK", 0)) == 0
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.5f}"),
+        TextColumn("{task.fields[val]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not main_rank,
+    )
+    task = progress.add_task("train", total=None, loss=float("nan"), val="")
+
+    def on_epoch(row: dict[str, float]) -> None:
+        if "val_psnr_sr" in row:
+            val = f"val PSNR {row['val_psnr_sr']:.2f} dB (bicubic {row['val_psnr_bicubic']:.2f})"
+            progress.update(task, val=val)
+            progress.console.print(f"epoch {row['epoch']:.2f}: loss {row['loss']:.5f}, {val}")
+
+    callbacks = Callbacks(
+        on_start=lambda first, total: progress.update(task, completed=first, total=total),
+        on_step=lambda step, value: progress.update(task, completed=step, loss=value),
+        on_epoch=on_epoch,
+    )
+    try:
+        with progress:
+            result = run_training(data, out, cfg, resume=resume, callbacks=callbacks)
+    except (MrisrError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    if main_rank:
+        typer.echo(f"{result.step} steps in {result.seconds:.0f} s; best: {result.best}; last: {result.last}")
+    raise typer.Exit(EXIT_OK)

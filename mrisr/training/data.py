@@ -1,0 +1,284 @@
+"""Training data: the study split, normalised volumes, and random degraded patch pairs.
+
+Studies are split, never slices. Every volume is normalised with
+:func:`mrisr.transforms.fit_normalization`, the rule inference applies. Each training sample is drawn
+from its own random generator seeded by ``(seed, epoch, index)``, so the patches do not depend on the
+number of workers or processes, and a resumed run sees the patches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import CacheDataset
+from monai.transforms import (
+    Compose,
+    RandAdjustContrast,
+    RandFlip,
+    RandGaussianNoise,
+    RandRotate90,
+    RandScaleIntensity,
+    Transform,
+)
+from monai.utils import convert_to_tensor
+from torch.utils.data import Dataset
+
+from mrisr.discovery import Study
+from mrisr.fsutil import atomic_path, sha256_file
+from mrisr.training.config import TrainConfig
+from mrisr.transforms import downsample, fit_normalization, upsample
+
+log = logging.getLogger(__name__)
+
+#: Slab of one study held out for validation when there is only one study: slices kept apart from
+#: training on each side of the slab, so neighbouring slices do not leak into validation.
+SLAB_GAP = 4
+MIN_SLAB = 8
+ISOTROPY_TOLERANCE = 1.25
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which studies train and which validate.
+
+    Attributes:
+        train: Study ids used for training.
+        val: Study ids used for validation.
+        slab: With a single study, ``(start, stop)`` of the axis-2 slices held out for validation
+            (training uses the slices outside ``[start - SLAB_GAP, stop + SLAB_GAP)``); else ``None``.
+    """
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    slab: tuple[int, int] | None = None
+
+    def to_dict(self, seed: int) -> dict[str, Any]:
+        """Plain-JSON form written to ``split.json``."""
+        return {
+            "seed": seed,
+            "train": list(self.train),
+            "val": list(self.val),
+            "validation": "slab of the training study" if self.slab else ("studies" if self.val else "none"),
+            "slab_axis2": list(self.slab) if self.slab else None,
+            "slab_gap": SLAB_GAP if self.slab else None,
+        }
+
+
+def split_studies(ids: Sequence[str], val_fraction: float, seed: int) -> Split:
+    """Split study ids into training and validation, seeded and by study.
+
+    With two or more studies, ``max(1, round(val_fraction * n))`` studies validate (none when
+    ``val_fraction`` is 0), keeping at least one for training. A single study trains and, unless
+    ``val_fraction`` is 0, validates on a held-out slab (see :func:`slab_for`).
+    """
+    ordered = sorted(ids)
+    if len(ordered) != len(set(ordered)):
+        raise ValueError("study ids must be unique")
+    if not ordered:
+        raise ValueError("no studies to train on")
+    if len(ordered) == 1 or val_fraction <= 0:
+        return Split(tuple(ordered), ())
+    n_val = min(len(ordered) - 1, max(1, round(val_fraction * len(ordered))))
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    val = sorted(ordered[i] for i in perm[:n_val])
+    train = [s for s in ordered if s not in val]
+    return Split(tuple(train), tuple(val))
+
+
+def slab_for(depth: int, val_fraction: float) -> tuple[int, int] | None:
+    """The axis-2 slab held out of a single study: ``val_fraction`` of its slices, at 60 % of the depth.
+
+    Returns ``None`` when the volume is too thin to leave slices for training on both sides.
+    """
+    n = max(MIN_SLAB, round(val_fraction * depth))
+    start = min(max(SLAB_GAP, round(0.6 * depth) - n // 2), depth - n - SLAB_GAP)
+    if start - SLAB_GAP < 1 and depth - (start + n + SLAB_GAP) < 1:
+        return None
+    if start < SLAB_GAP:
+        return None
+    return (start, start + n)
+
+
+def head_mask(x: np.ndarray, threshold: float) -> np.ndarray:
+    """Foreground of a 2D slice with enclosed holes filled (dark CSF inside the head counts as head).
+
+    A voxel is inside when it lies between foreground voxels both along its row and along its column.
+    """
+    fg = x > threshold
+    rows = np.maximum.accumulate(fg, axis=1) & np.maximum.accumulate(fg[:, ::-1], axis=1)[:, ::-1]
+    cols = np.maximum.accumulate(fg, axis=0) & np.maximum.accumulate(fg[::-1], axis=0)[::-1]
+    return rows & cols
+
+
+def foreground_threshold(x: np.ndarray) -> float:
+    """Foreground threshold in the units of ``x``: 5 % of the 99.9th percentile (as the normalisation)."""
+    return 0.05 * float(np.percentile(x, 99.9))
+
+
+def training_axes(spacing: Sequence[float], axes: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Slice axes for a volume: ``axes`` if given, all three when near-isotropic, else axis 2."""
+    if axes is not None:
+        return axes
+    sp = [float(s) for s in spacing]
+    return (0, 1, 2) if max(sp) <= ISOTROPY_TOLERANCE * min(sp) else (2,)
+
+
+class LoadNormalized(Transform):
+    """Load a study, take its frames and normalise them as inference does.
+
+    Input ``{"study": Study}``; output adds ``"frames"`` (list of float32 3D arrays), ``"spacing"`` (mm),
+    ``"normalization"`` (dict) and ``"sha256"``.
+    """
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        study: Study = data["study"]
+        vol = study.load()
+        arr = np.asarray(vol.data, dtype=np.float32)
+        norm = fit_normalization(arr)
+        frames = [norm.apply(vol.frame(t)) for t in range(vol.n_frames)]
+        digest = ";".join(sha256_file(f) for f in study.files) if study.files else ""
+        return {
+            **data,
+            "frames": frames,
+            "spacing": vol.spacing,
+            "normalization": norm.to_dict(),
+            "sha256": digest,
+        }
+
+
+@dataclass
+class Piece:
+    """A normalised 3D array that patches are drawn from, with the slice axes to use."""
+
+    data: np.ndarray
+    axes: tuple[int, ...]
+    threshold: float
+
+
+def load_studies(studies: Sequence[Study], workers: int = 0) -> dict[str, dict[str, Any]]:
+    """Load and normalise studies once (a MONAI ``CacheDataset``), keyed by study id."""
+    ds = CacheDataset(
+        data=[{"study": s, "id": s.id} for s in studies],
+        transform=LoadNormalized(),
+        num_workers=max(1, workers) if workers else None,
+        progress=False,
+        copy_cache=False,
+    )
+    return {item["id"]: item for item in (ds[i] for i in range(len(ds)))}
+
+
+def build_pieces(
+    loaded: dict[str, dict[str, Any]], split: Split, cfg: TrainConfig
+) -> tuple[list[Piece], list[tuple[str, np.ndarray]]]:
+    """Training pieces and validation volumes ``(name, array)`` for a split."""
+    pieces: list[Piece] = []
+    val: list[tuple[str, np.ndarray]] = []
+    for sid in split.train:
+        item = loaded[sid]
+        axes = training_axes(item["spacing"], cfg.axes)
+        for t, frame in enumerate(item["frames"]):
+            parts = [frame]
+            if split.slab is not None:
+                a, b = split.slab
+                parts = [p for p in (frame[:, :, : a - SLAB_GAP], frame[:, :, b + SLAB_GAP :]) if p.shape[2] > 0]
+                val.append((f"{sid}[slab {a}:{b}]" + (f"[{t}]" if len(item["frames"]) > 1 else ""), frame[:, :, a:b]))
+            for p in parts:
+                pieces.append(Piece(np.ascontiguousarray(p), axes, foreground_threshold(frame)))
+    for sid in split.val:
+        for t, frame in enumerate(loaded[sid]["frames"]):
+            val.append((sid + (f"[{t}]" if len(loaded[sid]["frames"]) > 1 else ""), frame))
+    return pieces, val
+
+
+def write_split(path: Path, split: Split, seed: int) -> None:
+    """Write ``split.json`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(split.to_dict(seed), indent=2) + "\n")
+
+
+def degrade_patch(hr: torch.Tensor, scale: int, mode: str) -> torch.Tensor:
+    """Network input for a high-resolution patch ``(N, 1, P, P)``: degrade by ``scale``, bicubic back."""
+    lr = downsample(hr, (scale, scale), mode)
+    return upsample(lr, hr.shape[-2:])
+
+
+class PatchDataset(Dataset):
+    """Random degraded/high-resolution patch pairs; item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``.
+
+    Each item is ``{"input": (1, P, P), "target": (1, P, P)}`` float32 tensors, ``P = cfg.hr_patch``.
+    Set :attr:`epoch` before iterating an epoch.
+    """
+
+    def __init__(self, pieces: Sequence[Piece], cfg: TrainConfig, length: int) -> None:
+        if not pieces:
+            raise ValueError("no training volumes")
+        self.cfg = cfg
+        self.length = length
+        self.epoch = 0
+        # Every usable (piece, axis, slice) with some foreground, so patches come from the head.
+        self.slices: list[tuple[int, int, int]] = []
+        for pi, piece in enumerate(pieces):
+            for axis in piece.axes:
+                counts = (np.moveaxis(piece.data, axis, 0) > piece.threshold).reshape(piece.data.shape[axis], -1)
+                frac = counts.mean(axis=1)
+                good = np.flatnonzero(frac >= 0.02)
+                if good.size == 0:
+                    good = np.arange(piece.data.shape[axis])
+                self.slices.extend((pi, axis, int(k)) for k in good)
+        self.pieces = list(pieces)
+        self.augment = Compose(
+            [
+                RandFlip(prob=0.5, spatial_axis=0),
+                RandFlip(prob=0.5, spatial_axis=1),
+                RandRotate90(prob=0.5, max_k=3),
+                RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
+                RandScaleIntensity(factors=0.2, prob=0.5),
+                RandGaussianNoise(prob=0.3, std=cfg.noise_std),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _crop(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        pi, axis, k = self.slices[int(rng.integers(len(self.slices)))]
+        piece = self.pieces[pi]
+        img = np.take(piece.data, k, axis=axis)
+        p = self.cfg.hr_patch
+        pad = [(0, max(0, p - img.shape[0])), (0, max(0, p - img.shape[1]))]
+        if pad[0][1] or pad[1][1]:
+            img = np.pad(img, pad, mode="edge")
+        mask = head_mask(img, piece.threshold)
+        ys, xs = np.nonzero(mask)
+        if ys.size:
+            j = int(rng.integers(ys.size))
+            cy, cx = int(ys[j]), int(xs[j])
+        else:
+            cy, cx = int(rng.integers(img.shape[0])), int(rng.integers(img.shape[1]))
+        y0 = min(max(0, cy - p // 2), img.shape[0] - p)
+        x0 = min(max(0, cx - p // 2), img.shape[1] - p)
+        return img[y0 : y0 + p, x0 : x0 + p].copy(), mask[y0 : y0 + p, x0 : x0 + p]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, self.epoch, int(index)])
+        hr, mask = self._crop(rng)
+        if rng.random() < cfg.invert_prob:
+            c = np.float32(1.0 + 0.2 * rng.random())
+            hr = np.where(mask, np.clip(c - hr, 0.0, None), hr).astype(np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32))[None]
+        if cfg.augment:
+            self.augment.set_random_state(seed=int(rng.integers(2**31)))
+            t = convert_to_tensor(self.augment(t), dtype=torch.float32, track_meta=False)
+        mode = cfg.degradation
+        if mode == "mixed":
+            mode = "bicubic" if rng.random() < 0.5 else "box"
+        x = degrade_patch(t[None], cfg.scale, mode)[0]
+        return {"input": x.contiguous(), "target": t.contiguous()}
