@@ -71,6 +71,7 @@ def _register() -> None:
         demo,
         enhance,
         info,
+        report,
         train,
     )
 

@@ -60,9 +60,9 @@ class ReportResult:
     """What :func:`build_report` wrote and found.
 
     Attributes:
-        csv_path: ``report.csv``.
-        json_path: ``report.json``.
-        html_path: ``report.html``.
+        csv: Path of ``report.csv``.
+        json: Path of ``report.json``.
+        html: Path of ``report.html``.
         n_studies: Studies (after merging duplicates).
         n_done: Studies with status ``done``.
         n_failed: The others (failed, unreadable or invalid sidecars).
@@ -74,9 +74,9 @@ class ReportResult:
         n_duplicates: Sidecars set aside because another sidecar of the same study was kept.
     """
 
-    csv_path: Path
-    json_path: Path
-    html_path: Path
+    csv: Path
+    json: Path
+    html: Path
     n_studies: int
     n_done: int
     n_failed: int
@@ -294,7 +294,7 @@ def build_report(out_dir: str | Path, *, embed_first: int = 20, embed_worst: int
         tmp.write_text(page, encoding="utf-8")
     logger.info("report of %d studies written to %s", len(rows), html_path)
     return ReportResult(
-        csv_path=csv_path, json_path=json_path, html_path=html_path, n_studies=len(rows),
+        csv=csv_path, json=json_path, html=html_path, n_studies=len(rows),
         n_done=len(done), n_failed=len(failed), gain_db_mean=gm, gain_db_sd=gsd, ssim_gain_mean=sm,
         ssim_gain_sd=ssd, failures=failures, n_duplicates=len(dropped),
     )  # fmt: skip
