@@ -93,8 +93,6 @@ def test_help_does_not_import_heavy_packages() -> None:
         "import sys; from mrisr.cli import main; main(['info', '--help']); "
         "print(sorted(m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert "--json" in result.stdout
     assert result.stdout.strip().endswith("[]")

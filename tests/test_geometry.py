@@ -48,9 +48,7 @@ def test_fine_voxel_centre_lies_at_coarse_index_convention(factors: tuple[int, i
     f = np.array(factors, dtype=float)
     fine_idx = np.array([[0, 0, 0], [1, 2, 3], [7, 5, 4]], dtype=float)
     coarse_idx = (fine_idx + 0.5) / f - 0.5
-    np.testing.assert_allclose(
-        voxel_to_world(fine, fine_idx), voxel_to_world(OBLIQUE, coarse_idx), atol=1e-12
-    )
+    np.testing.assert_allclose(voxel_to_world(fine, fine_idx), voxel_to_world(OBLIQUE, coarse_idx), atol=1e-12)
 
 
 @pytest.mark.parametrize("factors", [(2, 2, 1), (4, 4, 4), (3, 1, 5)])
@@ -72,9 +70,7 @@ def test_coarsen_inverts_refine(factors: tuple[int, int, int]) -> None:
 
 def test_coarse_voxel_centre_is_mean_of_its_fine_voxels() -> None:
     coarse = coarsen_affine(OBLIQUE, (3, 2, 1))
-    fine_centres = voxel_to_world(
-        OBLIQUE, np.array([[i, j, 0] for i in range(3) for j in range(2)], dtype=float)
-    )
+    fine_centres = voxel_to_world(OBLIQUE, np.array([[i, j, 0] for i in range(3) for j in range(2)], dtype=float))
     np.testing.assert_allclose(voxel_to_world(coarse, np.zeros(3)), fine_centres.mean(axis=0), atol=1e-12)
 
 

@@ -315,3 +315,23 @@ def test_volume_without_tags_gets_required_empty_tags(grid_volume: GridMaker, tm
     assert ds.Modality == "MR" and ds.SOPClassUID == pydicom.uid.MRImageStorage
     assert int(ds.SeriesNumber) == 1000
     assert ds.SeriesDescription == "mrisr SR"
+
+
+def test_dicom_with_truncated_header(pydicom_files: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes((pydicom_files / "MR_small.dcm").read_bytes()[:300])  # preamble, meta, a few tags
+    with pytest.raises(UnreadableFileError, match="truncated or corrupt DICOM header") as info:
+        read_dicom_series([cut])
+    assert info.value.path == cut
+    with caplog.at_level(logging.WARNING, logger="mrisr.io.dicom"):
+        assert group_dicom_series([(cut, tmp_path)]) == []
+    assert "cut.dcm: truncated or corrupt DICOM header" in caplog.text
+
+
+def test_single_non_image_file_names_the_file(pydicom_files: Path) -> None:
+    path = pydicom_files / "rtstruct.dcm"
+    with pytest.raises(UnsupportedDataError, match="no pixel data") as info:
+        read_dicom_series([path])
+    assert info.value.path == path
+    with pytest.raises(UnsupportedDataError, match="no pixel data"):
+        read_dicom_path(path)

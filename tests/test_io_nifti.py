@@ -43,17 +43,13 @@ def test_round_trip_keeps_corners_and_values(
     src = read_nifti(write_nifti_file(f"in_{grid}.nii.gz", data, affine))
     out = write_nifti(src, tmp_path / f"out_{grid}{suffix}")
     back = read_nifti(out)
-    np.testing.assert_allclose(
-        corner_world(back.affine, back.shape3), corner_world(affine, src.shape3), atol=1e-4
-    )
+    np.testing.assert_allclose(corner_world(back.affine, back.shape3), corner_world(affine, src.shape3), atol=1e-4)
     np.testing.assert_array_equal(back.data, src.data)
     assert back.dtype == np.int16
     assert not [p for p in tmp_path.iterdir() if TMP_MARK in p.name]
 
 
-def test_four_d_keeps_time_step(
-    grid_volume: GridMaker, write_nifti_file: Callable[..., Path], tmp_path: Path
-) -> None:
+def test_four_d_keeps_time_step(grid_volume: GridMaker, write_nifti_file: Callable[..., Path], tmp_path: Path) -> None:
     data, affine = grid_volume("four_d")
     src = read_nifti(write_nifti_file("fmri.nii.gz", data, affine, time_step=2.5))
     assert src.n_frames == 3
@@ -79,16 +75,12 @@ def test_scaled_integers_come_back_in_physical_units(tmp_path: Path, rng: np.ran
 
 
 def test_write_casts_float_data_to_integer_type_with_rounding_and_clipping(tmp_path: Path) -> None:
-    vol = Volume(
-        data=np.array([[[1.4, 1.6, -40000.0, 70000.0]]]), affine=np.eye(4), dtype=np.int16, fmt="nifti"
-    )
+    vol = Volume(data=np.array([[[1.4, 1.6, -40000.0, 70000.0]]]), affine=np.eye(4), dtype=np.int16, fmt="nifti")
     back = read_nifti(write_nifti(vol, tmp_path / "cast.nii.gz"))
     np.testing.assert_array_equal(back.data.ravel(), [1, 2, -32768, 32767])
 
 
-def test_load_volume_dispatches_on_suffix(
-    grid_volume: GridMaker, write_nifti_file: Callable[..., Path]
-) -> None:
+def test_load_volume_dispatches_on_suffix(grid_volume: GridMaker, write_nifti_file: Callable[..., Path]) -> None:
     data, affine = grid_volume("lps")
     vol = load_volume(write_nifti_file("x.NII.GZ", data, affine))
     np.testing.assert_array_equal(vol.data, data)
@@ -114,9 +106,7 @@ def test_zero_byte_file_is_reported_as_empty(tmp_path: Path) -> None:
     assert str(empty) in str(info.value)
 
 
-def test_nii_gz_that_is_not_gzip(
-    grid_volume: GridMaker, write_nifti_file: Callable[..., Path], tmp_path: Path
-) -> None:
+def test_nii_gz_that_is_not_gzip(grid_volume: GridMaker, write_nifti_file: Callable[..., Path], tmp_path: Path) -> None:
     data, affine = grid_volume("oblique")
     plain = write_nifti_file("plain.nii", data, affine)
     fake = tmp_path / "fake.nii.gz"

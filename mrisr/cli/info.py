@@ -18,9 +18,7 @@ def _fmt_floats(values: Any, digits: int = 4) -> str:
 @app.command()
 def info(
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, DICOM files or folders of studies.")],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON array, one object per study.")
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array, one object per study.")] = False,
 ) -> None:
     """Show each study's format, shape, voxel spacing (mm), data type and RAS affine."""
     from mrisr.discovery import find_studies

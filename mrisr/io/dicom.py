@@ -135,9 +135,12 @@ def _read_header(path: Path) -> Dataset | None:
     """
     if _has_dicm_prefix(path):
         try:
-            return pydicom.dcmread(path, defer_size=1024)
+            ds = pydicom.dcmread(path, defer_size=1024)
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             raise UnreadableFileError(path, f"corrupt DICOM header ({exc})") from exc
+        if "SOPClassUID" not in ds:  # type 1 in every DICOM object: pydicom stopped early
+            raise UnreadableFileError(path, "truncated or corrupt DICOM header (no SOPClassUID)")
+        return ds
     # Old files without preamble/prefix: pydicom parses anything with force=True, so only accept a
     # result that holds a SOP class, as every DICOM object does.
     try:
@@ -484,6 +487,7 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
         raise UnsupportedDataError(None, "no DICOM files given")
     folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
     headers: list[tuple[Path, Dataset]] = []
+    skipped: list[str] = []
     for p in paths:
         ds = _read_header(p)
         if ds is None:
@@ -491,8 +495,11 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
         why = _image_header(p, ds)
         if why is not None:
             log.info("skipping %s: %s", p, why)
+            skipped.append(why)
             continue
         headers.append((p, ds))
+    if len(paths) == 1 and skipped:
+        raise UnsupportedDataError(paths[0], skipped[0])
     uids = {_tag_str(ds, "SeriesInstanceUID") for _, ds in headers}
     if uid is not None:
         headers = [(p, ds) for p, ds in headers if _tag_str(ds, "SeriesInstanceUID") == uid]
