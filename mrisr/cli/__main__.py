@@ -1,0 +1,7 @@
+"""``python -m mrisr.cli``: the same as the ``mrisr`` command."""
+
+import sys
+
+from mrisr.cli import main
+
+sys.exit(main())
