@@ -138,7 +138,8 @@ def _read_header(path: Path) -> Dataset | None:
             ds = pydicom.dcmread(path, defer_size=1024)
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             raise UnreadableFileError(path, f"corrupt DICOM header ({exc})") from exc
-        if "SOPClassUID" not in ds:  # type 1 in every DICOM object: pydicom stopped early
+        # SOPClassUID is type 1 in every DICOM object but a DICOMDIR: without it pydicom stopped early
+        if "SOPClassUID" not in ds and _sop_class_uid(ds) != MEDIA_STORAGE_DIRECTORY:
             raise UnreadableFileError(path, "truncated or corrupt DICOM header (no SOPClassUID)")
         return ds
     # Old files without preamble/prefix: pydicom parses anything with force=True, so only accept a
@@ -163,9 +164,15 @@ def _tag_str(ds: Dataset, keyword: str) -> str:
     return " ".join(str(value).split())
 
 
+def _sop_class_uid(ds: Dataset) -> str:
+    """SOPClassUID, else the file meta's MediaStorageSOPClassUID (a DICOMDIR has only the latter)."""
+    meta = getattr(ds, "file_meta", None)
+    return _tag_str(ds, "SOPClassUID") or (_tag_str(meta, "MediaStorageSOPClassUID") if meta is not None else "")
+
+
 def _image_header(path: Path, ds: Dataset) -> str | None:
     """Why ``ds`` is not an image that mrisr can group (``None`` when it is)."""
-    sop = _tag_str(ds, "SOPClassUID")
+    sop = _sop_class_uid(ds)
     if sop == MEDIA_STORAGE_DIRECTORY or path.name.upper().startswith("DICOMDIR"):
         return "DICOMDIR (a media index, not an image)"
     if "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
