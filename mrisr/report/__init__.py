@@ -157,6 +157,7 @@ def _row_from_sidecar(path: Path, out_dir: Path) -> dict[str, Any]:
     fig = data.get("figure")
     if isinstance(fig, str) and fig:
         row["figure"] = _rel(path.parent / fig, out_dir)
+        row["_figure_missing"] = not (path.parent / fig).is_file()
     return row
 
 
@@ -302,7 +303,7 @@ def build_report(out_dir: str | Path, *, embed_first: int = 20, embed_worst: int
 
 def _pick_embedded(rows: list[dict[str, Any]], root: Path, *, embed_first: int, embed_worst: int) -> dict[str, str]:
     """``{study: base64 PNG}`` of the figures to embed (existing files only)."""
-    with_fig = [r for r in rows if r["figure"]]
+    with_fig = [r for r in rows if r["figure"] and not r.get("_figure_missing")]
     chosen = with_fig[: max(0, embed_first)]
     ranked = sorted((r for r in with_fig if isinstance(r["gain_db"], float)), key=lambda r: (r["gain_db"], r["study"]))
     chosen += ranked[: max(0, embed_worst)]

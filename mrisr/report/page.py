@@ -127,6 +127,8 @@ def _table(
             if c in numeric:
                 dv = "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
                 cells.append(f'<td class="n" data-v="{dv}">{escape(_fmt(v, c))}</td>')
+            elif c == "figure" and v and r.get("_figure_missing"):
+                cells.append(f"<td>{escape(str(v))} (missing)</td>")
             elif c == "figure" and v:
                 target = f"#fig-{escape(str(r['study']))}" if r["study"] in embedded else escape(str(v))
                 cells.append(f'<td><a href="{target}">{escape(str(v))}</a></td>')
