@@ -335,3 +335,23 @@ def test_single_non_image_file_names_the_file(pydicom_files: Path) -> None:
     assert info.value.path == path
     with pytest.raises(UnsupportedDataError, match="no pixel data"):
         read_dicom_path(path)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_every_pydicom_test_file_loads_or_fails_with_a_named_mrisr_error(pydicom_files: Path) -> None:
+    from mrisr.discovery import find_studies
+    from mrisr.errors import MrisrError
+
+    studies = find_studies([pydicom_files.parent])  # test_files and charset_files
+    assert len(studies) > 20
+    loaded = 0
+    for study in studies:
+        try:
+            vol = study.load()
+        except MrisrError as exc:
+            assert exc.path is not None
+            continue
+        loaded += 1
+        assert np.isfinite(vol.affine).all() and vol.data.size > 0
+    assert loaded >= 10

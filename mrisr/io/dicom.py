@@ -263,6 +263,19 @@ class _Slice:
     instance: int | None
 
 
+def _int_tag(ds: Dataset, keyword: str, default: int, path: Path | None) -> int:
+    """An integer tag (``default`` when absent or empty).
+
+    Raises:
+        UnreadableFileError: A value that is not an integer.
+    """
+    try:
+        value = ds.get(keyword)
+        return default if value in (None, "") else int(value)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableFileError(path, f"bad {keyword} ({exc})") from exc
+
+
 def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray | None:
     if keyword not in ds or ds.get(keyword) in (None, ""):
         return None
@@ -276,10 +289,10 @@ def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray | None:
 
 
 def _parse_slice(path: Path, ds: Dataset, *, single: bool) -> _Slice:
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _int_tag(ds, "NumberOfFrames", 1, path)
     if frames > 1:
         raise UnsupportedDataError(path, f"multi-frame DICOM ({frames} frames) is not supported")
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    if _int_tag(ds, "SamplesPerPixel", 1, path) != 1:
         raise UnsupportedDataError(path, f"colour image ({ds.get('PhotometricInterpretation')})")
     iop = _floats(ds, "ImageOrientationPatient", 6, path)
     ipp = _floats(ds, "ImagePositionPatient", 3, path)
@@ -312,7 +325,7 @@ def _parse_slice(path: Path, ds: Dataset, *, single: bool) -> _Slice:
         col_dir=col_dir / np.linalg.norm(col_dir),
         position=ipp,
         spacing=(float(spacing[0]), float(spacing[1])),
-        shape=(int(ds.Rows), int(ds.Columns)),
+        shape=(_int_tag(ds, "Rows", 0, path), _int_tag(ds, "Columns", 0, path)),
         instance=inst,
     )
 
@@ -412,8 +425,8 @@ def _rescale(ds: Dataset) -> tuple[float, float]:
 
 
 def _stored_dtype(ds: Dataset) -> np.dtype:
-    bits = int(ds.get("BitsAllocated", 16) or 16)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    bits = _int_tag(ds, "BitsAllocated", 16, None)
+    signed = _int_tag(ds, "PixelRepresentation", 0, None) == 1
     if bits == 8:
         return np.dtype(np.int8 if signed else np.uint8)
     if bits == 32:
