@@ -16,7 +16,7 @@ $(PY):
 # torch is pinned only when none is importable, so a user's own (GPU) build is kept.
 $(STAMP): pyproject.toml | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,cluster]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,12 +24,8 @@ def enhance(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     axis: Annotated[int, typer.Option(min=0, max=2, help="Slicing axis of the voxel array.")] = 2,
     fmt: Annotated[str, typer.Option("--format", help="Output format: same | nifti | dicom.")] = "same",
-    dtype: Annotated[
-        str | None, typer.Option(help="Output dtype, e.g. float32. Default: the input's.")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Slices per batch (default: by memory).")
-    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="Output dtype, e.g. float32. Default: the input's.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Slices per batch (default: by memory).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     simulate: Annotated[
         bool,
@@ -44,6 +40,9 @@ def enhance(
     ] = False,
     figure: Annotated[bool, typer.Option(help="Write <id>_compare.png.")] = True,
     amp: Annotated[bool, typer.Option(help="Mixed precision on the GPU.")] = True,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Process only the study with this id (repeatable).")
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(help="Process shard I/N (0-based) only. Default: SLURM_ARRAY_TASK_ID/_COUNT when set."),
@@ -82,6 +81,11 @@ def enhance(
         raise fail(str(exc)) from None
     if not studies:
         raise fail(f"no NIfTI or DICOM studies found in {', '.join(map(str, inputs))}")
+    if only:
+        unknown = sorted(set(only) - {s.id for s in studies})
+        if unknown:
+            raise fail(f"no study with id {', '.join(unknown)} in {', '.join(map(str, inputs))}")
+        studies = [s for s in studies if s.id in set(only)]
     studies = select_shard(studies, [s.id for s in studies], shard_sel)
     opts = EnhanceOptions(
         out_dir=out,
@@ -103,9 +107,7 @@ def enhance(
         typer.echo(f"error: {r.error}", err=True)
     _summary(results)
     if stop:
-        typer.echo(
-            f"interrupted by signal {stop.signum}: {len(results)} of {len(studies)} studies handled", err=True
-        )
+        typer.echo(f"interrupted by signal {stop.signum}: {len(results)} of {len(studies)} studies handled", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 

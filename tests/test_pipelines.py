@@ -1,0 +1,71 @@
+"""The Snakemake workflow in pipelines/ runs for real on three tiny studies; sbatch scripts parse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mrisr.checkpoint import save_checkpoint
+from mrisr.models import SRCNN, SRCNNConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.slow
+def test_snakemake_workflow_runs_locally(tmp_path: Path) -> None:
+    snakemake = BIN / "snakemake"
+    if not snakemake.exists():
+        snakemake = Path(shutil.which("snakemake") or "")
+    if not snakemake.is_file():
+        pytest.skip("snakemake is not installed (pip install -e '.[cluster]')")
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        arr = (rng.random((8, 8, 3)) * 500).astype(np.int16)
+        nib.save(nib.Nifti1Image(arr, np.diag([2.0, 2.0, 4.0, 1.0])), str(data / f"sub-{i}_T1w.nii.gz"))
+    cfg = SRCNNConfig(residual=True)
+    ckpt = save_checkpoint(tmp_path / "net.pt", SRCNN(cfg), cfg.to_dict(), {"scale": [4, 4, 1]})
+    out = tmp_path / "out"
+    config = tmp_path / "cfg.json"
+    config.write_text(
+        json.dumps(
+            {
+                "input": str(data),
+                "output": str(out),
+                "checkpoint": str(ckpt),
+                "device": "cpu",
+                "mrisr": f"{sys.executable} -m mrisr.cli",
+                "threads": 1,
+            }
+        )
+    )
+    cmd = [str(snakemake), "-s", str(ROOT / "pipelines" / "Snakefile"), "--configfile", str(config)]
+    done = subprocess.run([*cmd, "--cores", "2", "--directory", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*_sr.nii.gz")) == [f"sub-{i}_T1w_sr.nii.gz" for i in range(3)]
+    for i in range(3):
+        side = json.loads((out / f"sub-{i}_T1w_sr.json").read_text())
+        assert side["status"] == "done" and side["output"]["shape"] == [32, 32, 3]
+    assert (out / "report.html").is_file()
+    rows = (out / "report.csv").read_text().strip().splitlines()
+    assert len(rows) == 4
+    # A second run has nothing to do.
+    again = subprocess.run([*cmd, "--cores", "2", "--directory", str(tmp_path), "-n"], capture_output=True, text=True)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "pipelines" / "slurm").glob("*.sbatch")), ids=lambda p: p.name)
+def test_sbatch_scripts_are_valid_bash(script: Path) -> None:
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert "#SBATCH" in text and "mrisr" in text
