@@ -17,6 +17,7 @@ from mrisr.geometry import fov_corner_world, refine_affine, voxel_to_world
 from mrisr.inference import RunOptions, super_resolve_array
 from mrisr.models import SRCNN, SRCNNConfig
 
+
 def _oblique() -> np.ndarray:
     """A rotated (not axis-aligned), anisotropic, LPS-like affine: 2 × 1.2 × 3 mm voxels."""
     a, b = np.deg2rad(20.0), np.deg2rad(-10.0)
@@ -209,3 +210,62 @@ def test_no_weights_for_scale_refuses(tmp_path: Path, capsys: pytest.CaptureFixt
     src = _save(tmp_path / "s.nii.gz", _blob((4, 4, 2)))
     assert main(["enhance", str(src), "--out", str(tmp_path / "o"), "--scale", "7"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_dicom_in_dicom_out_geometry(tmp_path: Path, identity_ckpt: Path) -> None:
+    from mrisr.geometry import corner_world
+    from mrisr.io import Volume
+    from mrisr.io.dicom import read_dicom_path, write_dicom_series
+
+    lr = _blob((6, 5, 3), seed=5)
+    src = write_dicom_series(
+        Volume(lr, OBLIQUE, np.dtype(np.int16), "dicom", meta={"tags": {"PatientID": "P1", "Modality": "MR"}}),
+        tmp_path / "in" / "series",
+    )
+    out = tmp_path / "out"
+    assert main(["enhance", str(src), "--out", str(out), "--checkpoint", str(identity_ckpt), "--no-figure"]) == 0
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    assert folder.name.endswith("_sr")
+    vol = read_dicom_path(folder)
+    assert vol.shape3 == (24, 20, 3)
+    expect = refine_affine(OBLIQUE, (4, 4, 1))
+    np.testing.assert_allclose(corner_world(vol.affine, vol.shape3), corner_world(expect, (24, 20, 3)), atol=1e-4)
+    np.testing.assert_array_equal(vol.data, np.rint(_bicubic_reference(lr, 4)).astype(np.int16))
+    assert vol.meta["tags"]["PatientID"] == "P1"
+    # NIfTI requested from a DICOM input lands on the same grid.
+    out2 = tmp_path / "out2"
+    args = ["enhance", str(src), "--out", str(out2), "--checkpoint", str(identity_ckpt), "--format", "nifti"]
+    assert main([*args, "--no-figure"]) == 0
+    (nii,) = out2.glob("*_sr.nii.gz")
+    np.testing.assert_allclose(nib.load(nii).affine, expect, atol=1e-4)
+
+
+def test_simulate_metrics_match_the_written_file(tmp_path: Path, random_ckpt: Path) -> None:
+    from mrisr.metrics import psnr
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:32, 0:28]
+    ref = np.stack([(np.sin(xx / 3.0 + k) * np.cos(yy / 4.0) + 1.5) * 300 for k in range(3)], axis=-1)
+    ref = (ref + rng.normal(0, 5, ref.shape)).astype(np.int16)
+    src = _save(tmp_path / "ref.nii.gz", ref)
+    out = tmp_path / "out"
+    args = ["enhance", str(src), "--out", str(out), "--checkpoint", str(random_ckpt), "--simulate"]
+    assert main([*args, "--save-intermediates"]) == 0
+    side = json.loads((out / "ref_sr.json").read_text())
+    sr = np.asarray(nib.load(out / "ref_sr.nii.gz").dataobj).astype(np.float64)
+    assert sr.shape == ref.shape
+    np.testing.assert_allclose(nib.load(out / "ref_sr.nii.gz").affine, OBLIQUE, atol=1e-5)
+    got = 10 * np.log10(float(ref.max() - ref.min()) ** 2 / np.mean((sr - ref) ** 2))
+    assert side["metrics"]["psnr_sr"] == pytest.approx(got, abs=0.01)
+    assert side["metrics"]["psnr_sr"] == pytest.approx(psnr(sr, ref.astype(np.float64)), abs=0.01)
+    lr_img = nib.load(out / "ref_lr.nii.gz")
+    assert lr_img.shape == (8, 7, 3)
+    np.testing.assert_allclose(
+        lr_img.affine, OBLIQUE @ np.array([[4, 0, 0, 1.5], [0, 4, 0, 1.5], [0, 0, 1, 0], [0, 0, 0, 1]])
+    )
+    bic = np.asarray(nib.load(out / "ref_bicubic.nii.gz").dataobj).astype(np.float64)
+    lr = np.asarray(lr_img.dataobj)
+    np.testing.assert_array_equal(bic, np.rint(_bicubic_reference(lr, 4)))
+    got_b = 10 * np.log10(float(ref.max() - ref.min()) ** 2 / np.mean((bic - ref) ** 2))
+    assert side["metrics"]["psnr_bicubic"] == pytest.approx(got_b, abs=0.01)
+    assert (out / "ref_compare.png").stat().st_size > 10_000
