@@ -101,7 +101,9 @@ def test_ssim_interior_matches_monai(ref: np.ndarray) -> None:
     # MONAI takes (N, C, H, W): one item per slice.
     xt = torch.from_numpy(np.moveaxis(x, 2, 0)[:, None]).double()
     rt = torch.from_numpy(np.moveaxis(ref, 2, 0)[:, None]).double()
-    theirs = m(xt, rt).numpy().ravel()
+    res = m(xt, rt)
+    assert isinstance(res, torch.Tensor)
+    theirs = res.numpy().ravel()
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
@@ -135,9 +137,7 @@ def test_ssim_constant_images_by_hand() -> None:
     mask[0, 0, 1] = True
     assert ssim(x, ref, data_range=1.0, mask=mask) == pytest.approx((lum + 1.0) / 2, abs=1e-12)
     # 3D on flat volumes: the luminance term again; a flat x against a flat ref.
-    assert ssim3d(np.full((6, 5, 4), 0.5), np.ones((6, 5, 4)), data_range=1.0) == pytest.approx(
-        lum, abs=1e-12
-    )
+    assert ssim3d(np.full((6, 5, 4), 0.5), np.ones((6, 5, 4)), data_range=1.0) == pytest.approx(lum, abs=1e-12)
 
 
 def test_ssim3d_masked_and_4d(ref: np.ndarray) -> None:

@@ -8,6 +8,7 @@ Python client, no browser download. It is skipped when ``/usr/bin/chromium`` is 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -100,9 +101,9 @@ class Browser:
             self.events.append(reply)
 
     def wait_event(self, method: str) -> dict[str, Any]:
-        for e in self.events:
-            if e.get("method") == method:
-                return e
+        for seen in self.events:
+            if seen.get("method") == method:
+                return seen
         deadline = time.monotonic() + TIMEOUT_S
         while True:
             e = self._inbox.get(timeout=max(0.1, deadline - time.monotonic()))
@@ -151,10 +152,8 @@ class Browser:
         return out
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, queue.Empty, OSError):
             self.send("Browser.close", browser=True)
-        except (RuntimeError, queue.Empty, OSError):
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
