@@ -19,12 +19,12 @@ of 1.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,7 @@ def _mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
     return m
 
 
-def psnr(
-    x: np.ndarray, ref: np.ndarray, *, data_range: float | None = None, mask: np.ndarray | None = None
-) -> float:
+def psnr(x: np.ndarray, ref: np.ndarray, *, data_range: float | None = None, mask: np.ndarray | None = None) -> float:
     """Peak signal-to-noise ratio of ``x`` against ``ref`` in dB.
 
     Args:
@@ -120,18 +118,48 @@ def _symmetric_index(n: int, pad: int) -> np.ndarray:
     return np.where(idx >= n, period - 1 - idx, idx)
 
 
-def _filter(t: torch.Tensor, axes: tuple[int, ...], window: torch.Tensor) -> torch.Tensor:
-    """Separable filtering of ``t`` along ``axes`` with symmetric extension ('same' output shape)."""
-    pad = (window.numel() - 1) // 2
+@functools.lru_cache(maxsize=16)
+def _filter_matrix(n: int) -> torch.Tensor:
+    """``(n, n)`` float64 matrix ``F`` with ``x @ F`` the windowed mean of a length-``n`` signal ``x``.
+
+    The half-sample symmetric extension is folded into the matrix, so no padded copy is needed.
+    """
+    w = gaussian_window()
+    pad = (w.size - 1) // 2
+    idx = _symmetric_index(n, pad)
+    cols = np.arange(n)
+    m = np.zeros((n, n), dtype=np.float64)
+    for k in range(w.size):
+        np.add.at(m, (idx[cols + k], cols), w[k])
+    return torch.from_numpy(m)
+
+
+def _filter(t: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """Separable Gaussian filtering of ``t`` along ``axes`` (symmetric extension, same shape)."""
     for ax in axes:
-        n = t.shape[ax]
-        idx = torch.from_numpy(_symmetric_index(n, pad))
-        padded = torch.index_select(t, ax, idx).movedim(ax, -1)
-        lead = padded.shape[:-1]
-        flat = padded.reshape(-1, 1, padded.shape[-1])
-        out = F.conv1d(flat, window.view(1, 1, -1))
-        t = out.reshape(*lead, n).movedim(-1, ax)
+        f = _filter_matrix(int(t.shape[ax]))
+        # A matrix product along the last axis is far faster than conv1d over many short rows.
+        t = torch.matmul(t.movedim(ax, -1).contiguous(), f).movedim(-1, ax).contiguous()
     return t
+
+
+def _ssim_maps(xs: list[np.ndarray], ref: np.ndarray, *, data_range: float, axes: tuple[int, ...]) -> list[np.ndarray]:
+    """SSIM maps of several test arrays against one reference (its statistics computed once)."""
+    tb = torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float64))
+    mu_b = _filter(tb, axes)
+    var_b = _filter(tb * tb, axes) - mu_b * mu_b
+    c1 = (K1 * data_range) ** 2
+    c2 = (K2 * data_range) ** 2
+    out = []
+    for x in xs:
+        ta = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+        mu_a = _filter(ta, axes)
+        var_a = _filter(ta * ta, axes) - mu_a * mu_a
+        cov = _filter(ta * tb, axes) - mu_a * mu_b
+        num = (2.0 * mu_a * mu_b + c1) * (2.0 * cov + c2)
+        den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
+        out.append((num / den).numpy())
+    return out
 
 
 def ssim_map(x: np.ndarray, ref: np.ndarray, *, data_range: float, axes: tuple[int, ...]) -> np.ndarray:
@@ -147,19 +175,22 @@ def ssim_map(x: np.ndarray, ref: np.ndarray, *, data_range: float, axes: tuple[i
         float64 array of ``x``'s shape: the local SSIM of every voxel.
     """
     a, b = _pair(x, ref)
-    w = torch.from_numpy(gaussian_window())
-    ta = torch.from_numpy(a)
-    tb = torch.from_numpy(b)
-    mu_a = _filter(ta, axes, w)
-    mu_b = _filter(tb, axes, w)
-    var_a = _filter(ta * ta, axes, w) - mu_a * mu_a
-    var_b = _filter(tb * tb, axes, w) - mu_b * mu_b
-    cov = _filter(ta * tb, axes, w) - mu_a * mu_b
-    c1 = (K1 * data_range) ** 2
-    c2 = (K2 * data_range) ** 2
-    num = (2.0 * mu_a * mu_b + c1) * (2.0 * cov + c2)
-    den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
-    return (num / den).numpy()
+    return _ssim_maps([a], b, data_range=data_range, axes=axes)[0]
+
+
+def _slice_mean(smap: np.ndarray, mask: np.ndarray | None, axis: int) -> float:
+    """Mean over slices along ``axis`` of each slice's (masked) mean of a 2D SSIM map."""
+    in_plane = tuple(ax for ax in (0, 1, 2) if ax != axis)
+    # Slices (and frames of a 4D array) to the last axis: shape (H, W, n_slices).
+    dest = -1 if smap.ndim == 3 else 2
+    per_slice = np.moveaxis(smap, axis, dest).reshape(smap.shape[in_plane[0]], smap.shape[in_plane[1]], -1)
+    if mask is None:
+        return float(per_slice.mean(axis=(0, 1)).mean())
+    m_slices = np.moveaxis(mask, axis, dest).reshape(per_slice.shape)
+    counts = m_slices.sum(axis=(0, 1))
+    sums = np.where(m_slices, per_slice, 0.0).sum(axis=(0, 1))
+    keep = counts > 0
+    return float((sums[keep] / counts[keep]).mean())
 
 
 def _check_volume(a: np.ndarray, axis: int) -> None:
@@ -201,22 +232,10 @@ def ssim(
     r = _range(b, data_range)
     m = _mask(mask, b.shape)
     in_plane = tuple(ax for ax in (0, 1, 2) if ax != axis)
-    smap = ssim_map(a, b, data_range=r, axes=in_plane)
-    # Bring the slice axis (and frames) to the front: shape (n_slices, H, W).
-    per_slice = np.moveaxis(smap, axis, -1 if smap.ndim == 3 else 2)
-    per_slice = per_slice.reshape(smap.shape[in_plane[0]], smap.shape[in_plane[1]], -1)
-    if m is None:
-        return float(per_slice.mean(axis=(0, 1)).mean())
-    m_slices = np.moveaxis(m, axis, -1 if m.ndim == 3 else 2).reshape(per_slice.shape)
-    counts = m_slices.sum(axis=(0, 1))
-    sums = np.where(m_slices, per_slice, 0.0).sum(axis=(0, 1))
-    keep = counts > 0
-    return float((sums[keep] / counts[keep]).mean())
+    return _slice_mean(ssim_map(a, b, data_range=r, axes=in_plane), m, axis)
 
 
-def ssim3d(
-    x: np.ndarray, ref: np.ndarray, *, data_range: float | None = None, mask: np.ndarray | None = None
-) -> float:
+def ssim3d(x: np.ndarray, ref: np.ndarray, *, data_range: float | None = None, mask: np.ndarray | None = None) -> float:
     """3D SSIM: mean of the SSIM map computed with an 11×11×11 Gaussian window (σ = 1.5 voxels).
 
     Args:
@@ -298,18 +317,25 @@ def evaluate(sr: np.ndarray, bicubic: np.ndarray, ref: np.ndarray, *, scale: int
     Raises:
         ValueError: On a shape mismatch or a constant reference.
     """
-    r = _range(np.asarray(ref, dtype=np.float64), None)
-    mask = foreground_mask(ref, border=scale)
+    b = np.asarray(ref, dtype=np.float64)
+    arrs = {"bicubic": _pair(bicubic, b)[0], "sr": _pair(sr, b)[0]}
+    _check_volume(b, 2)
+    r = _range(b, None)
+    mask = foreground_mask(b, border=scale)
+    if not mask.any():
+        logger.warning("foreground mask is empty (shape %s, border %d)", b.shape, scale)
+    # Each map is computed once and averaged both over the volume and over the mask.
+    maps2d = dict(zip(arrs, _ssim_maps(list(arrs.values()), b, data_range=r, axes=(0, 1)), strict=True))
+    maps3d = dict(zip(arrs, _ssim_maps(list(arrs.values()), b, data_range=r, axes=(0, 1, 2)), strict=True))
     out: dict[str, float] = {}
-    for name, arr in (("bicubic", bicubic), ("sr", sr)):
-        out[f"psnr_{name}"] = psnr(arr, ref, data_range=r)
-        out[f"ssim_{name}"] = ssim(arr, ref, data_range=r)
-        out[f"ssim3d_{name}"] = ssim3d(arr, ref, data_range=r)
+    for name, arr in arrs.items():
+        out[f"psnr_{name}"] = psnr(arr, b, data_range=r)
+        out[f"ssim_{name}"] = _slice_mean(maps2d[name], None, 2)
+        out[f"ssim3d_{name}"] = float(maps3d[name].mean())
         if mask.any():
-            out[f"psnr_{name}_masked"] = psnr(arr, ref, data_range=r, mask=mask)
-            out[f"ssim_{name}_masked"] = ssim(arr, ref, data_range=r, mask=mask)
+            out[f"psnr_{name}_masked"] = psnr(arr, b, data_range=r, mask=mask)
+            out[f"ssim_{name}_masked"] = _slice_mean(maps2d[name], mask, 2)
         else:
-            logger.warning("foreground mask is empty (shape %s, border %d)", np.shape(ref), scale)
             out[f"psnr_{name}_masked"] = math.nan
             out[f"ssim_{name}_masked"] = math.nan
     return {k: out[k] for k in METRIC_KEYS}
