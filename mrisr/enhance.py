@@ -18,17 +18,18 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from mrisr import __version__
+from mrisr.adapt import AdaptConfig
+from mrisr.batch import study_lock
 from mrisr.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint
 from mrisr.discovery import Study
 from mrisr.errors import MrisrError, OutputExistsError, UnsupportedDataError
-from mrisr.batch import study_lock
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
 from mrisr.geometry import as_factors, coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions, SliceRunner, count_slices, resolve_device, super_resolve_array
@@ -57,6 +58,7 @@ class EnhanceOptions:
         save_intermediates: With ``simulate``, also write the LR and bicubic volumes.
         figure: Write the ``<id>_compare.png`` figure.
         clamp: Clamp SR to the input's value range (``True``) or only to its minimum (``False``).
+        adapt: Fine-tune a copy of the network on each study first (:mod:`mrisr.adapt`).
     """
 
     out_dir: Path
@@ -70,6 +72,7 @@ class EnhanceOptions:
     save_intermediates: bool = False
     figure: bool = True
     clamp: bool = True
+    adapt: AdaptConfig | None = None
 
 
 @dataclass
@@ -153,15 +156,29 @@ class Enhancer:
         axis: int = 2,
         norm: Normalization | None = None,
         clamp: bool = True,
+        adapt: AdaptConfig | None = None,
         progress: Callable[[int], None] | None = None,
-    ) -> tuple[np.ndarray, Normalization]:
-        """Super-resolve a 3D or 4D array in physical units; returns float32 SR and the normalisation.
+    ) -> tuple[np.ndarray, Normalization, dict[str, Any] | None]:
+        """Super-resolve a 3D or 4D array in physical units.
 
-        A constant array comes out constant; non-negative input gives non-negative output.
+        A constant array comes out constant; non-negative input gives non-negative output. With
+        ``adapt``, a copy of the network is first fine-tuned on the (first frame of the) array.
+
+        Returns:
+            Float32 SR array, the normalisation used, and what adaptation did (``None`` without it).
         """
         arr = np.asarray(data)
         nm = norm or fit_normalization(arr)
         frames = [arr] if arr.ndim == 3 else [arr[..., t] for t in range(arr.shape[3])]
+        model = self.model
+        adapted: dict[str, Any] | None = None
+        if adapt is not None and not nm.constant:
+            from mrisr.adapt import adapt_model
+
+            model, info = adapt_model(
+                self.model, nm.apply(frames[0]), factors, axis=axis, config=adapt, device=self.run.device
+            )
+            adapted = {**info.to_dict(), "config": asdict(adapt)}
         outs = []
         for frame in frames:
             if nm.constant:
@@ -170,16 +187,14 @@ class Enhancer:
                 if progress is not None:
                     progress(count_slices(frame.shape, factors, axis))
                 continue
-            sr_n = super_resolve_array(
-                self.model, nm.apply(frame), factors, axis=axis, opts=self.run, progress=progress
-            )
+            sr_n = super_resolve_array(model, nm.apply(frame), factors, axis=axis, opts=self.run, progress=progress)
             sr = nm.invert(sr_n)
             # Clamp to this frame's own range, as the bicubic baseline is (overshoot is not signal).
             lo, hi = float(frame.min()), float(frame.max()) if clamp else np.inf
             np.clip(sr, lo, hi, out=sr)
             outs.append(sr)
         out = outs[0] if arr.ndim == 3 else np.stack(outs, axis=-1)
-        return out, nm
+        return out, nm, adapted
 
     # -- studies ------------------------------------------------------------------------------------
     def process(
@@ -255,9 +270,7 @@ class Enhancer:
                 self._write_failure(study, opts, sidecar, line, seconds)
             return StudyResult(study, "failed", seconds, error=line, sidecar=sidecar)
 
-    def _write_failure(
-        self, study: Study, opts: EnhanceOptions, sidecar: Path, line: str, seconds: float
-    ) -> None:
+    def _write_failure(self, study: Study, opts: EnhanceOptions, sidecar: Path, line: str, seconds: float) -> None:
         record = {
             "study": study.id,
             "status": "failed",
@@ -291,9 +304,7 @@ class Enhancer:
             bad = int((~np.isfinite(vol.data)).sum())
             raise UnsupportedDataError(study.path, f"{bad} NaN/Inf voxels of {vol.data.size}")
         if out_fmt == "dicom" and vol.data.ndim == 4:
-            raise UnsupportedDataError(
-                study.path, "4D data cannot be written as one DICOM series; use --format nifti"
-            )
+            raise UnsupportedDataError(study.path, "4D data cannot be written as one DICOM series; use --format nifti")
         out_dtype = np.dtype(opts.dtype) if opts.dtype else vol.dtype
         metrics: dict[str, float] | None = None
         consistency: dict[str, float] | None = None
@@ -309,7 +320,9 @@ class Enhancer:
             if np.issubdtype(vol.dtype, np.integer):
                 lr = cast_to_dtype(lr, vol.dtype).astype(np.float32)
             lr_affine = coarsen_affine(ref_vol.affine, factors)
-            sr, norm = self.enhance_array(lr, factors, axis=opts.axis, clamp=opts.clamp, progress=progress)
+            sr, norm, adapted = self.enhance_array(
+                lr, factors, axis=opts.axis, clamp=opts.clamp, adapt=opts.adapt, progress=progress
+            )
             sr_out = cast_to_dtype(sr, out_dtype)
             bic = _bicubic_frames(lr, ref.shape, float(lr.min()), float(lr.max()))
             bic_out = cast_to_dtype(bic, out_dtype)
@@ -327,16 +340,14 @@ class Enhancer:
 
                 lr_path = opts.out_dir / f"{study.id}_lr.nii.gz"
                 bic_path = opts.out_dir / f"{study.id}_bicubic.nii.gz"
-                write_nifti(
-                    ref_vol.with_data(cast_to_dtype(lr, out_dtype), lr_affine), lr_path, dtype=out_dtype
-                )
+                write_nifti(ref_vol.with_data(cast_to_dtype(lr, out_dtype), lr_affine), lr_path, dtype=out_dtype)
                 write_nifti(ref_vol.with_data(bic_out, ref_vol.affine), bic_path, dtype=out_dtype)
                 extra_paths = {"lowres": lr_path.name, "bicubic": bic_path.name}
             figure_arrays = {"reference": ref, "lowres": lr, "bicubic": bic_out, "sr": sr_out}
             lr_shape = list(lr.shape)
         else:
-            sr, norm = self.enhance_array(
-                vol.data, factors, axis=opts.axis, clamp=opts.clamp, progress=progress
+            sr, norm, adapted = self.enhance_array(
+                vol.data, factors, axis=opts.axis, clamp=opts.clamp, adapt=opts.adapt, progress=progress
             )
             sr_out = cast_to_dtype(sr, out_dtype)
             out_vol = vol.with_data(sr_out, refine_affine(vol.affine, factors))
@@ -384,6 +395,7 @@ class Enhancer:
             "simulate": opts.simulate,
             "metrics": metrics,
             "consistency": consistency,
+            "adapt": adapted,
             "figure": figure_name,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }

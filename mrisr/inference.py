@@ -102,7 +102,7 @@ class SliceRunner:
         self.halo = receptive_radius(model)
         self.cuda = opts.device.type == "cuda"
         if self.cuda and opts.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.amp_dtype = torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16
 
     @torch.inference_mode()

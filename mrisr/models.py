@@ -82,7 +82,7 @@ class SRCNN(nn.Module):
         layers: list[nn.Module] = []
         n = len(self.config.kernel_sizes)
         for i, (k, cin, cout) in enumerate(zip(self.config.kernel_sizes, chans[:-1], chans[1:], strict=True)):
-            layers.append(nn.Conv2d(cin, cout, k, padding=k // 2, padding_mode=self.config.padding_mode))
+            layers.append(nn.Conv2d(cin, cout, k, padding=k // 2, padding_mode=self.config.padding_mode))  # type: ignore[arg-type]
             if i < n - 1:
                 layers.append(nn.ReLU(inplace=True))
         self.body = nn.Sequential(*layers)
@@ -93,9 +93,11 @@ class SRCNN(nn.Module):
         convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
         for conv in convs[:-1]:
             nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
         nn.init.normal_(convs[-1].weight, std=1e-3)
-        nn.init.zeros_(convs[-1].bias)
+        if convs[-1].bias is not None:
+            nn.init.zeros_(convs[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from mrisr.batch import StopFlag
+    from mrisr.discovery import Study
+    from mrisr.enhance import EnhanceOptions, Enhancer, StudyResult
 
 from mrisr.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
 
@@ -40,6 +45,11 @@ def enhance(
     ] = False,
     figure: Annotated[bool, typer.Option(help="Write <id>_compare.png.")] = True,
     amp: Annotated[bool, typer.Option(help="Mixed precision on the GPU.")] = True,
+    adapt: Annotated[
+        bool, typer.Option(help="Fine-tune a copy of the network on each study first (self-supervised).")
+    ] = False,
+    adapt_steps: Annotated[int, typer.Option(min=1, help="Steps of --adapt.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of --adapt (deterministic on the CPU).")] = 0,
     only: Annotated[
         list[str] | None, typer.Option("--only", help="Process only the study with this id (repeatable).")
     ] = None,
@@ -51,6 +61,7 @@ def enhance(
     """Super-resolve studies onto a finer grid, in the same place and the same units."""
     import numpy as np
 
+    from mrisr.adapt import AdaptConfig
     from mrisr.discovery import find_studies
     from mrisr.enhance import EnhanceOptions, Enhancer, parse_factors, resolve_checkpoint
     from mrisr.errors import MrisrError
@@ -98,6 +109,7 @@ def enhance(
         degradation=degradation,
         save_intermediates=save_intermediates,
         figure=figure,
+        adapt=AdaptConfig(steps=adapt_steps, seed=seed, degradation=degradation or "mixed") if adapt else None,
     )
     enhancer = Enhancer(ckpt, RunOptions(device=dev, batch_size=batch_size, amp=amp))
     with StopFlag() as stop:
@@ -112,7 +124,9 @@ def enhance(
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
-def _run_with_progress(enhancer, studies, opts, stop):  # type: ignore[no-untyped-def]
+def _run_with_progress(
+    enhancer: Enhancer, studies: list[Study], opts: EnhanceOptions, stop: StopFlag
+) -> list[StudyResult]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -126,10 +140,10 @@ def _run_with_progress(enhancer, studies, opts, stop):  # type: ignore[no-untype
         t_studies = bar.add_task("studies", total=len(studies))
         t_slices = bar.add_task("slices", total=None)
 
-        def on_start(study, _):  # type: ignore[no-untyped-def]
+        def on_start(study: Study, _: int) -> None:
             bar.update(t_slices, description=f"{study.id}", completed=0, total=None)
 
-        def on_done(res):  # type: ignore[no-untyped-def]
+        def on_done(res: StudyResult) -> None:
             bar.advance(t_studies)
 
         return enhancer.enhance(
@@ -142,7 +156,7 @@ def _run_with_progress(enhancer, studies, opts, stop):  # type: ignore[no-untype
         )
 
 
-def _summary(results) -> None:  # type: ignore[no-untyped-def]
+def _summary(results: list[StudyResult]) -> None:
     from rich.console import Console
     from rich.table import Table
 
