@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mrisr.errors import MrisrError
-from mrisr.fsutil import atomic_path, write_json_atomic, write_text_atomic
+from mrisr.fsutil import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -291,8 +291,7 @@ def build_report(out_dir: str | Path, *, embed_first: int = 20, embed_worst: int
     hist = base64.b64encode(_histogram_png(gains)).decode("ascii") if gains else None
     page = render_html(summary=summary, rows=rows, columns=COLUMNS, numeric=NUMERIC, embedded=embed,
                        histogram_b64=hist, failures=failures)  # fmt: skip
-    with atomic_path(html_path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+    write_text_atomic(html_path, page)
     logger.info("report of %d studies written to %s", len(rows), html_path)
     return ReportResult(
         csv=csv_path, json=json_path, html=html_path, n_studies=len(rows),
