@@ -215,6 +215,7 @@ def _histogram_png(gains: list[float]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.0, 2.8))
     try:
@@ -222,6 +223,7 @@ def _histogram_png(gains: list[float]) -> bytes:
         ax.axvline(0.0, color="k", linewidth=0.8)
         ax.set_xlabel("PSNR gain of SRCNN over bicubic (dB)")
         ax.set_ylabel("studies")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
