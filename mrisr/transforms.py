@@ -1,7 +1,8 @@
 """Intensity normalisation, degradation models and resampling of slices.
 
-Array transforms work on NumPy arrays or on torch tensors of slices shaped ``(N, 1, H, W)``; each
-MONAI-style transform has a thin dictionary wrapper. All resampling follows the voxel-centre
+Functions here work on NumPy arrays or on torch tensors of slices shaped ``(N, 1, H, W)`` and import
+no MONAI, so that inference starts fast; their MONAI array/dictionary transform wrappers, used by the
+training data pipeline, are in :mod:`mrisr.monai_transforms`. All resampling follows the voxel-centre
 convention of :mod:`mrisr.geometry` (``align_corners=False``): a coarse voxel covers ``f`` fine voxels
 exactly and its centre lies at fine index ``f * i + (f - 1) / 2``.
 """
@@ -9,14 +10,13 @@ exactly and its centre lies at fine index ``f * i + (f - 1) / 2``.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import MapTransform, Transform
 
 Degradation = Literal["bicubic", "box", "kspace"]
 DEGRADATIONS: tuple[str, ...] = ("bicubic", "box", "kspace")
@@ -64,9 +64,7 @@ class Normalization:
         return {"method": "percentile", **asdict(self)}
 
 
-def fit_normalization(
-    x: np.ndarray, *, upper_percentile: float = 99.5, lower_percentile: float = 0.5
-) -> Normalization:
+def fit_normalization(x: np.ndarray, *, upper_percentile: float = 99.5, lower_percentile: float = 0.5) -> Normalization:
     """Fit a robust normalisation to a volume.
 
     Non-negative data keep 0 at 0 and are divided by the ``upper_percentile`` of the foreground
@@ -92,34 +90,6 @@ def fit_normalization(
     if not scale > 0:
         scale = max(hi_all - offset, 1.0)
     return Normalization(offset, scale, lower_percentile, upper_percentile, lo_all, hi_all)
-
-
-class NormalizeIntensity(Transform):
-    """Array transform: robust percentile normalisation (see :func:`fit_normalization`)."""
-
-    def __init__(self, upper_percentile: float = 99.5, lower_percentile: float = 0.5) -> None:
-        self.upper_percentile = upper_percentile
-        self.lower_percentile = lower_percentile
-
-    def __call__(self, data: np.ndarray) -> np.ndarray:
-        norm = fit_normalization(
-            np.asarray(data), upper_percentile=self.upper_percentile, lower_percentile=self.lower_percentile
-        )
-        return norm.apply(np.asarray(data))
-
-
-class NormalizeIntensityd(MapTransform):
-    """Dictionary wrapper of :class:`NormalizeIntensity`."""
-
-    def __init__(self, keys: Sequence[Hashable], upper_percentile: float = 99.5) -> None:
-        super().__init__(keys)
-        self.t = NormalizeIntensity(upper_percentile)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.t(d[key])
-        return d
 
 
 def _pair(factors: Sequence[int]) -> tuple[int, int]:
@@ -198,9 +168,7 @@ def degrade_volume(x: np.ndarray, factors: Sequence[int], mode: str = "bicubic")
     """
     f = [int(v) for v in factors]
     a = np.asarray(x, dtype=np.float32)
-    a = a[
-        : a.shape[0] - a.shape[0] % f[0], : a.shape[1] - a.shape[1] % f[1], : a.shape[2] - a.shape[2] % f[2]
-    ]
+    a = a[: a.shape[0] - a.shape[0] % f[0], : a.shape[1] - a.shape[1] % f[1], : a.shape[2] - a.shape[2] % f[2]]
     t = torch.from_numpy(np.ascontiguousarray(a))
     if f[0] > 1 or f[1] > 1:
         t = downsample(t.permute(2, 0, 1)[:, None], (f[0], f[1]), mode)[:, 0].permute(1, 2, 0)
