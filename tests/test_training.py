@@ -1,0 +1,294 @@
+"""Training: checkpoints, split, exact resume, determinism, the patch pairs, the CLI and DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mrisr.checkpoint import load_checkpoint
+from mrisr.cli import main
+from mrisr.models import SRCNN, SRCNNConfig
+from mrisr.training import PatchDataset, TrainConfig, degrade_patch, split_studies, train, validate
+from mrisr.training.data import SLAB_GAP, Piece, Split, build_pieces, head_mask, slab_for
+from mrisr.training.loop import ssim_loss
+from mrisr.transforms import degrade_volume, upsample_volume
+
+TINY_MODEL = SRCNNConfig(kernel_sizes=(3, 1, 3), filters=(4, 4), residual=True)
+
+
+def _phantom(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """An ellipsoid 'head' with textured tissue and a dark 'ventricle', uint16-like values."""
+    rng = np.random.default_rng(seed)
+    g = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+    c = [(s - 1) / 2 for s in shape]
+    r = np.sqrt(sum(((g[a] - c[a]) / (0.42 * shape[a])) ** 2 for a in range(3)))
+    x = np.where(r < 1, 400 + 150 * np.sin(g[0] / 1.7 + seed) * np.cos(g[1] / 2.3), 0.0)
+    x[r < 0.3] = 60.0
+    x += rng.normal(0, 5, shape)
+    return np.clip(x, 0, None).astype(np.int16)
+
+
+@pytest.fixture
+def studies(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    root.mkdir()
+    for i in range(3):
+        nib.save(nib.Nifti1Image(_phantom((16, 16, 8), i), np.diag([1.0, 1.0, 1.0, 1.0])), root / f"sub{i}.nii.gz")
+    return root
+
+
+def _cfg(**kw: object) -> TrainConfig:
+    base: dict[str, object] = dict(
+        scale=2,
+        epochs=2,
+        steps_per_epoch=3,
+        batch_size=2,
+        patch_size=8,
+        lr=1e-3,
+        val_fraction=0.34,
+        degradation="mixed",
+        device="cpu",
+        seed=3,
+        model=TINY_MODEL,
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).state_dict
+
+
+def test_tiny_run_writes_loadable_checkpoints(studies: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = train([studies], out, _cfg())
+    assert res.step == 6 and res.epoch == 2
+    best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
+    assert best.scale == (2, 2, 1) and last.scale == (2, 2, 1)
+    assert best.train_state is None and last.train_state is not None
+    assert last.train_state["step"] == 6
+    assert best.meta["normalization"]["method"] == "percentile"
+    assert best.meta["normalization"]["upper_percentile"] == 99.5
+    assert best.meta["degradation"] == "mixed"
+    assert best.meta["patch_size"] == 8
+    files = {d["file"] for d in best.meta["training_data"]}
+    assert len(files) == 2 and all(len(d["sha256"]) == 64 for d in best.meta["training_data"])
+    net = best.build()
+    assert net(torch.zeros(1, 1, 8, 8)).shape == (1, 1, 8, 8)
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,step,loss,val_psnr_sr,val_psnr_bicubic,val_ssim_sr,val_ssim_bicubic")
+    assert len(lines) == 3
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    split = json.loads((out / "split.json").read_text())
+    assert not set(split["train"]) & set(split["val"])
+    assert sorted(split["train"] + split["val"]) == ["sub0", "sub1", "sub2"]
+    assert {d["id"] for d in best.meta["training_data"]} == set(split["train"])
+
+
+def test_resume_equals_uninterrupted_and_runs_are_deterministic(studies: Path, tmp_path: Path) -> None:
+    # No validation here: the weights are what must match, and validation only costs time.
+    cfg = _cfg(epochs=4, steps_per_epoch=2, val_fraction=0.0)
+    full = train([studies], tmp_path / "full", cfg)
+    again = train([studies], tmp_path / "again", cfg)
+    # Stopped after 2 of 4 epochs (and once in the middle of an epoch), then resumed.
+    train([studies], tmp_path / "part", _cfg(epochs=4, steps_per_epoch=2, val_fraction=0.0, max_steps=4))
+    assert load_checkpoint(tmp_path / "part" / "last.pt").train_state["step"] == 4  # type: ignore[index]
+    train([studies], tmp_path / "part", _cfg(epochs=4, steps_per_epoch=2, val_fraction=0.0, max_steps=5), resume=True)
+    resumed = train([studies], tmp_path / "part", cfg, resume=True)
+    assert full.step == resumed.step == 8
+    w_full, w_again, w_res = (_weights(p / "last.pt") for p in (full.out_dir, again.out_dir, resumed.out_dir))
+    for k in w_full:
+        assert torch.equal(w_full[k], w_again[k]), k
+        assert torch.allclose(w_full[k], w_res[k], rtol=0, atol=1e-7), k
+    # A different seed gives different weights (the test above would catch nothing otherwise).
+    other = train([studies], tmp_path / "other", _cfg(epochs=1, steps_per_epoch=2, val_fraction=0.0, seed=4))
+    w_other = _weights(other.out_dir / "last.pt")
+    assert not torch.equal(w_other["body.0.weight"], w_full["body.0.weight"])
+
+
+def test_split_is_by_study_seeded_and_disjoint() -> None:
+    ids = [f"s{i:02d}" for i in range(20)]
+    a = split_studies(ids, 0.2, seed=1)
+    assert len(a.val) == 4 and len(a.train) == 16
+    assert not set(a.train) & set(a.val) and sorted(a.train + a.val) == ids
+    assert split_studies(list(reversed(ids)), 0.2, seed=1) == a  # input order does not matter
+    assert split_studies(ids, 0.2, seed=2).val != a.val
+    two = split_studies(["a", "b"], 0.1, seed=0)
+    assert len(two.val) == 1 and len(two.train) == 1  # at least one validation study
+    one = split_studies(["a"], 0.1, seed=0)
+    assert one.train == ("a",) and one.val == ()
+
+
+def test_single_study_holds_out_a_slab() -> None:
+    slab = slab_for(100, 0.1)
+    assert slab is not None
+    a, b = slab
+    assert b - a == 10 and a >= SLAB_GAP and b + SLAB_GAP <= 100
+    vol = np.arange(8 * 8 * 100, dtype=np.float32).reshape(8, 8, 100)
+    loaded = {"x": {"frames": [vol], "spacing": (1.0, 1.0, 1.0)}}
+    pieces, val = build_pieces(loaded, Split(("x",), (), slab), _cfg())
+    assert len(val) == 1 and np.array_equal(val[0][1], vol[:, :, a:b])
+    used = np.concatenate([p.data[0, 0, :] for p in pieces])
+    held = vol[0, 0, a - SLAB_GAP : b + SLAB_GAP]
+    assert not np.isin(held, used).any()
+    assert used.size == 100 - (b - a) - 2 * SLAB_GAP
+
+
+def test_single_study_run_validates_on_slab(tmp_path: Path) -> None:
+    root = tmp_path / "one"
+    root.mkdir()
+    nib.save(nib.Nifti1Image(_phantom((16, 16, 40), 0), np.eye(4)), root / "only.nii.gz")
+    out = tmp_path / "run"
+    train([root], out, _cfg(epochs=1, steps_per_epoch=2, val_fraction=0.2))
+    split = json.loads((out / "split.json").read_text())
+    assert split["validation"] == "slab of the training study" and split["slab_axis2"] is not None
+    assert "val_psnr_sr" in (out / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_patch_pairs_are_seeded_and_input_is_degraded_target() -> None:
+    vol = _phantom((24, 24, 12), 5).astype(np.float32) / 500
+    pieces = [Piece(vol, (0, 1, 2), 0.05)]
+    cfg = _cfg(degradation="box", patch_size=12, invert_prob=0.0)
+    ds = PatchDataset(pieces, cfg, length=10)
+    a, b = ds[3], ds[3]
+    assert torch.equal(a["target"], b["target"]) and torch.equal(a["input"], b["input"])
+    assert not torch.equal(ds[4]["target"], a["target"])
+    ds.epoch = 1
+    assert not torch.equal(ds[3]["target"], a["target"])
+    assert a["target"].shape == (1, 12, 12)
+    torch.testing.assert_close(a["input"], degrade_patch(a["target"][None], 2, "box")[0])
+
+
+def test_patches_are_centred_on_the_foreground() -> None:
+    vol = np.zeros((48, 48, 6), np.float32)
+    vol[18:30, 18:30] = 1.0  # a small 'head': uniform 12x12 crops would mostly miss it (~10 % cover)
+    cfg = _cfg(patch_size=12, invert_prob=0.0, augment=False, degradation="box")
+    ds = PatchDataset([Piece(vol, (2,), 0.05)], cfg, length=20)
+    fg = [float((ds[i]["target"] > 0.5).float().mean()) for i in range(20)]
+    assert min(fg) >= 0.25
+
+
+def test_contrast_inversion_inverts_inside_the_head_only() -> None:
+    vol = np.zeros((16, 16, 4), np.float32)
+    vol[4:12, 4:12] = 0.8
+    vol[7:9, 7:9] = 0.1  # dark 'CSF' enclosed by tissue counts as head
+    cfg = _cfg(patch_size=16, invert_prob=1.0, augment=False, degradation="box")
+    t = PatchDataset([Piece(vol, (2,), 0.04)], cfg, length=1)[0]["target"][0].numpy()
+    assert t[0, 0] == 0.0  # background untouched
+    assert t[8, 8] - t[5, 5] > 0.6  # the dark centre is now the brightest tissue
+    mask = head_mask(vol[:, :, 0], 0.04)
+    assert mask[8, 8] and not mask[0, 0]
+
+
+def test_validate_matches_an_independent_bicubic() -> None:
+    hr = _phantom((16, 16, 6), 2).astype(np.float32) / 400
+    net = SRCNN(TINY_MODEL)
+    torch.nn.init.zeros_(net.body[-1].weight)  # residual net that adds nothing: SR == bicubic
+    m = validate(net, [("v", hr)], 2, "bicubic")
+    lr = degrade_volume(hr, (2, 2, 1), "bicubic")
+    up = upsample_volume(lr, hr.shape)
+    rng = float(hr.max() - hr.min())
+    want = 10 * np.log10(rng**2 / np.mean((up.astype(np.float64) - hr) ** 2))
+    assert m["val_psnr_sr"] == pytest.approx(want, abs=1e-3)
+    assert m["val_psnr_bicubic"] >= m["val_psnr_sr"] - 1e-6  # clamping never hurts here
+    assert 0 < m["val_ssim_sr"] < 1
+
+
+def test_ssim_loss_is_zero_for_identical_images() -> None:
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert float(ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(ssim_loss(x, torch.rand_like(x))) > 0.5
+
+
+def test_cli_trains_and_refuses_to_overwrite(studies: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    args = [
+        "train",
+        str(studies),
+        "--out",
+        str(out),
+        "--scale",
+        "2",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "8",
+        "--kernel-sizes",
+        "3,1,3",
+        "--filters",
+        "4,4",
+        "--device",
+        "cpu",
+        "--loss",
+        "l1",
+    ]
+    assert main(args) == 0
+    assert load_checkpoint(out / "best.pt").meta["train_config"]["loss"] == "l1"
+    assert main(args) == 2  # an existing run is not overwritten without --resume
+    assert main([*args[:-2], "--loss", "huber"]) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(studies: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    cmd = [
+        *launcher,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mrisr.cli",
+        "train",
+        str(studies),
+        "--out",
+        str(out),
+        "--scale",
+        "2",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "8",
+        "--kernel-sizes",
+        "3,1,3",
+        "--filters",
+        "4,4",
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ck = load_checkpoint(out / "last.pt")
+    assert ck.scale == (2, 2, 1) and ck.meta["device"] == "cpu x2"
+    assert ck.train_state is not None and ck.train_state["step"] == 2
+    shutil.rmtree(out)
+
+
+@pytest.mark.slow
+def test_example_trains_briefly(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "examples" / "train_briefly.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "ex")], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "validation PSNR" in done.stdout
+    assert load_checkpoint(tmp_path / "ex" / "best.pt").scale == (2, 2, 1)
