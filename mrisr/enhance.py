@@ -179,21 +179,28 @@ class Enhancer:
                 self.model, nm.apply(frames[0]), factors, axis=axis, config=adapt, device=self.run.device
             )
             adapted = {**info.to_dict(), "config": asdict(adapt)}
-        outs = []
-        for frame in frames:
+        shape = tuple(n * f for n, f in zip(arr.shape[:3], factors, strict=True)) + tuple(arr.shape[3:])
+        # A 4D output is filled frame by frame; a 3D one is the SR array itself (no second copy).
+        out = np.empty(shape, dtype=np.float32) if arr.ndim == 4 or nm.constant else None
+        for t, frame in enumerate(frames):
             if nm.constant:
-                shape = tuple(n * f for n, f in zip(frame.shape, factors, strict=True))
-                outs.append(np.full(shape, nm.data_min, dtype=np.float32))
+                assert out is not None
+                out[...] = nm.data_min
                 if progress is not None:
                     progress(count_slices(frame.shape, factors, axis))
                 continue
-            sr_n = super_resolve_array(model, nm.apply(frame), factors, axis=axis, opts=self.run, progress=progress)
-            sr = nm.invert(sr_n)
+            sr = super_resolve_array(model, nm.apply(frame), factors, axis=axis, opts=self.run, progress=progress)
+            nm.invert_(sr)
             # Clamp to this frame's own range, as the bicubic baseline is (overshoot is not signal).
             lo, hi = float(frame.min()), float(frame.max()) if clamp else np.inf
             np.clip(sr, lo, hi, out=sr)
-            outs.append(sr)
-        out = outs[0] if arr.ndim == 3 else np.stack(outs, axis=-1)
+            if arr.ndim == 3:
+                out = sr
+            else:
+                assert out is not None
+                out[..., t] = sr
+            del sr
+        assert out is not None
         return out, nm, adapted
 
     # -- studies ------------------------------------------------------------------------------------
@@ -350,13 +357,17 @@ class Enhancer:
                 vol.data, factors, axis=opts.axis, clamp=opts.clamp, adapt=opts.adapt, progress=progress
             )
             sr_out = cast_to_dtype(sr, out_dtype)
+            del sr
             out_vol = vol.with_data(sr_out, refine_affine(vol.affine, factors))
             lr = np.asarray(vol.data, dtype=np.float32)
-            back = _degrade_frames(sr_out.astype(np.float32), factors, degradation)
+            back = _degrade_frames(sr_out, factors, degradation)
             rng = float(lr.max() - lr.min()) or 1.0
             consistency = {"psnr_lr": round(_psnr(back, lr, rng), 4), "degradation": degradation}  # type: ignore[dict-item]
-            bic = _bicubic_frames(lr, sr_out.shape, float(lr.min()), float(lr.max()))
-            figure_arrays = {"reference": None, "lowres": lr, "bicubic": bic, "sr": sr_out}
+            # The figure shows the middle slice only: no full-size bicubic volume is made for it.
+            mid = _first_frame(lr)[:, :, lr.shape[2] // 2 : lr.shape[2] // 2 + 1]  # type: ignore[index]
+            bic_mid = _bicubic_frames(mid, (*sr_out.shape[:2], 1), float(mid.min()), float(mid.max()))
+            sr_mid = _first_frame(sr_out)[:, :, sr_out.shape[2] // 2 : sr_out.shape[2] // 2 + 1]  # type: ignore[index]
+            figure_arrays = {"reference": None, "lowres": mid, "bicubic": bic_mid, "sr": sr_mid}
             lr_shape = list(vol.data.shape)
         _write_volume(out_vol, out_path, out_fmt, out_dtype)
         figure_name = None
@@ -488,8 +499,21 @@ def _stack(frames: list[np.ndarray], like: np.ndarray) -> np.ndarray:
     return frames[0] if like.ndim == 3 else np.stack(frames, axis=-1)
 
 
-def _degrade_frames(a: np.ndarray, factors: tuple[int, int, int], mode: str) -> np.ndarray:
-    return _stack([degrade_volume(f, factors, mode) for f in _frames(a)], a)
+def _degrade_frames(a: np.ndarray, factors: tuple[int, int, int], mode: str, *, chunk: int = 16) -> np.ndarray:
+    """Degrade each frame by ``factors``, in blocks of slices along an axis that is not degraded."""
+    free = next((ax for ax in (2, 0, 1) if factors[ax] == 1), None)
+    out_frames = []
+    for frame in _frames(a):
+        if free is None:
+            out_frames.append(degrade_volume(np.asarray(frame, dtype=np.float32), factors, mode))
+            continue
+        blocks = []
+        for start in range(0, frame.shape[free], chunk):
+            idx = [slice(None)] * 3
+            idx[free] = slice(start, start + chunk)
+            blocks.append(degrade_volume(np.asarray(frame[tuple(idx)], dtype=np.float32), factors, mode))
+        out_frames.append(np.concatenate(blocks, axis=free))
+    return _stack(out_frames, a)
 
 
 def _bicubic_frames(a: np.ndarray, shape: tuple[int, ...], lo: float, hi: float) -> np.ndarray:

@@ -59,6 +59,12 @@ class Normalization:
             np.float32, copy=False
         )
 
+    def invert_(self, y: np.ndarray) -> np.ndarray:
+        """Back to physical units in place (``y`` must be a float32 array); returns ``y``."""
+        y *= np.float32(self.scale)
+        y += np.float32(self.offset)
+        return y
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form for sidecars."""
         return {"method": "percentile", **asdict(self)}

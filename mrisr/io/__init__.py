@@ -115,12 +115,22 @@ def load_volume(path: str | Path) -> Volume:
     return read_dicom_path(p)
 
 
-def cast_to_dtype(data: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
-    """Cast float data to ``dtype``: integers are rounded and clipped to the type's range."""
+def cast_to_dtype(data: np.ndarray, dtype: np.dtype | str, *, chunk: int = 16) -> np.ndarray:
+    """Cast float data to ``dtype``: integers are rounded and clipped to the type's range.
+
+    Works in blocks of ``chunk`` indices along axis 0, so that no full-size temporary is made; an
+    array already of a float ``dtype`` is returned as it is.
+    """
     dt = np.dtype(dtype)
-    if np.issubdtype(dt, np.integer):
-        info = np.iinfo(dt)
-        return np.clip(np.rint(data), info.min, info.max).astype(dt)
+    arr = np.asarray(data)
     if dt == np.bool_:
-        return data > 0.5
-    return data.astype(dt)
+        return arr > 0.5
+    if not np.issubdtype(dt, np.integer):
+        return arr if arr.dtype == dt else arr.astype(dt)
+    info = np.iinfo(dt)
+    out = np.empty(arr.shape, dtype=dt)
+    for start in range(0, arr.shape[0], chunk):
+        block = np.rint(arr[start : start + chunk])
+        np.clip(block, info.min, info.max, out=block)
+        out[start : start + chunk] = block
+    return out
