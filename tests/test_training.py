@@ -302,3 +302,31 @@ def test_example_trains_briefly(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "validation PSNR" in done.stdout
     assert load_checkpoint(tmp_path / "ex" / "best.pt").scale == (2, 2, 1)
+
+
+def test_patches_do_not_depend_on_the_number_of_workers() -> None:
+    from torch.utils.data import DataLoader
+
+    vol = _phantom((24, 24, 12), 6).astype(np.float32) / 500
+    ds = PatchDataset([Piece(vol, (0, 1, 2), 0.05)], _cfg(patch_size=8), length=8)
+    one = next(iter(DataLoader(ds, batch_size=8, num_workers=0)))
+    two = next(iter(DataLoader(ds, batch_size=8, num_workers=2)))
+    assert torch.equal(one["target"], two["target"]) and torch.equal(one["input"], two["input"])
+
+
+def test_shipped_x4_weights() -> None:
+    from mrisr.checkpoint import shipped_checkpoint
+
+    path = shipped_checkpoint((4, 4, 1))
+    assert path is not None and path.stat().st_size < 500_000
+    ck = load_checkpoint(path)
+    assert ck.scale == (4, 4, 1) and ck.train_state is None
+    assert ck.arch["kernel_sizes"] == [9, 1, 5] and ck.arch["residual"] and ck.arch["padding_mode"] == "replicate"
+    assert [d["file"] for d in ck.meta["training_data"]] == ["mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"]
+    assert ck.meta["best_val"]["val_psnr_sr"] > ck.meta["best_val"]["val_psnr_bicubic"] + 1.0
+    assert (path.parent / ck.meta["licence_notice"]).is_file()
+    # On a smooth ramp (no detail to add), the residual network stays close to its bicubic input.
+    x = torch.linspace(0, 1, 32)[:, None].expand(32, 32)[None, None].contiguous()
+    with torch.no_grad():
+        y = ck.build()(x)
+    assert float((y - x)[..., 8:-8, 8:-8].abs().max()) < 0.05
