@@ -8,6 +8,7 @@ number of workers or processes, and a resumed run sees the patches an uninterrup
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -134,7 +135,8 @@ class LoadNormalized(Transform):
     """Load a study, take its frames and normalise them as inference does.
 
     Input ``{"study": Study}``; output adds ``"frames"`` (list of float32 3D arrays), ``"spacing"`` (mm),
-    ``"normalization"`` (dict) and ``"sha256"``.
+    ``"normalization"`` (dict) and ``"sha256"`` (of the file, or for a DICOM series of the sorted
+    digests of its files).
     """
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +145,9 @@ class LoadNormalized(Transform):
         arr = np.asarray(vol.data, dtype=np.float32)
         norm = fit_normalization(arr)
         frames = [norm.apply(vol.frame(t)) for t in range(vol.n_frames)]
-        digest = ";".join(sha256_file(f) for f in study.files) if study.files else ""
+        # One file: its SHA-256. A DICOM series: the SHA-256 of its files' sorted SHA-256 digests.
+        digests = sorted(sha256_file(f) for f in study.files)
+        digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
         return {
             **data,
             "frames": frames,
