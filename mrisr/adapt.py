@@ -1,13 +1,20 @@
-"""Per-study self-supervised adaptation (zero-shot SR / SMORE style).
+"""Per-study self-supervised adaptation across axes (the idea of SMORE and zero-shot SR).
 
-Before a study is enhanced, a *copy* of the network is fine-tuned on the study itself, with no other
-data: the study's own slices (already low-resolution) are degraded further by the same factors, and
-the network learns to map them back. Part of the slices is held out; the weights with the lowest
-held-out error are kept, and when no step beats the unadapted network on the held-out slices the
-original weights are kept — so adaptation cannot make the held-out fit worse than it was.
+A copy of the network is fine-tuned on the study itself, with no other data. The training signal
+comes from an axis of the study that is *not* being refined and whose voxels are already about as
+fine as the target (the *donor* axis): planes that contain it are degraded along it by the scale
+factor and the network learns to undo that. Typical cases:
 
-Everything here is seeded: on the CPU a given study, network and configuration always give the same
-adapted weights.
+- **thick slices** (``--scale 1,1,4`` on 1×1×4 mm): the fine in-plane axes teach the network what
+  a ×4 loss of resolution along one axis looks like; it then refines the slice axis;
+- **coarse in-plane, fine slices** (``--scale 4`` on 4×4×1 mm, e.g. a study acquired or degraded
+  in-plane): the fine slice axis is the donor and the network refines axes 0 and 1 in turn.
+
+The adapted network works one axis at a time (:func:`axis_passes`). Part of the donor planes is held
+out: the weights with the lowest held-out error are kept, and the adaptation is *rejected* (the
+original network and its usual passes are used) when it does not beat bicubic interpolation on the
+held-out planes by a margin, or when no donor axis exists. Everything is seeded: on the CPU a given
+study and configuration always give the same weights.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,10 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrisr.inference import plan_passes
 from mrisr.transforms import downsample, upsample
 
 log = logging.getLogger(__name__)
+
+#: A donor axis may be at most this much coarser than the finest target spacing.
+DONOR_TOLERANCE = 1.6
+#: The adapted network is used only when its held-out error is below this share of bicubic's.
+ACCEPT_RATIO = 0.97
+
+Passes = list[tuple[int, tuple[int, int]]]
 
 
 @dataclass(frozen=True)
@@ -34,18 +48,18 @@ class AdaptConfig:
     """Settings of the adaptation.
 
     Attributes:
-        steps: Optimisation steps at most.
+        steps: Optimisation steps.
         lr: Adam learning rate.
         batch_size: Patches per step.
-        patch_size: Side of the (study-resolution) target patches, in voxels (cut to the slice size).
+        patch_size: Side of the target patches, in voxels (cut to the plane size).
         val_every: Held-out evaluation every so many steps.
-        val_share: Share of the slices held out (every n-th slice).
-        degradation: ``bicubic``, ``box``, ``kspace`` or ``mixed`` (bicubic and box alternating).
+        val_share: Share of the donor planes held out.
+        degradation: ``box`` (thick voxels), ``bicubic`` or ``mixed`` (both, alternating).
         seed: Seed of patch sampling and augmentation.
     """
 
-    steps: int = 200
-    lr: float = 1e-4
+    steps: int = 300
+    lr: float = 1e-3
     batch_size: int = 16
     patch_size: int = 48
     val_every: int = 20
@@ -58,123 +72,172 @@ class AdaptConfig:
 class AdaptResult:
     """What adaptation did (recorded in the sidecar)."""
 
+    used: bool
+    reason: str
+    donor_axis: int | None
+    factor: int
     steps: int
     best_step: int
+    val_mse_bicubic: float
     val_mse_before: float
     val_mse_after: float
-    val_mse_bicubic: float
-    n_train_slices: int
-    n_val_slices: int
+    n_train_planes: int
+    n_val_planes: int
     seconds: float
     degradation: str
-    kept_original: bool
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         return asdict(self)
 
 
-def _pairs_source(x: np.ndarray, factors: tuple[int, int, int], axis: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Slices for self-supervision: the first pass's slices and its in-plane factors."""
-    cut, fs = plan_passes(factors, axis)[0]
-    slices = np.moveaxis(np.asarray(x, dtype=np.float32), cut, 0)
-    return slices, (int(fs[0]), int(fs[1]))
+def donor_axis(spacing: Sequence[float], factors: Sequence[int]) -> int | None:
+    """The finest axis that is not refined and is about as fine as the target, else ``None``."""
+    targets = [spacing[a] / factors[a] for a in range(3) if factors[a] > 1]
+    if not targets:
+        return None
+    candidates = [b for b in range(3) if factors[b] == 1 and spacing[b] <= DONOR_TOLERANCE * min(targets)]
+    return min(candidates, key=lambda b: spacing[b]) if candidates else None
 
 
-def _make_input(hr: torch.Tensor, fs: tuple[int, int], mode: str) -> torch.Tensor:
-    """Degrade ``hr`` patches by ``fs`` then bicubic back to their size (the network's input)."""
-    return upsample(downsample(hr, fs, mode), hr.shape[-2:])
+def axis_passes(factors: Sequence[int], spacing: Sequence[float]) -> Passes:
+    """One-axis passes for an adapted network: each refined axis in turn, coarsest first.
+
+    Each pass cuts slices across an axis other than the refined one, preferring planes whose other
+    axis is still coarse (as in the adaptation planes).
+    """
+    passes: Passes = []
+    cur = [float(s) for s in spacing]
+    for a in sorted((a for a in range(3) if factors[a] > 1), key=lambda a: -spacing[a]):
+        others = [o for o in range(3) if o != a]
+        other = max(others, key=lambda o: cur[o])  # the in-plane partner: the coarsest other axis
+        cut = next(o for o in others if o != other)
+        plane = [ax for ax in range(3) if ax != cut]
+        passes.append((cut, (factors[a] if plane[0] == a else 1, factors[a] if plane[1] == a else 1)))
+        cur[a] /= factors[a]
+    return passes
 
 
-def _crop_multiple(a: np.ndarray, fs: tuple[int, int]) -> np.ndarray:
-    h, w = a.shape[-2:]
-    return a[..., : h - h % fs[0], : w - w % fs[1]]
+def _donor_planes(x: np.ndarray, b: int, f: int) -> list[np.ndarray]:
+    """Planes containing axis ``b``, cut across each of the two other axes: ``(n, other, b)`` stacks.
+
+    Each stack is cropped to a multiple of ``f`` along ``b``; stacks too small to use are dropped.
+    """
+    stacks = []
+    for cut in (ax for ax in range(3) if ax != b):
+        other = next(ax for ax in range(3) if ax not in (b, cut))
+        st = np.transpose(x, (cut, other, b))
+        st = st[:, :, : st.shape[2] - st.shape[2] % f]
+        if st.shape[1] >= 8 and st.shape[2] >= 4 * f:
+            stacks.append(np.ascontiguousarray(st, dtype=np.float32))
+    return stacks
+
+
+def _inputs(hr: torch.Tensor, f: int, mode: str) -> torch.Tensor:
+    """Degrade ``(N, 1, H, W)`` along W by ``f`` and bicubic back to its size."""
+    return upsample(downsample(hr, (1, f), mode), hr.shape[-2:])
+
+
+def _rejected(reason: str, cfg: AdaptConfig, t0: float, b: int | None = None, f: int = 1) -> AdaptResult:
+    log.info("adaptation not used: %s", reason)
+    nan = float("nan")
+    return AdaptResult(
+        False, reason, b, f, 0, 0, nan, nan, nan, 0, 0, round(time.perf_counter() - t0, 3), cfg.degradation
+    )
 
 
 def adapt_model(
     model: nn.Module,
     x: np.ndarray,
-    factors: tuple[int, int, int],
+    factors: Sequence[int],
+    spacing: Sequence[float],
     *,
-    axis: int = 2,
     config: AdaptConfig | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[nn.Module, AdaptResult]:
-    """Fine-tune a copy of ``model`` on a study.
+    """Fine-tune a copy of ``model`` on a study across axes.
 
     Args:
         model: The network (left unchanged).
-        x: The study's normalised 3D array (the low-resolution input to be enhanced).
-        factors: The factors the study will be enhanced by.
-        axis: The slicing axis of the enhancement.
+        x: The study's normalised 3D array (the input to be enhanced), axes ``(i, j, k)``.
+        factors: The refinement per axis.
+        spacing: Voxel size in mm per axis.
         config: Adaptation settings.
         device: Torch device.
 
     Returns:
-        The adapted copy (eval mode) and what happened.
-
-    Raises:
-        ValueError: When the study is too small to be degraded once more by ``factors``.
+        ``(network, result)``: the adapted copy (``model`` itself when nothing could be trained) and
+        what happened. Use the copy, with :func:`axis_passes`, only when ``result.used``.
     """
     cfg = config or AdaptConfig()
     t0 = time.perf_counter()
-    dev = torch.device(device)
-    slices, fs = _pairs_source(x, factors, axis)
-    slices = _crop_multiple(slices, fs)
-    n, h, w = slices.shape
-    if h < 2 * fs[0] or w < 2 * fs[1] or n < 2:
-        raise ValueError(f"too small to adapt on: {n} slices of {h}×{w} at factors {fs}")
-    # Slices with signal only; every k-th one held out.
-    energy = slices.reshape(n, -1).std(axis=1)
-    keep = np.flatnonzero(energy > 0.05 * energy.max())
-    step = max(2, round(1 / max(cfg.val_share, 1e-3)))
-    val_idx = keep[step // 2 :: step]
-    train_idx = np.setdiff1d(keep, val_idx)
-    if len(val_idx) == 0 or len(train_idx) == 0:
-        raise ValueError("too few slices with signal to adapt on")
-    ph = min(h - h % fs[0], max(fs[0], cfg.patch_size - cfg.patch_size % fs[0]))
-    pw = min(w - w % fs[1], max(fs[1], cfg.patch_size - cfg.patch_size % fs[1]))
+    f_all = {int(v) for v in factors if int(v) > 1}
+    if len(f_all) != 1:
+        return model, _rejected(f"needs one refinement factor, got {tuple(factors)}", cfg, t0)
+    f = f_all.pop()
+    b = donor_axis(spacing, factors)
+    if b is None:
+        return model, _rejected(f"no axis with voxels as fine as the target (spacing {tuple(spacing)})", cfg, t0)
+    stacks = _donor_planes(np.asarray(x, dtype=np.float32), b, f)
+    if not stacks:
+        return model, _rejected(f"planes along the donor axis {b} are too small", cfg, t0, b, f)
+    every = max(2, round(1 / max(cfg.val_share, 1e-3)))
+    train_sets: list[torch.Tensor] = []
+    val_sets: list[torch.Tensor] = []
+    for st in stacks:
+        energy = st.reshape(len(st), -1).std(axis=1)
+        keep = np.flatnonzero(energy > 0.05 * energy.max())
+        val_idx = keep[every // 2 :: every]
+        train_idx = np.setdiff1d(keep, val_idx)
+        if len(val_idx) and len(train_idx):
+            train_sets.append(torch.from_numpy(st[train_idx]))
+            val_sets.append(torch.from_numpy(st[val_idx])[:, None])
+    if not train_sets:
+        return model, _rejected("too few planes with signal", cfg, t0, b, f)
     modes = ["bicubic", "box"] if cfg.degradation == "mixed" else [cfg.degradation]
-
+    dev = torch.device(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    net = copy.deepcopy(model).to(dev).train()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-
-    val_hr = torch.from_numpy(np.ascontiguousarray(slices[val_idx]))[:, None]
-    val_in = {m: _make_input(val_hr, fs, m) for m in modes}
+    net = copy.deepcopy(model).to(dev)
+    val_in = [{m: _inputs(v, f, m) for m in modes} for v in val_sets]
 
     def val_mse(module: nn.Module | None) -> float:
-        total = 0.0
+        total, count = 0.0, 0
         with torch.no_grad():
-            for m in modes:
-                inp = val_in[m].to(dev)
-                out = module(inp) if module is not None else inp
-                total += float(F.mse_loss(out, val_hr.to(dev)))
-        return total / len(modes)
+            for hr_v, ins in zip(val_sets, val_in, strict=True):
+                for m in modes:
+                    for flip in (False, True):  # the degraded axis as W, then as H
+                        inp, tgt = ins[m], hr_v
+                        if flip:
+                            inp, tgt = inp.transpose(-1, -2), tgt.transpose(-1, -2)
+                        out = module(inp.to(dev)) if module is not None else inp.to(dev)
+                        total += float(F.mse_loss(out, tgt.to(dev), reduction="sum"))
+                        count += tgt.numel()
+        return total / count
 
     net.eval()
-    before = val_mse(net)
-    bicubic = val_mse(None)
+    bicubic, before = val_mse(None), val_mse(net)
     best, best_step, best_state = before, 0, copy.deepcopy(net.state_dict())
-    train_t = torch.from_numpy(np.ascontiguousarray(slices[train_idx]))
-    square = fs[0] == fs[1] and ph == pw
+    weights = torch.tensor([float(len(t)) for t in train_sets])
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     for it in range(1, cfg.steps + 1):
         net.train()
-        pick = torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)
+        train_t = train_sets[int(torch.multinomial(weights, 1, generator=gen))]
+        _, h, w = train_t.shape
+        ph, pw = min(h, cfg.patch_size), min(w, cfg.patch_size - cfg.patch_size % f)
+        pick = torch.randint(len(train_t), (cfg.batch_size,), generator=gen)
         ys = torch.randint(h - ph + 1, (cfg.batch_size,), generator=gen)
         xs = torch.randint(w - pw + 1, (cfg.batch_size,), generator=gen)
         hr = torch.stack([train_t[p, y : y + ph, x_ : x_ + pw] for p, y, x_ in zip(pick, ys, xs, strict=True)])[:, None]
-        flips = torch.rand(2, generator=gen)
-        if flips[0] < 0.5:
+        coin = torch.rand(3, generator=gen)
+        if coin[0] < 0.5:
             hr = hr.flip(-1)
-        if flips[1] < 0.5:
+        if coin[1] < 0.5:
             hr = hr.flip(-2)
-        if square and torch.rand(1, generator=gen) < 0.5:
-            hr = hr.transpose(-1, -2)
-        mode = modes[it % len(modes)]
-        inp = _make_input(hr, fs, mode).to(dev)
-        loss = F.mse_loss(net(inp), hr.to(dev))
+        inp = _inputs(hr, f, modes[it % len(modes)])
+        if coin[2] < 0.5:  # the degraded axis as H half of the time
+            inp, hr = inp.transpose(-1, -2), hr.transpose(-1, -2)
+        loss = F.mse_loss(net(inp.to(dev)), hr.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -185,17 +248,17 @@ def adapt_model(
                 best, best_step, best_state = cur, it, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
     net.eval()
-    result = AdaptResult(
-        steps=cfg.steps,
-        best_step=best_step,
-        val_mse_before=before,
-        val_mse_after=best,
-        val_mse_bicubic=bicubic,
-        n_train_slices=len(train_idx),
-        n_val_slices=len(val_idx),
-        seconds=round(time.perf_counter() - t0, 3),
-        degradation=cfg.degradation,
-        kept_original=best_step == 0,
+    used = best < ACCEPT_RATIO * bicubic
+    reason = (
+        "adapted network beats bicubic on held-out planes"
+        if used
+        else f"held-out error {best:.3g} not below {ACCEPT_RATIO} × bicubic's {bicubic:.3g}"
     )
-    log.info("adapted: held-out MSE %.3g -> %.3g (bicubic %.3g), best step %d", before, best, bicubic, best_step)
-    return net.cpu() if dev.type != "cpu" else net, result
+    result = AdaptResult(
+        used, reason, b, f, cfg.steps, best_step, bicubic, before, best,
+        sum(len(t) for t in train_sets), sum(len(v) for v in val_sets), round(time.perf_counter() - t0, 3),
+        cfg.degradation,
+    )  # fmt: skip
+    log.info("adaptation (donor axis %d): held-out MSE bicubic %.3g, before %.3g, after %.3g: %s",
+             b, bicubic, before, best, reason)  # fmt: skip
+    return (net.cpu() if dev.type != "cpu" else net), result

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from torch import nn
 
 from mrisr import __version__
 from mrisr.adapt import AdaptConfig
@@ -157,12 +158,14 @@ class Enhancer:
         norm: Normalization | None = None,
         clamp: bool = True,
         adapt: AdaptConfig | None = None,
+        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
         progress: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, Normalization, dict[str, Any] | None]:
         """Super-resolve a 3D or 4D array in physical units.
 
         A constant array comes out constant; non-negative input gives non-negative output. With
-        ``adapt``, a copy of the network is first fine-tuned on the (first frame of the) array.
+        ``adapt``, a copy of the network is first fine-tuned on the (first frame of the) array, whose
+        voxel ``spacing`` (mm) tells which axis can teach it (:mod:`mrisr.adapt`).
 
         Returns:
             Float32 SR array, the normalisation used, and what adaptation did (``None`` without it).
@@ -170,15 +173,26 @@ class Enhancer:
         arr = np.asarray(data)
         nm = norm or fit_normalization(arr)
         frames = [arr] if arr.ndim == 3 else [arr[..., t] for t in range(arr.shape[3])]
-        model = self.model
+        model: nn.Module | None = self.model
         adapted: dict[str, Any] | None = None
+        passes = None
+        one_axis = sum(f > 1 for f in factors) == 1 and not self._trained_for(factors)
+        if one_axis and adapt is None:
+            # An in-plane network does not know one-axis (thick-slice) blur: adapt it to the study.
+            adapt = AdaptConfig()
         if adapt is not None and not nm.constant:
-            from mrisr.adapt import adapt_model
+            from mrisr.adapt import adapt_model, axis_passes
 
-            model, info = adapt_model(
-                self.model, nm.apply(frames[0]), factors, axis=axis, config=adapt, device=self.run.device
+            adapted_net, info = adapt_model(
+                self.model, nm.apply(frames[0]), factors, spacing, config=adapt, device=self.run.device
             )
             adapted = {**info.to_dict(), "config": asdict(adapt)}
+            if info.used:
+                model, passes = adapted_net, axis_passes(factors, spacing)
+            elif one_axis:
+                # Rejected: a network trained for another blur can be worse than interpolation here.
+                model = None
+                adapted["fallback"] = "bicubic"
         shape = tuple(n * f for n, f in zip(arr.shape[:3], factors, strict=True)) + tuple(arr.shape[3:])
         # A 4D output is filled frame by frame; a 3D one is the SR array itself (no second copy).
         out = np.empty(shape, dtype=np.float32) if arr.ndim == 4 or nm.constant else None
@@ -189,7 +203,9 @@ class Enhancer:
                 if progress is not None:
                     progress(count_slices(frame.shape, factors, axis))
                 continue
-            sr = super_resolve_array(model, nm.apply(frame), factors, axis=axis, opts=self.run, progress=progress)
+            sr = super_resolve_array(
+                model, nm.apply(frame), factors, axis=axis, opts=self.run, progress=progress, passes=passes
+            )
             nm.invert_(sr)
             # Clamp to this frame's own range, as the bicubic baseline is (overshoot is not signal).
             lo, hi = float(frame.min()), float(frame.max()) if clamp else np.inf
@@ -202,6 +218,13 @@ class Enhancer:
             del sr
         assert out is not None
         return out, nm, adapted
+
+    def _trained_for(self, factors: tuple[int, int, int]) -> bool:
+        """True when the checkpoint was trained for the pattern of ``factors`` (which axes are refined)."""
+        scale = self.checkpoint.scale
+        if scale is None:
+            return True
+        return [f > 1 for f in scale] == [f > 1 for f in factors]
 
     # -- studies ------------------------------------------------------------------------------------
     def process(
@@ -328,7 +351,13 @@ class Enhancer:
                 lr = cast_to_dtype(lr, vol.dtype).astype(np.float32)
             lr_affine = coarsen_affine(ref_vol.affine, factors)
             sr, norm, adapted = self.enhance_array(
-                lr, factors, axis=opts.axis, clamp=opts.clamp, adapt=opts.adapt, progress=progress
+                lr,
+                factors,
+                axis=opts.axis,
+                clamp=opts.clamp,
+                adapt=opts.adapt,
+                spacing=voxel_spacing(lr_affine),
+                progress=progress,
             )
             sr_out = cast_to_dtype(sr, out_dtype)
             bic = _bicubic_frames(lr, ref.shape, float(lr.min()), float(lr.max()))
@@ -354,7 +383,13 @@ class Enhancer:
             lr_shape = list(lr.shape)
         else:
             sr, norm, adapted = self.enhance_array(
-                vol.data, factors, axis=opts.axis, clamp=opts.clamp, adapt=opts.adapt, progress=progress
+                vol.data,
+                factors,
+                axis=opts.axis,
+                clamp=opts.clamp,
+                adapt=opts.adapt,
+                spacing=vol.spacing,
+                progress=progress,
             )
             sr_out = cast_to_dtype(sr, out_dtype)
             del sr

@@ -199,6 +199,7 @@ def super_resolve_array(
     batch_size: int | None = None,
     opts: RunOptions | None = None,
     progress: Callable[[int], None] | None = None,
+    passes: list[tuple[int, tuple[int, int]]] | None = None,
 ) -> np.ndarray:
     """Super-resolve a normalised 3D array.
 
@@ -211,6 +212,8 @@ def super_resolve_array(
         batch_size: Slices per batch (ignored when ``opts`` is given).
         opts: Full run options.
         progress: Called with the number of slices done after each batch.
+        passes: ``[(slice_axis, (f_a, f_b)), ...]`` to run instead of :func:`plan_passes`
+            (one-axis passes for a network adapted to one-axis degradation).
 
     Returns:
         Float32 array of shape ``(i·f0, j·f1, k·f2)``.
@@ -220,6 +223,7 @@ def super_resolve_array(
     run_opts = opts or RunOptions(device=resolve_device(device), batch_size=batch_size)
     runner = SliceRunner(model, run_opts) if model is not None else None
     out = np.asarray(x, dtype=np.float32)
-    for cut, fs in plan_passes(tuple(int(f) for f in factors), axis):  # type: ignore[arg-type]
+    plan = passes if passes is not None else plan_passes(tuple(int(f) for f in factors), axis)  # type: ignore[arg-type]
+    for cut, fs in plan:
         out = _plane_pass(out, fs, cut, runner, progress)
     return out
