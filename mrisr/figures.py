@@ -66,6 +66,15 @@ def _label(name: str, metrics: Mapping[str, Any] | None, key: str | None) -> str
     return f"{name}\n{' · '.join(parts)}" if parts else name
 
 
+def _show(ax: Any, img: np.ndarray | None, vmin: float, vmax: float, extent: tuple[float, ...]) -> bool:
+    """Draw a slice (``(i, j)``, i horizontal) in grey, or say it is not available; True if drawn."""
+    if img is None:
+        ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes)
+        return False
+    ax.imshow(img.T, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", extent=extent, interpolation="nearest")
+    return True
+
+
 def compare_figure(
     path: str | Path,
     *,
@@ -139,13 +148,7 @@ def compare_figure(
     try:
         fig.suptitle(title)
         for ax, (name, img, key) in zip(axes[0], top, strict=True):
-            if img is None:
-                ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes)
-            else:
-                ax.imshow(
-                    img.T, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", extent=extent,
-                    interpolation="nearest",
-                )  # fmt: skip
+            if _show(ax, img, vmin, vmax, extent):
                 ax.add_patch(
                     Rectangle(
                         (zi.start - 0.5, zj.start - 0.5), zi.stop - zi.start, zj.stop - zj.start,
@@ -156,13 +159,7 @@ def compare_figure(
             ax.set_axis_off()
         zextent = (zi.start - 0.5, zi.stop - 0.5, zj.start - 0.5, zj.stop - 0.5)
         for ax, (name, img, key) in zip(axes[1], zooms, strict=False):
-            if img is None:
-                ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes)
-            else:
-                ax.imshow(
-                    img.T, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", extent=extent,
-                    interpolation="nearest",
-                )  # fmt: skip
+            if _show(ax, img, vmin, vmax, extent):
                 ax.set_xlim(zextent[0], zextent[1])
                 ax.set_ylim(zextent[2], zextent[3])
             ax.set_title(f"{_label(name, metrics, key)}\n(zoom)", fontsize=9)

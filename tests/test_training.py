@@ -25,6 +25,13 @@ from mrisr.transforms import degrade_volume, upsample_volume
 TINY_MODEL = SRCNNConfig(kernel_sizes=(3, 1, 3), filters=(4, 4), residual=True)
 
 
+#: Options of a tiny CPU training run (a few steps of a 3-1-3 network with 4 filters).
+TINY_RUN = [
+    "--scale", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "8",
+    "--kernel-sizes", "3,1,3", "--filters", "4,4", "--device", "cpu",
+]  # fmt: skip
+
+
 def _phantom(shape: tuple[int, int, int], seed: int) -> np.ndarray:
     """An ellipsoid 'head' with textured tissue and a dark 'ventricle', uint16-like values."""
     rng = np.random.default_rng(seed)
@@ -221,30 +228,7 @@ def test_ssim_loss_is_zero_for_identical_images() -> None:
 
 def test_cli_trains_and_refuses_to_overwrite(studies: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    args = [
-        "train",
-        str(studies),
-        "--out",
-        str(out),
-        "--scale",
-        "2",
-        "--epochs",
-        "1",
-        "--steps-per-epoch",
-        "2",
-        "--batch-size",
-        "2",
-        "--patch-size",
-        "8",
-        "--kernel-sizes",
-        "3,1,3",
-        "--filters",
-        "4,4",
-        "--device",
-        "cpu",
-        "--loss",
-        "l1",
-    ]
+    args = ["train", str(studies), "--out", str(out), *TINY_RUN, "--loss", "l1"]
     assert main(args) == 0
     assert load_checkpoint(out / "best.pt").meta["train_config"]["loss"] == "l1"
     assert main(args) == 2  # an existing run is not overwritten without --resume
@@ -267,22 +251,7 @@ def test_torchrun_two_processes_on_cpu(studies: Path, tmp_path: Path) -> None:
         str(studies),
         "--out",
         str(out),
-        "--scale",
-        "2",
-        "--epochs",
-        "1",
-        "--steps-per-epoch",
-        "2",
-        "--batch-size",
-        "2",
-        "--patch-size",
-        "8",
-        "--kernel-sizes",
-        "3,1,3",
-        "--filters",
-        "4,4",
-        "--device",
-        "cpu",
+        *TINY_RUN,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
