@@ -113,9 +113,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            p, f"not a readable checkpoint (corrupt, truncated or unsafe): {first[:200]}"
-        ) from exc
+        raise CheckpointError(p, f"not a readable checkpoint (corrupt, truncated or unsafe): {first[:200]}") from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(p, "not an mrisr checkpoint (no 'format: mrisr-checkpoint' entry)")
     if int(obj.get("format_version", 0)) > FORMAT_VERSION:

@@ -38,9 +38,7 @@ def run_demo(out_dir: Path, *, device: str = "auto") -> Path:
     ckpt = resolve_checkpoint(None, (4, 4, 1))
     enhancer = Enhancer(ckpt, RunOptions(device=resolve_device(device)))
     sim_dir = out_dir / "simulate"
-    enhancer.enhance(
-        find_studies([T1_SLAB]), EnhanceOptions(out_dir=sim_dir, simulate=True, save_intermediates=True)
-    )
+    enhancer.enhance(find_studies([T1_SLAB]), EnhanceOptions(out_dir=sim_dir, simulate=True, save_intermediates=True))
     epi = example_epi()
     if epi is not None:
         enhancer.enhance(find_studies([epi]), EnhanceOptions(out_dir=out_dir / "enhance"))

@@ -126,7 +126,5 @@ def fov_corner_world(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     Refining a grid with :func:`refine_affine` keeps these exactly.
     """
     n = [int(s) - 0.5 for s in shape[:3]]
-    corners = np.array(
-        [[i, j, k] for i in (-0.5, n[0]) for j in (-0.5, n[1]) for k in (-0.5, n[2])], dtype=float
-    )
+    corners = np.array([[i, j, k] for i in (-0.5, n[0]) for j in (-0.5, n[1]) for k in (-0.5, n[2])], dtype=float)
     return voxel_to_world(affine, corners)

@@ -67,9 +67,7 @@ class SRCNNConfig:
     def macs_per_pixel(self) -> int:
         """Multiply-accumulates per output pixel."""
         chans = [1, *self.filters, 1]
-        return sum(
-            k * k * cin * cout for k, cin, cout in zip(self.kernel_sizes, chans[:-1], chans[1:], strict=True)
-        )
+        return sum(k * k * cin * cout for k, cin, cout in zip(self.kernel_sizes, chans[:-1], chans[1:], strict=True))
 
 
 class SRCNN(nn.Module):

@@ -31,9 +31,7 @@ _READ_ERRORS = (
 
 def _has_scaling(header: nib.Nifti1Header) -> bool:
     slope, inter = header.get_slope_inter()
-    return slope is not None and (
-        not np.isclose(slope, 1.0) or (inter is not None and not np.isclose(inter, 0.0))
-    )
+    return slope is not None and (not np.isclose(slope, 1.0) or (inter is not None and not np.isclose(inter, 0.0)))
 
 
 def _diagnose(path: Path) -> str | None:
