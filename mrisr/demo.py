@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mrisr.discovery import find_studies
+
+if TYPE_CHECKING:
+    from mrisr.enhance import StudyResult
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,8 @@ def example_epi() -> Path | None:
     return path if path.is_file() else None
 
 
-def run_demo(out_dir: Path, *, device: str = "auto") -> Path:
-    """Run the demo into ``out_dir`` and return the path of the HTML report."""
+def run_demo(out_dir: Path, *, device: str = "auto") -> tuple[Path, list[StudyResult]]:
+    """Run the demo into ``out_dir``; returns the path of the HTML report and the study results."""
     from mrisr.enhance import EnhanceOptions, Enhancer, resolve_checkpoint
     from mrisr.inference import RunOptions, resolve_device
     from mrisr.report import build_report
@@ -38,10 +42,12 @@ def run_demo(out_dir: Path, *, device: str = "auto") -> Path:
     ckpt = resolve_checkpoint(None, (4, 4, 1))
     enhancer = Enhancer(ckpt, RunOptions(device=resolve_device(device)))
     sim_dir = out_dir / "simulate"
-    enhancer.enhance(find_studies([T1_SLAB]), EnhanceOptions(out_dir=sim_dir, simulate=True, save_intermediates=True))
+    results = enhancer.enhance(
+        find_studies([T1_SLAB]), EnhanceOptions(out_dir=sim_dir, simulate=True, save_intermediates=True)
+    )
     epi = example_epi()
     if epi is not None:
-        enhancer.enhance(find_studies([epi]), EnhanceOptions(out_dir=out_dir / "enhance"))
+        results += enhancer.enhance(find_studies([epi]), EnhanceOptions(out_dir=out_dir / "enhance"))
     else:
         log.warning("nibabel's example EPI is not installed; skipping the plain-enhance part of the demo")
-    return build_report(out_dir).html
+    return build_report(out_dir).html, results

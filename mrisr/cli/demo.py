@@ -20,7 +20,19 @@ def demo(
     from mrisr.errors import MrisrError
 
     try:
-        html = run_demo(out, device=device)
+        html, results = run_demo(out, device=device)
     except MrisrError as exc:
         raise fail(str(exc), 1) from None
+    for r in results:
+        m = r.metrics or {}
+        if r.status == "failed":
+            typer.echo(f"{r.study.id}: failed: {r.error}")
+        elif "psnr_sr" in m:
+            gain = m["psnr_sr"] - m["psnr_bicubic"]
+            typer.echo(
+                f"{r.study.id} (simulated x4, training template): PSNR bicubic {m['psnr_bicubic']:.2f} dB, "
+                f"SRCNN {m['psnr_sr']:.2f} dB ({gain:+.2f} dB); SSIM {m['ssim_bicubic']:.3f} -> {m['ssim_sr']:.3f}"
+            )
+        else:
+            typer.echo(f"{r.study.id} (real EPI, enhanced x4): {r.output}")
     typer.echo(f"report: {html}")
