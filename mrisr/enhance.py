@@ -147,6 +147,7 @@ class Enhancer:
         self.run = run or RunOptions(device=resolve_device("auto"))
         self.model = checkpoint.build()
         self.runner = SliceRunner(self.model, self.run)
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrisr-figure")
 
     # -- arrays -------------------------------------------------------------------------------------
     def enhance_array(
@@ -404,10 +405,10 @@ class Enhancer:
             sr_mid = _first_frame(sr_out)[:, :, sr_out.shape[2] // 2 : sr_out.shape[2] // 2 + 1]  # type: ignore[index]
             figure_arrays = {"reference": None, "lowres": mid, "bicubic": bic_mid, "sr": sr_mid}
             lr_shape = list(vol.data.shape)
+        # The figure is drawn in a helper thread while the volume is compressed and written.
+        figure = self._background.submit(self._figure, study, opts, figure_arrays, metrics) if opts.figure else None
         _write_volume(out_vol, out_path, out_fmt, out_dtype)
-        figure_name = None
-        if opts.figure:
-            figure_name = self._figure(study, opts, figure_arrays, metrics)
+        figure_name = figure.result() if figure is not None else None
         return {
             "study": study.id,
             "status": "done",
@@ -491,6 +492,10 @@ class Enhancer:
         results: list[StudyResult] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrisr-read") as pool:
             nxt: Future[Volume] | None = pool.submit(studies[0].load) if studies else None
+            if opts.figure:  # matplotlib's import (about a second) overlaps with the first study
+                from mrisr import figures
+
+                self._background.submit(figures.preload)
             for n, study in enumerate(studies):
                 current = nxt
                 nxt = pool.submit(studies[n + 1].load) if n + 1 < len(studies) else None

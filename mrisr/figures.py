@@ -75,6 +75,14 @@ def _show(ax: Any, img: np.ndarray | None, vmin: float, vmax: float, extent: tup
     return True
 
 
+def preload() -> None:
+    """Import matplotlib (with the Agg backend) now; called from a background thread to hide its cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+
 def compare_figure(
     path: str | Path,
     *,
