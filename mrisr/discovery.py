@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mrisr.io import Format, Volume, is_nifti_path, nifti_stem
@@ -21,6 +21,8 @@ from mrisr.io import Format, Volume, is_nifti_path, nifti_stem
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DEPTH = 12
+#: Folders of a BIDS dataset that hold no raw data (derivatives are never enhanced again).
+BIDS_SKIP = ("derivatives", "sourcedata", "code")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -35,6 +37,9 @@ class Study:
         files: The files of the study (one for NIfTI; the slices of a DICOM series).
         series_uid: SeriesInstanceUID of a DICOM series.
         description: SeriesDescription of a DICOM series (for display).
+        bids: For a NIfTI file inside a BIDS dataset (a folder given as input that holds
+            ``dataset_description.json``), its path relative to the dataset root; outputs then mirror
+            it as a BIDS derivative.
     """
 
     id: str
@@ -43,6 +48,7 @@ class Study:
     files: tuple[Path, ...] = field(default=())
     series_uid: str | None = None
     description: str = ""
+    bids: Path | None = None
 
     def load(self) -> Volume:
         """Read the study into a :class:`~mrisr.io.Volume`."""
@@ -131,6 +137,11 @@ def _nifti_ids(paths: Sequence[Path], roots: dict[Path, Path]) -> dict[Path, str
     return ids
 
 
+def is_bids_root(folder: Path) -> bool:
+    """True when ``folder`` is the root of a BIDS dataset (it holds ``dataset_description.json``)."""
+    return (folder / "dataset_description.json").is_file()
+
+
 def find_studies(inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_DEPTH) -> list[Study]:
     """Find the studies under files and folders.
 
@@ -146,6 +157,7 @@ def find_studies(inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_D
     """
     nifti: list[Path] = []
     roots: dict[Path, Path] = {}
+    bids_roots: dict[Path, Path] = {}
     others: list[tuple[Path, Path]] = []
     for raw in inputs:
         inp = Path(raw)
@@ -153,6 +165,11 @@ def find_studies(inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_D
             raise FileNotFoundError(f"{inp}: no such file or folder")
         files = [inp] if inp.is_file() else list(_walk(inp, max_depth))
         root = inp.parent if inp.is_file() else inp
+        if inp.is_dir() and is_bids_root(inp):
+            files = [f for f in files if f.relative_to(inp).parts[0] not in BIDS_SKIP]
+            bids_roots.update(
+                {f: inp for f in files if is_nifti_path(f) and f.relative_to(inp).parts[0].startswith("sub-")}
+            )
         for f in files:
             if is_nifti_path(f):
                 if f not in roots:
@@ -161,7 +178,16 @@ def find_studies(inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_D
             else:
                 others.append((f, root))
     ids = _nifti_ids(nifti, roots)
-    studies = [Study(id=ids[p], fmt="nifti", path=p, files=(p,)) for p in nifti]
+    studies = [
+        Study(
+            id=ids[p],
+            fmt="nifti",
+            path=p,
+            files=(p,),
+            bids=p.relative_to(bids_roots[p]) if p in bids_roots else None,
+        )
+        for p in nifti
+    ]
     if others:
         from mrisr.io.dicom import group_dicom_series
 
@@ -171,14 +197,7 @@ def find_studies(inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_D
     unique: list[Study] = []
     for s in studies:
         if s.id in seen:
-            s = Study(
-                s.id + "_" + short_hash(str(s.path) + (s.series_uid or "")),
-                s.fmt,
-                s.path,
-                s.files,
-                s.series_uid,
-                s.description,
-            )
+            s = replace(s, id=s.id + "_" + short_hash(str(s.path) + (s.series_uid or "")))
         seen[s.id] = 1
         unique.append(s)
     return unique

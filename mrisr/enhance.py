@@ -34,7 +34,7 @@ from mrisr.errors import MrisrError, OutputExistsError, UnsupportedDataError
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
 from mrisr.geometry import as_factors, coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions, SliceRunner, count_slices, resolve_device, super_resolve_array
-from mrisr.io import Volume, cast_to_dtype
+from mrisr.io import Volume, cast_to_dtype, nifti_stem
 from mrisr.transforms import Normalization, degrade_volume, fit_normalization, upsample_volume
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,70 @@ def resolve_checkpoint(path: str | Path | None, scale: tuple[int, int, int] | No
     return load_checkpoint(found)
 
 
-def _output_paths(out_dir: Path, study_id: str, fmt: str) -> tuple[Path, Path]:
-    out = out_dir / (f"{study_id}_sr" if fmt == "dicom" else f"{study_id}_sr.nii.gz")
-    return out, out_dir / f"{study_id}_sr.json"
+@dataclass(frozen=True)
+class Targets:
+    """Where one study's outputs go.
+
+    Flat layout: ``OUT/<id>_sr.nii.gz`` (or ``OUT/<id>_sr/`` for DICOM), ``OUT/<id>_sr.json``,
+    ``OUT/<id>_compare.png``, ``OUT/<id>_lr.nii.gz``, ``OUT/<id>_bicubic.nii.gz``. A study of a BIDS
+    dataset mirrors its place as a BIDS derivative instead:
+    ``OUT/sub-01/anat/sub-01_desc-sr_T1w.nii.gz`` with the sidecar ``..._desc-sr_T1w.json``.
+    """
+
+    output: Path
+    sidecar: Path
+    figure: Path
+    lowres: Path
+    bicubic: Path
+
+    @classmethod
+    def for_study(cls, out_dir: Path, study: Study, fmt: str) -> Targets:
+        """The targets of ``study`` written as ``fmt`` into ``out_dir``."""
+        if study.bids is not None and fmt == "nifti":
+            folder = out_dir / study.bids.parent
+            stem = bids_derivative_stem(study.bids.name, "sr")
+            return cls(
+                output=folder / f"{stem}.nii.gz",
+                sidecar=folder / f"{stem}.json",
+                figure=folder / f"{stem}_compare.png",
+                lowres=folder / f"{bids_derivative_stem(study.bids.name, 'lr')}.nii.gz",
+                bicubic=folder / f"{bids_derivative_stem(study.bids.name, 'bicubic')}.nii.gz",
+            )
+        return cls(
+            output=out_dir / (f"{study.id}_sr" if fmt == "dicom" else f"{study.id}_sr.nii.gz"),
+            sidecar=out_dir / f"{study.id}_sr.json",
+            figure=out_dir / f"{study.id}_compare.png",
+            lowres=out_dir / f"{study.id}_lr.nii.gz",
+            bicubic=out_dir / f"{study.id}_bicubic.nii.gz",
+        )
+
+    def all(self) -> tuple[Path, ...]:
+        """Every target path."""
+        return (self.output, self.sidecar, self.figure, self.lowres, self.bicubic)
+
+
+def bids_derivative_stem(name: str, desc: str) -> str:
+    """``sub-01_ses-2_T1w.nii.gz`` → ``sub-01_ses-2_desc-<desc>_T1w`` (an existing desc is replaced)."""
+    stem = nifti_stem(name)
+    parts = stem.split("_")
+    entities, suffix = [p for p in parts[:-1] if not p.startswith("desc-")], parts[-1]
+    return "_".join([*entities, f"desc-{desc}", suffix])
+
+
+def write_bids_description(out_dir: Path) -> None:
+    """Write ``dataset_description.json`` of a BIDS derivatives dataset (once; atomically)."""
+    path = out_dir / "dataset_description.json"
+    if path.exists():
+        return
+    write_json_atomic(
+        path,
+        {
+            "Name": "mrisr super-resolution",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "mrisr", "Version": __version__, "Description": "SRCNN super-resolution"}],
+        },
+    )
 
 
 def _read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -247,8 +308,10 @@ class Enhancer:
         with study_lock(opts.out_dir, study.id) as mine:
             if not mine:
                 return StudyResult(study, "locked", error=f"{study.path}: another process holds its lock")
-            for tmp in opts.out_dir.glob(f".{study.id}_*{TMP_MARK}*"):  # left by a killed run
-                remove_path(tmp)
+            out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
+            for target in Targets.for_study(opts.out_dir, study, out_fmt).all():
+                for tmp in target.parent.glob(f".{target.name}{TMP_MARK}*"):  # left by a killed run
+                    remove_path(tmp)
             return self._process_locked(study, opts, progress, loaded)
 
     def _process_locked(
@@ -261,7 +324,10 @@ class Enhancer:
         t0 = time.perf_counter()
         factors = opts.scale or self.checkpoint.scale or (4, 4, 1)
         out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
-        out_path, sidecar = _output_paths(opts.out_dir, study.id, out_fmt)
+        targets = Targets.for_study(opts.out_dir, study, out_fmt)
+        out_path, sidecar = targets.output, targets.sidecar
+        if study.bids is not None and out_fmt == "nifti":
+            write_bids_description(opts.out_dir)
         try:
             in_sha = sha256_files(study.files)
             old = _read_sidecar(sidecar) if sidecar.exists() else None
@@ -375,8 +441,8 @@ class Enhancer:
             if opts.save_intermediates:
                 from mrisr.io.nifti import write_nifti
 
-                lr_path = opts.out_dir / f"{study.id}_lr.nii.gz"
-                bic_path = opts.out_dir / f"{study.id}_bicubic.nii.gz"
+                targets = Targets.for_study(opts.out_dir, study, out_fmt)
+                lr_path, bic_path = targets.lowres, targets.bicubic
                 write_nifti(ref_vol.with_data(cast_to_dtype(lr, out_dtype), lr_affine), lr_path, dtype=out_dtype)
                 write_nifti(ref_vol.with_data(bic_out, ref_vol.affine), bic_path, dtype=out_dtype)
                 extra_paths = {"lowres": lr_path.name, "bicubic": bic_path.name}
@@ -458,7 +524,8 @@ class Enhancer:
             from mrisr.figures import compare_figure
         except ImportError:  # figures are optional (matplotlib missing on a lean install)
             return None
-        path = opts.out_dir / f"{study.id}_compare.png"
+        out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
+        path = Targets.for_study(opts.out_dir, study, out_fmt).figure
         sr = arrays["sr"]
         bic = arrays["bicubic"]
         assert sr is not None and bic is not None

@@ -144,3 +144,37 @@ def test_sigterm_finishes_current_study_and_exits_3(batch: tuple[Path, Path], tm
     for side in done:  # every sidecar points at a complete output
         assert nib.load(out / json.loads(side.read_text())["output"]["path"]).shape == (96, 80, 6)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_bids_input_gives_bids_derivatives(tmp_path: Path) -> None:
+    from mrisr.cli import main
+
+    bids = tmp_path / "bids"
+    (bids / "sub-01" / "ses-1" / "anat").mkdir(parents=True)
+    (bids / "sub-02" / "anat").mkdir(parents=True)
+    (bids / "derivatives" / "old" / "sub-01" / "anat").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    rng = np.random.default_rng(0)
+    files = [
+        bids / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz",
+        bids / "sub-02" / "anat" / "sub-02_desc-raw_T2w.nii.gz",
+        bids / "derivatives" / "old" / "sub-01" / "anat" / "sub-01_desc-x_T1w.nii.gz",
+    ]
+    for f in files:
+        nib.save(nib.Nifti1Image((rng.random((4, 4, 2)) * 100).astype(np.int16), np.eye(4)), str(f))
+    cfg = SRCNNConfig(residual=True)
+    ckpt = save_checkpoint(tmp_path / "n.pt", SRCNN(cfg), cfg.to_dict(), {"scale": [4, 4, 1]})
+    out = tmp_path / "derivatives" / "mrisr"
+    assert main(["enhance", str(bids), "--out", str(out), "--checkpoint", str(ckpt), "--no-figure"]) == 0
+    produced = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert produced == [
+        "dataset_description.json",
+        "sub-01/ses-1/anat/sub-01_ses-1_desc-sr_T1w.json",
+        "sub-01/ses-1/anat/sub-01_ses-1_desc-sr_T1w.nii.gz",
+        "sub-02/anat/sub-02_desc-sr_T2w.json",
+        "sub-02/anat/sub-02_desc-sr_T2w.nii.gz",
+    ]
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "mrisr"
+    assert main(["report", str(out)]) == 0
+    assert len((out / "report.csv").read_text().strip().splitlines()) == 3

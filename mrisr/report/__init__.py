@@ -37,6 +37,15 @@ from mrisr.fsutil import write_json_atomic, write_text_atomic
 logger = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = "_sr.json"
+#: Sidecars of studies written as BIDS derivatives: ``sub-01_desc-sr_T1w.json``.
+BIDS_SIDECAR_MARK = "_desc-sr_"
+
+
+def is_sidecar_name(name: str) -> bool:
+    """True for ``<id>_sr.json`` and for BIDS derivative sidecars ``..._desc-sr_<suffix>.json``."""
+    return name.endswith(SIDECAR_SUFFIX) or (BIDS_SIDECAR_MARK in name and name.endswith(".json"))
+
+
 METRICS: tuple[str, ...] = (
     "psnr_bicubic", "psnr_sr", "ssim_bicubic", "ssim_sr", "ssim3d_bicubic", "ssim3d_sr",
     "psnr_bicubic_masked", "psnr_sr_masked", "ssim_bicubic_masked", "ssim_sr_masked",
@@ -92,8 +101,10 @@ def find_sidecars(out_dir: Path) -> list[Path]:
     """Every ``*_sr.json`` under ``out_dir`` (recursively), hidden temporaries excluded, sorted."""
     return sorted(
         p
-        for p in out_dir.rglob(f"*{SIDECAR_SUFFIX}")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out_dir).parts)
+        for p in out_dir.rglob("*.json")
+        if is_sidecar_name(p.name)
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(out_dir).parts)
     )
 
 
@@ -117,7 +128,7 @@ def _rel(p: Path, root: Path) -> str:
 def _row_from_sidecar(path: Path, out_dir: Path) -> dict[str, Any]:
     """One report row; an unreadable or invalid sidecar gives a failed row naming the reason."""
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row["study"] = path.name[: -len(SIDECAR_SUFFIX)]
+    row["study"] = path.name[: -len(SIDECAR_SUFFIX)] if path.name.endswith(SIDECAR_SUFFIX) else path.stem
     row["sidecar"] = _rel(path, out_dir)
     row["status"] = "failed"
     try:
