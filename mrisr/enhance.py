@@ -13,7 +13,6 @@ sidecar.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,11 +30,13 @@ from mrisr.batch import study_lock
 from mrisr.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint
 from mrisr.discovery import Study
 from mrisr.errors import MrisrError, OutputExistsError, UnsupportedDataError
+from mrisr.frames import as3d, bicubic_frames, crop_to_multiple, degrade_frames, first_frame
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
 from mrisr.geometry import as_factors, coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions, SliceRunner, count_slices, resolve_device, super_resolve_array
-from mrisr.io import Volume, cast_to_dtype, nifti_stem
-from mrisr.transforms import Normalization, degrade_volume, fit_normalization, upsample_volume
+from mrisr.io import Volume, cast_to_dtype
+from mrisr.outputs import Targets, read_sidecar, write_bids_description, write_volume
+from mrisr.transforms import Normalization, fit_normalization
 
 log = logging.getLogger(__name__)
 
@@ -113,80 +114,6 @@ def resolve_checkpoint(path: str | Path | None, scale: tuple[int, int, int] | No
             "(train one with `mrisr train`)",
         )
     return load_checkpoint(found)
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Where one study's outputs go.
-
-    Flat layout: ``OUT/<id>_sr.nii.gz`` (or ``OUT/<id>_sr/`` for DICOM), ``OUT/<id>_sr.json``,
-    ``OUT/<id>_compare.png``, ``OUT/<id>_lr.nii.gz``, ``OUT/<id>_bicubic.nii.gz``. A study of a BIDS
-    dataset mirrors its place as a BIDS derivative instead:
-    ``OUT/sub-01/anat/sub-01_desc-sr_T1w.nii.gz`` with the sidecar ``..._desc-sr_T1w.json``.
-    """
-
-    output: Path
-    sidecar: Path
-    figure: Path
-    lowres: Path
-    bicubic: Path
-
-    @classmethod
-    def for_study(cls, out_dir: Path, study: Study, fmt: str) -> Targets:
-        """The targets of ``study`` written as ``fmt`` into ``out_dir``."""
-        if study.bids is not None and fmt == "nifti":
-            folder = out_dir / study.bids.parent
-            stem = bids_derivative_stem(study.bids.name, "sr")
-            return cls(
-                output=folder / f"{stem}.nii.gz",
-                sidecar=folder / f"{stem}.json",
-                figure=folder / f"{stem}_compare.png",
-                lowres=folder / f"{bids_derivative_stem(study.bids.name, 'lr')}.nii.gz",
-                bicubic=folder / f"{bids_derivative_stem(study.bids.name, 'bicubic')}.nii.gz",
-            )
-        return cls(
-            output=out_dir / (f"{study.id}_sr" if fmt == "dicom" else f"{study.id}_sr.nii.gz"),
-            sidecar=out_dir / f"{study.id}_sr.json",
-            figure=out_dir / f"{study.id}_compare.png",
-            lowres=out_dir / f"{study.id}_lr.nii.gz",
-            bicubic=out_dir / f"{study.id}_bicubic.nii.gz",
-        )
-
-    def all(self) -> tuple[Path, ...]:
-        """Every target path."""
-        return (self.output, self.sidecar, self.figure, self.lowres, self.bicubic)
-
-
-def bids_derivative_stem(name: str, desc: str) -> str:
-    """``sub-01_ses-2_T1w.nii.gz`` → ``sub-01_ses-2_desc-<desc>_T1w`` (an existing desc is replaced)."""
-    stem = nifti_stem(name)
-    parts = stem.split("_")
-    entities, suffix = [p for p in parts[:-1] if not p.startswith("desc-")], parts[-1]
-    return "_".join([*entities, f"desc-{desc}", suffix])
-
-
-def write_bids_description(out_dir: Path) -> None:
-    """Write ``dataset_description.json`` of a BIDS derivatives dataset (once; atomically)."""
-    path = out_dir / "dataset_description.json"
-    if path.exists():
-        return
-    write_json_atomic(
-        path,
-        {
-            "Name": "mrisr super-resolution",
-            "BIDSVersion": "1.9.0",
-            "DatasetType": "derivative",
-            "GeneratedBy": [{"Name": "mrisr", "Version": __version__, "Description": "SRCNN super-resolution"}],
-        },
-    )
-
-
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _psnr(x: np.ndarray, ref: np.ndarray, data_range: float) -> float:
@@ -330,7 +257,7 @@ class Enhancer:
             write_bids_description(opts.out_dir)
         try:
             in_sha = sha256_files(study.files)
-            old = _read_sidecar(sidecar) if sidecar.exists() else None
+            old = read_sidecar(sidecar) if sidecar.exists() else None
             if not opts.overwrite and (old is not None or out_path.exists()):
                 if (
                     old is not None
@@ -411,9 +338,9 @@ class Enhancer:
         if degradation == "mixed":
             degradation = "bicubic"
         if opts.simulate:
-            ref_vol = _crop_to_multiple(vol, factors)
+            ref_vol = crop_to_multiple(vol, factors)
             ref = np.asarray(ref_vol.data, dtype=np.float32)
-            lr = _degrade_frames(ref, factors, degradation)
+            lr = degrade_frames(ref, factors, degradation)
             if np.issubdtype(vol.dtype, np.integer):
                 lr = cast_to_dtype(lr, vol.dtype).astype(np.float32)
             lr_affine = coarsen_affine(ref_vol.affine, factors)
@@ -427,14 +354,14 @@ class Enhancer:
                 progress=progress,
             )
             sr_out = cast_to_dtype(sr, out_dtype)
-            bic = _bicubic_frames(lr, ref.shape, float(lr.min()), float(lr.max()))
+            bic = bicubic_frames(lr, ref.shape, float(lr.min()), float(lr.max()))
             bic_out = cast_to_dtype(bic, out_dtype)
             from mrisr.metrics import evaluate
 
             metrics = evaluate(
-                _as3d(sr_out).astype(np.float64),
-                _as3d(bic_out).astype(np.float64),
-                _as3d(ref).astype(np.float64),
+                as3d(sr_out).astype(np.float64),
+                as3d(bic_out).astype(np.float64),
+                as3d(ref).astype(np.float64),
                 scale=max(factors[0], factors[1]),
             )
             out_vol = ref_vol.with_data(sr_out, ref_vol.affine)
@@ -462,18 +389,18 @@ class Enhancer:
             del sr
             out_vol = vol.with_data(sr_out, refine_affine(vol.affine, factors))
             lr = np.asarray(vol.data, dtype=np.float32)
-            back = _degrade_frames(sr_out, factors, degradation)
+            back = degrade_frames(sr_out, factors, degradation)
             rng = float(lr.max() - lr.min()) or 1.0
             consistency = {"psnr_lr": round(_psnr(back, lr, rng), 4), "degradation": degradation}  # type: ignore[dict-item]
             # The figure shows the middle slice only: no full-size bicubic volume is made for it.
-            mid = _first_frame(lr)[:, :, lr.shape[2] // 2 : lr.shape[2] // 2 + 1]  # type: ignore[index]
-            bic_mid = _bicubic_frames(mid, (*sr_out.shape[:2], 1), float(mid.min()), float(mid.max()))
-            sr_mid = _first_frame(sr_out)[:, :, sr_out.shape[2] // 2 : sr_out.shape[2] // 2 + 1]  # type: ignore[index]
+            mid = first_frame(lr)[:, :, lr.shape[2] // 2 : lr.shape[2] // 2 + 1]  # type: ignore[index]
+            bic_mid = bicubic_frames(mid, (*sr_out.shape[:2], 1), float(mid.min()), float(mid.max()))
+            sr_mid = first_frame(sr_out)[:, :, sr_out.shape[2] // 2 : sr_out.shape[2] // 2 + 1]  # type: ignore[index]
             figure_arrays = {"reference": None, "lowres": mid, "bicubic": bic_mid, "sr": sr_mid}
             lr_shape = list(vol.data.shape)
         # The figure is drawn in a helper thread while the volume is compressed and written.
         figure = self._background.submit(self._figure, study, opts, figure_arrays, metrics) if opts.figure else None
-        _write_volume(out_vol, out_path, out_fmt, out_dtype)
+        write_volume(out_vol, out_path, out_fmt, out_dtype)
         figure_name = figure.result() if figure is not None else None
         return {
             "study": study.id,
@@ -531,10 +458,10 @@ class Enhancer:
         assert sr is not None and bic is not None
         compare_figure(
             path,
-            reference=_first_frame(arrays.get("reference")),
-            lowres=_first_frame(arrays.get("lowres")),
-            bicubic=_first_frame(bic),  # type: ignore[arg-type]
-            sr=_first_frame(sr),  # type: ignore[arg-type]
+            reference=first_frame(arrays.get("reference")),
+            lowres=first_frame(arrays.get("lowres")),
+            bicubic=first_frame(bic),  # type: ignore[arg-type]
+            sr=first_frame(sr),  # type: ignore[arg-type]
             metrics=metrics,
             title=study.id,
         )
@@ -577,68 +504,6 @@ class Enhancer:
             if nxt is not None:
                 nxt.cancel()
         return results
-
-
-def _as3d(a: np.ndarray) -> np.ndarray:
-    """A 4D array's frames side by side along axis 2 (for metrics over all frames)."""
-    if a.ndim == 3:
-        return a
-    return np.concatenate([a[..., t] for t in range(a.shape[3])], axis=2)
-
-
-def _first_frame(a: np.ndarray | None) -> np.ndarray | None:
-    return None if a is None else (a if a.ndim == 3 else a[..., 0])
-
-
-def _crop_to_multiple(vol: Volume, factors: tuple[int, int, int]) -> Volume:
-    """Crop the end of each axis to a multiple of its factor (the origin, and so the affine, stay)."""
-    sl = tuple(slice(0, n - n % f) for n, f in zip(vol.shape3, factors, strict=True))
-    if any(s.stop < 1 for s in sl):
-        raise UnsupportedDataError(vol.path, f"shape {vol.shape3} is smaller than the scale {factors}")
-    return vol.with_data(np.asarray(vol.data[sl]), vol.affine)
-
-
-def _frames(a: np.ndarray) -> list[np.ndarray]:
-    return [a] if a.ndim == 3 else [a[..., t] for t in range(a.shape[3])]
-
-
-def _stack(frames: list[np.ndarray], like: np.ndarray) -> np.ndarray:
-    return frames[0] if like.ndim == 3 else np.stack(frames, axis=-1)
-
-
-def _degrade_frames(a: np.ndarray, factors: tuple[int, int, int], mode: str, *, chunk: int = 16) -> np.ndarray:
-    """Degrade each frame by ``factors``, in blocks of slices along an axis that is not degraded."""
-    free = next((ax for ax in (2, 0, 1) if factors[ax] == 1), None)
-    out_frames = []
-    for frame in _frames(a):
-        if free is None:
-            out_frames.append(degrade_volume(np.asarray(frame, dtype=np.float32), factors, mode))
-            continue
-        blocks = []
-        for start in range(0, frame.shape[free], chunk):
-            idx = [slice(None)] * 3
-            idx[free] = slice(start, start + chunk)
-            blocks.append(degrade_volume(np.asarray(frame[tuple(idx)], dtype=np.float32), factors, mode))
-        out_frames.append(np.concatenate(blocks, axis=free))
-    return _stack(out_frames, a)
-
-
-def _bicubic_frames(a: np.ndarray, shape: tuple[int, ...], lo: float, hi: float) -> np.ndarray:
-    ups = [np.clip(upsample_volume(f, shape[:3]), lo, hi) for f in _frames(a)]
-    return _stack(ups, a)
-
-
-def _write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype) -> None:
-    if fmt == "dicom":
-        from mrisr.io.dicom import write_dicom_series
-
-        if path.exists():
-            remove_path(path)
-        write_dicom_series(vol, path)
-    else:
-        from mrisr.io.nifti import write_nifti
-
-        write_nifti(vol, path, dtype=dtype)
 
 
 def parse_factors(scale: str | int | Sequence[int] | None) -> tuple[int, int, int] | None:
