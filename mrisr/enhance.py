@@ -32,7 +32,7 @@ from mrisr.discovery import Study
 from mrisr.errors import MrisrError, OutputExistsError, UnsupportedDataError
 from mrisr.frames import as3d, bicubic_frames, crop_to_multiple, degrade_frames, first_frame
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
-from mrisr.geometry import as_factors, coarsen_affine, refine_affine, voxel_spacing
+from mrisr.geometry import as_factors, coarsen_affine, in_plane, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions, SliceRunner, count_slices, resolve_device, super_resolve_array
 from mrisr.io import Volume, cast_to_dtype
 from mrisr.outputs import Targets, read_sidecar, write_bids_description, write_volume
@@ -101,12 +101,13 @@ def resolve_checkpoint(path: str | Path | None, scale: tuple[int, int, int] | No
     if path is not None:
         return load_checkpoint(path)
     want = scale or (4, 4, 1)
-    found = shipped_checkpoint(want)
-    if found is None and want[2] == 1 and want[0] != want[1]:
-        found = None
-    if found is None and scale is not None and sorted(scale)[:2] == [1, 1]:
-        f = max(scale)
-        found = shipped_checkpoint((f, f, 1))  # one network serves any single-axis direction
+    refined = {f for f in want if f > 1}
+    # One in-plane network serves any orientation, and through-plane (one axis) via adaptation.
+    if len(refined) == 1:
+        f = refined.pop()
+        found = shipped_checkpoint((f, f, 1))
+    else:
+        found = shipped_checkpoint(want) if refined else None
     if found is None:
         raise CheckpointError(
             None,
@@ -165,7 +166,7 @@ class Enhancer:
         model: nn.Module | None = self.model
         adapted: dict[str, Any] | None = None
         passes = None
-        one_axis = sum(f > 1 for f in factors) == 1 and not self._trained_for(factors)
+        one_axis = sum(f > 1 for f in factors) == 1 and not self._trained_for(factors, axis)
         if one_axis and adapt is None:
             # An in-plane network does not know one-axis (thick-slice) blur: adapt it to the study.
             adapt = AdaptConfig()
@@ -178,6 +179,7 @@ class Enhancer:
             adapted = {**info.to_dict(), "config": asdict(adapt)}
             if info.used:
                 model, passes = adapted_net, axis_passes(factors, spacing)
+                adapted["passes"] = [[cut, list(fs)] for cut, fs in passes]  # these replace --axis
             elif one_axis:
                 # Rejected: a network trained for another blur can be worse than interpolation here.
                 model = None
@@ -208,12 +210,28 @@ class Enhancer:
         assert out is not None
         return out, nm, adapted
 
-    def _trained_for(self, factors: tuple[int, int, int]) -> bool:
-        """True when the checkpoint was trained for the pattern of ``factors`` (which axes are refined)."""
+    def _trained_for(self, factors: tuple[int, int, int], axis: int) -> bool:
+        """True when the network's training matches ``factors`` sliced across ``axis``.
+
+        A network trained in-plane (two axes refined, as the shipped weights) matches any two axes
+        refined on slices cut across the third; one trained for one axis matches one refined axis.
+        """
         scale = self.checkpoint.scale
         if scale is None:
             return True
-        return [f > 1 for f in scale] == [f > 1 for f in factors]
+        trained = sum(f > 1 for f in scale)
+        wanted = [a for a in range(3) if factors[a] > 1]
+        if trained == 2:
+            return len(wanted) == 2 and axis not in wanted
+        return len(wanted) == trained
+
+    def default_factors(self, axis: int = 2) -> tuple[int, int, int]:
+        """The checkpoint's scale, turned to refine the plane of slices cut across ``axis``."""
+        scale = self.checkpoint.scale or (4, 4, 1)
+        refined = [f for f in scale if f > 1]
+        if len(refined) == 2 and refined[0] == refined[1]:
+            return in_plane(refined[0], axis)
+        return scale
 
     # -- studies ------------------------------------------------------------------------------------
     def process(
@@ -249,7 +267,7 @@ class Enhancer:
         loaded: Future[Volume] | None,
     ) -> StudyResult:
         t0 = time.perf_counter()
-        factors = opts.scale or self.checkpoint.scale or (4, 4, 1)
+        factors = opts.scale or self.default_factors(opts.axis)
         out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
         targets = Targets.for_study(opts.out_dir, study, out_fmt)
         out_path, sidecar = targets.output, targets.sidecar
@@ -284,7 +302,9 @@ class Enhancer:
                 output=out_path,
                 metrics=record.get("metrics") or {},
             )
-        except (MrisrError, ValueError, OSError, MemoryError, RuntimeError) as exc:
+        except Exception as exc:
+            # Specific errors carry the file and a reason; anything else (a library raising an
+            # exception type we do not know) still fails this study alone, with its type named.
             reason = exc.reason if isinstance(exc, MrisrError) else f"{type(exc).__name__}: {exc}"
             where = str(exc.path) if isinstance(exc, MrisrError) and exc.path is not None else str(study.path)
             line = f"{where}: {reason}".splitlines()[0]
@@ -506,12 +526,20 @@ class Enhancer:
         return results
 
 
-def parse_factors(scale: str | int | Sequence[int] | None) -> tuple[int, int, int] | None:
-    """``None`` stays ``None``; else see :func:`mrisr.geometry.as_factors` / ``parse_scale``."""
+def parse_factors(scale: str | int | Sequence[int] | None, axis: int = 2) -> tuple[int, int, int] | None:
+    """``None`` stays ``None``; one factor refines the two axes other than ``axis``; three are per axis."""
     if scale is None:
         return None
     if isinstance(scale, str):
+        parts = [p for p in scale.replace("x", ",").split(",") if p.strip()]
+        if len(parts) == 1:
+            try:
+                return as_factors(in_plane(int(parts[0]), axis))
+            except ValueError as exc:
+                raise ValueError(f"scale must be an integer or three comma-separated integers, got {scale!r}") from exc
         from mrisr.geometry import parse_scale
 
         return parse_scale(scale)
+    if isinstance(scale, int):
+        return as_factors(in_plane(scale, axis))
     return as_factors(scale)

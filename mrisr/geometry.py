@@ -48,6 +48,13 @@ def as_factors(scale: int | Sequence[int]) -> Factors:
     return factors
 
 
+def in_plane(factor: int, axis: int = 2) -> Factors:
+    """Factors refining the two axes other than ``axis`` (the plane of slices cut across it)."""
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+    return tuple(1 if a == axis else int(factor) for a in range(3))  # type: ignore[return-value]
+
+
 def parse_scale(text: str) -> Factors:
     """Parse ``"4"`` or ``"4,4,1"`` (as given on the command line) into three factors."""
     try:

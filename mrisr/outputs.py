@@ -15,7 +15,7 @@ import numpy as np
 
 from mrisr import __version__
 from mrisr.discovery import Study
-from mrisr.fsutil import remove_path, write_json_atomic
+from mrisr.fsutil import write_json_atomic
 from mrisr.io import Volume, nifti_stem
 
 
@@ -94,11 +94,10 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
 
 
 def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype) -> None:
+    """Write ``vol`` to ``path`` as NIfTI (a file) or DICOM (a series folder), replacing it atomically."""
     if fmt == "dicom":
         from mrisr.io.dicom import write_dicom_series
 
-        if path.exists():
-            remove_path(path)
         write_dicom_series(vol, path)
     else:
         from mrisr.io.nifti import write_nifti

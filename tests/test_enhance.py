@@ -156,12 +156,16 @@ def test_batch_survives_bad_studies(tmp_path: Path, identity_ckpt: Path, capsys:
     (data / "text.nii.gz").write_text("not a nifti at all")
     raw = good.read_bytes()
     (data / "trunc.nii.gz").write_bytes(raw[: len(raw) // 2])
+    plain = bytearray(nib.Nifti1Image(_blob((4, 4, 2)), np.eye(4)).to_bytes())
+    plain[70:72] = np.array([9999], dtype="<i2").tobytes()  # an unknown datatype code
+    (data / "dtype.nii").write_bytes(bytes(plain))
     out = tmp_path / "out"
     code = main(["enhance", str(data), "--out", str(out), "--checkpoint", str(identity_ckpt), "--no-figure"])
     assert code == 1
     err = capsys.readouterr().err
-    for name, why in [("nan", "NaN"), ("empty", "empty"), ("text", "gzip"), ("trunc", "truncated")]:
-        line = next(ln for ln in err.splitlines() if ln.startswith("error:") and f"{name}.nii.gz" in ln)
+    cases = [("nan", "NaN"), ("empty", "empty"), ("text", "gzip"), ("trunc", "truncated"), ("dtype", "9999")]
+    for name, why in cases:
+        line = next(ln for ln in err.splitlines() if ln.startswith("error:") and f"{name}.nii" in ln)
         assert why.lower() in line.lower(), line
         assert not (out / f"{name}_sr.nii.gz").exists()
         assert json.loads((out / f"{name}_sr.json").read_text())["status"] == "failed"
@@ -269,3 +273,21 @@ def test_simulate_metrics_match_the_written_file(tmp_path: Path, random_ckpt: Pa
     got_b = 10 * np.log10(float(ref.max() - ref.min()) ** 2 / np.mean((bic - ref) ** 2))
     assert side["metrics"]["psnr_bicubic"] == pytest.approx(got_b, abs=0.01)
     assert (out / "ref_compare.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_axis_option_refines_the_plane_of_its_slices(tmp_path: Path, identity_ckpt: Path, axis: int) -> None:
+    """`--scale 4 --axis A` refines the two axes other than A, and equals bicubic in that plane."""
+    lr = _blob((5, 6, 7), seed=2)
+    src = _save(tmp_path / "s.nii.gz", lr)
+    out = tmp_path / "out"
+    args = ["enhance", str(src), "--out", str(out), "--checkpoint", str(identity_ckpt), "--no-figure"]
+    assert main([*args, "--scale", "4", "--axis", str(axis)]) == 0
+    img = nib.load(out / "s_sr.nii.gz")
+    factors = tuple(1 if a == axis else 4 for a in range(3))
+    assert img.shape == tuple(n * f for n, f in zip(lr.shape, factors, strict=True))
+    np.testing.assert_allclose(img.affine, refine_affine(OBLIQUE, factors), atol=1e-6)
+    moved = np.moveaxis(lr, axis, 2)
+    expect = np.moveaxis(np.rint(_bicubic_reference(moved, 4)).astype(np.int16), 2, axis)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), expect)
+    assert json.loads((out / "s_sr.json").read_text())["adapt"] is None  # the in-plane network fits

@@ -80,7 +80,7 @@ def enhance(
     from mrisr.batch import StopFlag, parse_shard, select_shard, shard_from_env
 
     try:
-        factors = parse_factors(scale)
+        factors = parse_factors(scale, axis)
         dev = resolve_device(device)
         shard_sel = parse_shard(shard) if shard is not None else shard_from_env()
     except ValueError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
 from mrisr.errors import UnreadableFileError, UnsupportedDataError
 from mrisr.fsutil import atomic_path
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 _READ_ERRORS = (
     ImageFileError,
+    HeaderDataError,
     EOFError,
     OSError,
     zlib.error,
@@ -86,7 +88,7 @@ def read_nifti(path: str | Path) -> Volume:
         msg = _diagnose(p) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if "truncated" in msg.lower() or "too short" in msg.lower() or "buffer is too small" in msg:
             msg = f"truncated file ({msg})" if not msg.startswith("truncated") else msg
-        raise UnreadableFileError(p, msg.replace(str(p), "").replace('""', "").strip(" :")) from exc
+        raise UnreadableFileError(p, msg.replace(f'"{p}"', "").replace(f"'{p}'", "").strip(" :")) from exc
     if data.dtype.fields is not None or not np.issubdtype(data.dtype, np.number):
         raise UnsupportedDataError(p, f"non-scalar voxel type {data.dtype} (RGB or complex?)")
     if np.iscomplexobj(data):
