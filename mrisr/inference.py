@@ -96,6 +96,11 @@ def _tiles(h: int, w: int, tile: int, halo: int) -> Iterator[Tile]:
             yield window, target, local
 
 
+def _scaled(s: slice, f: int) -> slice:
+    """The fine-grid slice covering the coarse slice ``s`` (``f`` fine voxels per coarse voxel)."""
+    return slice(s.start * f, s.stop * f)
+
+
 class SliceRunner:
     """Runs a network over batches of 2D slices ``(N, 1, H, W)`` with the options given."""
 
@@ -104,6 +109,9 @@ class SliceRunner:
         self.model = model.to(opts.device).eval()
         self.halo = receptive_radius(model)
         self.cuda = opts.device.type == "cuda"
+        self.lr_space = getattr(model, "input_space", "hr") == "lr"
+        cfg = getattr(model, "config", None)
+        self.out_per_in: tuple[int, int] = tuple(cfg.factors) if self.lr_space and cfg is not None else (1, 1)
         if opts.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.amp_dtype = torch.float16
@@ -112,7 +120,7 @@ class SliceRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Network output for ``x`` (float32, on any device); returns float32 on ``x``'s device."""
         h, w = x.shape[-2:]
-        if h * w > self.opts.max_tile_pixels:
+        if h * w * self.out_per_in[0] * self.out_per_in[1] > self.opts.max_tile_pixels:
             return self._tiled(x)
         return self._forward(x)
 
@@ -130,10 +138,12 @@ class SliceRunner:
 
     def _tiled(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        tile = max(8, math.isqrt(self.opts.max_tile_pixels) - 2 * self.halo)
-        out = torch.empty_like(x)
+        fh, fw = self.out_per_in
+        tile = max(8, math.isqrt(self.opts.max_tile_pixels // (fh * fw)) - 2 * self.halo)
+        out = x.new_empty((*x.shape[:-2], h * fh, w * fw))
         for (wy, wx), (ty, tx), (ly, lx) in _tiles(h, w, tile, self.halo):
-            out[..., ty, tx] = self._forward(x[..., wy, wx])[..., ly, lx]
+            y = self._forward(x[..., wy, wx])
+            out[..., _scaled(ty, fh), _scaled(tx, fw)] = y[..., _scaled(ly, fh), _scaled(lx, fw)]
         return out
 
 
@@ -153,8 +163,15 @@ def _plane_pass(
     for start in range(0, n, bs):
         stop = min(n, start + bs)
         batch = torch.from_numpy(np.ascontiguousarray(moved[start:stop], dtype=np.float32))[:, None]
-        up = upsample(batch, (oh, ow))
-        y = runner(up) if runner is not None else up
+        if runner is not None and runner.lr_space:
+            if tuple(factors) != runner.out_per_in:
+                raise ValueError(
+                    f"this low-resolution-grid network upsamples by {runner.out_per_in}, not {tuple(factors)}"
+                )
+            y = runner(batch)  # the network upsamples itself
+        else:
+            up = upsample(batch, (oh, ow))
+            y = runner(up) if runner is not None else up
         out[start:stop] = y[:, 0].numpy()
         if progress is not None:
             progress(stop - start)

@@ -39,7 +39,12 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the split, the weights and the patches.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
     workers: Annotated[int, typer.Option(min=0, help="Data-loader worker processes.")] = 0,
-    kernel_sizes: Annotated[str, typer.Option(help="Kernel size of each layer, e.g. 9,1,5.")] = "9,1,5",
+    arch: Annotated[
+        str, typer.Option(help="srcnn (on the fine grid) | espcn (on the coarse grid, ~5x fewer operations).")
+    ] = "srcnn",
+    kernel_sizes: Annotated[
+        str, typer.Option(help="Kernel size of each layer, e.g. 9,1,5 (espcn default: 5,3,3).")
+    ] = "9,1,5",
     filters: Annotated[str, typer.Option(help="Filters of the hidden layers, e.g. 64,32.")] = "64,32",
     residual: Annotated[bool, typer.Option(help="Predict the residual over bicubic.")] = True,
     padding: Annotated[str, typer.Option(help="Convolution padding: replicate | reflect | zeros.")] = "replicate",
@@ -59,7 +64,7 @@ def train(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from mrisr.errors import MrisrError
-    from mrisr.models import SRCNNConfig
+    from mrisr.models import ESPCNConfig, SRCNNConfig
 
     if threads:
         import torch
@@ -69,12 +74,24 @@ def train(
     from mrisr.training import train as run_training
 
     try:
-        model = SRCNNConfig(
-            kernel_sizes=_ints(kernel_sizes, "kernel-sizes"),
-            filters=_ints(filters, "filters"),
-            residual=residual,
-            padding_mode=padding,
-        )
+        model: SRCNNConfig | ESPCNConfig
+        if arch == "espcn":
+            model = ESPCNConfig(
+                factors=(scale, scale),
+                kernel_sizes=_ints(kernel_sizes, "kernel-sizes") if kernel_sizes != "9,1,5" else (5, 3, 3),
+                filters=_ints(filters, "filters"),
+                residual=residual,
+                padding_mode=padding,
+            )
+        elif arch == "srcnn":
+            model = SRCNNConfig(
+                kernel_sizes=_ints(kernel_sizes, "kernel-sizes"),
+                filters=_ints(filters, "filters"),
+                residual=residual,
+                padding_mode=padding,
+            )
+        else:
+            raise fail(f"--arch must be srcnn or espcn, not {arch!r}")
         cfg = TrainConfig(
             scale=scale,
             epochs=epochs,

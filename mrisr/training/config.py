@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mrisr.models import SRCNNConfig
+from mrisr.models import ESPCNConfig, SRCNNConfig
 
 TRAIN_DEGRADATIONS: tuple[str, ...] = ("bicubic", "box", "kspace", "mixed")
 LOSSES: tuple[str, ...] = ("mse", "l1", "ssim")
@@ -57,7 +57,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     workers: int = 0
-    model: SRCNNConfig = field(default_factory=lambda: SRCNNConfig(residual=True))
+    model: SRCNNConfig | ESPCNConfig = field(default_factory=lambda: SRCNNConfig(residual=True))
     loss: str = "mse"
     axes: tuple[int, ...] | None = None
     invert_prob: float = 0.5
@@ -68,6 +68,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.scale < 1:
             raise ValueError(f"scale must be positive, got {self.scale}")
+        if isinstance(self.model, ESPCNConfig) and tuple(self.model.factors) != (self.scale, self.scale):
+            raise ValueError(f"an ESPCN for factors {self.model.factors} cannot train at scale {self.scale}")
         if self.degradation not in TRAIN_DEGRADATIONS:
             raise ValueError(f"unknown degradation {self.degradation!r}; choose from {', '.join(TRAIN_DEGRADATIONS)}")
         if self.loss not in LOSSES:

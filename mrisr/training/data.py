@@ -284,5 +284,8 @@ class PatchDataset(Dataset):
         mode = cfg.degradation
         if mode == "mixed":
             mode = "bicubic" if rng.random() < 0.5 else "box"
-        x = degrade_patch(t[None], cfg.scale, mode)[0]
+        if getattr(cfg.model, "name", "srcnn") == "espcn":  # a low-resolution-grid network sees the LR patch
+            x = downsample(t[None], (cfg.scale, cfg.scale), mode)[0]
+        else:
+            x = degrade_patch(t[None], cfg.scale, mode)[0]
         return {"input": x.contiguous(), "target": t.contiguous()}

@@ -37,7 +37,7 @@ from mrisr.discovery import Study, find_studies
 from mrisr.fsutil import atomic_path
 from mrisr.inference import resolve_device, super_resolve_array
 from mrisr.metrics import psnr, ssim
-from mrisr.models import SRCNN
+from mrisr.models import build_model
 from mrisr.training.config import TrainConfig
 from mrisr.training.data import (
     SLAB_GAP,
@@ -326,7 +326,7 @@ def train(
     val_mode = "bicubic" if cfg.degradation == "mixed" else cfg.degradation
 
     torch.manual_seed(cfg.seed)
-    model = SRCNN(cfg.model).to(device)
+    model = build_model(cfg.model.to_dict()).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.total_steps, eta_min=cfg.lr * cfg.min_lr_ratio)
     use_amp = device.type == "cuda"

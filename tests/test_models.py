@@ -1,0 +1,91 @@
+"""Architectures: SRCNN sizes, the LR-grid ESPCN's sub-pixel layout, identity set-ups, tiling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mrisr.checkpoint import load_checkpoint, save_checkpoint
+from mrisr.cli import main
+from mrisr.inference import RunOptions, super_resolve_array
+from mrisr.models import ESPCN, SRCNN, ESPCNConfig, SRCNNConfig, build_model
+
+
+def test_srcnn_is_the_seed_network() -> None:
+    model = SRCNN()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size[0] for c in convs] == [9, 1, 5]
+    assert [c.out_channels for c in convs] == [64, 32, 1]
+    assert sum(p.numel() for p in model.parameters()) == 64 * 81 + 64 + 64 * 32 + 32 + 32 * 25 + 1
+    assert model(torch.zeros(2, 1, 13, 11)).shape == (2, 1, 13, 11)
+
+
+def test_espcn_subpixel_layout_follows_the_voxel_centre_convention() -> None:
+    """Output channel a*fw + b of LR voxel (i, j) lands at fine voxel (i*fh + a, j*fw + b)."""
+    model = ESPCN(ESPCNConfig(factors=(2, 3), kernel_sizes=(1, 1, 1), filters=(1, 1), residual=False))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for c in convs:
+            c.weight.zero_()
+            c.bias.zero_()
+        convs[0].weight.fill_(1.0)
+        convs[1].weight.fill_(1.0)
+        convs[2].weight[:, 0] = torch.arange(6, dtype=torch.float32).view(6, 1, 1) + 1  # channel c -> c+1
+    x = torch.ones(1, 1, 2, 2)
+    y = model(x)[0, 0]
+    assert y.shape == (4, 6)
+    for a in range(2):
+        for b in range(3):
+            assert torch.all(y[a::2, b::3] == a * 3 + b + 1)
+
+
+def test_identity_espcn_is_bicubic_and_tiling_is_exact() -> None:
+    x = np.random.default_rng(0).random((30, 26, 2)).astype(np.float32)
+    model = ESPCN(ESPCNConfig())
+    with torch.no_grad():
+        model.body[-1].weight.zero_()
+        model.body[-1].bias.zero_()
+    np.testing.assert_allclose(
+        super_resolve_array(model, x, (4, 4, 1)), super_resolve_array(None, x, (4, 4, 1)), atol=1e-6
+    )
+    torch.manual_seed(0)
+    noisy = ESPCN(ESPCNConfig())
+    with torch.no_grad():
+        noisy.body[-1].weight.normal_(0, 0.1)
+    whole = super_resolve_array(noisy, x, (4, 4, 1))
+    tiled = super_resolve_array(noisy, x, (4, 4, 1), opts=RunOptions(max_tile_pixels=20 * 20 * 16))
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    with pytest.raises(ValueError, match="upsamples by"):
+        super_resolve_array(noisy, x, (2, 2, 1))
+
+
+def test_build_model_round_trips_both_architectures() -> None:
+    for cfg in (SRCNNConfig(kernel_sizes=(9, 5, 5), residual=True), ESPCNConfig(factors=(3, 3))):
+        model = build_model(cfg.to_dict())
+        assert model.config == cfg  # type: ignore[union-attr]
+    assert ESPCNConfig().macs_per_pixel < SRCNNConfig().macs_per_pixel / 5
+
+
+def test_espcn_trains_and_enhances(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    g = np.mgrid[:32, :32, :8].astype(np.float32)
+    for i in range(2):
+        vol = 300 + 200 * np.sin(g[0] / 2.0 + i) * np.cos(g[1] / 3.0) + rng.normal(0, 5, g[0].shape)
+        nib.save(nib.Nifti1Image(vol.astype(np.int16), np.eye(4)), str(data / f"s{i}.nii.gz"))
+    out = tmp_path / "run"
+    args = ["train", str(data), "--out", str(out), "--arch", "espcn", "--scale", "2", "--epochs", "1"]
+    args += ["--steps-per-epoch", "3", "--batch-size", "2", "--patch-size", "16", "--device", "cpu", "--filters", "8,4"]
+    assert main(args) == 0
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt.arch["name"] == "espcn" and ckpt.arch["factors"] == [2, 2]
+    src = data / "s0.nii.gz"
+    assert main(["enhance", str(src), "--out", str(tmp_path / "o"), "--checkpoint", str(out / "best.pt")]) == 0
+    assert nib.load(tmp_path / "o" / "s0_sr.nii.gz").shape == (64, 64, 8)
+    other = save_checkpoint(tmp_path / "x.pt", ckpt.build(), ckpt.arch, {"scale": [2, 2, 1]})
+    assert main(["enhance", str(src), "--out", str(tmp_path / "o3"), "--checkpoint", str(other), "--scale", "3"]) == 1
