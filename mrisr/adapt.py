@@ -171,6 +171,8 @@ def adapt_model(
     """
     cfg = config or AdaptConfig()
     t0 = time.perf_counter()
+    if getattr(model, "input_space", "hr") != "hr":
+        return model, _rejected("adaptation needs a network on the fine grid (srcnn), not a coarse-grid one", cfg, t0)
     f_all = {int(v) for v in factors if int(v) > 1}
     if len(f_all) != 1:
         return model, _rejected(f"needs one refinement factor, got {tuple(factors)}", cfg, t0)

@@ -130,12 +130,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-def shipped_checkpoint(scale: tuple[int, int, int], *, variant: str = "") -> Path | None:
+def shipped_checkpoint(scale: tuple[int, int, int], *, arch: str = "srcnn") -> Path | None:
     """The checkpoint shipped in the package for ``scale`` (``None`` when there is none).
 
-    In-plane scales ``(s, s, 1)`` look for ``srcnn_x{s}{variant}.pt``; others for
-    ``srcnn_x{a}-{b}-{c}{variant}.pt``.
+    In-plane scales ``(s, s, 1)`` look for ``{arch}_x{s}.pt``; others for ``{arch}_x{a}-{b}-{c}.pt``.
     """
     name = f"x{scale[0]}" if scale[0] == scale[1] and scale[2] == 1 else "x" + "-".join(map(str, scale))
-    path = WEIGHTS_DIR / f"srcnn_{name}{variant}.pt"
+    path = WEIGHTS_DIR / f"{arch}_{name}.pt"
     return path if path.is_file() else None

@@ -26,6 +26,10 @@ def enhance(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Checkpoint (.pt). Default: the weights shipped for the scale.")
     ] = None,
+    arch: Annotated[
+        str,
+        typer.Option(help="Shipped network when no --checkpoint: espcn (default: faster, better held out) | srcnn."),
+    ] = "espcn",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     axis: Annotated[int, typer.Option(min=0, max=2, help="Slicing axis of the voxel array.")] = 2,
     fmt: Annotated[str, typer.Option("--format", help="Output format: same | nifti | dicom.")] = "same",
@@ -86,7 +90,9 @@ def enhance(
     except ValueError as exc:
         raise fail(str(exc)) from None
     try:
-        ckpt = resolve_checkpoint(checkpoint, factors)
+        if arch not in ("srcnn", "espcn"):
+            raise fail(f"--arch must be srcnn or espcn, not {arch!r}")
+        ckpt = resolve_checkpoint(checkpoint, factors, arch=arch)
         studies = find_studies(inputs)
     except (MrisrError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
