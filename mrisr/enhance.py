@@ -496,6 +496,7 @@ class Enhancer:
             sr=first_frame(sr),  # type: ignore[arg-type]
             metrics=metrics,
             title=study.id,
+            sr_label=str(self.checkpoint.arch.get("name", "srcnn")).upper(),
         )
         return path.name
 

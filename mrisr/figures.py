@@ -92,8 +92,11 @@ def compare_figure(
     sr: np.ndarray,
     metrics: Mapping[str, Any] | None,
     title: str,
+    sr_label: str = "SRCNN",
 ) -> Path:
     """Write a PNG comparing the middle k-slice of the inputs and outputs of one study.
+
+    ``sr_label`` names the network's panels (``"SRCNN"``, ``"ESPCN"``).
 
     With a reference (simulation): top row original / down-scaled / bicubic / SRCNN, bottom row the
     zoomed central region of original / bicubic / SRCNN and the error map ``|SR − original|``.
@@ -145,12 +148,12 @@ def compare_figure(
             ("original", ref, None),
             ("down-scaled", low, None),
             ("bicubic", bic, "bicubic"),
-            ("SRCNN", srs, "sr"),
+            (sr_label, srs, "sr"),
         ]
-        zooms = [("original", ref, None), ("bicubic", bic, "bicubic"), ("SRCNN", srs, "sr")]
+        zooms = [("original", ref, None), ("bicubic", bic, "bicubic"), (sr_label, srs, "sr")]
     else:
-        top = [("input", low, None), ("bicubic", bic, "bicubic"), ("SRCNN", srs, "sr")]
-        zooms = [("input", low, None), ("bicubic", bic, "bicubic"), ("SRCNN", srs, "sr")]
+        top = [("input", low, None), ("bicubic", bic, "bicubic"), (sr_label, srs, "sr")]
+        zooms = [("input", low, None), ("bicubic", bic, "bicubic"), (sr_label, srs, "sr")]
     ncol = len(top)
     fig, axes = plt.subplots(2, ncol, figsize=(3.6 * ncol, 7.6), squeeze=False)
     try:
@@ -178,7 +181,7 @@ def compare_figure(
             emax = float(np.percentile(err, 99.5)) or float(err.max()) or 1.0
             im = ax.imshow(err.T, cmap="magma", vmin=0.0, vmax=emax, origin="lower", extent=extent)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-            ax.set_title("|SRCNN − original|", fontsize=9)
+            ax.set_title(f"|{sr_label} − original|", fontsize=9)
             ax.set_axis_off()
         fig.tight_layout()
         with atomic_path(out) as tmp:

@@ -31,7 +31,7 @@ def demo(
             gain = m["psnr_sr"] - m["psnr_bicubic"]
             typer.echo(
                 f"{r.study.id} (simulated x4, training template): PSNR bicubic {m['psnr_bicubic']:.2f} dB, "
-                f"SRCNN {m['psnr_sr']:.2f} dB ({gain:+.2f} dB); SSIM {m['ssim_bicubic']:.3f} -> {m['ssim_sr']:.3f}"
+                f"SR {m['psnr_sr']:.2f} dB ({gain:+.2f} dB); SSIM {m['ssim_bicubic']:.3f} -> {m['ssim_sr']:.3f}"
             )
         else:
             typer.echo(f"{r.study.id} (real EPI, enhanced x4): {r.output}")

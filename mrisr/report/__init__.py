@@ -232,7 +232,7 @@ def _histogram_png(gains: list[float]) -> bytes:
     try:
         ax.hist(gains, bins=min(50, max(5, int(math.sqrt(len(gains))))), color="#3b75af")
         ax.axvline(0.0, color="k", linewidth=0.8)
-        ax.set_xlabel("PSNR gain of SRCNN over bicubic (dB)")
+        ax.set_xlabel("PSNR gain of SR over bicubic (dB)")
         ax.set_ylabel("studies")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
