@@ -21,6 +21,39 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _check_layers(kernel_sizes: tuple[int, ...], filters: tuple[int, ...], padding_mode: str) -> None:
+    """Validate a plain convolution stack's description."""
+    if len(kernel_sizes) != len(filters) + 1:
+        raise ValueError("kernel_sizes needs one entry more than filters")
+    if any(k < 1 or k % 2 == 0 for k in kernel_sizes):
+        raise ValueError(f"kernel sizes must be odd and positive, got {kernel_sizes}")
+    if padding_mode not in ("replicate", "reflect", "zeros"):
+        raise ValueError(f"unknown padding mode {padding_mode!r}")
+
+
+def _conv_stack(kernel_sizes: tuple[int, ...], channels: list[int], padding_mode: str) -> nn.Sequential:
+    """Size-keeping convolutions ``channels[i] -> channels[i+1]`` with ReLU between them.
+
+    Hidden layers are Kaiming-normal; the last layer starts small, so a residual network starts near
+    its bicubic input.
+    """
+    layers: list[nn.Module] = []
+    for i, (k, cin, cout) in enumerate(zip(kernel_sizes, channels[:-1], channels[1:], strict=True)):
+        layers.append(nn.Conv2d(cin, cout, k, padding=k // 2, padding_mode=padding_mode))  # type: ignore[arg-type]
+        if i < len(kernel_sizes) - 1:
+            layers.append(nn.ReLU(inplace=True))
+    body = nn.Sequential(*layers)
+    convs = [m for m in body if isinstance(m, nn.Conv2d)]
+    for conv in convs:
+        if conv is convs[-1]:
+            nn.init.normal_(conv.weight, std=1e-3)
+        else:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+    return body
+
+
 @dataclass(frozen=True)
 class SRCNNConfig:
     """Architecture of an SRCNN.
@@ -39,12 +72,7 @@ class SRCNNConfig:
     name: str = field(default="srcnn")
 
     def __post_init__(self) -> None:
-        if len(self.kernel_sizes) != len(self.filters) + 1:
-            raise ValueError("kernel_sizes needs one entry more than filters")
-        if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
-            raise ValueError(f"kernel sizes must be odd and positive, got {self.kernel_sizes}")
-        if self.padding_mode not in ("replicate", "reflect", "zeros"):
-            raise ValueError(f"unknown padding mode {self.padding_mode!r}")
+        _check_layers(self.kernel_sizes, self.filters, self.padding_mode)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (lists, not tuples), as stored in checkpoints and sidecars."""
@@ -83,26 +111,7 @@ class SRCNN(nn.Module):
     def __init__(self, config: SRCNNConfig | None = None) -> None:
         super().__init__()
         self.config = config or SRCNNConfig()
-        chans = [1, *self.config.filters, 1]
-        layers: list[nn.Module] = []
-        n = len(self.config.kernel_sizes)
-        for i, (k, cin, cout) in enumerate(zip(self.config.kernel_sizes, chans[:-1], chans[1:], strict=True)):
-            layers.append(nn.Conv2d(cin, cout, k, padding=k // 2, padding_mode=self.config.padding_mode))  # type: ignore[arg-type]
-            if i < n - 1:
-                layers.append(nn.ReLU(inplace=True))
-        self.body = nn.Sequential(*layers)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Kaiming-normal hidden layers; a small last layer so a residual net starts near bicubic."""
-        convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
-        for conv in convs[:-1]:
-            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)
-        nn.init.normal_(convs[-1].weight, std=1e-3)
-        if convs[-1].bias is not None:
-            nn.init.zeros_(convs[-1].bias)
+        self.body = _conv_stack(self.config.kernel_sizes, [1, *self.config.filters, 1], self.config.padding_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
@@ -131,10 +140,7 @@ class ESPCNConfig:
     name: str = field(default="espcn")
 
     def __post_init__(self) -> None:
-        if len(self.kernel_sizes) != len(self.filters) + 1:
-            raise ValueError("kernel_sizes needs one entry more than filters")
-        if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
-            raise ValueError(f"kernel sizes must be odd and positive, got {self.kernel_sizes}")
+        _check_layers(self.kernel_sizes, self.filters, self.padding_mode)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, as stored in checkpoints and sidecars."""
@@ -173,22 +179,7 @@ class ESPCN(nn.Module):
         super().__init__()
         self.config = config or ESPCNConfig()
         fh, fw = self.config.factors
-        chans = [1, *self.config.filters, fh * fw]
-        layers: list[nn.Module] = []
-        n = len(self.config.kernel_sizes)
-        for i, (k, cin, cout) in enumerate(zip(self.config.kernel_sizes, chans[:-1], chans[1:], strict=True)):
-            layers.append(nn.Conv2d(cin, cout, k, padding=k // 2, padding_mode=self.config.padding_mode))  # type: ignore[arg-type]
-            if i < n - 1:
-                layers.append(nn.ReLU(inplace=True))
-        self.body = nn.Sequential(*layers)
-        convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
-        for conv in convs[:-1]:
-            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)
-        nn.init.normal_(convs[-1].weight, std=1e-3)
-        if convs[-1].bias is not None:
-            nn.init.zeros_(convs[-1].bias)
+        self.body = _conv_stack(self.config.kernel_sizes, [1, *self.config.filters, fh * fw], self.config.padding_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fh, fw = self.config.factors
