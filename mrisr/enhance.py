@@ -33,7 +33,7 @@ from mrisr.errors import MrisrError, OutputExistsError, UnsupportedDataError
 from mrisr.frames import as3d, bicubic_frames, crop_to_multiple, degrade_frames, first_frame
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
 from mrisr.geometry import as_factors, coarsen_affine, in_plane, refine_affine, voxel_spacing
-from mrisr.inference import RunOptions, SliceRunner, count_slices, resolve_device, super_resolve_array
+from mrisr.inference import RunOptions, count_slices, resolve_device, super_resolve_array
 from mrisr.io import Volume, cast_to_dtype
 from mrisr.outputs import Targets, read_sidecar, write_bids_description, write_volume
 from mrisr.transforms import Normalization, fit_normalization
@@ -147,7 +147,6 @@ class Enhancer:
         self.checkpoint = checkpoint
         self.run = run or RunOptions(device=resolve_device("auto"))
         self.model = checkpoint.build()
-        self.runner = SliceRunner(self.model, self.run)
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrisr-figure")
 
     # -- arrays -------------------------------------------------------------------------------------
