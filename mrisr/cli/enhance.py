@@ -21,7 +21,9 @@ def enhance(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     scale: Annotated[
         str | None,
-        typer.Option(help="Factor: '4' (in-plane ×4) or per axis '4,4,1'. Default: the checkpoint's."),
+        typer.Option(
+            help="'4' refines the plane of the --axis slices ×4; '4,4,1' per axis. Default: the checkpoint's."
+        ),
     ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Checkpoint (.pt). Default: the weights shipped for the scale.")
@@ -52,7 +54,7 @@ def enhance(
     adapt: Annotated[
         bool, typer.Option(help="Fine-tune a copy of the network on each study first (self-supervised).")
     ] = False,
-    adapt_steps: Annotated[int, typer.Option(min=1, help="Steps of --adapt.")] = 200,
+    adapt_steps: Annotated[int, typer.Option(min=1, help="Steps of --adapt.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of --adapt (deterministic on the CPU).")] = 0,
     only: Annotated[
         list[str] | None, typer.Option("--only", help="Process only the study with this id (repeatable).")
