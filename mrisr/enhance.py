@@ -546,9 +546,10 @@ def parse_factors(scale: str | int | Sequence[int] | None, axis: int = 2) -> tup
         parts = [p for p in scale.replace("x", ",").split(",") if p.strip()]
         if len(parts) == 1:
             try:
-                return as_factors(in_plane(int(parts[0]), axis))
+                factor = int(parts[0])
             except ValueError as exc:
                 raise ValueError(f"scale must be an integer or three comma-separated integers, got {scale!r}") from exc
+            return as_factors(in_plane(factor, axis))
         from mrisr.geometry import parse_scale
 
         return parse_scale(scale)
