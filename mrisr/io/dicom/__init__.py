@@ -1,0 +1,28 @@
+"""DICOM series: grouping, reading and writing, honouring the volume contract of :mod:`mrisr.io`.
+
+This is the only module of mrisr that knows DICOM's patient coordinate system, LPS+ (x to the Left,
+y to the Posterior, z to the Superior). Every affine that leaves this module is RAS+::
+
+    RAS = diag(-1, -1, 1) · LPS
+
+Headers are read with pydicom (fast, without pixel data); pixels are read with SimpleITK (which
+handles the compressed transfer syntaxes), imported inside the functions that need it.
+
+Voxel axes of a series read here:
+
+- ``i`` runs along a row of the image (the column index; direction ``ImageOrientationPatient[0:3]``,
+  step ``PixelSpacing[1]``),
+- ``j`` runs down a column (the row index; direction ``ImageOrientationPatient[3:6]``, step
+  ``PixelSpacing[0]``),
+- ``k`` runs through the slices, ordered by position along the slice normal (row × column
+  direction), lowest first — unless the ``InstanceNumber`` values run strictly the other way, in which
+  case instance order is kept (so that a series written by :func:`write_dicom_series` reads back with
+  the voxel order it was written with, whatever the handedness of its grid).
+"""
+
+from mrisr.io.dicom.common import LPS_TO_RAS
+from mrisr.io.dicom.read import read_dicom_path, read_dicom_series
+from mrisr.io.dicom.series import group_dicom_series
+from mrisr.io.dicom.write import write_dicom_series
+
+__all__ = ["LPS_TO_RAS", "group_dicom_series", "read_dicom_path", "read_dicom_series", "write_dicom_series"]

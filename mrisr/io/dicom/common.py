@@ -1,0 +1,146 @@
+"""DICOM constants and header helpers shared by grouping, reading and writing (LPS lives here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+from mrisr.errors import UnreadableFileError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""4×4 matrix flipping x and y: converts LPS coordinates (or affines) to RAS and back (its own inverse)."""
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+
+COPIED_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientWeight",
+    "StudyInstanceUID",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "Modality",
+    "Manufacturer",
+    "MagneticFieldStrength",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "SeriesNumber",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "SOPClassUID",
+)
+"""Patient, study and series tags carried in ``Volume.meta["tags"]`` (as strings) and written back."""
+
+# A series' own identity, never copied onto a derived series.
+_NOT_WRITTEN = frozenset({"SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "SOPClassUID"})
+
+_TYPE2_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+_REL_TOL = 0.01  # slice positions may deviate by 1 % of the slice spacing ...
+_ABS_TOL = 1e-3  # ... or 1e-3 mm, whichever is larger
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What grouping needs from one file's header."""
+
+    path: Path
+    root: Path
+    series_uid: str | None
+    description: str
+    number: str
+
+
+# --------------------------------------------------------------------------------------------------
+# Header reading and grouping
+# --------------------------------------------------------------------------------------------------
+
+
+def _has_dicm_prefix(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _read_header(path: Path) -> Dataset | None:
+    """The header of ``path`` (pixel data deferred, not loaded), or ``None`` when it is not DICOM.
+
+    Raises:
+        UnreadableFileError: A file with the DICOM prefix whose header cannot be parsed.
+    """
+    if _has_dicm_prefix(path):
+        try:
+            ds = pydicom.dcmread(path, defer_size=1024)
+        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            raise UnreadableFileError(path, f"corrupt DICOM header ({exc})") from exc
+        # SOPClassUID is type 1 in every DICOM object but a DICOMDIR: without it pydicom stopped early
+        if "SOPClassUID" not in ds and _sop_class_uid(ds) != MEDIA_STORAGE_DIRECTORY:
+            raise UnreadableFileError(path, "truncated or corrupt DICOM header (no SOPClassUID)")
+        return ds
+    # Old files without preamble/prefix: pydicom parses anything with force=True, so only accept a
+    # result that holds a SOP class, as every DICOM object does.
+    try:
+        ds = pydicom.dcmread(path, force=True, defer_size=1024)
+        return ds if "SOPClassUID" in ds else None
+    except Exception:  # pydicom raises arbitrary errors on non-DICOM bytes read with force=True
+        return None
+
+
+def _tag_str(ds: Dataset, keyword: str) -> str:
+    """A tag's value as a one-line string ('' when absent or unreadable)."""
+    try:
+        value = ds.get(keyword)
+    except (ValueError, TypeError, KeyError):
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return " ".join(str(value).split())
+
+
+def _sop_class_uid(ds: Dataset) -> str:
+    """SOPClassUID, else the file meta's MediaStorageSOPClassUID (a DICOMDIR has only the latter)."""
+    meta = getattr(ds, "file_meta", None)
+    return _tag_str(ds, "SOPClassUID") or (_tag_str(meta, "MediaStorageSOPClassUID") if meta is not None else "")
+
+
+def _image_header(path: Path, ds: Dataset) -> str | None:
+    """Why ``ds`` is not an image that mrisr can group (``None`` when it is)."""
+    sop = _sop_class_uid(ds)
+    if sop == MEDIA_STORAGE_DIRECTORY or path.name.upper().startswith("DICOMDIR"):
+        return "DICOMDIR (a media index, not an image)"
+    if "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
+        name = getattr(ds.SOPClassUID, "name", sop) if "SOPClassUID" in ds else "unknown SOP class"
+        return f"no pixel data ({name})"
+    return None

@@ -1,0 +1,363 @@
+"""Reading a DICOM series into a volume: slice order, grid checks, LPS to RAS."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from mrisr.errors import InconsistentGeometryError, UnreadableFileError, UnsupportedDataError
+from mrisr.io import Volume
+from mrisr.io.dicom.common import _ABS_TOL, _REL_TOL, COPIED_TAGS, LPS_TO_RAS, _image_header, _read_header, _tag_str
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Slice:
+    path: Path
+    ds: Dataset
+    row_dir: np.ndarray  # LPS direction of increasing column index (i)
+    col_dir: np.ndarray  # LPS direction of increasing row index (j)
+    position: np.ndarray  # LPS position of the centre of the first pixel, mm
+    spacing: tuple[float, float]  # (between rows, between columns), mm
+    shape: tuple[int, int]  # (rows, columns)
+    instance: int | None
+
+
+def _int_tag(ds: Dataset, keyword: str, default: int, path: Path | None) -> int:
+    """An integer tag (``default`` when absent or empty).
+
+    Raises:
+        UnreadableFileError: A value that is not an integer.
+    """
+    try:
+        value = ds.get(keyword)
+        return default if value in (None, "") else int(value)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableFileError(path, f"bad {keyword} ({exc})") from exc
+
+
+def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray | None:
+    if keyword not in ds or ds.get(keyword) in (None, ""):
+        return None
+    try:
+        vals = np.array([float(v) for v in ds.get(keyword)], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableFileError(path, f"bad {keyword} {ds.get(keyword)!r}") from exc
+    if vals.shape != (n,) or not np.all(np.isfinite(vals)):
+        raise UnreadableFileError(path, f"bad {keyword} {ds.get(keyword)!r}")
+    return vals
+
+
+def _parse_slice(path: Path, ds: Dataset, *, single: bool) -> _Slice:
+    frames = _int_tag(ds, "NumberOfFrames", 1, path)
+    if frames > 1:
+        raise UnsupportedDataError(path, f"multi-frame DICOM ({frames} frames) is not supported")
+    if _int_tag(ds, "SamplesPerPixel", 1, path) != 1:
+        raise UnsupportedDataError(path, f"colour image ({ds.get('PhotometricInterpretation')})")
+    iop = _floats(ds, "ImageOrientationPatient", 6, path)
+    ipp = _floats(ds, "ImagePositionPatient", 3, path)
+    if iop is None or ipp is None:
+        if not single:
+            raise InconsistentGeometryError(
+                path, "no ImageOrientationPatient/ImagePositionPatient: cannot place the slices"
+            )
+        log.warning("%s: no ImageOrientationPatient/ImagePositionPatient; assuming an axial grid at 0", path)
+        iop = np.array([1.0, 0, 0, 0, 1.0, 0]) if iop is None else iop
+        ipp = np.zeros(3) if ipp is None else ipp
+    spacing = _floats(ds, "PixelSpacing", 2, path)
+    if spacing is None:
+        spacing = _floats(ds, "ImagerPixelSpacing", 2, path)
+    if spacing is None:
+        log.warning("%s: no PixelSpacing; assuming 1 mm", path)
+        spacing = np.ones(2)
+    row_dir, col_dir = iop[:3], iop[3:]
+    if not (np.isclose(np.linalg.norm(row_dir), 1, atol=1e-3) and np.isclose(np.linalg.norm(col_dir), 1, atol=1e-3)):
+        raise InconsistentGeometryError(path, f"ImageOrientationPatient {list(iop)} is not two unit vectors")
+    instance = ds.get("InstanceNumber")
+    try:
+        inst = int(instance) if instance not in (None, "") else None
+    except (TypeError, ValueError):
+        inst = None
+    return _Slice(
+        path=path,
+        ds=ds,
+        row_dir=row_dir / np.linalg.norm(row_dir),
+        col_dir=col_dir / np.linalg.norm(col_dir),
+        position=ipp,
+        spacing=(float(spacing[0]), float(spacing[1])),
+        shape=(_int_tag(ds, "Rows", 0, path), _int_tag(ds, "Columns", 0, path)),
+        instance=inst,
+    )
+
+
+def _fmt_pos(p: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in p) + ")"
+
+
+def _order_slices(slices: list[_Slice], folder: Path) -> tuple[list[_Slice], np.ndarray]:
+    """Check that ``slices`` form one regular grid; return them in k order and the LPS k step (mm).
+
+    Raises:
+        InconsistentGeometryError: Mixed orientation, size or pixel spacing; duplicate, missing or
+            unevenly spaced slices. The message names the folder and the offending positions.
+    """
+    first = slices[0]
+    for s in slices[1:]:
+        if not (np.allclose(s.row_dir, first.row_dir, atol=1e-4) and np.allclose(s.col_dir, first.col_dir, atol=1e-4)):
+            raise InconsistentGeometryError(
+                folder,
+                f"mixed slice orientation: {s.path.name} has row/column directions "
+                f"{_fmt_pos(s.row_dir)}/{_fmt_pos(s.col_dir)}, {first.path.name} has "
+                f"{_fmt_pos(first.row_dir)}/{_fmt_pos(first.col_dir)}",
+            )
+        if s.shape != first.shape:
+            raise InconsistentGeometryError(
+                folder, f"mixed slice sizes: {s.path.name} is {s.shape}, {first.path.name} is {first.shape}"
+            )
+        if not np.allclose(s.spacing, first.spacing, rtol=1e-4, atol=1e-5):
+            raise InconsistentGeometryError(
+                folder,
+                f"mixed PixelSpacing: {s.path.name} has {s.spacing}, {first.path.name} has {first.spacing}",
+            )
+    if len(slices) == 1:
+        return slices, np.zeros(3)
+    normal = np.cross(first.row_dir, first.col_dir)
+    ordered = sorted(slices, key=lambda s: float(normal @ s.position))
+    dist = np.array([float(normal @ s.position) for s in ordered])
+    gaps = np.diff(dist)
+    step_len = float(np.median(gaps))
+    tol = max(_REL_TOL * abs(step_len), _ABS_TOL)
+    if np.any(gaps <= tol):
+        dup = [_fmt_pos(ordered[n].position) for n in range(len(gaps)) if gaps[n] <= tol]
+        raise InconsistentGeometryError(
+            folder,
+            f"several slices at the same position {', '.join(dup[:5])} "
+            "(echoes or time points in one series are not supported)",
+        )
+    bad = [n for n in range(len(gaps)) if abs(gaps[n] - step_len) > tol]
+    if bad:
+        details = "; ".join(
+            f"{_fmt_pos(ordered[n].position)} to {_fmt_pos(ordered[n + 1].position)}: {gaps[n]:.3f} mm" for n in bad[:5]
+        )
+        missing = any(gaps[n] > step_len + tol for n in bad)
+        raise InconsistentGeometryError(
+            folder,
+            f"uneven slice spacing (expected {step_len:.3f} mm along the normal"
+            f"{'; missing slice?' if missing else ''}): {details}",
+        )
+    n = len(ordered)
+    step = (ordered[-1].position - ordered[0].position) / (n - 1)
+    expected = ordered[0].position + np.arange(n)[:, None] * step
+    line_tol = max(_REL_TOL * float(np.linalg.norm(step)), _ABS_TOL)
+    off = [k for k in range(n) if float(np.linalg.norm(ordered[k].position - expected[k])) > line_tol]
+    if off:
+        raise InconsistentGeometryError(
+            folder,
+            "slice positions not on one line: "
+            + "; ".join(f"{_fmt_pos(ordered[k].position)} (expected {_fmt_pos(expected[k])})" for k in off[:5]),
+        )
+    instances = [s.instance for s in ordered if s.instance is not None]
+    if len(instances) == n and all(a > b for a, b in itertools.pairwise(instances)):
+        ordered = ordered[::-1]
+        step = -step
+    return ordered, step
+
+
+def _single_slice_step(s: _Slice) -> np.ndarray:
+    normal = np.cross(s.row_dir, s.col_dir)
+    for keyword in ("SliceThickness", "SpacingBetweenSlices"):
+        try:
+            value = float(s.ds.get(keyword) or 0.0)
+        except (TypeError, ValueError):
+            value = 0.0
+        if value > 0 and np.isfinite(value):
+            return normal * value
+    return normal * 1.0
+
+
+def _rescale(ds: Dataset) -> tuple[float, float]:
+    try:
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        return 1.0, 0.0
+    return slope, inter
+
+
+def _stored_dtype(ds: Dataset) -> np.dtype:
+    bits = _int_tag(ds, "BitsAllocated", 16, None)
+    signed = _int_tag(ds, "PixelRepresentation", 0, None) == 1
+    if bits == 8:
+        return np.dtype(np.int8 if signed else np.uint8)
+    if bits == 32:
+        return np.dtype(np.int32 if signed else np.uint32)
+    return np.dtype(np.int16 if signed else np.uint16)
+
+
+def _result_dtype(data: np.ndarray, slices: Sequence[_Slice]) -> np.dtype:
+    """The stored dtype when no rescale applies; an integer type when the rescaled values are
+    integers that fit int16 (e.g. CT with slope 1, intercept -1024); else float32."""
+    rescales = {_rescale(s.ds) for s in slices}
+    if rescales == {(1.0, 0.0)}:
+        return _stored_dtype(slices[0].ds)
+    integral = all(float(a).is_integer() and float(b).is_integer() for a, b in rescales)
+    if integral and data.size and data.min() >= -32768 and data.max() <= 32767:
+        return np.dtype(np.int16)
+    return np.dtype(np.float32)
+
+
+def _read_pixels(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels of one slice in physical units (rescale applied), shape ``(rows, columns)``, float64.
+
+    SimpleITK (GDCM) decodes them; where SimpleITK is not installed, pydicom does (uncompressed and
+    the transfer syntaxes its installed plugins handle).
+    """
+    try:
+        import SimpleITK as sitk  # noqa: N813
+    except ImportError:
+        log.debug("SimpleITK not available; decoding %s with pydicom", path)
+        return _read_pixels_pydicom(path, shape)
+    try:
+        img = sitk.ReadImage(str(path), sitk.sitkFloat64, imageIO="GDCMImageIO")
+    except RuntimeError as exc:
+        msg = str(exc).strip().splitlines()
+        raise UnreadableFileError(path, f"cannot read pixel data ({msg[-1] if msg else 'SimpleITK error'})") from exc
+    arr = sitk.GetArrayFromImage(img)
+    if arr.size != shape[0] * shape[1]:
+        raise UnreadableFileError(path, f"pixel data of {arr.shape} does not match Rows×Columns {shape}")
+    return arr.reshape(shape)
+
+
+def _read_pixels_pydicom(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        ds = pydicom.dcmread(path)
+        arr = np.asarray(ds.pixel_array, dtype=np.float64)
+    except (InvalidDicomError, OSError, EOFError, ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
+        raise UnreadableFileError(path, f"cannot read pixel data ({exc})") from exc
+    if arr.size != shape[0] * shape[1]:
+        raise UnreadableFileError(path, f"pixel data of {arr.shape} does not match Rows×Columns {shape}")
+    slope, inter = _rescale(ds)
+    return arr.reshape(shape) * slope + inter
+
+
+def _series_tags(ds: Dataset) -> dict[str, str]:
+    return {kw: v for kw in COPIED_TAGS if (v := _tag_str(ds, kw))}
+
+
+def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
+    """Read one DICOM series into a :class:`~mrisr.io.Volume` (see the module docstring for axes).
+
+    Args:
+        files: The files of the series (any order).
+        uid: SeriesInstanceUID to read; files of other series are ignored. ``None``: the files must
+            all belong to one series.
+
+    Returns:
+        A 3D volume, shape ``(columns, rows, slices)``, values with the rescale applied, RAS affine in
+        mm; ``meta["tags"]`` holds the patient, study and series tags as strings.
+
+    Raises:
+        UnreadableFileError: A file that cannot be read (corrupt header or pixel data).
+        UnsupportedDataError: No image among the files, several series, multi-frame or colour images.
+        InconsistentGeometryError: Slices that do not form one regular grid (mixed orientation or size,
+            duplicate, missing or unevenly spaced slices).
+    """
+    paths = sorted({Path(f) for f in files})
+    if not paths:
+        raise UnsupportedDataError(None, "no DICOM files given")
+    folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    headers: list[tuple[Path, Dataset]] = []
+    skipped: list[str] = []
+    for p in paths:
+        ds = _read_header(p)
+        if ds is None:
+            raise UnreadableFileError(p, "not a DICOM file")
+        why = _image_header(p, ds)
+        if why is not None:
+            log.info("skipping %s: %s", p, why)
+            skipped.append(why)
+            continue
+        headers.append((p, ds))
+    if len(paths) == 1 and skipped:
+        raise UnsupportedDataError(paths[0], skipped[0])
+    uids = {_tag_str(ds, "SeriesInstanceUID") for _, ds in headers}
+    if uid is not None:
+        headers = [(p, ds) for p, ds in headers if _tag_str(ds, "SeriesInstanceUID") == uid]
+    elif len(uids) > 1:
+        raise UnsupportedDataError(folder, f"{len(uids)} series among the files; read them one by one")
+    if not headers:
+        raise UnsupportedDataError(folder, "no DICOM image" + (f" of series {uid}" if uid else ""))
+    single = len(headers) == 1
+    slices = [_parse_slice(p, ds, single=single) for p, ds in headers]
+    ordered, step = _order_slices(slices, folder)
+    first = ordered[0]
+    if single:
+        step = _single_slice_step(first)
+    rows, cols = first.shape
+    data = np.empty((cols, rows, len(ordered)), dtype=np.float64)
+    for k, s in enumerate(ordered):
+        data[:, :, k] = _read_pixels(s.path, s.shape).T
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = first.row_dir * first.spacing[1]
+    affine_lps[:3, 1] = first.col_dir * first.spacing[0]
+    affine_lps[:3, 2] = step
+    affine_lps[:3, 3] = first.position
+    dtype = _result_dtype(data, ordered)
+    out = data.astype(dtype) if np.issubdtype(dtype, np.integer) else data.astype(np.float32)
+    log.debug("read %d slices of %s", len(ordered), folder)
+    return Volume(
+        data=out,
+        affine=LPS_TO_RAS @ affine_lps,
+        dtype=dtype,
+        fmt="dicom",
+        path=folder,
+        meta={"tags": _series_tags(first.ds)},
+    )
+
+
+def read_dicom_path(path: Path) -> Volume:
+    """Read the DICOM series at ``path``: a folder holding exactly one image series (searched
+    recursively), or one file (its series among the files of its folder).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsupportedDataError: A folder with no or several image series, or a file that is no image.
+        UnreadableFileError, InconsistentGeometryError: See :func:`read_dicom_series`.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    if p.is_dir():
+        from mrisr.discovery import find_studies
+
+        studies = [s for s in find_studies([p]) if s.fmt == "dicom"]
+        if len(studies) != 1:
+            ids = ", ".join(s.id for s in studies)
+            raise UnsupportedDataError(
+                p,
+                f"{len(studies)} DICOM image series in the folder (need exactly one)" + (f": {ids}" if ids else ""),
+            )
+        return read_dicom_series(list(studies[0].files), uid=studies[0].series_uid)
+    ds = _read_header(p)
+    if ds is None:
+        raise UnreadableFileError(p, "not a DICOM file")
+    why = _image_header(p, ds)
+    if why is not None:
+        raise UnsupportedDataError(p, why)
+    siblings = [(f, p.parent) for f in sorted(p.parent.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    from mrisr.io.dicom.series import group_dicom_series
+
+    for study in group_dicom_series(siblings):
+        if p in study.files:
+            return read_dicom_series(list(study.files), uid=study.series_uid)
+    raise UnsupportedDataError(p, "file not found among the series of its folder")

@@ -1,0 +1,81 @@
+"""Grouping DICOM files into series: one study per SeriesInstanceUID."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mrisr.errors import UnreadableFileError
+
+if TYPE_CHECKING:
+    from mrisr.discovery import Study
+from mrisr.io.dicom.common import _Header, _image_header, _read_header, _tag_str
+
+log = logging.getLogger(__name__)
+
+
+def group_dicom_series(files: list[tuple[Path, Path]]) -> list[Study]:
+    """Group DICOM files into series, one :class:`~mrisr.discovery.Study` per SeriesInstanceUID.
+
+    Files that are not DICOM, DICOMDIR indexes and objects without pixel data (structure sets,
+    reports, presentation states) are skipped with a log line; so are DICOM files whose header cannot
+    be parsed (with a warning).
+
+    Args:
+        files: Pairs ``(file, root)``: a candidate file and the input folder it was found under.
+
+    Returns:
+        One study per series, sorted by id. ``Study.path`` is the deepest folder holding all the
+        series' files; ``Study.files`` are sorted by path. The id joins the folder name, the
+        SeriesNumber and the SeriesDescription, sanitised, and a short hash of the UID.
+    """
+    from mrisr.discovery import Study, sanitize_id, short_hash
+
+    groups: dict[str, list[_Header]] = {}
+    for path, root in files:
+        path = Path(path)
+        try:
+            ds = _read_header(path)
+        except UnreadableFileError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        if ds is None:
+            log.info("skipping %s: not a DICOM file", path)
+            continue
+        why = _image_header(path, ds)
+        if why is not None:
+            log.info("skipping %s: %s", path, why)
+            continue
+        uid = _tag_str(ds, "SeriesInstanceUID") or None
+        key = uid if uid is not None else f"no-uid:{path.parent}"
+        groups.setdefault(key, []).append(
+            _Header(
+                path=path,
+                root=Path(root),
+                series_uid=uid,
+                description=_tag_str(ds, "SeriesDescription"),
+                number=_tag_str(ds, "SeriesNumber"),
+            )
+        )
+    studies: list[Study] = []
+    for key, members in groups.items():
+        paths = sorted({m.path for m in members})
+        folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        first = members[0]
+        label = "_".join(s for s in (folder.name, first.number, first.description) if s)
+        study_id = f"{sanitize_id(label, max_len=80)}_{short_hash(key)}"
+        studies.append(
+            Study(
+                id=study_id,
+                fmt="dicom",
+                path=folder,
+                files=tuple(paths),
+                series_uid=first.series_uid,
+                description=first.description,
+            )
+        )
+        log.debug("series %s: %d files in %s", key, len(paths), folder)
+    studies.sort(key=lambda s: s.id)
+    return studies
