@@ -1,9 +1,9 @@
 """Enhancing studies: the tool's main job, usable from Python and wrapped by ``mrisr enhance``.
 
 For each study: load → robust intensity normalisation (recorded) → slices across the slicing axis →
-bicubic ×scale → SRCNN → slices reassembled → normalisation inverted → clamped to the input's value
-range → cast back to the input dtype → written on the refined grid from :mod:`mrisr.geometry`, then a
-JSON sidecar (written last, it marks the study as done).
+bicubic ×scale → SRCNN (or the coarse-grid ESPCN on the slices themselves) → slices reassembled →
+normalisation inverted → clamped to the input's value range → cast back to the input dtype →
+written on the refined grid from :mod:`mrisr.geometry`, then a JSON sidecar (written last, it marks the study as done).
 
 With ``simulate=True`` each input is a high-resolution *reference*: it is degraded by the scale, then
 super-resolved back onto its own grid, and PSNR/SSIM of SR and of bicubic against it go into the
@@ -96,12 +96,18 @@ DEFAULT_ARCH = "espcn"
 
 
 def resolve_checkpoint(
-    path: str | Path | None, scale: tuple[int, int, int] | None, *, arch: str = DEFAULT_ARCH
+    path: str | Path | None,
+    scale: tuple[int, int, int] | None,
+    *,
+    arch: str = DEFAULT_ARCH,
+    axis: int = 2,
+    adapt: bool = False,
 ) -> Checkpoint:
     """Load ``path``, or the shipped ``arch`` weights for ``scale`` (×4 in-plane when no scale is given).
 
-    A scale that refines one axis only takes the shipped SRCNN, whatever ``arch``: it is adapted to
-    the study (:mod:`mrisr.adapt`), which needs a network on the fine grid.
+    The coarse-grid ESPCN only refines the plane of the slices by its own factors; any other pattern
+    (one refined axis, three refined axes, a plane other than that of ``axis``) and ``adapt`` (which
+    fine-tunes networks on the fine grid only) take the shipped SRCNN instead, whatever ``arch``.
 
     Raises:
         CheckpointError: If the file is bad, or no weights are shipped for that scale.
@@ -110,9 +116,10 @@ def resolve_checkpoint(
 
     if path is not None:
         return load_checkpoint(path)
-    want = scale or (4, 4, 1)
+    want = scale or in_plane(4, axis)
     refined = {f for f in want if f > 1}
-    if sum(f > 1 for f in want) == 1:
+    plane_only = want[axis] == 1 and sum(f > 1 for f in want) == 2 and len(refined) == 1
+    if adapt or not plane_only:
         arch = "srcnn"
     # One in-plane network serves any orientation, and through-plane (one axis) via adaptation.
     if len(refined) == 1:
@@ -236,6 +243,26 @@ class Enhancer:
             return len(wanted) == 2 and axis not in wanted
         return len(wanted) == trained
 
+    def check_factors(self, factors: tuple[int, int, int], axis: int = 2) -> None:
+        """Refuse, before any study is read, factors that this network cannot produce.
+
+        Raises:
+            CheckpointError: A coarse-grid network (ESPCN) asked for passes other than its own factors.
+        """
+        from mrisr.errors import CheckpointError
+        from mrisr.inference import plan_passes
+
+        if getattr(self.model, "input_space", "hr") != "lr":
+            return
+        own = tuple(self.checkpoint.arch.get("factors", ()))
+        bad = [fs for _, fs in plan_passes(factors, axis) if tuple(fs) != own]
+        if bad:
+            raise CheckpointError(
+                self.checkpoint.path,
+                f"this coarse-grid network refines slices by {own} only; scale {factors} with --axis {axis} "
+                f"needs {bad[0]} (use --arch srcnn, or a scale refining the plane of the --axis slices)",
+            )
+
     def default_factors(self, axis: int = 2) -> tuple[int, int, int]:
         """The checkpoint's scale, turned to refine the plane of slices cut across ``axis``."""
         scale = self.checkpoint.scale or (4, 4, 1)
@@ -283,7 +310,7 @@ class Enhancer:
         targets = Targets.for_study(opts.out_dir, study, out_fmt)
         out_path, sidecar = targets.output, targets.sidecar
         if study.bids is not None and out_fmt == "nifti":
-            write_bids_description(opts.out_dir)
+            write_bids_description(opts.out_dir, str(self.checkpoint.arch.get("name", "")))
         try:
             in_sha = sha256_files(study.files)
             old = read_sidecar(sidecar) if sidecar.exists() else None
@@ -423,11 +450,7 @@ class Enhancer:
             back = degrade_frames(sr_out, factors, degradation)
             rng = float(lr.max() - lr.min()) or 1.0
             consistency = {"psnr_lr": round(_psnr(back, lr, rng), 4), "degradation": degradation}  # type: ignore[dict-item]
-            # The figure shows the middle slice only: no full-size bicubic volume is made for it.
-            mid = first_frame(lr)[:, :, lr.shape[2] // 2 : lr.shape[2] // 2 + 1]  # type: ignore[index]
-            bic_mid = bicubic_frames(mid, (*sr_out.shape[:2], 1), float(mid.min()), float(mid.max()))
-            sr_mid = first_frame(sr_out)[:, :, sr_out.shape[2] // 2 : sr_out.shape[2] // 2 + 1]  # type: ignore[index]
-            figure_arrays = {"reference": None, "lowres": mid, "bicubic": bic_mid, "sr": sr_mid}
+            figure_arrays = _middle_slices(lr, sr_out, factors, opts.axis)
             lr_shape = list(vol.data.shape)
         # The figure is drawn in a helper thread while the volume is compressed and written.
         figure = self._background.submit(self._figure, study, opts, figure_arrays, metrics) if opts.figure else None
@@ -536,6 +559,27 @@ class Enhancer:
             if nxt is not None:
                 nxt.cancel()
         return results
+
+
+def _middle_slices(
+    lr: np.ndarray, sr: np.ndarray, factors: tuple[int, int, int], axis: int
+) -> dict[str, np.ndarray | None]:
+    """The middle slice across ``axis`` of input, bicubic and SR (first frame), as depth-1 volumes.
+
+    The figure needs only these, so no full-size bicubic volume is made for it. The SR slice is the
+    fine slice at the centre of the middle input slice.
+    """
+    lo = np.moveaxis(lr if lr.ndim == 3 else lr[..., 0], axis, 2)
+    hi = np.moveaxis(sr if sr.ndim == 3 else sr[..., 0], axis, 2)
+    k = lo.shape[2] // 2
+    f = factors[axis]
+    mid = lo[:, :, k : k + 1]
+    plane = [a for a in range(3) if a != axis]
+    bic = bicubic_frames(
+        mid, (mid.shape[0] * factors[plane[0]], mid.shape[1] * factors[plane[1]], 1), float(mid.min()), float(mid.max())
+    )
+    sr_k = f * k + (f - 1) // 2
+    return {"reference": None, "lowres": mid, "bicubic": bic, "sr": hi[:, :, sr_k : sr_k + 1]}
 
 
 def parse_factors(scale: str | int | Sequence[int] | None, axis: int = 2) -> tuple[int, int, int] | None:

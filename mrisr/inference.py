@@ -2,7 +2,8 @@
 
 The core, :func:`super_resolve_array`, takes a normalised 3D low-resolution array and returns the
 normalised array on the refined grid. Slices are cut across ``axis``, upsampled by bicubic
-interpolation to the target size, passed through the network in batches (and, when a slice is too
+interpolation to the target size (a coarse-grid network such as ESPCN takes the slices as they are
+and upsamples them itself), passed through the network in batches (and, when a slice is too
 large for the memory budget, in overlapping tiles whose halo covers the network's receptive field, so
 tiled and untiled results agree), and stacked back.
 """
@@ -190,7 +191,7 @@ def plan_passes(factors: tuple[int, int, int], axis: int) -> list[tuple[int, tup
     if factors[others[0]] > 1 or factors[others[1]] > 1:
         passes.append((axis, (factors[others[0]], factors[others[1]])))
     if factors[axis] > 1:
-        # Cut across the in-plane axis with the smaller factor already applied; upscale only `axis`.
+        # Cut across the first of the other two axes (already refined by the first pass); refine `axis` only.
         cut = others[0]
         rest = [a for a in range(3) if a != cut]
         passes.append((cut, tuple(factors[a] if a == axis else 1 for a in rest)))  # type: ignore[arg-type]

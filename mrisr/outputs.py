@@ -62,14 +62,19 @@ class Targets:
 
 
 def bids_derivative_stem(name: str, desc: str) -> str:
-    """``sub-01_ses-2_T1w.nii.gz`` → ``sub-01_ses-2_desc-<desc>_T1w`` (an existing desc is replaced)."""
+    """``sub-01_ses-2_T1w.nii.gz`` → ``sub-01_ses-2_desc-<desc>_T1w``.
+
+    An existing ``desc`` is kept in front (``desc-preproc`` → ``desc-preproc<desc>``), so that inputs
+    differing only in their ``desc`` keep distinct outputs.
+    """
     stem = nifti_stem(name)
     parts = stem.split("_")
+    old = next((p[len("desc-") :] for p in parts[:-1] if p.startswith("desc-")), "")
     entities, suffix = [p for p in parts[:-1] if not p.startswith("desc-")], parts[-1]
-    return "_".join([*entities, f"desc-{desc}", suffix])
+    return "_".join([*entities, f"desc-{old}{desc}", suffix])
 
 
-def write_bids_description(out_dir: Path) -> None:
+def write_bids_description(out_dir: Path, network: str = "") -> None:
     """Write ``dataset_description.json`` of a BIDS derivatives dataset (once; atomically)."""
     path = out_dir / "dataset_description.json"
     if path.exists():
@@ -80,7 +85,9 @@ def write_bids_description(out_dir: Path) -> None:
             "Name": "mrisr super-resolution",
             "BIDSVersion": "1.9.0",
             "DatasetType": "derivative",
-            "GeneratedBy": [{"Name": "mrisr", "Version": __version__, "Description": "SRCNN super-resolution"}],
+            "GeneratedBy": [
+                {"Name": "mrisr", "Version": __version__, "Description": f"{network.upper() or 'CNN'} super-resolution"}
+            ],
         },
     )
 

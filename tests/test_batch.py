@@ -157,6 +157,7 @@ def test_bids_input_gives_bids_derivatives(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     files = [
         bids / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz",
+        bids / "sub-02" / "anat" / "sub-02_T2w.nii.gz",
         bids / "sub-02" / "anat" / "sub-02_desc-raw_T2w.nii.gz",
         bids / "derivatives" / "old" / "sub-01" / "anat" / "sub-01_desc-x_T1w.nii.gz",
     ]
@@ -171,10 +172,12 @@ def test_bids_input_gives_bids_derivatives(tmp_path: Path) -> None:
         "dataset_description.json",
         "sub-01/ses-1/anat/sub-01_ses-1_desc-sr_T1w.json",
         "sub-01/ses-1/anat/sub-01_ses-1_desc-sr_T1w.nii.gz",
+        "sub-02/anat/sub-02_desc-rawsr_T2w.json",
+        "sub-02/anat/sub-02_desc-rawsr_T2w.nii.gz",
         "sub-02/anat/sub-02_desc-sr_T2w.json",
         "sub-02/anat/sub-02_desc-sr_T2w.nii.gz",
     ]
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "mrisr"
     assert main(["report", str(out)]) == 0
-    assert len((out / "report.csv").read_text().strip().splitlines()) == 3
+    assert len((out / "report.csv").read_text().strip().splitlines()) == 4

@@ -291,3 +291,33 @@ def test_axis_option_refines_the_plane_of_its_slices(tmp_path: Path, identity_ck
     expect = np.moveaxis(np.rint(_bicubic_reference(moved, 4)).astype(np.int16), 2, axis)
     np.testing.assert_array_equal(np.asarray(img.dataobj), expect)
     assert json.loads((out / "s_sr.json").read_text())["adapt"] is None  # the in-plane network fits
+
+
+def test_default_network_handles_every_scale_pattern(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default (coarse-grid ESPCN) serves the slice plane; other patterns take the shipped SRCNN."""
+    src = _save(tmp_path / "s.nii.gz", _blob((8, 8, 8), seed=4))
+    base = ["enhance", str(src), "--no-figure", "--device", "cpu"]
+    for scale, axis, shape, network in [
+        ("4", "2", (32, 32, 8), "espcn"),
+        ("4", "0", (8, 32, 32), "espcn"),
+        ("4,4,4", "2", (32, 32, 32), "srcnn"),
+        ("1,4,4", "2", (8, 32, 32), "srcnn"),
+    ]:
+        out = tmp_path / f"o{scale}{axis}"
+        assert main([*base, "--out", str(out), "--scale", scale, "--axis", axis]) == 0, capsys.readouterr().err
+        assert nib.load(out / "s_sr.nii.gz").shape == shape
+        assert json.loads((out / "s_sr.json").read_text())["model"]["name"] == network
+    out = tmp_path / "adapt"
+    assert main([*base, "--out", str(out), "--adapt", "--adapt-steps", "2"]) == 0
+    assert json.loads((out / "s_sr.json").read_text())["model"]["name"] == "srcnn"
+
+
+def test_coarse_grid_checkpoint_refuses_other_patterns_before_reading(tmp_path: Path) -> None:
+    from mrisr.checkpoint import shipped_checkpoint
+
+    espcn = shipped_checkpoint((4, 4, 1), arch="espcn")
+    assert espcn is not None
+    src = _save(tmp_path / "s.nii.gz", _blob((8, 8, 8)))
+    args = ["enhance", str(src), "--out", str(tmp_path / "o"), "--checkpoint", str(espcn), "--scale", "4,4,4"]
+    assert main(args) == 2
+    assert not (tmp_path / "o").exists()

@@ -15,8 +15,11 @@ pytestmark = [
 ]
 
 
-def _model() -> torch.nn.Module:
-    path = shipped_checkpoint((4, 4, 1))
+ARCHS = pytest.mark.parametrize("arch", ["espcn", "srcnn"])
+
+
+def _model(arch: str) -> torch.nn.Module:
+    path = shipped_checkpoint((4, 4, 1), arch=arch)
     assert path is not None
     return load_checkpoint(path).build()
 
@@ -29,27 +32,32 @@ def _volume() -> np.ndarray:
     )
 
 
-def test_fp32_gpu_matches_cpu() -> None:
+@ARCHS
+def test_fp32_gpu_matches_cpu(arch: str) -> None:
     x = _volume()
-    cpu = super_resolve_array(_model(), x, (4, 4, 1), opts=RunOptions(device=torch.device("cpu")))
-    gpu = super_resolve_array(_model(), x, (4, 4, 1), opts=RunOptions(device=torch.device("cuda"), amp=False))
+    cpu = super_resolve_array(_model(arch), x, (4, 4, 1), opts=RunOptions(device=torch.device("cpu")))
+    gpu = super_resolve_array(_model(arch), x, (4, 4, 1), opts=RunOptions(device=torch.device("cuda"), amp=False))
     # TF32 convolutions: about 1e-3 of the signal at most.
     assert np.abs(gpu - cpu).max() < 2e-3 * np.abs(cpu).max()
 
 
-def test_fp16_amp_error_is_small() -> None:
+@ARCHS
+def test_fp16_amp_error_is_small(arch: str) -> None:
     x = _volume()
-    ref = super_resolve_array(_model(), x, (4, 4, 1), opts=RunOptions(device=torch.device("cpu")))
-    amp = super_resolve_array(_model(), x, (4, 4, 1), opts=RunOptions(device=torch.device("cuda"), amp=True))
+    ref = super_resolve_array(_model(arch), x, (4, 4, 1), opts=RunOptions(device=torch.device("cpu")))
+    amp = super_resolve_array(_model(arch), x, (4, 4, 1), opts=RunOptions(device=torch.device("cuda"), amp=True))
     err = float(np.abs(amp - ref).max() / np.abs(ref).max())
     assert err < 5e-3, err
 
 
-def test_tiled_equals_untiled_on_gpu() -> None:
+@ARCHS
+def test_tiled_equals_untiled_on_gpu(arch: str) -> None:
     x = _volume()
     dev = torch.device("cuda")
-    whole = super_resolve_array(_model(), x, (4, 4, 1), opts=RunOptions(device=dev, amp=False))
-    tiled = super_resolve_array(_model(), x, (4, 4, 1), opts=RunOptions(device=dev, amp=False, max_tile_pixels=64 * 64))
+    whole = super_resolve_array(_model(arch), x, (4, 4, 1), opts=RunOptions(device=dev, amp=False))
+    tiled = super_resolve_array(
+        _model(arch), x, (4, 4, 1), opts=RunOptions(device=dev, amp=False, max_tile_pixels=64 * 64)
+    )
     np.testing.assert_allclose(tiled, whole, atol=1e-4)
 
 

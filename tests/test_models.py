@@ -88,4 +88,6 @@ def test_espcn_trains_and_enhances(tmp_path: Path) -> None:
     assert main(["enhance", str(src), "--out", str(tmp_path / "o"), "--checkpoint", str(out / "best.pt")]) == 0
     assert nib.load(tmp_path / "o" / "s0_sr.nii.gz").shape == (64, 64, 8)
     other = save_checkpoint(tmp_path / "x.pt", ckpt.build(), ckpt.arch, {"scale": [2, 2, 1]})
-    assert main(["enhance", str(src), "--out", str(tmp_path / "o3"), "--checkpoint", str(other), "--scale", "3"]) == 1
+    # A factor the coarse-grid network was not built for is refused before any study is read.
+    assert main(["enhance", str(src), "--out", str(tmp_path / "o3"), "--checkpoint", str(other), "--scale", "3"]) == 2
+    assert not (tmp_path / "o3").exists()

@@ -52,7 +52,8 @@ def enhance(
     figure: Annotated[bool, typer.Option(help="Write <id>_compare.png.")] = True,
     amp: Annotated[bool, typer.Option(help="float16 mixed precision on the GPU (faster; ~1e-3 error).")] = False,
     adapt: Annotated[
-        bool, typer.Option(help="Fine-tune a copy of the network on each study first (self-supervised).")
+        bool,
+        typer.Option(help="Fine-tune a copy of the network on each study first (self-supervised; uses the SRCNN)."),
     ] = False,
     adapt_steps: Annotated[int, typer.Option(min=1, help="Steps of --adapt.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of --adapt (deterministic on the CPU).")] = 0,
@@ -94,7 +95,7 @@ def enhance(
     try:
         if arch not in ("srcnn", "espcn"):
             raise fail(f"--arch must be srcnn or espcn, not {arch!r}")
-        ckpt = resolve_checkpoint(checkpoint, factors, arch=arch)
+        ckpt = resolve_checkpoint(checkpoint, factors, arch=arch, axis=axis, adapt=adapt)
         studies = find_studies(inputs)
     except (MrisrError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
@@ -120,6 +121,10 @@ def enhance(
         adapt=AdaptConfig(steps=adapt_steps, seed=seed, degradation=degradation or "mixed") if adapt else None,
     )
     enhancer = Enhancer(ckpt, RunOptions(device=dev, batch_size=batch_size, amp=amp))
+    try:
+        enhancer.check_factors(factors or enhancer.default_factors(axis), axis)
+    except MrisrError as exc:
+        raise fail(str(exc)) from None
     with StopFlag() as stop:
         results = _run_with_progress(enhancer, studies, opts, stop)
     failed = [r for r in results if r.status == "failed"]

@@ -43,8 +43,8 @@ def train(
         str, typer.Option(help="srcnn (on the fine grid) | espcn (on the coarse grid, ~5x fewer operations).")
     ] = "srcnn",
     kernel_sizes: Annotated[
-        str, typer.Option(help="Kernel size of each layer, e.g. 9,1,5 (espcn default: 5,3,3).")
-    ] = "9,1,5",
+        str | None, typer.Option(help="Kernel size of each layer (default: 9,1,5 for srcnn, 5,3,3 for espcn).")
+    ] = None,
     filters: Annotated[str, typer.Option(help="Filters of the hidden layers, e.g. 64,32.")] = "64,32",
     residual: Annotated[bool, typer.Option(help="Predict the residual over bicubic.")] = True,
     padding: Annotated[str, typer.Option(help="Convolution padding: replicate | reflect | zeros.")] = "replicate",
@@ -78,14 +78,14 @@ def train(
         if arch == "espcn":
             model = ESPCNConfig(
                 factors=(scale, scale),
-                kernel_sizes=_ints(kernel_sizes, "kernel-sizes") if kernel_sizes != "9,1,5" else (5, 3, 3),
+                kernel_sizes=_ints(kernel_sizes or "5,3,3", "kernel-sizes"),
                 filters=_ints(filters, "filters"),
                 residual=residual,
                 padding_mode=padding,
             )
         elif arch == "srcnn":
             model = SRCNNConfig(
-                kernel_sizes=_ints(kernel_sizes, "kernel-sizes"),
+                kernel_sizes=_ints(kernel_sizes or "9,1,5", "kernel-sizes"),
                 filters=_ints(filters, "filters"),
                 residual=residual,
                 padding_mode=padding,

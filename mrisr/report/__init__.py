@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,14 @@ from mrisr.fsutil import write_json_atomic, write_text_atomic
 logger = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = "_sr.json"
-#: Sidecars of studies written as BIDS derivatives: ``sub-01_desc-sr_T1w.json``.
-BIDS_SIDECAR_MARK = "_desc-sr_"
+#: Sidecars of studies written as BIDS derivatives: ``sub-01_desc-sr_T1w.json``,
+#: ``sub-01_desc-preprocsr_T1w.json`` (an input's own ``desc`` is kept in front of ``sr``).
+BIDS_SIDECAR = re.compile(r"_desc-[A-Za-z0-9]*sr_[A-Za-z0-9]+\.json$")
 
 
 def is_sidecar_name(name: str) -> bool:
-    """True for ``<id>_sr.json`` and for BIDS derivative sidecars ``..._desc-sr_<suffix>.json``."""
-    return name.endswith(SIDECAR_SUFFIX) or (BIDS_SIDECAR_MARK in name and name.endswith(".json"))
+    """True for ``<id>_sr.json`` and for BIDS derivative sidecars ``..._desc-[<old>]sr_<suffix>.json``."""
+    return name.endswith(SIDECAR_SUFFIX) or BIDS_SIDECAR.search(name) is not None
 
 
 METRICS: tuple[str, ...] = (
