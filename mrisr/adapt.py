@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrisr.transforms import downsample, upsample
+from mrisr.transforms import degrade_and_upsample
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +137,6 @@ def _donor_planes(x: np.ndarray, b: int, f: int) -> list[np.ndarray]:
     return stacks
 
 
-def _inputs(hr: torch.Tensor, f: int, mode: str) -> torch.Tensor:
-    """Degrade ``(N, 1, H, W)`` along W by ``f`` and bicubic back to its size."""
-    return upsample(downsample(hr, (1, f), mode), hr.shape[-2:])
-
-
 def _rejected(reason: str, cfg: AdaptConfig, t0: float, b: int | None = None, f: int = 1) -> AdaptResult:
     log.info("adaptation not used: %s", reason)
     nan = float("nan")
@@ -205,7 +200,7 @@ def adapt_model(
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     net = copy.deepcopy(model).to(dev)
-    val_in = [{m: _inputs(v, f, m) for m in modes} for v in val_sets]
+    val_in = [{m: degrade_and_upsample(v, (1, f), m) for m in modes} for v in val_sets]
 
     def val_mse(module: nn.Module | None) -> float:
         total, count = 0.0, 0
@@ -240,7 +235,7 @@ def adapt_model(
             hr = hr.flip(-1)
         if coin[1] < 0.5:
             hr = hr.flip(-2)
-        inp = _inputs(hr, f, modes[it % len(modes)])
+        inp = degrade_and_upsample(hr, (1, f), modes[it % len(modes)])
         if coin[2] < 0.5:  # the degraded axis as H half of the time
             inp, hr = inp.transpose(-1, -2), hr.transpose(-1, -2)
         loss = F.mse_loss(net(inp.to(dev)), hr.to(dev))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Transform
 
-from mrisr.transforms import downsample, fit_normalization, upsample
+from mrisr.transforms import degrade_and_upsample, fit_normalization
 
 
 class NormalizeIntensity(Transform):
@@ -55,8 +55,7 @@ class Degrade(Transform):
 
     def __call__(self, data: torch.Tensor | np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data, dtype=torch.float32)
-        low = downsample(t[None], self.factors, self.mode)
-        return upsample(low, t.shape[-2:])[0]
+        return degrade_and_upsample(t[None], self.factors, self.mode)[0]
 
 
 class Degraded(MapTransform):

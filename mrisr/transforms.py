@@ -166,6 +166,11 @@ def upsample(x: torch.Tensor, size: Sequence[int], mode: str = "bicubic") -> tor
     raise ValueError(f"unknown upsampling {mode!r}")
 
 
+def degrade_and_upsample(x: torch.Tensor, factors: Sequence[int], mode: str = "bicubic") -> torch.Tensor:
+    """Network input for fine-grid slices ``(N, C, H, W)``: degrade by ``factors``, bicubic back to ``(H, W)``."""
+    return upsample(downsample(x, factors, mode), x.shape[-2:])
+
+
 def degrade_volume(x: np.ndarray, factors: Sequence[int], mode: str = "bicubic") -> np.ndarray:
     """Degrade a 3D array by per-axis integer ``factors`` (axes cropped to multiples first).
 

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from mrisr.discovery import Study
 from mrisr.fsutil import atomic_path, sha256_file
 from mrisr.training.config import TrainConfig
-from mrisr.transforms import downsample, fit_normalization, upsample
+from mrisr.transforms import degrade_and_upsample, downsample, fit_normalization
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +209,7 @@ def write_split(path: Path, split: Split, seed: int) -> None:
 
 def degrade_patch(hr: torch.Tensor, scale: int, mode: str) -> torch.Tensor:
     """Network input for a high-resolution patch ``(N, 1, P, P)``: degrade by ``scale``, bicubic back."""
-    lr = downsample(hr, (scale, scale), mode)
-    return upsample(lr, hr.shape[-2:])
+    return degrade_and_upsample(hr, (scale, scale), mode)
 
 
 class PatchDataset(Dataset):
