@@ -30,11 +30,12 @@ from mrisr.batch import study_lock
 from mrisr.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint
 from mrisr.discovery import Study
 from mrisr.errors import MrisrError, OutputExistsError, UnsupportedDataError
-from mrisr.frames import as3d, bicubic_frames, crop_to_multiple, degrade_frames, first_frame
+from mrisr.frames import as3d, bicubic_frames, crop_to_multiple, degrade_frames, first_frame, frames_of
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
 from mrisr.geometry import as_factors, coarsen_affine, in_plane, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions, count_slices, resolve_device, super_resolve_array
 from mrisr.io import Volume, cast_to_dtype
+from mrisr.metrics import evaluate, psnr
 from mrisr.outputs import Targets, read_sidecar, write_bids_description, write_volume
 from mrisr.transforms import Normalization, fit_normalization
 
@@ -136,12 +137,6 @@ def resolve_checkpoint(
     return load_checkpoint(found)
 
 
-def _psnr(x: np.ndarray, ref: np.ndarray, data_range: float) -> float:
-    from mrisr.metrics import psnr
-
-    return float(psnr(x, ref, data_range=data_range))
-
-
 class Enhancer:
     """Super-resolves studies with one network, loaded once for all of them.
 
@@ -180,7 +175,7 @@ class Enhancer:
         """
         arr = np.asarray(data)
         nm = norm or fit_normalization(arr)
-        frames = [arr] if arr.ndim == 3 else [arr[..., t] for t in range(arr.shape[3])]
+        frames = frames_of(arr)
         model: nn.Module | None = self.model
         adapted: dict[str, Any] | None = None
         passes = None
@@ -292,22 +287,23 @@ class Enhancer:
             if not mine:
                 return StudyResult(study, "locked", error=f"{study.path}: another process holds its lock")
             out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
-            for target in Targets.for_study(opts.out_dir, study, out_fmt).all():
+            targets = Targets.for_study(opts.out_dir, study, out_fmt)
+            for target in targets.all():
                 for tmp in target.parent.glob(f".{target.name}{TMP_MARK}*"):  # left by a killed run
                     remove_path(tmp)
-            return self._process_locked(study, opts, progress, loaded)
+            return self._process_locked(study, opts, out_fmt, targets, progress, loaded)
 
     def _process_locked(
         self,
         study: Study,
         opts: EnhanceOptions,
+        out_fmt: str,
+        targets: Targets,
         progress: Callable[[int], None] | None,
         loaded: Future[Volume] | None,
     ) -> StudyResult:
         t0 = time.perf_counter()
         factors = opts.scale or self.default_factors(opts.axis)
-        out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
-        targets = Targets.for_study(opts.out_dir, study, out_fmt)
         out_path, sidecar = targets.output, targets.sidecar
         if study.bids is not None and out_fmt == "nifti":
             write_bids_description(opts.out_dir, str(self.checkpoint.arch.get("name", "")))
@@ -329,7 +325,7 @@ class Enhancer:
                         out_path, "output exists (from another input or checkpoint); use --overwrite"
                     )
                 # An output without a 'done' sidecar is what a killed run leaves: it is redone.
-            record = self._process(study, opts, factors, out_fmt, out_path, in_sha, progress, loaded)
+            record = self._process(study, opts, factors, out_fmt, targets, in_sha, progress, loaded)
             record["seconds"] = round(time.perf_counter() - t0, 3)
             write_json_atomic(sidecar, record)
             return StudyResult(
@@ -376,11 +372,12 @@ class Enhancer:
         opts: EnhanceOptions,
         factors: tuple[int, int, int],
         out_fmt: str,
-        out_path: Path,
+        targets: Targets,
         in_sha: str,
         progress: Callable[[int], None] | None,
         loaded: Future[Volume] | None = None,
     ) -> dict[str, Any]:
+        out_path = targets.output
         vol = loaded.result() if loaded is not None else study.load()
         if not np.isfinite(vol.data).all():
             bad = int((~np.isfinite(vol.data)).sum())
@@ -414,7 +411,6 @@ class Enhancer:
             sr_out = cast_to_dtype(sr, out_dtype)
             bic = bicubic_frames(lr, ref.shape, float(lr.min()), float(lr.max()))
             bic_out = cast_to_dtype(bic, out_dtype)
-            from mrisr.metrics import evaluate
 
             metrics = evaluate(
                 as3d(sr_out).astype(np.float64),
@@ -426,7 +422,6 @@ class Enhancer:
             if opts.save_intermediates:
                 from mrisr.io.nifti import write_nifti
 
-                targets = Targets.for_study(opts.out_dir, study, out_fmt)
                 lr_path, bic_path = targets.lowres, targets.bicubic
                 write_nifti(ref_vol.with_data(cast_to_dtype(lr, out_dtype), lr_affine), lr_path, dtype=out_dtype)
                 write_nifti(ref_vol.with_data(bic_out, ref_vol.affine), bic_path, dtype=out_dtype)
@@ -449,11 +444,15 @@ class Enhancer:
             lr = np.asarray(vol.data, dtype=np.float32)
             back = degrade_frames(sr_out, factors, degradation)
             rng = float(lr.max() - lr.min()) or 1.0
-            consistency = {"psnr_lr": round(_psnr(back, lr, rng), 4), "degradation": degradation}  # type: ignore[dict-item]
+            consistency = {"psnr_lr": round(psnr(back, lr, data_range=rng), 4), "degradation": degradation}  # type: ignore[dict-item]
             figure_arrays = _middle_slices(lr, sr_out, factors, opts.axis)
             lr_shape = list(vol.data.shape)
         # The figure is drawn in a helper thread while the volume is compressed and written.
-        figure = self._background.submit(self._figure, study, opts, figure_arrays, metrics) if opts.figure else None
+        figure = (
+            self._background.submit(self._figure, study, targets.figure, figure_arrays, metrics)
+            if opts.figure
+            else None
+        )
         write_volume(out_vol, out_path, out_fmt, out_dtype)
         figure_name = figure.result() if figure is not None else None
         return {
@@ -497,7 +496,7 @@ class Enhancer:
     def _figure(
         self,
         study: Study,
-        opts: EnhanceOptions,
+        path: Path,
         arrays: dict[str, np.ndarray | None],
         metrics: dict[str, float] | None,
     ) -> str | None:
@@ -505,8 +504,6 @@ class Enhancer:
             from mrisr.figures import compare_figure
         except ImportError:  # figures are optional (matplotlib missing on a lean install)
             return None
-        out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
-        path = Targets.for_study(opts.out_dir, study, out_fmt).figure
         sr = arrays["sr"]
         bic = arrays["bicubic"]
         assert sr is not None and bic is not None
