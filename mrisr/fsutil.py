@@ -89,18 +89,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def clean_temporaries(folder: str | Path) -> int:
-    """Remove temporaries left in ``folder`` (recursively) by a killed run; returns how many."""
-    n = 0
-    root = Path(folder)
-    if not root.is_dir():
-        return 0
-    for p in sorted(root.rglob(f".*{TMP_MARK}*"), reverse=True):
-        remove_path(p)
-        n += 1
-    return n
-
-
 def sha256_files(files: list[Path] | tuple[Path, ...]) -> str:
     """Hex SHA-256 over the bytes of several files in the order given (one file: its own hash)."""
     if len(files) == 1:
