@@ -102,13 +102,14 @@ def resolve_checkpoint(
     *,
     arch: str = DEFAULT_ARCH,
     axis: int = 2,
-    adapt: bool = False,
 ) -> Checkpoint:
     """Load ``path``, or the shipped ``arch`` weights for ``scale`` (×4 in-plane when no scale is given).
 
     The coarse-grid ESPCN only refines the plane of the slices by its own factors; any other pattern
-    (one refined axis, three refined axes, a plane other than that of ``axis``) and ``adapt`` (which
-    fine-tunes networks on the fine grid only) take the shipped SRCNN instead, whatever ``arch``.
+    (one refined axis, three refined axes, a plane other than that of ``axis``) takes the shipped
+    SRCNN instead, whatever ``arch``. With ``adapt`` on the plane of the slices the default network is
+    kept: :func:`adaptation_base` gives the fine-grid network that adaptation fine-tunes, and the
+    default one is used whenever the adaptation is rejected.
 
     Raises:
         CheckpointError: If the file is bad, or no weights are shipped for that scale.
@@ -120,7 +121,7 @@ def resolve_checkpoint(
     want = scale or in_plane(4, axis)
     refined = {f for f in want if f > 1}
     plane_only = want[axis] == 1 and sum(f > 1 for f in want) == 2 and len(refined) == 1
-    if adapt or not plane_only:
+    if not plane_only:
         arch = "srcnn"
     # One in-plane network serves any orientation, and through-plane (one axis) via adaptation.
     if len(refined) == 1:
@@ -137,18 +138,43 @@ def resolve_checkpoint(
     return load_checkpoint(found)
 
 
+def adaptation_base(checkpoint: Checkpoint) -> Checkpoint | None:
+    """The network ``--adapt`` fine-tunes when ``checkpoint``'s cannot be (``None``: itself).
+
+    Adaptation trains on planes degraded along one axis, which only a network on the fine grid can
+    learn: a coarse-grid (ESPCN) checkpoint is paired with the shipped SRCNN of the same factor.
+
+    Raises:
+        CheckpointError: No shipped SRCNN for that factor.
+    """
+    from mrisr.errors import CheckpointError
+
+    if checkpoint.arch.get("name", "srcnn") != "espcn":
+        return None
+    f = max(int(v) for v in checkpoint.arch.get("factors", [4]))
+    found = shipped_checkpoint((f, f, 1), arch="srcnn")
+    if found is None:
+        raise CheckpointError(checkpoint.path, f"--adapt needs a fine-grid network; none is shipped for x{f}")
+    return load_checkpoint(found)
+
+
 class Enhancer:
     """Super-resolves studies with one network, loaded once for all of them.
 
     Args:
         checkpoint: The network and its metadata.
         run: Device and batching options.
+        adapt_base: The network that adaptation fine-tunes, when it is not ``checkpoint``'s
+            (:func:`adaptation_base`); ``checkpoint``'s network is used when adaptation is rejected.
     """
 
-    def __init__(self, checkpoint: Checkpoint, run: RunOptions | None = None) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, run: RunOptions | None = None, *, adapt_base: Checkpoint | None = None
+    ) -> None:
         self.checkpoint = checkpoint
         self.run = run or RunOptions(device=resolve_device("auto"))
         self.model = checkpoint.build()
+        self.adapt_base = adapt_base
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrisr-figure")
 
     # -- arrays -------------------------------------------------------------------------------------
@@ -186,10 +212,14 @@ class Enhancer:
         if adapt is not None and not nm.constant:
             from mrisr.adapt import adapt_model, axis_passes
 
+            base = self.adapt_base.build() if self.adapt_base is not None else self.model
             adapted_net, info = adapt_model(
-                self.model, nm.apply(frames[0]), factors, spacing, config=adapt, device=self.run.device
+                base, nm.apply(frames[0]), factors, spacing, config=adapt, device=self.run.device
             )
             adapted = {**info.to_dict(), "config": asdict(adapt)}
+            if self.adapt_base is not None:
+                ck = self.adapt_base
+                adapted["base_checkpoint"] = {"path": str(ck.path), "sha256": ck.sha256, "model": ck.arch}
             if info.used:
                 model, passes = adapted_net, axis_passes(factors, spacing)
                 adapted["passes"] = [[cut, list(fs)] for cut, fs in passes]  # these replace --axis
@@ -197,6 +227,9 @@ class Enhancer:
                 # Rejected: a network trained for another blur can be worse than interpolation here.
                 model = None
                 adapted["fallback"] = "bicubic"
+            else:
+                # Rejected: the checkpoint's own network, exactly as without --adapt.
+                adapted["fallback"] = str(self.checkpoint.arch.get("name", "srcnn"))
         shape = tuple(n * f for n, f in zip(arr.shape[:3], factors, strict=True)) + tuple(arr.shape[3:])
         # A 4D output is filled frame by frame; a 3D one is the SR array itself (no second copy).
         out = np.empty(shape, dtype=np.float32) if arr.ndim == 4 or nm.constant else None
@@ -477,7 +510,8 @@ class Enhancer:
                 **extra_paths,
             },
             "checkpoint": {"path": str(self.checkpoint.path), "sha256": self.checkpoint.sha256},
-            "model": self.checkpoint.arch,
+            "model": adapted["base_checkpoint"]["model"] if adapted and adapted["used"] and "base_checkpoint" in adapted
+            else self.checkpoint.arch,
             "mrisr_version": __version__,
             "scale": list(factors),
             "axis": opts.axis,

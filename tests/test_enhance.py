@@ -309,7 +309,15 @@ def test_default_network_handles_every_scale_pattern(tmp_path: Path, capsys: pyt
         assert json.loads((out / "s_sr.json").read_text())["model"]["name"] == network
     out = tmp_path / "adapt"
     assert main([*base, "--out", str(out), "--adapt", "--adapt-steps", "2"]) == 0
-    assert json.loads((out / "s_sr.json").read_text())["model"]["name"] == "srcnn"
+    side = json.loads((out / "s_sr.json").read_text())
+    # The fine-grid SRCNN is what adaptation tunes; rejected here (no donor axis), so the default ran.
+    assert side["adapt"]["base_checkpoint"]["model"]["name"] == "srcnn"
+    assert not side["adapt"]["used"] and side["adapt"]["fallback"] == "espcn"
+    assert side["model"]["name"] == "espcn"
+    plain = tmp_path / "o42"
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(out / "s_sr.nii.gz").dataobj), np.asarray(nib.load(plain / "s_sr.nii.gz").dataobj)
+    )
 
 
 def test_coarse_grid_checkpoint_refuses_other_patterns_before_reading(tmp_path: Path) -> None:

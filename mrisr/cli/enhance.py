@@ -70,7 +70,7 @@ def enhance(
 
     from mrisr.adapt import AdaptConfig
     from mrisr.discovery import find_studies
-    from mrisr.enhance import EnhanceOptions, Enhancer, parse_factors, resolve_checkpoint
+    from mrisr.enhance import EnhanceOptions, Enhancer, adaptation_base, parse_factors, resolve_checkpoint
     from mrisr.errors import MrisrError
     from mrisr.inference import RunOptions, resolve_device
     from mrisr.transforms import DEGRADATIONS
@@ -95,7 +95,8 @@ def enhance(
     try:
         if arch not in ("srcnn", "espcn"):
             raise fail(f"--arch must be srcnn or espcn, not {arch!r}")
-        ckpt = resolve_checkpoint(checkpoint, factors, arch=arch, axis=axis, adapt=adapt)
+        ckpt = resolve_checkpoint(checkpoint, factors, arch=arch, axis=axis)
+        base = adaptation_base(ckpt) if adapt else None
         studies = find_studies(inputs)
     except (MrisrError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
@@ -120,7 +121,7 @@ def enhance(
         figure=figure,
         adapt=AdaptConfig(steps=adapt_steps, seed=seed, degradation=degradation or "mixed") if adapt else None,
     )
-    enhancer = Enhancer(ckpt, RunOptions(device=dev, batch_size=batch_size, amp=amp))
+    enhancer = Enhancer(ckpt, RunOptions(device=dev, batch_size=batch_size, amp=amp), adapt_base=base)
     try:
         enhancer.check_factors(factors or enhancer.default_factors(axis), axis)
     except MrisrError as exc:
