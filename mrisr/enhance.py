@@ -510,7 +510,8 @@ class Enhancer:
                 **extra_paths,
             },
             "checkpoint": {"path": str(self.checkpoint.path), "sha256": self.checkpoint.sha256},
-            "model": adapted["base_checkpoint"]["model"] if adapted and adapted["used"] and "base_checkpoint" in adapted
+            "model": adapted["base_checkpoint"]["model"]
+            if adapted and adapted["used"] and "base_checkpoint" in adapted
             else self.checkpoint.arch,
             "mrisr_version": __version__,
             "scale": list(factors),
