@@ -122,6 +122,26 @@ def axis_passes(factors: Sequence[int], spacing: Sequence[float]) -> Passes:
     return passes
 
 
+def pass_plans(factors: Sequence[int], spacing: Sequence[float]) -> list[Passes]:
+    """The plans whose outputs are averaged for an adapted network.
+
+    One refined axis: both planes that contain it (slices cut across each of the two other axes),
+    as SMORE combines its two orthogonal directions — on held-out thick-slice scans the mean gained
+    0.04–0.15 dB over the better single direction (docs/beyond.md). Two refined axes: the single
+    plan of :func:`axis_passes`.
+    """
+    first = axis_passes(factors, spacing)
+    refined = [a for a in range(3) if factors[a] > 1]
+    if len(refined) != 1:
+        return [first]
+    a, f = refined[0], int(factors[refined[0]])
+    plans = [first]
+    for cut in (c for c in range(3) if c != a and c != first[0][0]):
+        plane = [ax for ax in range(3) if ax != cut]
+        plans.append([(cut, (f if plane[0] == a else 1, f if plane[1] == a else 1))])
+    return plans
+
+
 def _donor_planes(x: np.ndarray, b: int, f: int) -> list[np.ndarray]:
     """Planes containing axis ``b``, cut across each of the two other axes: ``(n, other, b)`` stacks.
 

@@ -204,13 +204,13 @@ class Enhancer:
         frames = frames_of(arr)
         model: nn.Module | None = self.model
         adapted: dict[str, Any] | None = None
-        passes = None
+        plans: list[list[tuple[int, tuple[int, int]]] | None] = [None]  # None: the usual passes of ``axis``
         one_axis = sum(f > 1 for f in factors) == 1 and not self._trained_for(factors, axis)
         if one_axis and adapt is None:
             # An in-plane network does not know one-axis (thick-slice) blur: adapt it to the study.
             adapt = AdaptConfig()
         if adapt is not None and not nm.constant:
-            from mrisr.adapt import adapt_model, axis_passes
+            from mrisr.adapt import adapt_model, pass_plans
 
             base = self.adapt_base.build() if self.adapt_base is not None else self.model
             adapted_net, info = adapt_model(
@@ -221,8 +221,10 @@ class Enhancer:
                 ck = self.adapt_base
                 adapted["base_checkpoint"] = {"path": str(ck.path), "sha256": ck.sha256, "model": ck.arch}
             if info.used:
-                model, passes = adapted_net, axis_passes(factors, spacing)
-                adapted["passes"] = [[cut, list(fs)] for cut, fs in passes]  # these replace --axis
+                model, own = adapted_net, pass_plans(factors, spacing)
+                # These replace --axis; the outputs of several plans are averaged.
+                adapted["passes"] = [[[cut, list(fs)] for cut, fs in plan] for plan in own]
+                plans = list(own)
             elif one_axis:
                 # Rejected: a network trained for another blur can be worse than interpolation here.
                 model = None
@@ -240,9 +242,13 @@ class Enhancer:
                 if progress is not None:
                     progress(count_slices(frame.shape, factors, axis))
                 continue
-            sr = super_resolve_array(
-                model, nm.apply(frame), factors, axis=axis, opts=self.run, progress=progress, passes=passes
-            )
+            x = nm.apply(frame)
+            sr = super_resolve_array(model, x, factors, axis=axis, opts=self.run, progress=progress, passes=plans[0])
+            for plan in plans[1:]:
+                sr += super_resolve_array(model, x, factors, axis=axis, opts=self.run, progress=progress, passes=plan)
+            if len(plans) > 1:
+                sr /= np.float32(len(plans))
+            del x
             nm.invert_(sr)
             # Clamp to this frame's own range, as the bicubic baseline is (overshoot is not signal).
             lo, hi = float(frame.min()), float(frame.max()) if clamp else np.inf

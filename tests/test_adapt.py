@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrisr.adapt import AdaptConfig, adapt_model, axis_passes, donor_axis
+from mrisr.adapt import AdaptConfig, adapt_model, axis_passes, donor_axis, pass_plans
 from mrisr.checkpoint import save_checkpoint
 from mrisr.cli import main
 from mrisr.demo import T1_SLAB
@@ -96,6 +96,15 @@ def test_no_donor_axis_means_no_adaptation() -> None:
     assert "no axis" in info.reason
     assert donor_axis((8.0, 8.0, 2.2), (4, 4, 1)) == 2
     assert donor_axis((1.0, 1.2, 4.0), (1, 1, 4)) == 0
+
+
+def test_one_axis_plans_cut_both_planes_that_contain_the_refined_axis() -> None:
+    assert pass_plans((1, 1, 4), (1.0, 1.0, 4.0)) == [[(1, (1, 4))], [(0, (1, 4))]]
+    assert pass_plans((1, 4, 1), (1.0, 4.0, 1.0)) == [[(2, (1, 4))], [(0, (4, 1))]]
+    assert pass_plans((4, 4, 1), (8.0, 8.0, 2.0)) == [axis_passes((4, 4, 1), (8.0, 8.0, 2.0))]
+    x = np.random.default_rng(0).random((5, 6, 7), dtype=np.float32)
+    for plan in pass_plans((1, 4, 1), (1.0, 4.0, 1.0)):  # each plan alone lands on the fine grid
+        assert super_resolve_array(None, x, (1, 4, 1), passes=plan).shape == (5, 24, 7)
 
 
 def test_axis_passes_refine_each_axis_once() -> None:
