@@ -123,10 +123,10 @@ def resolve_checkpoint(
     plane_only = want[axis] == 1 and sum(f > 1 for f in want) == 2 and len(refined) == 1
     if not plane_only:
         arch = "srcnn"
-    # One in-plane network serves any orientation, and through-plane (one axis) via adaptation.
+    # One refined axis: the shipped through-plane network, else the in-plane one (adapted to the study).
     if len(refined) == 1:
         f = refined.pop()
-        found = shipped_checkpoint((f, f, 1), arch=arch)
+        found = shipped_checkpoint((1, 1, f), arch=arch) or shipped_checkpoint((f, f, 1), arch=arch)
     else:
         found = shipped_checkpoint(want, arch=arch) if refined else None
     if found is None:
@@ -205,7 +205,13 @@ class Enhancer:
         model: nn.Module | None = self.model
         adapted: dict[str, Any] | None = None
         plans: list[list[tuple[int, tuple[int, int]]] | None] = [None]  # None: the usual passes of ``axis``
-        one_axis = sum(f > 1 for f in factors) == 1 and not self._trained_for(factors, axis)
+        single = sum(f > 1 for f in factors) == 1
+        one_axis = single and not self._trained_for(factors, axis)
+        if single and not one_axis:
+            # A network trained for one axis: the mean over both planes that contain it (as adapted).
+            from mrisr.adapt import pass_plans
+
+            plans = list(pass_plans(factors, spacing))
         if one_axis and adapt is None:
             # An in-plane network does not know one-axis (thick-slice) blur: adapt it to the study.
             adapt = AdaptConfig()

@@ -57,6 +57,12 @@ def train(
     ] = 0.5,
     augment: Annotated[bool, typer.Option(help="Flips, rotations, gamma, intensity scaling, noise.")] = True,
     threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")] = None,
+    through_plane: Annotated[
+        bool,
+        typer.Option(
+            "--through-plane", help="Train for thick slices (enhance --scale 1,1,s): one-axis degradation; srcnn only."
+        ),
+    ] = False,
 ) -> None:
     """Train an SRCNN on degraded/original patch pairs; writes best.pt, last.pt, metrics.csv, curves.png."""
     import logging
@@ -110,6 +116,7 @@ def train(
             axes=_ints(axes, "axes") if axes else None,
             invert_prob=invert_prob,
             augment=augment,
+            through_plane=through_plane,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None

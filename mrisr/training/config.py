@@ -42,6 +42,8 @@ class TrainConfig:
         noise_std: Largest standard deviation of the Gaussian noise added to a high-resolution patch
             before degradation, in normalised units.
         val_axis: Slicing axis used to super-resolve the validation volumes (as ``mrisr enhance``).
+        through_plane: Train for one axis instead of the plane (thick slices, ``mrisr enhance --scale
+            1,1,s``): each patch is degraded by ``s`` along its rows or its columns only (SRCNN only).
     """
 
     scale: int = 4
@@ -64,12 +66,15 @@ class TrainConfig:
     augment: bool = True
     noise_std: float = 0.02
     val_axis: int = 2
+    through_plane: bool = False
 
     def __post_init__(self) -> None:
         if self.scale < 1:
             raise ValueError(f"scale must be positive, got {self.scale}")
         if isinstance(self.model, ESPCNConfig) and tuple(self.model.factors) != (self.scale, self.scale):
             raise ValueError(f"an ESPCN for factors {self.model.factors} cannot train at scale {self.scale}")
+        if self.through_plane and isinstance(self.model, ESPCNConfig):
+            raise ValueError("through-plane training needs a network on the fine grid (srcnn), not espcn")
         if self.degradation not in TRAIN_DEGRADATIONS:
             raise ValueError(f"unknown degradation {self.degradation!r}; choose from {', '.join(TRAIN_DEGRADATIONS)}")
         if self.loss not in LOSSES:
@@ -87,6 +92,12 @@ class TrainConfig:
     def hr_patch(self) -> int:
         """Patch side actually used: ``patch_size`` rounded down to a multiple of ``scale``."""
         return self.patch_size - self.patch_size % self.scale
+
+    @property
+    def factors(self) -> tuple[int, int, int]:
+        """The scale the network is trained for: ``(s, s, 1)``, or ``(1, 1, s)`` through-plane."""
+        s = self.scale
+        return (1, 1, s) if self.through_plane else (s, s, 1)
 
     @property
     def total_steps(self) -> int:

@@ -285,6 +285,9 @@ class PatchDataset(Dataset):
             mode = "bicubic" if rng.random() < 0.5 else "box"
         if getattr(cfg.model, "name", "srcnn") == "espcn":  # a low-resolution-grid network sees the LR patch
             x = downsample(t[None], (cfg.scale, cfg.scale), mode)[0]
+        elif cfg.through_plane:  # one axis: the thick one is the rows or the columns, half the time each
+            f = (1, cfg.scale) if rng.random() < 0.5 else (cfg.scale, 1)
+            x = degrade_and_upsample(t[None], f, mode)[0]
         else:
             x = degrade_patch(t[None], cfg.scale, mode)[0]
         return {"input": x.contiguous(), "target": t.contiguous()}

@@ -131,10 +131,19 @@ def _loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return F.mse_loss
 
 
+def _val_factors(cfg: TrainConfig) -> tuple[int, int, int]:
+    """Validation factors: the trained ones, with a through-plane factor put on axis 1.
+
+    Validation volumes may be a thin slab of axis-2 slices (one study), so the one-axis degradation
+    goes along axis 1, which is as long as the study.
+    """
+    return (1, cfg.scale, 1) if cfg.through_plane else cfg.factors
+
+
 def validate(
     model: nn.Module,
     volumes: Sequence[tuple[str, np.ndarray]],
-    scale: int,
+    scale: int | tuple[int, int, int],
     mode: str,
     *,
     axis: int = 2,
@@ -142,18 +151,20 @@ def validate(
 ) -> dict[str, float]:
     """Mean PSNR/SSIM of SR and of clamped bicubic over whole normalised validation volumes.
 
-    Each volume is cropped to a multiple of ``scale`` in axes 0 and 1, degraded by ``mode`` per slice of
-    axis 2, and super-resolved with :func:`mrisr.inference.super_resolve_array` (bicubic, then the
-    network, slice by slice across ``axis``). The bicubic baseline is clamped to the low-resolution
-    value range. Metrics use the high-resolution volume's range as peak (:mod:`mrisr.metrics`).
+    ``scale`` is ``s`` (in-plane, ``(s, s, 1)``) or per-axis factors. Each volume is cropped to a
+    multiple of the factors, degraded by ``mode`` (:func:`mrisr.transforms.degrade_volume`), and
+    super-resolved with :func:`mrisr.inference.super_resolve_array` (bicubic, then the network, slice
+    by slice across ``axis``). The bicubic baseline is clamped to the low-resolution value range.
+    Metrics use the high-resolution volume's range as peak (:mod:`mrisr.metrics`).
     """
+    factors = (scale, scale, 1) if isinstance(scale, int) else tuple(int(f) for f in scale)
     rows: list[tuple[float, float, float, float]] = []
     was_training = model.training
     for _, hr in volumes:
-        hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
-        lr = degrade_volume(hr, (scale, scale, 1), mode)
+        hr = hr[tuple(slice(0, n - n % f) for n, f in zip(hr.shape, factors, strict=True))]
+        lr = degrade_volume(hr, factors, mode)
         bic = np.clip(upsample_volume(lr, hr.shape), float(lr.min()), float(lr.max()))
-        sr = super_resolve_array(model, lr, (scale, scale, 1), axis=axis, device=device)
+        sr = super_resolve_array(model, lr, factors, axis=axis, device=device)  # type: ignore[arg-type]
         rng = float(hr.max() - hr.min()) or 1.0
         rows.append(
             (
@@ -364,7 +375,7 @@ def train(
 
     def meta(extra: dict[str, Any]) -> dict[str, Any]:
         return {
-            "scale": [cfg.scale, cfg.scale, 1],
+            "scale": list(cfg.factors),
             "normalization": {"method": "percentile", "upper_percentile": 99.5, "lower_percentile": 0.5},
             "degradation": cfg.degradation,
             "training_data": _training_data(loaded, studies, split.train),
@@ -425,7 +436,7 @@ def train(
                 "lr": float(sched.get_last_lr()[0]),
             }
             if val_volumes:
-                row.update(validate(model, val_volumes, cfg.scale, val_mode, axis=cfg.val_axis, device=device))
+                row.update(validate(model, val_volumes, _val_factors(cfg), val_mode, axis=cfg.val_axis, device=device))
             row["seconds"] = round(seconds_now, 1)
             history.append(row)
             improved = not val_volumes or row["val_psnr_sr"] > best_psnr
