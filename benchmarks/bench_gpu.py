@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """GPU throughput of the SRCNN: a bare PyTorch forward against mrisr's own inference path.
 
-    python benchmarks/bench_gpu.py [--slices 256] [--size 256] [--device cuda] [--repeat 20]
+    python benchmarks/bench_gpu.py [--arch srcnn|espcn] [--slices 256] [--size 256] [--device cuda] [--repeat 20]
 
 For each mode (fp32, tf32, bf16, fp16, each with and without channels_last, and torch.compile of the
 fastest) it times a bare forward of the shipped network over ``--slices`` slices of ``--size``²
-(already bicubic-upsampled), the relative error against fp32, and then the tool's path
+(the output size; SRCNN's input is already bicubic-upsampled, ESPCN's is the ``size/4`` coarse
+slice), the relative error against fp32, and then the tool's path in its default mode and with ``--amp``
 (:class:`mrisr.inference.SliceRunner` on the same batch: device copy, autocast, channels_last, copy
 back). Prints a Markdown table. Runs on the CPU too (``--device cpu``) as a smoke test.
 """
@@ -56,13 +57,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--arch", default="srcnn", choices=["srcnn", "espcn"])
     a = ap.parse_args()
     dev = torch.device(a.device)
-    path = shipped_checkpoint((4, 4, 1))
+    path = shipped_checkpoint((4, 4, 1), arch=a.arch)
     assert path is not None, "no shipped weights"
     ckpt = load_checkpoint(path)
     model = ckpt.build().to(dev)
-    x = torch.rand(a.slices, 1, a.size, a.size, generator=torch.Generator().manual_seed(0)).to(dev)
+    side = a.size // 4 if getattr(model, "input_space", "hr") == "lr" else a.size
+    x = torch.rand(a.slices, 1, side, side, generator=torch.Generator().manual_seed(0)).to(dev)
     with torch.inference_mode(), _tf32(False):
         ref = model(x).float()
     rows = []
@@ -100,17 +103,23 @@ def main() -> None:
 
         secs = _time(cfwd, dev, a.repeat)
         rows.append((f"{best[0]} + torch.compile", secs, float((cfwd().float() - ref).abs().max() / ref.abs().max())))
-    runner = SliceRunner(ckpt.build(), RunOptions(device=dev, amp=dev.type == "cuda"))
     xc = x.cpu()
-    tool = _time(lambda: runner(xc), dev, a.repeat)
+    tools = []
+    for label, amp in (("default", False), ("--amp", True)):
+        runner = SliceRunner(ckpt.build(), RunOptions(device=dev, amp=amp and dev.type == "cuda"))
+        out = runner(xc).to(dev).float()
+        tools.append((label, _time(lambda runner=runner: runner(xc), dev, a.repeat), out))
     print(f"device: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}; torch {torch.__version__}")
-    print(f"\n{a.slices} slices of {a.size}×{a.size}, shipped SRCNN ({ckpt.arch['kernel_sizes']})\n")
+    print(f"\n{a.slices} slices of {a.size}×{a.size} out, shipped {a.arch} ({ckpt.arch['kernel_sizes']})\n")
     print("| mode | ms per batch | slices/s | max rel. error vs fp32 |\n| --- | --- | --- | --- |")
     for name, secs, err in rows:
         print(f"| {name} | {secs * 1e3:.1f} | {a.slices / secs:,.0f} | {err:.1e} |")
     fastest = min((r for r in rows if r[2] < 1e-3), key=lambda r: r[1])
-    print(f"| mrisr SliceRunner (host→device→host) | {tool * 1e3:.1f} | {a.slices / tool:,.0f} | - |")
-    print(f"\ntool path / fastest accurate bare forward ({fastest[0]}): {fastest[1] / tool:.0%}")
+    for label, secs, out in tools:
+        err = float((out - ref).abs().max() / ref.abs().max())
+        print(f"| mrisr SliceRunner {label} (host↔device) | {secs * 1e3:.1f} | {a.slices / secs:,.0f} | {err:.1e} |")
+    for label, secs, _ in tools:
+        print(f"\ntool path ({label}) / fastest accurate bare forward ({fastest[0]}): {fastest[1] / secs:.0%}")
 
 
 if __name__ == "__main__":

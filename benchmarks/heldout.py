@@ -14,6 +14,7 @@ bicubic interpolation of the same input clamped to the input's value range. 4D s
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import mrisr_command
 
 from mrisr.geometry import coarsen_affine
 
@@ -68,11 +70,11 @@ def gain(scan: Path, mode: str, extra: list[str]) -> str:
         lr = np.clip(np.rint(lr), np.iinfo(dtype).min, np.iinfo(dtype).max)
     lr = lr.astype(dtype)
     ref = hr.astype(np.float64)
-    mrisr = str(Path(sys.executable).with_name("mrisr"))
+    mrisr = mrisr_command()
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "lowres.nii.gz"
         nib.save(nib.Nifti1Image(lr, coarsen_affine(img.affine, factors)), src)
-        cmd = [mrisr, "enhance", str(src), "--out", f"{tmp}/out", "--scale", ",".join(map(str, factors)), *extra]
+        cmd = [*mrisr, "enhance", str(src), "--out", f"{tmp}/out", "--scale", ",".join(map(str, factors)), *extra]
         done = subprocess.run([*cmd, "--no-figure"], capture_output=True, text=True)
         if done.returncode:
             return f"{scan.name} {mode}: mrisr failed: {done.stderr.strip().splitlines()[-1:]}"
@@ -80,8 +82,13 @@ def gain(scan: Path, mode: str, extra: list[str]) -> str:
         if out.shape[:3] != ref.shape or not np.allclose(out.affine, img.affine, atol=1e-3):
             return f"{scan.name} {mode}: output grid differs from the scan's"
         sr = np.asarray(out.dataobj, dtype=np.float64)
+        side = json.loads(next(Path(tmp, "out").glob("*_sr.json")).read_text())
     base, got = _psnr(_bicubic(lr, ref.shape, factors), ref), _psnr(sr, ref)
-    return f"{scan.name} {mode}: bicubic {base:.2f} dB, mrisr {got:.2f} dB, gain {got - base:+.2f} dB"
+    timing = f"study {side['seconds']:.1f} s on {side['device']}"
+    if side.get("adapt"):
+        ad = side["adapt"]
+        timing += f", adaptation {ad['seconds']:.1f} s ({'used' if ad['used'] else 'not used'})"
+    return f"{scan.name} {mode}: bicubic {base:.2f} dB, mrisr {got:.2f} dB, gain {got - base:+.2f} dB ({timing})"
 
 
 def main() -> None:
