@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 OutFormat = Literal["same", "nifti", "dicom"]
 
 
+#: Adaptation settings used for thick slices when none are given.
+DEFAULT_ADAPT = AdaptConfig()
+
+
 @dataclass(frozen=True)
 class EnhanceOptions:
     """What to produce for each study.
@@ -62,6 +66,8 @@ class EnhanceOptions:
         figure: Write the ``<id>_compare.png`` figure.
         clamp: Clamp SR to the input's value range (``True``) or only to its minimum (``False``).
         adapt: Fine-tune a copy of the network on each study first (:mod:`mrisr.adapt`).
+        auto_adapt: Adaptation settings used whenever one axis alone is refined, even without
+            ``adapt``; ``None`` runs the network as it is (``--no-adapt``).
     """
 
     out_dir: Path
@@ -76,6 +82,7 @@ class EnhanceOptions:
     figure: bool = True
     clamp: bool = True
     adapt: AdaptConfig | None = None
+    auto_adapt: AdaptConfig | None = DEFAULT_ADAPT
 
 
 @dataclass
@@ -187,6 +194,7 @@ class Enhancer:
         norm: Normalization | None = None,
         clamp: bool = True,
         adapt: AdaptConfig | None = None,
+        auto_adapt: AdaptConfig | None = DEFAULT_ADAPT,
         spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
         progress: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, Normalization, dict[str, Any] | None]:
@@ -194,7 +202,10 @@ class Enhancer:
 
         A constant array comes out constant; non-negative input gives non-negative output. With
         ``adapt``, a copy of the network is first fine-tuned on the (first frame of the) array, whose
-        voxel ``spacing`` (mm) tells which axis can teach it (:mod:`mrisr.adapt`).
+        voxel ``spacing`` (mm) tells which axis can teach it (:mod:`mrisr.adapt`). When one axis alone
+        is refined (thick slices), ``auto_adapt`` is used when ``adapt`` is not, and a rejected
+        adaptation gives bicubic interpolation: on held-out EPI the template-trained networks, in-plane
+        or through-plane, were worse than bicubic along the slice axis until adapted (docs/beyond.md).
 
         Returns:
             Float32 SR array, the normalisation used, and what adaptation did (``None`` without it).
@@ -206,15 +217,13 @@ class Enhancer:
         adapted: dict[str, Any] | None = None
         plans: list[list[tuple[int, tuple[int, int]]] | None] = [None]  # None: the usual passes of ``axis``
         single = sum(f > 1 for f in factors) == 1
-        one_axis = single and not self._trained_for(factors, axis)
-        if single and not one_axis:
+        if single and self._trained_for(factors, axis):
             # A network trained for one axis: the mean over both planes that contain it (as adapted).
             from mrisr.adapt import pass_plans
 
             plans = list(pass_plans(factors, spacing))
-        if one_axis and adapt is None:
-            # An in-plane network does not know one-axis (thick-slice) blur: adapt it to the study.
-            adapt = AdaptConfig()
+        if single and adapt is None:
+            adapt = auto_adapt
         if adapt is not None and not nm.constant:
             from mrisr.adapt import adapt_model, pass_plans
 
@@ -231,8 +240,9 @@ class Enhancer:
                 # These replace --axis; the outputs of several plans are averaged.
                 adapted["passes"] = [[[cut, list(fs)] for cut, fs in plan] for plan in own]
                 plans = list(own)
-            elif one_axis:
-                # Rejected: a network trained for another blur can be worse than interpolation here.
+            elif single:
+                # Rejected: the study could not teach the network; unadapted, it can be worse than
+                # interpolation along one axis (held-out EPI), so interpolate.
                 model = None
                 adapted["fallback"] = "bicubic"
             else:
@@ -450,6 +460,7 @@ class Enhancer:
                 axis=opts.axis,
                 clamp=opts.clamp,
                 adapt=opts.adapt,
+                auto_adapt=opts.auto_adapt,
                 spacing=voxel_spacing(lr_affine),
                 progress=progress,
             )
@@ -480,6 +491,7 @@ class Enhancer:
                 axis=opts.axis,
                 clamp=opts.clamp,
                 adapt=opts.adapt,
+                auto_adapt=opts.auto_adapt,
                 spacing=vol.spacing,
                 progress=progress,
             )

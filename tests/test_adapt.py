@@ -163,7 +163,7 @@ def test_one_axis_network_averages_both_planes(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "n.pt", model, model.config.to_dict(), {"scale": [1, 1, 4]})
     thick = _blocks((12, 10, 9), seed=5) * 100
     sr, norm, adapted = Enhancer(load_checkpoint(path), RunOptions(device=torch.device("cpu"))).enhance_array(
-        thick, (1, 1, 4), spacing=(1.0, 1.0, 4.0), clamp=False
+        thick, (1, 1, 4), spacing=(1.0, 1.0, 4.0), clamp=False, auto_adapt=None
     )
     assert adapted is None
     x = norm.apply(thick)

@@ -342,9 +342,9 @@ def test_through_plane_run_makes_a_one_axis_checkpoint_enhance_uses(studies: Pat
     nib.save(nib.Nifti1Image(_phantom((12, 12, 4), 9), np.diag([1.0, 1.0, 2.0, 1.0])), src)
     out = tmp_path / "out"
     args = ["enhance", str(src), "--out", str(out), "--checkpoint", str(tmp_path / "run" / "best.pt")]
-    assert main([*args, "--scale", "1,1,2", "--no-figure"]) == 0
+    assert main([*args, "--scale", "1,1,2", "--no-figure", "--no-adapt"]) == 0
     side = json.loads((out / "thick_sr.json").read_text())
-    assert side["adapt"] is None  # trained for one axis: no adaptation needed
+    assert side["adapt"] is None and side["scale"] == [1, 1, 2]  # run as it is
     img = nib.load(out / "thick_sr.nii.gz")
     assert img.shape == (12, 12, 8)
     np.testing.assert_allclose(img.affine[:3, 3], [0.0, 0.0, -0.5], atol=1e-6)  # voxel-centre convention

@@ -52,11 +52,16 @@ def enhance(
     figure: Annotated[bool, typer.Option(help="Write <id>_compare.png.")] = True,
     amp: Annotated[bool, typer.Option(help="float16 mixed precision on the GPU (faster; ~1e-3 error).")] = False,
     adapt: Annotated[
-        bool,
-        typer.Option(help="Fine-tune a copy of the network on each study first (self-supervised; uses the SRCNN)."),
-    ] = False,
-    adapt_steps: Annotated[int, typer.Option(min=1, help="Steps of --adapt.")] = 300,
-    seed: Annotated[int, typer.Option(help="Seed of --adapt (deterministic on the CPU).")] = 0,
+        bool | None,
+        typer.Option(
+            "--adapt/--no-adapt",
+            help="Fine-tune a copy of the network on each study first (self-supervised). Default: only when "
+            "one axis alone is refined (thick slices); --no-adapt never.",
+            show_default=False,
+        ),
+    ] = None,
+    adapt_steps: Annotated[int, typer.Option(min=1, help="Steps of the adaptation.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the adaptation (deterministic on the CPU).")] = 0,
     only: Annotated[
         list[str] | None, typer.Option("--only", help="Process only the study with this id (repeatable).")
     ] = None,
@@ -108,6 +113,7 @@ def enhance(
             raise fail(f"no study with id {', '.join(unknown)} in {', '.join(map(str, inputs))}")
         studies = [s for s in studies if s.id in set(only)]
     studies = select_shard(studies, [s.id for s in studies], shard_sel)
+    adapt_config = AdaptConfig(steps=adapt_steps, seed=seed, degradation=degradation or "mixed")
     opts = EnhanceOptions(
         out_dir=out,
         scale=factors,
@@ -119,7 +125,8 @@ def enhance(
         degradation=degradation,
         save_intermediates=save_intermediates,
         figure=figure,
-        adapt=AdaptConfig(steps=adapt_steps, seed=seed, degradation=degradation or "mixed") if adapt else None,
+        adapt=adapt_config if adapt else None,
+        auto_adapt=adapt_config if adapt is None else None,
     )
     enhancer = Enhancer(ckpt, RunOptions(device=dev, batch_size=batch_size, amp=amp), adapt_base=base)
     try:
