@@ -29,7 +29,7 @@ step() {  # step NAME SECONDS COMMAND...: output to $OUT/NAME.txt, its tail to t
     local name=$1 limit=$2
     shift 2
     local t0=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
+    timeout -s KILL "$limit" "$@" >"$OUT/$name.txt" 2>&1  # KILL: mrisr finishes a study on TERM
     echo "rc=$? seconds=$((SECONDS - t0))" >>"$OUT/$name.txt"
     echo "== $name"
     tail -n 4 "$OUT/$name.txt"
@@ -44,11 +44,12 @@ step bench-gpu-srcnn 100 python3 benchmarks/bench_gpu.py --arch srcnn --slices 2
 step bench-gpu-espcn 60 python3 benchmarks/bench_gpu.py --arch espcn --slices 256 --size 256 --device "$DEVICE"
 # Issue 7: a study end to end against its I/O floor (read + write in the same format).
 step bench-e2e 60 python3 benchmarks/bench_e2e.py --shape 256,256,64 --device "$DEVICE" --arch espcn --repeat 3
-# Issues 4 and 7: the shipped ESPCN recipe on the GPU (patches/s; validation as in docs/weights.md).
+# Issues 4 and 7: the shipped ESPCN recipe on the GPU, first 5,000 of its 10,000 steps (patches/s,
+# validation per epoch as in docs/weights.md; resume with --resume for the rest).
 if [ -f .gpu-data/mni.nii.gz ]; then
     step train-espcn 130 python3 -m mrisr.cli train .gpu-data --out /tmp/gtrain --arch espcn --scale 4 \
         --epochs 40 --steps-per-epoch 250 --batch-size 16 --patch-size 64 --lr 1e-3 --degradation mixed \
-        --filters 64,32 --residual --loss mse --seed 0 --device "$DEVICE" --workers 8
+        --filters 64,32 --residual --loss mse --seed 0 --device "$DEVICE" --workers 8 --max-steps 5000
     cp /tmp/gtrain/metrics.csv "$OUT/train-metrics.csv" 2>/dev/null
     cp /tmp/gtrain/best.pt "$OUT/gpu-espcn-best.pt" 2>/dev/null
 fi

@@ -69,7 +69,7 @@ def main() -> None:
         img = nib.load(_extract(dipy, f"dipy/data/files/{name}.nii.gz", raw))
         _save(np.asarray(img.dataobj), img.affine, out / f"{name}.nii.gz")
     slice_t1 = np.load(_extract(dipy, "dipy/data/files/t1_coronal_slice.npy", raw))
-    _save(np.rint(slice_t1 * 255).astype(np.uint8), np.eye(4), out / "t1_coronal.nii.gz")
+    _save(np.rint(np.clip(slice_t1, 0, 1) * 255).astype(np.uint8), np.eye(4), out / "t1_coronal.nii.gz")
 
     import pydicom  # test extra; only needed here
 
@@ -79,7 +79,7 @@ def main() -> None:
         rows, cols = (float(v) for v in ds.PixelSpacing)
         # pixel_array is (row, column); axis 0 of the volume runs along the columns.
         affine = np.diag([cols, rows, float(ds.SliceThickness), 1.0])
-        _save(ds.pixel_array.astype(np.int16).T, affine, out / f"{name}.nii.gz")
+        _save(np.ascontiguousarray(ds.pixel_array.T), affine, out / f"{name}.nii.gz")  # native uint16
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ sidecar.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -130,10 +131,15 @@ def resolve_checkpoint(
     plane_only = want[axis] == 1 and sum(f > 1 for f in want) == 2 and len(refined) == 1
     if not plane_only:
         arch = "srcnn"
-    # One refined axis: the shipped through-plane network, else the in-plane one (adapted to the study).
-    if len(refined) == 1:
+    n_refined = sum(f > 1 for f in want)
+    if n_refined == 1:
+        # One refined axis: the shipped through-plane network, else the in-plane one (adapted to the study).
         f = refined.pop()
         found = shipped_checkpoint((1, 1, f), arch=arch) or shipped_checkpoint((f, f, 1), arch=arch)
+    elif len(refined) == 1:
+        # The same factor on two or three axes: the in-plane network serves every plane.
+        f = refined.pop()
+        found = shipped_checkpoint((f, f, 1), arch=arch)
     else:
         found = shipped_checkpoint(want, arch=arch) if refined else None
     if found is None:
@@ -163,6 +169,15 @@ def adaptation_base(checkpoint: Checkpoint) -> Checkpoint | None:
     if found is None:
         raise CheckpointError(checkpoint.path, f"--adapt needs a fine-grid network; none is shipped for x{f}")
     return load_checkpoint(found)
+
+
+def _output_from(adapted: dict[str, Any] | None) -> str:
+    """Which network made the output: ``network``, ``adapted network`` or ``bicubic``."""
+    if adapted is None:
+        return "network"
+    if adapted.get("used"):
+        return "adapted network"
+    return "bicubic" if adapted.get("fallback") == "bicubic" else "network"
 
 
 class Enhancer:
@@ -217,13 +232,18 @@ class Enhancer:
         adapted: dict[str, Any] | None = None
         plans: list[list[tuple[int, tuple[int, int]]] | None] = [None]  # None: the usual passes of ``axis``
         single = sum(f > 1 for f in factors) == 1
-        if single and self._trained_for(factors, axis):
+        one_axis_net = single and self.checkpoint.scale is not None and self._trained_for(factors, axis)
+        if one_axis_net:
             # A network trained for one axis: the mean over both planes that contain it (as adapted).
             from mrisr.adapt import pass_plans
 
             plans = list(pass_plans(factors, spacing))
         if single and adapt is None:
             adapt = auto_adapt
+            if adapt is None and not one_axis_net:
+                log.warning(
+                    "--no-adapt: a network not trained for one-axis blur refines one axis (often worse than bicubic)"
+                )
         if adapt is not None and not nm.constant:
             from mrisr.adapt import adapt_model, pass_plans
 
@@ -243,7 +263,7 @@ class Enhancer:
             elif single:
                 # Rejected: the study could not teach the network; unadapted, it can be worse than
                 # interpolation along one axis (held-out EPI), so interpolate.
-                model = None
+                model, plans = None, [None]
                 adapted["fallback"] = "bicubic"
             else:
                 # Rejected: the checkpoint's own network, exactly as without --adapt.
@@ -277,6 +297,18 @@ class Enhancer:
             del sr
         assert out is not None
         return out, nm, adapted
+
+    def _request(self, opts: EnhanceOptions, factors: tuple[int, int, int]) -> dict[str, Any]:
+        """What was asked beyond input and checkpoint (as JSON reads it back): a rerun skips a study
+        only when this matches its sidecar's."""
+        req = {
+            "scale": list(factors),
+            "axis": opts.axis,
+            "adapt": asdict(opts.adapt) if opts.adapt else None,
+            "auto_adapt": asdict(opts.auto_adapt) if opts.auto_adapt else None,
+            "adapt_base_sha256": self.adapt_base.sha256 if self.adapt_base is not None else None,
+        }
+        return dict(json.loads(json.dumps(req)))
 
     def _trained_for(self, factors: tuple[int, int, int], axis: int) -> bool:
         """True when the network's training matches ``factors`` sliced across ``axis``.
@@ -372,12 +404,13 @@ class Enhancer:
                     and old.get("input", {}).get("sha256") == in_sha
                     and old.get("checkpoint", {}).get("sha256") == self.checkpoint.sha256
                     and old.get("simulate", False) == opts.simulate
+                    and old.get("request") == self._request(opts, factors)
                     and out_path.exists()
                 ):
                     return StudyResult(study, "skipped", sidecar=sidecar, output=out_path)
                 if old is not None and old.get("status") == "done":
                     raise OutputExistsError(
-                        out_path, "output exists (from another input or checkpoint); use --overwrite"
+                        out_path, "output exists (from another input, checkpoint or settings); use --overwrite"
                     )
                 # An output without a 'done' sidecar is what a killed run leaves: it is redone.
             record = self._process(study, opts, factors, out_fmt, targets, in_sha, progress, loaded)
@@ -537,6 +570,8 @@ class Enhancer:
             "model": adapted["base_checkpoint"]["model"]
             if adapted and adapted["used"] and "base_checkpoint" in adapted
             else self.checkpoint.arch,
+            "output_from": _output_from(adapted),
+            "request": self._request(opts, factors),
             "mrisr_version": __version__,
             "scale": list(factors),
             "axis": opts.axis,

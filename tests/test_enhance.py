@@ -188,6 +188,10 @@ def test_rerun_skips_and_overwrite_redoes(tmp_path: Path, identity_ckpt: Path, r
     assert main([*base, "--checkpoint", str(random_ckpt), "--overwrite"]) == 0
     side = json.loads((out / "s_sr.json").read_text())
     assert side["checkpoint"]["path"].endswith("random.pt")
+    # Same input and checkpoint but other settings: not the same result, so not skipped.
+    assert main([*base, "--checkpoint", str(random_ckpt), "--scale", "2"]) == 1
+    assert main([*base, "--checkpoint", str(random_ckpt), "--adapt", "--adapt-steps", "1"]) == 1
+    assert json.loads((out / "s_sr.json").read_text()) == side
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"PK\x03\x04truncated zip"])
@@ -297,16 +301,20 @@ def test_default_network_handles_every_scale_pattern(tmp_path: Path, capsys: pyt
     """The default (coarse-grid ESPCN) serves the slice plane; other patterns take the shipped SRCNN."""
     src = _save(tmp_path / "s.nii.gz", _blob((8, 8, 8), seed=4))
     base = ["enhance", str(src), "--no-figure", "--device", "cpu"]
-    for scale, axis, shape, network in [
-        ("4", "2", (32, 32, 8), "espcn"),
-        ("4", "0", (8, 32, 32), "espcn"),
-        ("4,4,4", "2", (32, 32, 32), "srcnn"),
-        ("1,4,4", "2", (8, 32, 32), "srcnn"),
+    for scale, axis, shape, weights in [
+        ("4", "2", (32, 32, 8), "espcn_x4.pt"),
+        ("4", "0", (8, 32, 32), "espcn_x4.pt"),
+        ("4,4,4", "2", (32, 32, 32), "srcnn_x4.pt"),
+        ("1,4,4", "2", (8, 32, 32), "srcnn_x4.pt"),
+        ("1,1,4", "2", (8, 8, 32), "srcnn_x1-1-4.pt"),
     ]:
         out = tmp_path / f"o{scale}{axis}"
-        assert main([*base, "--out", str(out), "--scale", scale, "--axis", axis]) == 0, capsys.readouterr().err
+        args = [*base, "--out", str(out), "--scale", scale, "--axis", axis, "--adapt-steps", "2"]
+        assert main(args) == 0, capsys.readouterr().err
         assert nib.load(out / "s_sr.nii.gz").shape == shape
-        assert json.loads((out / "s_sr.json").read_text())["model"]["name"] == network
+        side = json.loads((out / "s_sr.json").read_text())
+        assert Path(side["checkpoint"]["path"]).name == weights
+        assert side["model"]["name"] == weights.split("_")[0]
     out = tmp_path / "adapt"
     assert main([*base, "--out", str(out), "--adapt", "--adapt-steps", "2"]) == 0
     side = json.loads((out / "s_sr.json").read_text())
