@@ -88,7 +88,7 @@ def gain(scan: Path, mode: str, extra: list[str]) -> str:
     if side.get("adapt"):
         ad = side["adapt"]
         timing += f", adaptation {ad['seconds']:.1f} s ({'used' if ad['used'] else 'not used'})"
-    return f"{scan.name} {mode}: bicubic {base:.2f} dB, mrisr {got:.2f} dB, gain {got - base:+.2f} dB ({timing})"
+    return f"{scan.name} {mode}: bicubic {base:.2f} dB, mrisr {got:.2f} dB, gain {got - base:+.3f} dB ({timing})"
 
 
 def main() -> None:

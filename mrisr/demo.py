@@ -36,11 +36,11 @@ def example_epi() -> Path | None:
 def run_demo(out_dir: Path, *, device: str = "auto") -> tuple[Path, list[StudyResult]]:
     """Run the demo into ``out_dir``; returns the path of the HTML report and the study results."""
     from mrisr.enhance import EnhanceOptions, Enhancer, resolve_checkpoint
-    from mrisr.inference import RunOptions, resolve_device
+    from mrisr.inference import DEFAULT_ENSEMBLE, RunOptions, resolve_device
     from mrisr.report import build_report
 
     ckpt = resolve_checkpoint(None, (4, 4, 1))
-    enhancer = Enhancer(ckpt, RunOptions(device=resolve_device(device)))
+    enhancer = Enhancer(ckpt, RunOptions(device=resolve_device(device), ensemble=DEFAULT_ENSEMBLE))
     sim_dir = out_dir / "simulate"
     results = enhancer.enhance(
         find_studies([T1_SLAB]), EnhanceOptions(out_dir=sim_dir, simulate=True, save_intermediates=True)

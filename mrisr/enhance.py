@@ -307,6 +307,7 @@ class Enhancer:
             "adapt": asdict(opts.adapt) if opts.adapt else None,
             "auto_adapt": asdict(opts.auto_adapt) if opts.auto_adapt else None,
             "adapt_base_sha256": self.adapt_base.sha256 if self.adapt_base is not None else None,
+            "ensemble": self.run.ensemble,
         }
         return dict(json.loads(json.dumps(req)))
 
@@ -579,6 +580,7 @@ class Enhancer:
             "degradation": degradation if (opts.simulate or consistency) else None,
             "device": str(self.run.device),
             "amp": bool(self.run.amp and self.run.device.type == "cuda"),
+            "ensemble": self.run.ensemble,
             "simulate": opts.simulate,
             "metrics": metrics,
             "consistency": consistency,

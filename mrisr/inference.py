@@ -59,6 +59,8 @@ class RunOptions:
         channels_last: Use the channels-last memory format (faster for these convolutions on both
             CPU and GPU: 17 vs 24 ms for 8 slices of 64² on the 2-core CPU).
         max_tile_pixels: Slices with more output pixels than this are processed in tiles.
+        ensemble: Geometric self-ensemble: each slice is run in this many flipped/transposed views
+            (1, 2, 4 or 8; :func:`ensemble_views`) and the outputs, turned back, are averaged.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -66,6 +68,11 @@ class RunOptions:
     amp: bool = False
     channels_last: bool = True
     max_tile_pixels: int = 4096 * 4096
+    ensemble: int = 1
+
+    def __post_init__(self) -> None:
+        if self.ensemble not in (1, 2, 4, 8):
+            raise ValueError(f"ensemble must be 1, 2, 4 or 8, not {self.ensemble}")
 
     def budget_bytes(self) -> int:
         """Memory available for activations."""
@@ -102,6 +109,48 @@ def _scaled(s: slice, f: int) -> slice:
     return slice(s.start * f, s.stop * f)
 
 
+#: The ensemble of ``mrisr enhance`` and the demo: all eight flips and transposes of every slice. On
+#: the 14 held-out cases of docs/weights.md it lifted the default ESPCN's mean gain over bicubic from
+#: +0.86 to +1.02 dB (every case improved; four views: +0.99 dB), and the whole MNI template ×4 still
+#: took 51 s on the 2-core CPU against 95 s for the SRCNN alone (14 s without the ensemble).
+DEFAULT_ENSEMBLE = 8
+
+View = tuple[bool, bool, bool]
+
+
+def ensemble_views(n: int, symmetric: bool = True) -> list[View]:
+    """The ``(flip rows, flip columns, transpose)`` views of an ``n``-member ensemble.
+
+    ``1``: the slice itself; ``2``: and its transpose; ``4``: the four flips; ``8``: the flips of the
+    slice and of its transpose. A transpose swaps the two axes of the plane, so it is used only when
+    ``symmetric`` (both refined by the same factor); otherwise flips stand in for it.
+    """
+    flips = [(False, False, False), (True, False, False), (False, True, False), (True, True, False)]
+    if n == 1:
+        return flips[:1]
+    if n == 2:
+        return [flips[0], (False, False, True) if symmetric else flips[2]]
+    if n == 4 or not symmetric:
+        return flips
+    return flips + [(a, b, True) for a, b, _ in flips]
+
+
+def _view(x: torch.Tensor, v: View) -> torch.Tensor:
+    if v[0]:
+        x = x.flip(-2)
+    if v[1]:
+        x = x.flip(-1)
+    return x.transpose(-1, -2) if v[2] else x
+
+
+def _unview(y: torch.Tensor, v: View) -> torch.Tensor:
+    if v[2]:
+        y = y.transpose(-1, -2)
+    if v[1]:
+        y = y.flip(-1)
+    return y.flip(-2) if v[0] else y
+
+
 class SliceRunner:
     """Runs a network over batches of 2D slices ``(N, 1, H, W)`` with the options given."""
 
@@ -118,8 +167,21 @@ class SliceRunner:
         self.amp_dtype = torch.float16
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Network output for ``x`` (float32, on any device); returns float32 on ``x``'s device."""
+    def __call__(self, x: torch.Tensor, *, symmetric: bool = True) -> torch.Tensor:
+        """Network output for ``x`` (float32, on any device); returns float32 on ``x``'s device.
+
+        With an ensemble, the mean over the views of :func:`ensemble_views` (``symmetric``: the
+        network refines both axes of the plane alike, so transposed views are allowed).
+        """
+        views = ensemble_views(self.opts.ensemble, symmetric)
+        if len(views) == 1:
+            return self._run(x)
+        acc = _unview(self._run(_view(x, views[0])), views[0]).contiguous()
+        for v in views[1:]:
+            acc += _unview(self._run(_view(x, v).contiguous()), v)
+        return acc.div_(len(views))
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h * w * self.out_per_in[0] * self.out_per_in[1] > self.opts.max_tile_pixels:
             return self._tiled(x)
@@ -169,10 +231,10 @@ def _plane_pass(
                 raise ValueError(
                     f"this low-resolution-grid network upsamples by {runner.out_per_in}, not {tuple(factors)}"
                 )
-            y = runner(batch)  # the network upsamples itself
+            y = runner(batch, symmetric=factors[0] == factors[1])  # the network upsamples itself
         else:
             up = upsample(batch, (oh, ow))
-            y = runner(up) if runner is not None else up
+            y = runner(up, symmetric=factors[0] == factors[1]) if runner is not None else up
         out[start:stop] = y[:, 0].numpy()
         if progress is not None:
             progress(stop - start)

@@ -80,13 +80,19 @@ def test_identity_network_reproduces_bicubic_and_geometry(tmp_path: Path, identi
     lr = _blob((6, 5, 3))
     src = _save(tmp_path / "in" / "s1.nii.gz", lr)
     out = tmp_path / "out"
-    assert main(["enhance", str(src), "--out", str(out), "--checkpoint", str(identity_ckpt), "--scale", "4"]) == 0
+    args = ["enhance", str(src), "--checkpoint", str(identity_ckpt), "--scale", "4"]
+    assert main([*args, "--out", str(out), "--ensemble", "1"]) == 0
     img = nib.load(out / "s1_sr.nii.gz")
     sr = np.asarray(img.dataobj)
     assert sr.shape == (24, 20, 3)
     assert sr.dtype == np.int16
     expect = np.clip(np.rint(_bicubic_reference(lr, 4)), -32768, 32767).astype(np.int16)
     np.testing.assert_array_equal(sr, expect)
+    # The default 8-view ensemble of an identity network is bicubic up to float rounding (±1 unit
+    # where a value sits at .5 before rounding).
+    assert main([*args, "--out", str(tmp_path / "ens")]) == 0
+    ens = np.asarray(nib.load(tmp_path / "ens" / "s1_sr.nii.gz").dataobj).astype(int)
+    assert np.abs(ens - expect).max() <= 1 and np.mean(ens != expect) < 0.01
     # Geometry: the output voxel (i, j, k) sits at input index ((i+.5)/4-.5, (j+.5)/4-.5, k) in world space.
     np.testing.assert_allclose(img.affine, refine_affine(OBLIQUE, (4, 4, 1)), atol=1e-6)
     np.testing.assert_allclose(img.header.get_sform(), img.header.get_qform(), atol=1e-4)
@@ -285,7 +291,17 @@ def test_axis_option_refines_the_plane_of_its_slices(tmp_path: Path, identity_ck
     lr = _blob((5, 6, 7), seed=2)
     src = _save(tmp_path / "s.nii.gz", lr)
     out = tmp_path / "out"
-    args = ["enhance", str(src), "--out", str(out), "--checkpoint", str(identity_ckpt), "--no-figure"]
+    args = [
+        "enhance",
+        str(src),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(identity_ckpt),
+        "--no-figure",
+        "--ensemble",
+        "1",
+    ]
     assert main([*args, "--scale", "4", "--axis", str(axis)]) == 0
     img = nib.load(out / "s_sr.nii.gz")
     factors = tuple(1 if a == axis else 4 for a in range(3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -91,3 +92,63 @@ def test_espcn_trains_and_enhances(tmp_path: Path) -> None:
     # A factor the coarse-grid network was not built for is refused before any study is read.
     assert main(["enhance", str(src), "--out", str(tmp_path / "o3"), "--checkpoint", str(other), "--scale", "3"]) == 2
     assert not (tmp_path / "o3").exists()
+
+
+def test_ensemble_views() -> None:
+    from mrisr.inference import ensemble_views
+
+    for n in (1, 2, 4, 8):
+        views = ensemble_views(n)
+        assert len(views) == n and len(set(views)) == n and views[0] == (False, False, False)
+        assert all(not v[2] for v in ensemble_views(n, symmetric=False))  # never swap unequal axes
+    assert len(ensemble_views(8, symmetric=False)) == 4
+    with pytest.raises(ValueError, match="ensemble"):
+        RunOptions(ensemble=3)
+
+
+def test_ensemble_is_the_mean_of_the_turned_back_views() -> None:
+    from mrisr.inference import SliceRunner
+
+    torch.manual_seed(1)
+    espcn = ESPCN(ESPCNConfig())
+    srcnn = SRCNN(SRCNNConfig(residual=True))
+    with torch.no_grad():
+        espcn.body[-1].weight.normal_(0, 0.1)
+        srcnn.body[-1].weight.normal_(0, 0.1)
+    x = torch.rand(3, 1, 9, 7, generator=torch.Generator().manual_seed(2))
+    plain = SliceRunner(espcn, RunOptions())(x)
+    rot = SliceRunner(espcn, RunOptions())(x.transpose(-1, -2)).transpose(-1, -2)
+    flips = [SliceRunner(espcn, RunOptions())(x.flip(d)).flip(d) for d in ([-2], [-1], [-2, -1])]
+    assert not torch.allclose(plain, rot, atol=1e-4)  # the network is not equivariant by itself
+    torch.testing.assert_close(SliceRunner(espcn, RunOptions(ensemble=2))(x), (plain + rot) / 2)
+    torch.testing.assert_close(SliceRunner(espcn, RunOptions(ensemble=4))(x), (plain + sum(flips)) / 4)
+    # A one-axis pass (unequal factors) never transposes: an 8-ensemble is the four flips.
+    up = torch.rand(2, 1, 12, 5, generator=torch.Generator().manual_seed(3))
+    four = SliceRunner(srcnn, RunOptions(ensemble=4))(up, symmetric=False)
+    torch.testing.assert_close(SliceRunner(srcnn, RunOptions(ensemble=8))(up, symmetric=False), four)
+    # Bicubic is flip- and transpose-equivariant, so an identity network is still exactly bicubic.
+    ident = SRCNN(SRCNNConfig(residual=True))
+    with torch.no_grad():
+        ident.body[-1].weight.zero_()
+        ident.body[-1].bias.zero_()
+    v = np.random.default_rng(4).random((10, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        super_resolve_array(ident, v, (4, 4, 1), opts=RunOptions(ensemble=8)),
+        super_resolve_array(None, v, (4, 4, 1)),
+        atol=1e-6,
+    )
+
+
+def test_cli_ensemble_default_and_sidecar(tmp_path: Path) -> None:
+    import inspect
+
+    from mrisr.cli.enhance import enhance
+    from mrisr.inference import DEFAULT_ENSEMBLE
+
+    assert inspect.signature(enhance).parameters["ensemble"].default == DEFAULT_ENSEMBLE
+    src = tmp_path / "s.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 2)).astype(np.float32), np.eye(4)), src)
+    out = tmp_path / "o"
+    assert main(["enhance", str(src), "--out", str(out), "--no-figure", "--ensemble", "2"]) == 0
+    assert json.loads((out / "s_sr.json").read_text())["ensemble"] == 2
+    assert main(["enhance", str(src), "--out", str(tmp_path / "p"), "--ensemble", "3"]) == 2

@@ -51,6 +51,10 @@ def enhance(
     ] = False,
     figure: Annotated[bool, typer.Option(help="Write <id>_compare.png.")] = True,
     amp: Annotated[bool, typer.Option(help="float16 mixed precision on the GPU (faster; ~1e-3 error).")] = False,
+    ensemble: Annotated[
+        int,
+        typer.Option(help="Views averaged per slice: 1 (the network alone), 2, 4 (flips) or 8 (flips and transposes)."),
+    ] = 8,
     adapt: Annotated[
         bool | None,
         typer.Option(
@@ -128,7 +132,11 @@ def enhance(
         adapt=adapt_config if adapt else None,
         auto_adapt=adapt_config if adapt is None else None,
     )
-    enhancer = Enhancer(ckpt, RunOptions(device=dev, batch_size=batch_size, amp=amp), adapt_base=base)
+    try:
+        run = RunOptions(device=dev, batch_size=batch_size, amp=amp, ensemble=ensemble)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    enhancer = Enhancer(ckpt, run, adapt_base=base)
     try:
         enhancer.check_factors(factors or enhancer.default_factors(axis), axis)
     except MrisrError as exc:
