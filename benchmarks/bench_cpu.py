@@ -86,7 +86,11 @@ def overhead(repeat: int, tmp: Path) -> None:
     (tmp / "bare.py").write_text(BARE)
     bare = _time([sys.executable, str(tmp / "bare.py"), str(src), str(tmp / "bare.nii.gz"), ckpt], repeat)
     rows = [("bare script (torch + nibabel)", bare)]
-    for label, extra in [("mrisr enhance --no-figure", ["--no-figure"]), ("mrisr enhance (default)", [])]:
+    for label, extra in [
+        ("mrisr enhance --ensemble 1 --no-figure (the bare script's job)", ["--ensemble", "1", "--no-figure"]),
+        ("mrisr enhance --ensemble 1 (with the figure)", ["--ensemble", "1"]),
+        ("mrisr enhance (default: 8-view ensemble, figure)", []),
+    ]:
         cmd = [
             MRISR,
             "enhance",
