@@ -42,12 +42,15 @@ def run_demo(out_dir: Path, *, device: str = "auto") -> tuple[Path, list[StudyRe
     ckpt = resolve_checkpoint(None, (4, 4, 1))
     enhancer = Enhancer(ckpt, RunOptions(device=resolve_device(device), ensemble=DEFAULT_ENSEMBLE))
     sim_dir = out_dir / "simulate"
+    # The demo always recomputes, so a rerun after an upgrade or a change of defaults never trips on
+    # its own earlier outputs.
     results = enhancer.enhance(
-        find_studies([T1_SLAB]), EnhanceOptions(out_dir=sim_dir, simulate=True, save_intermediates=True)
+        find_studies([T1_SLAB]),
+        EnhanceOptions(out_dir=sim_dir, simulate=True, save_intermediates=True, overwrite=True),
     )
     epi = example_epi()
     if epi is not None:
-        results += enhancer.enhance(find_studies([epi]), EnhanceOptions(out_dir=out_dir / "enhance"))
+        results += enhancer.enhance(find_studies([epi]), EnhanceOptions(out_dir=out_dir / "enhance", overwrite=True))
     else:
         log.warning("nibabel's example EPI is not installed; skipping the plain-enhance part of the demo")
     return build_report(out_dir).html, results

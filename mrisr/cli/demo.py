@@ -26,7 +26,7 @@ def demo(
     for r in results:
         m = r.metrics or {}
         if r.status == "failed":
-            typer.echo(f"{r.study.id}: failed: {r.error}")
+            typer.echo(f"{r.study.id}: failed: {r.error}", err=True)
         elif "psnr_sr" in m:
             gain = m["psnr_sr"] - m["psnr_bicubic"]
             typer.echo(
@@ -36,3 +36,5 @@ def demo(
         else:
             typer.echo(f"{r.study.id} (real EPI, enhanced x4): {r.output}")
     typer.echo(f"report: {html}")
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
