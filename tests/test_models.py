@@ -152,3 +152,14 @@ def test_cli_ensemble_default_and_sidecar(tmp_path: Path) -> None:
     assert main(["enhance", str(src), "--out", str(out), "--no-figure", "--ensemble", "2"]) == 0
     assert json.loads((out / "s_sr.json").read_text())["ensemble"] == 2
     assert main(["enhance", str(src), "--out", str(tmp_path / "p"), "--ensemble", "3"]) == 2
+
+
+def test_ensemble_with_tiling_equals_untiled() -> None:
+    x = np.random.default_rng(5).random((22, 18, 2)).astype(np.float32)
+    torch.manual_seed(3)
+    net = ESPCN(ESPCNConfig())
+    with torch.no_grad():
+        net.body[-1].weight.normal_(0, 0.1)
+    whole = super_resolve_array(net, x, (4, 4, 1), opts=RunOptions(ensemble=8))
+    tiled = super_resolve_array(net, x, (4, 4, 1), opts=RunOptions(ensemble=8, max_tile_pixels=12 * 12 * 16))
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
