@@ -176,10 +176,12 @@ class SliceRunner:
         views = ensemble_views(self.opts.ensemble, symmetric)
         if len(views) == 1:
             return self._run(x)
-        acc = _unview(self._run(_view(x, views[0])), views[0]).contiguous()
+        # Views are made, run and summed on the device: one copy in, one copy out.
+        xd = x.to(self.opts.device, non_blocking=True)
+        acc = _unview(self._run(xd), views[0]).clone(memory_format=torch.contiguous_format)  # never x itself
         for v in views[1:]:
-            acc += _unview(self._run(_view(x, v).contiguous()), v)
-        return acc.div_(len(views))
+            acc += _unview(self._run(_view(xd, v).contiguous()), v)
+        return acc.div_(len(views)).to(x.device)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

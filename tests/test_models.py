@@ -163,3 +163,18 @@ def test_ensemble_with_tiling_equals_untiled() -> None:
     whole = super_resolve_array(net, x, (4, 4, 1), opts=RunOptions(ensemble=8))
     tiled = super_resolve_array(net, x, (4, 4, 1), opts=RunOptions(ensemble=8, max_tile_pixels=12 * 12 * 16))
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_ensemble_never_writes_into_its_input() -> None:
+    from mrisr.inference import SliceRunner
+
+    class Same(torch.nn.Module):
+        input_space = "hr"
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    x = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    keep = x.clone()
+    torch.testing.assert_close(SliceRunner(Same(), RunOptions(ensemble=8, channels_last=False))(x), keep)
+    torch.testing.assert_close(x, keep)
