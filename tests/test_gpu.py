@@ -42,6 +42,14 @@ def test_fp32_gpu_matches_cpu(arch: str) -> None:
 
 
 @ARCHS
+def test_ensemble_on_gpu_matches_cpu(arch: str) -> None:
+    x = _volume()
+    cpu = super_resolve_array(_model(arch), x, (4, 4, 1), opts=RunOptions(device=torch.device("cpu"), ensemble=8))
+    gpu = super_resolve_array(_model(arch), x, (4, 4, 1), opts=RunOptions(device=torch.device("cuda"), ensemble=8))
+    assert np.abs(gpu - cpu).max() < 2e-3 * np.abs(cpu).max()
+
+
+@ARCHS
 def test_fp16_amp_error_is_small(arch: str) -> None:
     x = _volume()
     ref = super_resolve_array(_model(arch), x, (4, 4, 1), opts=RunOptions(device=torch.device("cpu")))
