@@ -96,9 +96,20 @@ def lock_path(out_dir: Path, study_id: str) -> Path:
     return out_dir / f".{study_id}.lock"
 
 
+#: How long an empty lock file may wait for its holder to write its host and pid.
+EMPTY_LOCK_GRACE_S = 0.5
+
+
 def _is_stale(path: Path, stale_after: float) -> bool:
     try:
         text = path.read_text().split()
+        if not text:
+            # A holder writes its host and pid right after creating the file; still empty a moment
+            # later means it was killed in between (a SIGKILL found by the kill-and-rerun test).
+            time.sleep(EMPTY_LOCK_GRACE_S)
+            text = path.read_text().split()
+            if not text:
+                return True
         age = time.time() - path.stat().st_mtime
     except (OSError, ValueError):
         return False

@@ -54,6 +54,24 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path: Path) -> None:
     assert not (tmp_path / ".s1.lock").exists()
 
 
+def test_empty_lock_left_by_a_kill_is_taken_over(tmp_path: Path) -> None:
+    """A holder killed between creating its lock and writing its pid leaves an empty file."""
+    import threading
+
+    (tmp_path / ".s2.lock").write_text("")
+    with study_lock(tmp_path, "s2") as mine:
+        assert mine
+    # A live holder that writes its pid within the grace period keeps its lock.
+    (tmp_path / ".s3.lock").write_text("")
+    import socket
+
+    writer = threading.Timer(0.1, lambda: (tmp_path / ".s3.lock").write_text(f"{socket.gethostname()} {os.getpid()}\n"))
+    writer.start()
+    with study_lock(tmp_path, "s3") as mine:
+        assert not mine
+    writer.join()
+
+
 @pytest.fixture()
 def batch(tmp_path: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
