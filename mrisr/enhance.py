@@ -26,7 +26,7 @@ import numpy as np
 from torch import nn
 
 from mrisr import __version__
-from mrisr.adapt import AdaptConfig
+from mrisr.adapt import AdaptConfig, adapt_model, pass_plans
 from mrisr.batch import study_lock
 from mrisr.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint
 from mrisr.discovery import Study
@@ -128,18 +128,16 @@ def resolve_checkpoint(
         return load_checkpoint(path)
     want = scale or in_plane(4, axis)
     refined = {f for f in want if f > 1}
-    plane_only = want[axis] == 1 and sum(f > 1 for f in want) == 2 and len(refined) == 1
+    n_refined = sum(f > 1 for f in want)
+    plane_only = want[axis] == 1 and n_refined == 2 and len(refined) == 1
     if not plane_only:
         arch = "srcnn"
-    n_refined = sum(f > 1 for f in want)
-    if n_refined == 1:
-        # One refined axis: the shipped through-plane network, else the in-plane one (adapted to the study).
+    if len(refined) == 1:
+        # One factor: one refined axis takes the shipped through-plane network when there is one;
+        # otherwise the in-plane network serves every plane (one axis: adapted to the study).
         f = refined.pop()
-        found = shipped_checkpoint((1, 1, f), arch=arch) or shipped_checkpoint((f, f, 1), arch=arch)
-    elif len(refined) == 1:
-        # The same factor on two or three axes: the in-plane network serves every plane.
-        f = refined.pop()
-        found = shipped_checkpoint((f, f, 1), arch=arch)
+        one_axis = shipped_checkpoint((1, 1, f), arch=arch) if n_refined == 1 else None
+        found = one_axis or shipped_checkpoint((f, f, 1), arch=arch)
     else:
         found = shipped_checkpoint(want, arch=arch) if refined else None
     if found is None:
@@ -232,11 +230,10 @@ class Enhancer:
         adapted: dict[str, Any] | None = None
         plans: list[list[tuple[int, tuple[int, int]]] | None] = [None]  # None: the usual passes of ``axis``
         single = sum(f > 1 for f in factors) == 1
-        one_axis_net = single and self.checkpoint.scale is not None and self._trained_for(factors, axis)
+        trained = self.checkpoint.scale
+        one_axis_net = single and trained is not None and sum(f > 1 for f in trained) == 1
         if one_axis_net:
             # A network trained for one axis: the mean over both planes that contain it (as adapted).
-            from mrisr.adapt import pass_plans
-
             plans = list(pass_plans(factors, spacing))
         if single and adapt is None:
             adapt = auto_adapt
@@ -245,8 +242,6 @@ class Enhancer:
                     "--no-adapt: a network not trained for one-axis blur refines one axis (often worse than bicubic)"
                 )
         if adapt is not None and not nm.constant:
-            from mrisr.adapt import adapt_model, pass_plans
-
             base = self.adapt_base.build() if self.adapt_base is not None else self.model
             adapted_net, info = adapt_model(
                 base, nm.apply(frames[0]), factors, spacing, config=adapt, device=self.run.device
@@ -310,21 +305,6 @@ class Enhancer:
             "ensemble": self.run.ensemble,
         }
         return dict(json.loads(json.dumps(req)))
-
-    def _trained_for(self, factors: tuple[int, int, int], axis: int) -> bool:
-        """True when the network's training matches ``factors`` sliced across ``axis``.
-
-        A network trained in-plane (two axes refined, as the shipped weights) matches any two axes
-        refined on slices cut across the third; one trained for one axis matches one refined axis.
-        """
-        scale = self.checkpoint.scale
-        if scale is None:
-            return True
-        trained = sum(f > 1 for f in scale)
-        wanted = [a for a in range(3) if factors[a] > 1]
-        if trained == 2:
-            return len(wanted) == 2 and axis not in wanted
-        return len(wanted) == trained
 
     def check_factors(self, factors: tuple[int, int, int], axis: int = 2) -> None:
         """Refuse, before any study is read, factors that this network cannot produce.
