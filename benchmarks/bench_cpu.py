@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from _common import synthetic_study
 
 BIN = Path(sys.executable).parent
 MRISR = str(BIN / "mrisr")
@@ -62,13 +63,7 @@ def _time(cmd: list[str], repeat: int) -> float:
 
 
 def _study(folder: Path, shape: tuple[int, int, int]) -> Path:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-    vol = np.stack([(np.sin(xx / 5 + k) * np.cos(yy / 7) + 1.2) * 400 for k in range(shape[2])], axis=-1)
-    vol += rng.normal(0, 10, vol.shape)
-    path = folder / "study.nii.gz"
-    nib.save(nib.Nifti1Image(vol.astype(np.int16), np.diag([3.0, 3.0, 3.0, 1.0])), str(path))
-    return path
+    return synthetic_study(folder / "study.nii.gz", shape, (3.0, 3.0, 3.0))
 
 
 def _checkpoint() -> str:

@@ -21,21 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from _common import mrisr_command
+from _common import mrisr_command, synthetic_study
 
 from mrisr.geometry import refine_affine
 from mrisr.io import load_volume
 from mrisr.io.nifti import write_nifti
-
-
-def _study(path: Path, shape: tuple[int, int, int]) -> None:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-    vol = np.stack([(np.sin(xx / 5 + k) * np.cos(yy / 7) + 1.2) * 400 for k in range(shape[2])], axis=-1)
-    vol += rng.normal(0, 10, vol.shape)
-    nib.save(nib.Nifti1Image(vol.astype(np.int16), np.diag([4.0, 4.0, 1.0, 1.0])), str(path))
 
 
 def _floor(src: Path, out: Path) -> float:
@@ -59,7 +50,7 @@ def main() -> None:
     mrisr = mrisr_command()
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "study.nii.gz"
-        _study(src, shape)  # type: ignore[arg-type]
+        synthetic_study(src, shape, (4.0, 4.0, 1.0))
         floors, procs, inproc = [], [], []
         for i in range(a.repeat):
             floors.append(_floor(src, Path(tmp) / f"floor{i}.nii.gz"))
