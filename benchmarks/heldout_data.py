@@ -13,6 +13,9 @@ Files written (first volume of 4D data; 2D images become one-slice volumes):
 - ``anatomical.nii.gz``: nibabel ``tests/data/anatomical.nii`` — T1, 33×41×25, 2 mm.
 - ``S0_10slices.nii.gz``: dipy — DWI b0, 128×128×10.
 - ``aniso_vox.nii.gz``: dipy — 58×58×24 at 4×4×5 mm.
+- ``dwi_piesno.nii.gz``: dipy ``test_piesno.nii.gz`` — a diffusion-weighted brain volume, 96×96×14,
+  float64, noisy; its header carries no spacing (1 mm written), and its slices are less alike than
+  its neighbouring in-plane voxels (thicker or farther apart than the header says).
 - ``t1_coronal.nii.gz``: dipy ``t1_coronal_slice.npy`` — one skull-stripped brain T1 slice,
   256×256, stored as 8-bit grey levels (written as uint8, spacing not recorded: 1 mm assumed).
 - ``abdomen_t1.nii.gz``: pydicom-data ``MR-SIEMENS-DICOM-WithOverlays.dcm`` — one abdominal
@@ -65,8 +68,8 @@ def main() -> None:
         _save(np.asarray(img.dataobj), img.affine, out / f"{name}.nii.gz")
 
     dipy = _wheel("dipy", wheels)
-    for name in ("S0_10slices", "aniso_vox"):
-        img = nib.load(_extract(dipy, f"dipy/data/files/{name}.nii.gz", raw))
+    for name, src in (("S0_10slices", "S0_10slices"), ("aniso_vox", "aniso_vox"), ("dwi_piesno", "test_piesno")):
+        img = nib.load(_extract(dipy, f"dipy/data/files/{src}.nii.gz", raw))
         _save(np.asarray(img.dataobj), img.affine, out / f"{name}.nii.gz")
     slice_t1 = np.load(_extract(dipy, "dipy/data/files/t1_coronal_slice.npy", raw))
     _save(np.rint(np.clip(slice_t1, 0, 1) * 255).astype(np.uint8), np.eye(4), out / "t1_coronal.nii.gz")

@@ -115,9 +115,7 @@ def resolve_checkpoint(
 
     The coarse-grid ESPCN only refines the plane of the slices by its own factors; any other pattern
     (one refined axis, three refined axes, a plane other than that of ``axis``) takes the shipped
-    SRCNN instead, whatever ``arch``. With ``adapt`` on the plane of the slices the default network is
-    kept: :func:`adaptation_base` gives the fine-grid network that adaptation fine-tunes, and the
-    default one is used whenever the adaptation is rejected.
+    SRCNN instead, whatever ``arch``.
 
     Raises:
         CheckpointError: If the file is bad, or no weights are shipped for that scale.
@@ -149,26 +147,6 @@ def resolve_checkpoint(
     return load_checkpoint(found)
 
 
-def adaptation_base(checkpoint: Checkpoint) -> Checkpoint | None:
-    """The network ``--adapt`` fine-tunes when ``checkpoint``'s cannot be (``None``: itself).
-
-    Adaptation trains on planes degraded along one axis, which only a network on the fine grid can
-    learn: a coarse-grid (ESPCN) checkpoint is paired with the shipped SRCNN of the same factor.
-
-    Raises:
-        CheckpointError: No shipped SRCNN for that factor.
-    """
-    from mrisr.errors import CheckpointError
-
-    if checkpoint.arch.get("name", "srcnn") != "espcn":
-        return None
-    f = max(int(v) for v in checkpoint.arch.get("factors", [4]))
-    found = shipped_checkpoint((f, f, 1), arch="srcnn")
-    if found is None:
-        raise CheckpointError(checkpoint.path, f"--adapt needs a fine-grid network; none is shipped for x{f}")
-    return load_checkpoint(found)
-
-
 def _output_from(adapted: dict[str, Any] | None) -> str:
     """Which network made the output: ``network``, ``adapted network`` or ``bicubic``."""
     if adapted is None:
@@ -184,17 +162,12 @@ class Enhancer:
     Args:
         checkpoint: The network and its metadata.
         run: Device and batching options.
-        adapt_base: The network that adaptation fine-tunes, when it is not ``checkpoint``'s
-            (:func:`adaptation_base`); ``checkpoint``'s network is used when adaptation is rejected.
     """
 
-    def __init__(
-        self, checkpoint: Checkpoint, run: RunOptions | None = None, *, adapt_base: Checkpoint | None = None
-    ) -> None:
+    def __init__(self, checkpoint: Checkpoint, run: RunOptions | None = None) -> None:
         self.checkpoint = checkpoint
         self.run = run or RunOptions(device=resolve_device("auto"))
         self.model = checkpoint.build()
-        self.adapt_base = adapt_base
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrisr-figure")
 
     # -- arrays -------------------------------------------------------------------------------------
@@ -242,15 +215,13 @@ class Enhancer:
                     "--no-adapt: a network not trained for one-axis blur refines one axis (often worse than bicubic)"
                 )
         if adapt is not None and not nm.constant:
-            base = self.adapt_base.build() if self.adapt_base is not None else self.model
             adapted_net, info = adapt_model(
-                base, nm.apply(frames[0]), factors, spacing, config=adapt, device=self.run.device
+                self.model, nm.apply(frames[0]), factors, spacing, config=adapt, device=self.run.device, axis=axis
             )
             adapted = {**info.to_dict(), "config": asdict(adapt)}
-            if self.adapt_base is not None:
-                ck = self.adapt_base
-                adapted["base_checkpoint"] = {"path": str(ck.path), "sha256": ck.sha256, "model": ck.arch}
-            if info.used:
+            if info.used and info.method == "coarse-grid":
+                model = adapted_net  # the usual in-plane passes (and ensemble), with the tuned first layer
+            elif info.used:
                 model, own = adapted_net, pass_plans(factors, spacing)
                 # These replace --axis; the outputs of several plans are averaged.
                 adapted["passes"] = [[[cut, list(fs)] for cut, fs in plan] for plan in own]
@@ -301,7 +272,6 @@ class Enhancer:
             "axis": opts.axis,
             "adapt": asdict(opts.adapt) if opts.adapt else None,
             "auto_adapt": asdict(opts.auto_adapt) if opts.auto_adapt else None,
-            "adapt_base_sha256": self.adapt_base.sha256 if self.adapt_base is not None else None,
             "ensemble": self.run.ensemble,
         }
         return dict(json.loads(json.dumps(req)))
@@ -548,9 +518,7 @@ class Enhancer:
                 **extra_paths,
             },
             "checkpoint": {"path": str(self.checkpoint.path), "sha256": self.checkpoint.sha256},
-            "model": adapted["base_checkpoint"]["model"]
-            if adapted and adapted["used"] and "base_checkpoint" in adapted
-            else self.checkpoint.arch,
+            "model": self.checkpoint.arch,
             "output_from": _output_from(adapted),
             "request": self._request(opts, factors),
             "mrisr_version": __version__,

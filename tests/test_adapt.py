@@ -70,6 +70,52 @@ def test_thick_slice_adaptation_improves_an_out_of_domain_model_deterministicall
         assert torch.equal(a, b)  # the original network is untouched
 
 
+def _espcn_off_domain() -> torch.nn.Module:
+    """The shipped ESPCN with a seeded perturbation of its first layer: out of its domain here."""
+    from mrisr.checkpoint import load_checkpoint, shipped_checkpoint
+
+    path = shipped_checkpoint((4, 4, 1), arch="espcn")
+    assert path is not None
+    ck = load_checkpoint(path)
+    model = ck.build()
+    model.load_state_dict(ck.state_dict)
+    with torch.no_grad():
+        w = model.body[0].weight
+        w += w.std() * torch.randn(w.shape, generator=torch.Generator().manual_seed(0))
+    return model.eval()
+
+
+def test_inplane_adaptation_of_the_coarse_grid_network_improves_it_deterministically() -> None:
+    hr = _blocks((64, 64, 24), seed=1)
+    lr = degrade_volume(hr, (4, 4, 1), "box")  # coarse in-plane, 24 fine slices along axis 2
+    model = _espcn_off_domain()
+    cfg = AdaptConfig(steps=100)
+    before = _psnr(super_resolve_array(model, lr, (4, 4, 1)), hr)
+    adapted, info = adapt_model(model, lr, (4, 4, 1), (4.0, 4.0, 1.0), config=cfg)
+    assert info.used and info.method == "coarse-grid" and info.donor_axis == 2, info.reason
+    assert info.val_mse_after < info.val_mse_before and info.consistency_ratio < 1.0
+    after = _psnr(super_resolve_array(adapted, lr, (4, 4, 1)), hr)
+    assert after > before + 0.8, (before, after)
+    again, _ = adapt_model(model, lr, (4, 4, 1), (4.0, 4.0, 1.0), config=cfg)
+    changed = set()
+    for (name, a), b, orig in zip(
+        adapted.state_dict().items(), again.state_dict().values(), model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)  # deterministic on the CPU
+        if not torch.equal(a, orig):
+            changed.add(name)
+    assert changed == {"body.0.weight", "body.0.bias"}  # only the first layer is tuned
+
+
+def test_inplane_adaptation_needs_enough_slices() -> None:
+    lr = degrade_volume(_blocks((64, 64, 20), seed=2), (4, 4, 1), "box")  # 20 slices: 5 blocks of 4
+    model = _espcn_off_domain()
+    same, info = adapt_model(model, lr, (4, 4, 1), (4.0, 4.0, 1.0), config=AdaptConfig(steps=5))
+    assert same is model and not info.used and "too few slices" in info.reason
+    _, info = adapt_model(model, lr, (4, 4, 4), (4.0, 4.0, 1.0), config=AdaptConfig(steps=5))
+    assert not info.used and "own in-plane factors" in info.reason
+
+
 def test_enhance_through_plane_is_never_worse_than_interpolation(tmp_path: Path) -> None:
     ref, thick = _thick_slab()
     src = tmp_path / "thick.nii.gz"

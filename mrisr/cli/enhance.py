@@ -64,7 +64,14 @@ def enhance(
             show_default=False,
         ),
     ] = None,
-    adapt_steps: Annotated[int, typer.Option(min=1, help="Steps of the adaptation.")] = 300,
+    adapt_steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Steps of the adaptation. Default: 1000 for the in-plane ESPCN, 300 for an SRCNN.",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the adaptation (deterministic on the CPU).")] = 0,
     only: Annotated[
         list[str] | None, typer.Option("--only", help="Process only the study with this id (repeatable).")
@@ -79,7 +86,7 @@ def enhance(
 
     from mrisr.adapt import AdaptConfig
     from mrisr.discovery import find_studies
-    from mrisr.enhance import EnhanceOptions, Enhancer, adaptation_base, parse_factors, resolve_checkpoint
+    from mrisr.enhance import EnhanceOptions, Enhancer, parse_factors, resolve_checkpoint
     from mrisr.errors import MrisrError
     from mrisr.inference import RunOptions, resolve_device
     from mrisr.transforms import DEGRADATIONS
@@ -105,7 +112,6 @@ def enhance(
         if arch not in ("srcnn", "espcn"):
             raise fail(f"--arch must be srcnn or espcn, not {arch!r}")
         ckpt = resolve_checkpoint(checkpoint, factors, arch=arch, axis=axis)
-        base = adaptation_base(ckpt) if adapt else None
         studies = find_studies(inputs)
     except (MrisrError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
@@ -136,7 +142,7 @@ def enhance(
         run = RunOptions(device=dev, batch_size=batch_size, amp=amp, ensemble=ensemble)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    enhancer = Enhancer(ckpt, run, adapt_base=base)
+    enhancer = Enhancer(ckpt, run)
     try:
         enhancer.check_factors(factors or enhancer.default_factors(axis), axis)
     except MrisrError as exc:
