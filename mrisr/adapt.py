@@ -110,11 +110,18 @@ class AdaptResult:
     seconds: float
     degradation: str
     method: str = "one-axis"
-    consistency_ratio: float = float("nan")
+    consistency_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         return asdict(self)
+
+
+def effective_steps(config: AdaptConfig, model: nn.Module) -> int:
+    """The steps an adaptation of ``model`` runs: ``config.steps``, or the default for its kind."""
+    if config.steps is not None:
+        return config.steps
+    return STEPS_COARSE_GRID if getattr(model, "input_space", "hr") == "lr" else STEPS_FINE_GRID
 
 
 def donor_axis(spacing: Sequence[float], factors: Sequence[int]) -> int | None:
@@ -219,7 +226,7 @@ def adapt_model(
     if getattr(model, "input_space", "hr") == "lr":
         return adapt_coarse_grid(model, x, factors, config=cfg, device=device, axis=axis)
     t0 = time.perf_counter()
-    steps = cfg.steps or STEPS_FINE_GRID
+    steps = effective_steps(cfg, model)
     f_all = {int(v) for v in factors if int(v) > 1}
     if len(f_all) != 1:
         return model, _rejected(f"needs one refinement factor, got {tuple(factors)}", cfg, t0)
@@ -391,11 +398,13 @@ def adapt_coarse_grid(
     f = plane_f.pop()
     vol = np.moveaxis(np.asarray(x, dtype=np.float32), axis, 2)
     depth = vol.shape[2] - vol.shape[2] % f
-    if depth < COARSE_MIN_BLOCKS * f or min(vol.shape[:2]) < 4:
+    if depth < COARSE_MIN_BLOCKS * f:
         return model, _rejected(
             f"too few slices along axis {axis} to learn from ({vol.shape[2]}; needs {COARSE_MIN_BLOCKS * f})",
             cfg, t0, axis, f, method,
         )  # fmt: skip
+    if min(vol.shape[:2]) < 4:
+        return model, _rejected(f"slices too small to learn from ({vol.shape[:2]})", cfg, t0, axis, f, method)
     # Planes (coarse in-plane axis, slice axis), cut across each in-plane axis.
     stacks = [np.ascontiguousarray(np.transpose(vol, (1, 0, 2))[:, :, :depth]), np.ascontiguousarray(vol[:, :, :depth])]
     every = max(2, round(1 / max(cfg.val_share, 1e-3)))
@@ -412,8 +421,9 @@ def adapt_coarse_grid(
     if not train_sets:
         return model, _rejected("too few planes with signal along the slice axis", cfg, t0, axis, f, method)
     n_val = sum(len(v) for v in val_sets)
-    if n_val > COARSE_VAL_PLANES or depth > COARSE_VAL_DEPTH:  # bound the cost of early stopping
-        lo = (depth - min(depth, COARSE_VAL_DEPTH)) // (2 * f) * f
+    val_depth = min(depth, COARSE_VAL_DEPTH // f * f)
+    if n_val > COARSE_VAL_PLANES or depth > val_depth:  # bound the cost of early stopping
+        lo = (depth - val_depth) // (2 * f) * f
         val_sets = [
             v[
                 np.linspace(0, len(v) - 1, min(len(v), max(1, round(COARSE_VAL_PLANES * len(v) / n_val))))
@@ -422,9 +432,10 @@ def adapt_coarse_grid(
             ]
             for v in val_sets
         ]
-        val_sets = [v[..., lo : lo + min(depth, COARSE_VAL_DEPTH)] for v in val_sets]
+        val_sets = [v[..., lo : lo + val_depth] for v in val_sets]
+        n_val = sum(len(v) for v in val_sets)
     dev = torch.device(device)
-    steps = cfg.steps or STEPS_COARSE_GRID
+    steps = effective_steps(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     net = copy.deepcopy(model).to(dev)

@@ -26,7 +26,7 @@ import numpy as np
 from torch import nn
 
 from mrisr import __version__
-from mrisr.adapt import AdaptConfig, adapt_model, pass_plans
+from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, adapt_model, effective_steps, pass_plans
 from mrisr.batch import study_lock
 from mrisr.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint
 from mrisr.discovery import Study
@@ -187,8 +187,9 @@ class Enhancer:
         """Super-resolve a 3D or 4D array in physical units.
 
         A constant array comes out constant; non-negative input gives non-negative output. With
-        ``adapt``, a copy of the network is first fine-tuned on the (first frame of the) array, whose
-        voxel ``spacing`` (mm) tells which axis can teach it (:mod:`mrisr.adapt`). When one axis alone
+        ``adapt``, a copy of the network is first fine-tuned on the (first frame of the) array
+        (:mod:`mrisr.adapt`): a fine-grid network on the axis that voxel ``spacing`` (mm) shows fine
+        enough, a coarse-grid one (ESPCN) in-plane on the slice axis ``axis``. When one axis alone
         is refined (thick slices), ``auto_adapt`` is used when ``adapt`` is not, and a rejected
         adaptation gives bicubic interpolation: on held-out EPI the template-trained networks, in-plane
         or through-plane, were worse than bicubic along the slice axis until adapted (docs/beyond.md).
@@ -267,14 +268,30 @@ class Enhancer:
     def _request(self, opts: EnhanceOptions, factors: tuple[int, int, int]) -> dict[str, Any]:
         """What was asked beyond input and checkpoint (as JSON reads it back): a rerun skips a study
         only when this matches its sidecar's."""
+
+        def resolved(cfg: AdaptConfig | None, steps: int) -> dict[str, Any] | None:
+            return {**asdict(cfg), "steps": steps} if cfg else None
+
         req = {
             "scale": list(factors),
             "axis": opts.axis,
-            "adapt": asdict(opts.adapt) if opts.adapt else None,
-            "auto_adapt": asdict(opts.auto_adapt) if opts.auto_adapt else None,
+            "adapt": resolved(opts.adapt, effective_steps(opts.adapt, self.model)) if opts.adapt else None,
+            # Only one-axis refinement adapts automatically, and only fine-grid networks do that.
+            "auto_adapt": resolved(
+                opts.auto_adapt, (opts.auto_adapt.steps if opts.auto_adapt else None) or STEPS_FINE_GRID
+            ),
             "ensemble": self.run.ensemble,
         }
         return dict(json.loads(json.dumps(req)))
+
+    def _same_request(self, old: Any, opts: EnhanceOptions, factors: tuple[int, int, int]) -> bool:
+        """Whether a sidecar's ``request`` asked for what ``opts`` asks (sidecars of mrisr before the
+        in-plane ESPCN adaptation also carry ``adapt_base_sha256``, null when ``--adapt`` was off)."""
+        if not isinstance(old, dict):
+            return False
+        if "adapt_base_sha256" in old and old["adapt_base_sha256"] is None:
+            old = {k: v for k, v in old.items() if k != "adapt_base_sha256"}
+        return bool(old == self._request(opts, factors))
 
     def check_factors(self, factors: tuple[int, int, int], axis: int = 2) -> None:
         """Refuse, before any study is read, factors that this network cannot produce.
@@ -355,7 +372,7 @@ class Enhancer:
                     and old.get("input", {}).get("sha256") == in_sha
                     and old.get("checkpoint", {}).get("sha256") == self.checkpoint.sha256
                     and old.get("simulate", False) == opts.simulate
-                    and old.get("request") == self._request(opts, factors)
+                    and self._same_request(old.get("request"), opts, factors)
                     and out_path.exists()
                 ):
                     return StudyResult(study, "skipped", sidecar=sidecar, output=out_path)

@@ -107,6 +107,18 @@ def test_inplane_adaptation_of_the_coarse_grid_network_improves_it_deterministic
     assert changed == {"body.0.weight", "body.0.bias"}  # only the first layer is tuned
 
 
+def test_inplane_adaptation_of_other_factors_with_many_slices() -> None:
+    """Held-out planes are cropped along the slice axis in whole blocks of the factor."""
+    from mrisr.models import ESPCN, ESPCNConfig
+
+    torch.manual_seed(0)
+    model = ESPCN(ESPCNConfig(factors=(3, 3))).eval()
+    x = _blocks((60, 60, 150), seed=4)[::3, ::3]
+    _, info = adapt_model(model, x, (3, 3, 1), (3.0, 3.0, 1.0), config=AdaptConfig(steps=3))
+    assert info.method == "coarse-grid" and info.steps == 3 and info.n_val_planes <= 32
+    assert info.consistency_ratio is not None
+
+
 def test_inplane_adaptation_needs_enough_slices() -> None:
     lr = degrade_volume(_blocks((64, 64, 20), seed=2), (4, 4, 1), "box")  # 20 slices: 5 blocks of 4
     model = _espcn_off_domain()

@@ -198,6 +198,13 @@ def test_rerun_skips_and_overwrite_redoes(tmp_path: Path, identity_ckpt: Path, r
     assert main([*base, "--checkpoint", str(random_ckpt), "--scale", "2"]) == 1
     assert main([*base, "--checkpoint", str(random_ckpt), "--adapt", "--adapt-steps", "1"]) == 1
     assert json.loads((out / "s_sr.json").read_text()) == side
+    # A sidecar written before the in-plane ESPCN adaptation (its request named the adaptation base,
+    # null without --adapt, and the default steps) still counts as the same request.
+    old_style = {**side, "request": {**side["request"], "adapt_base_sha256": None}}
+    old_style["request"]["auto_adapt"] = {**side["request"]["auto_adapt"], "steps": 300}
+    (out / "s_sr.json").write_text(json.dumps(old_style))
+    assert main([*base, "--checkpoint", str(random_ckpt)]) == 0
+    assert json.loads((out / "s_sr.json").read_text()) == old_style  # skipped
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"PK\x03\x04truncated zip"])
