@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -186,6 +186,62 @@ def _donor_planes(x: np.ndarray, b: int, f: int) -> list[np.ndarray]:
     return stacks
 
 
+def _split_planes(stacks: list[np.ndarray], val_share: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Training planes ``(n, h, w)`` and held-out planes ``(n, 1, h, w)`` of each stack.
+
+    Planes with little signal (standard deviation under 5 % of the stack's largest) are dropped;
+    every ``1 / val_share``-th of the rest is held out. Stacks left without both are skipped.
+    """
+    every = max(2, round(1 / max(val_share, 1e-3)))
+    train_sets: list[torch.Tensor] = []
+    val_sets: list[torch.Tensor] = []
+    for st in stacks:
+        energy = st.reshape(len(st), -1).std(axis=1)
+        keep = np.flatnonzero(energy > 0.05 * energy.max()) if energy.max() > 0 else np.array([], dtype=int)
+        val_idx = keep[every // 2 :: every]
+        train_idx = np.setdiff1d(keep, val_idx)
+        if len(val_idx) and len(train_idx):
+            train_sets.append(torch.from_numpy(st[train_idx]))
+            val_sets.append(torch.from_numpy(st[val_idx])[:, None])
+    return train_sets, val_sets
+
+
+def _fit(
+    net: nn.Module,
+    params: Iterable[nn.Parameter],
+    step_loss: Callable[[int], torch.Tensor],
+    val: Callable[[nn.Module], float],
+    *,
+    steps: int,
+    lr: float,
+    val_every: int,
+) -> tuple[float, float, int]:
+    """Adam on ``params`` for ``steps`` steps of ``step_loss(step)``; keeps the weights with the lowest
+    ``val`` (checked every ``val_every`` steps and at the end; the starting weights count).
+
+    Returns:
+        ``(val before, best val, best step)``; ``net`` is left in eval mode with the best weights.
+    """
+    net.eval()
+    before = val(net)
+    best, best_step, best_state = before, 0, copy.deepcopy(net.state_dict())
+    opt = torch.optim.Adam(params, lr=lr)
+    for it in range(1, steps + 1):
+        net.train()
+        loss = step_loss(it)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if it % val_every == 0 or it == steps:
+            net.eval()
+            cur = val(net)
+            if cur < best:
+                best, best_step, best_state = cur, it, copy.deepcopy(net.state_dict())
+    net.load_state_dict(best_state)
+    net.eval()
+    return before, best, best_step
+
+
 def _rejected(
     reason: str, cfg: AdaptConfig, t0: float, b: int | None = None, f: int = 1, method: str = "one-axis"
 ) -> AdaptResult:
@@ -237,17 +293,7 @@ def adapt_model(
     stacks = _donor_planes(np.asarray(x, dtype=np.float32), b, f)
     if not stacks:
         return model, _rejected(f"planes along the donor axis {b} are too small", cfg, t0, b, f)
-    every = max(2, round(1 / max(cfg.val_share, 1e-3)))
-    train_sets: list[torch.Tensor] = []
-    val_sets: list[torch.Tensor] = []
-    for st in stacks:
-        energy = st.reshape(len(st), -1).std(axis=1)
-        keep = np.flatnonzero(energy > 0.05 * energy.max())
-        val_idx = keep[every // 2 :: every]
-        train_idx = np.setdiff1d(keep, val_idx)
-        if len(val_idx) and len(train_idx):
-            train_sets.append(torch.from_numpy(st[train_idx]))
-            val_sets.append(torch.from_numpy(st[val_idx])[:, None])
+    train_sets, val_sets = _split_planes(stacks, cfg.val_share)
     if not train_sets:
         return model, _rejected("too few planes with signal", cfg, t0, b, f)
     modes = ["bicubic", "box"] if cfg.degradation == "mixed" else [cfg.degradation]
@@ -271,13 +317,9 @@ def adapt_model(
                         count += tgt.numel()
         return total / count
 
-    net.eval()
-    bicubic, before = val_mse(None), val_mse(net)
-    best, best_step, best_state = before, 0, copy.deepcopy(net.state_dict())
     weights = torch.tensor([float(len(t)) for t in train_sets])
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    for it in range(1, steps + 1):
-        net.train()
+
+    def step_loss(it: int) -> torch.Tensor:
         train_t = train_sets[int(torch.multinomial(weights, 1, generator=gen))]
         _, h, w = train_t.shape
         ph, pw = min(h, cfg.patch_size), min(w, cfg.patch_size - cfg.patch_size % f)
@@ -293,17 +335,12 @@ def adapt_model(
         inp = degrade_and_upsample(hr, (1, f), modes[it % len(modes)])
         if coin[2] < 0.5:  # the degraded axis as H half of the time
             inp, hr = inp.transpose(-1, -2), hr.transpose(-1, -2)
-        loss = F.mse_loss(net(inp.to(dev)), hr.to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if it % cfg.val_every == 0 or it == steps:
-            net.eval()
-            cur = val_mse(net)
-            if cur < best:
-                best, best_step, best_state = cur, it, copy.deepcopy(net.state_dict())
-    net.load_state_dict(best_state)
-    net.eval()
+        return F.mse_loss(net(inp.to(dev)), hr.to(dev))
+
+    bicubic = val_mse(None)
+    before, best, best_step = _fit(
+        net, net.parameters(), step_loss, val_mse, steps=steps, lr=cfg.lr, val_every=cfg.val_every
+    )
     ratio = ACCEPT_RATIO if sum(int(v) > 1 for v in factors) == 1 else ACCEPT_RATIO_TWO_AXES
     used = best < ratio * bicubic
     reason = (
@@ -407,17 +444,7 @@ def adapt_coarse_grid(
         return model, _rejected(f"slices too small to learn from ({vol.shape[:2]})", cfg, t0, axis, f, method)
     # Planes (coarse in-plane axis, slice axis), cut across each in-plane axis.
     stacks = [np.ascontiguousarray(np.transpose(vol, (1, 0, 2))[:, :, :depth]), np.ascontiguousarray(vol[:, :, :depth])]
-    every = max(2, round(1 / max(cfg.val_share, 1e-3)))
-    train_sets: list[torch.Tensor] = []
-    val_sets: list[torch.Tensor] = []
-    for st in stacks:
-        energy = st.reshape(len(st), -1).std(axis=1)
-        keep = np.flatnonzero(energy > 0.05 * energy.max()) if energy.max() > 0 else np.array([], dtype=int)
-        val_idx = keep[every // 2 :: every]
-        train_idx = np.setdiff1d(keep, val_idx)
-        if len(val_idx) and len(train_idx):
-            train_sets.append(torch.from_numpy(st[train_idx]))
-            val_sets.append(torch.from_numpy(st[val_idx])[:, None])
+    train_sets, val_sets = _split_planes(stacks, cfg.val_share)
     if not train_sets:
         return model, _rejected("too few planes with signal along the slice axis", cfg, t0, axis, f, method)
     n_val = sum(len(v) for v in val_sets)
@@ -460,14 +487,10 @@ def adapt_coarse_grid(
         def forward(self, t: torch.Tensor) -> torch.Tensor:
             return F.interpolate(t, scale_factor=f, mode="bicubic", align_corners=False)
 
-    net.eval()
-    bicubic, before = val_loss(_Bicubic()), val_loss(net)
-    best, best_step, best_state = before, 0, copy.deepcopy(net.state_dict())
     weights = torch.tensor([float(len(t)) for t in train_sets])
-    opt = torch.optim.Adam(first.parameters(), lr=cfg.lr)
     n_batch = max(1, cfg.batch_size // 2)
-    for it in range(1, steps + 1):
-        net.train()
+
+    def step_loss(it: int) -> torch.Tensor:
         train_t = train_sets[int(torch.multinomial(weights, 1, generator=gen))]
         _, h, w = train_t.shape
         ph, pw = min(h, 32), min(w, max(2 * f, cfg.patch_size - cfg.patch_size % f))
@@ -481,19 +504,14 @@ def adapt_coarse_grid(
         if coin[1] < 0.5:
             planes = planes.flip(2)
         planes = planes[:, None].to(dev)
-        loss = (
+        return (
             _consistency_loss(net, planes, 2, f) if it % 2 else _consistency_loss(net, planes.transpose(-1, -2), 3, f)
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if it % cfg.val_every == 0 or it == steps:
-            net.eval()
-            cur = val_loss(net)
-            if cur < best:
-                best, best_step, best_state = cur, it, copy.deepcopy(net.state_dict())
-    net.load_state_dict(best_state)
-    net.eval()
+
+    bicubic = val_loss(_Bicubic())
+    before, best, best_step = _fit(
+        net, first.parameters(), step_loss, val_loss, steps=steps, lr=cfg.lr, val_every=cfg.val_every
+    )
     for p in net.parameters():
         p.requires_grad_(False)
     # The study's own slices (with the most signal, up to 16) as a check of the planes' lesson.
