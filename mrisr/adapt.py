@@ -56,6 +56,14 @@ COARSE_CONSISTENCY_LIMIT = 2.0
 #: accepted and lost up to 1.2 dB (16-slice template slabs; the held-out EPI cut to 8 or 16 slices
 #: lost 0.07 / gained 0.04 dB, against +0.27 dB with its 24 slices). Set after those measurements.
 COARSE_MIN_BLOCKS = 6
+#: The study's own slices teach the coarse-grid network when they are at least this many voxels on
+#: each side (their ×2 children are then 12+); the adapted copy is used only when the held-out child
+#: loss falls below this share of the unadapted network's — a sign that the study's contrast is far
+#: from the network's training data. Set on the development scans (docs/beyond.md): EPI and DWI fell
+#: to 0.60–0.78 and gained 0.26–0.43 dB; T1 slices fell to 0.76–0.995 and lost up to 0.32 dB or
+#: gained nothing (0.76: a 16-slice slab of the training template).
+COARSE_CHILD_MIN = 24
+COARSE_CHILD_ACCEPT = 0.75
 #: Held-out planes used for early stopping, at most (evenly chosen), cropped to this many slices.
 COARSE_VAL_PLANES = 32
 COARSE_VAL_DEPTH = 128
@@ -111,6 +119,7 @@ class AdaptResult:
     degradation: str
     method: str = "one-axis"
     consistency_ratio: float | None = None
+    source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -351,7 +360,7 @@ def adapt_model(
     result = AdaptResult(
         used, reason, b, f, steps, best_step, bicubic, before, best,
         sum(len(t) for t in train_sets), sum(len(v) for v in val_sets), round(time.perf_counter() - t0, 3),
-        cfg.degradation,
+        cfg.degradation, source="donor planes",
     )  # fmt: skip
     log.info("adaptation (donor axis %d): held-out MSE bicubic %.3g, before %.3g, after %.3g: %s",
              b, bicubic, before, best, reason)  # fmt: skip
@@ -373,6 +382,45 @@ def _consistency_loss(net: nn.Module, planes: torch.Tensor, coarse_dim: int, f: 
     fine_pool = (1, f) if coarse_dim == 2 else (f, 1)
     coarse_pool = (f, 1) if coarse_dim == 2 else (1, f)
     return F.mse_loss(F.avg_pool2d(net(F.avg_pool2d(planes, fine_pool)), coarse_pool), planes)
+
+
+def _child_factor(f: int) -> int:
+    """How much the study's own slices are coarsened to teach a ×``f`` network: 2 for even ``f``
+    (the output, box-averaged ×``f/2``, is compared with the slice), else ``f`` (plain zero-shot)."""
+    return 2 if f % 2 == 0 else f
+
+
+def _child_loss(net: nn.Module, slices: torch.Tensor, f: int) -> torch.Tensor:
+    """Loss of ``net`` on the study's own slices ``(n, 1, h, w)`` (sides multiples of the child factor).
+
+    Each slice is box-averaged ×c (its *child*, :func:`_child_factor`); the network's ×``f`` output
+    for the child, box-averaged ×``f/c``, must equal the slice: the slice's own scale is fully
+    supervised, the finer one through block means only.
+    """
+    c = _child_factor(f)
+    return F.mse_loss(F.avg_pool2d(net(F.avg_pool2d(slices, c)), f // c), slices)
+
+
+def _child_sets(slices: torch.Tensor, c: int, val_share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and held-out slices: every ``1/val_share``-th slice with signal is held out, or, with
+    fewer than 5 such slices, the last quarter of every slice's columns; sides cut to multiples of ``c``
+    (held-out ones at most 16 slices, centre-cropped to 128 voxels)."""
+    h, w = slices.shape[-2] // c * c, slices.shape[-1] // c * c
+    slices = slices[..., :h, :w]
+    energy = slices.flatten(1).std(dim=1)
+    keep = torch.nonzero(energy > 0.05 * energy.max()).flatten() if float(energy.max()) > 0 else energy[:0].long()
+    every = max(2, round(1 / max(val_share, 1e-3)))
+    if len(keep) >= 5:
+        held = keep[every // 2 :: every]
+        train = slices[keep[~torch.isin(keep, held)]]
+        val = slices[held]
+    else:
+        q = w // 4 // c * c
+        train, val = slices[keep][..., : w - q], slices[keep][..., w - q :]
+    val = val[torch.linspace(0, len(val) - 1, min(len(val), 16)).round().long()] if len(val) else val
+    vh, vw = min(val.shape[-2], 128 // c * c), min(val.shape[-1], 128 // c * c)
+    top, left = (val.shape[-2] - vh) // (2 * c) * c, (val.shape[-1] - vw) // (2 * c) * c
+    return train, val[..., top : top + vh, left : left + vw]
 
 
 def _slice_consistency(net: nn.Module, slices: torch.Tensor, f: int, dev: torch.device) -> float:
@@ -434,33 +482,9 @@ def adapt_coarse_grid(
         )  # fmt: skip
     f = plane_f.pop()
     vol = np.moveaxis(np.asarray(x, dtype=np.float32), axis, 2)
+    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(vol, 2, 0)))[:, None]  # (n, 1, h, w)
     depth = vol.shape[2] - vol.shape[2] % f
-    if depth < COARSE_MIN_BLOCKS * f:
-        return model, _rejected(
-            f"too few slices along axis {axis} to learn from ({vol.shape[2]}; needs {COARSE_MIN_BLOCKS * f})",
-            cfg, t0, axis, f, method,
-        )  # fmt: skip
-    if min(vol.shape[:2]) < 4:
-        return model, _rejected(f"slices too small to learn from ({vol.shape[:2]})", cfg, t0, axis, f, method)
-    # Planes (coarse in-plane axis, slice axis), cut across each in-plane axis.
-    stacks = [np.ascontiguousarray(np.transpose(vol, (1, 0, 2))[:, :, :depth]), np.ascontiguousarray(vol[:, :, :depth])]
-    train_sets, val_sets = _split_planes(stacks, cfg.val_share)
-    if not train_sets:
-        return model, _rejected("too few planes with signal along the slice axis", cfg, t0, axis, f, method)
-    n_val = sum(len(v) for v in val_sets)
-    val_depth = min(depth, COARSE_VAL_DEPTH // f * f)
-    if n_val > COARSE_VAL_PLANES or depth > val_depth:  # bound the cost of early stopping
-        lo = (depth - val_depth) // (2 * f) * f
-        val_sets = [
-            v[
-                np.linspace(0, len(v) - 1, min(len(v), max(1, round(COARSE_VAL_PLANES * len(v) / n_val))))
-                .round()
-                .astype(int)
-            ]
-            for v in val_sets
-        ]
-        val_sets = [v[..., lo : lo + val_depth] for v in val_sets]
-        n_val = sum(len(v) for v in val_sets)
+    c = _child_factor(f)
     dev = torch.device(device)
     steps = effective_steps(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -472,21 +496,137 @@ def adapt_coarse_grid(
     for p in first.parameters():
         p.requires_grad_(True)
 
-    def val_loss(module: nn.Module) -> float:
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for v in val_sets:
-                for chunk in v.split(16):
-                    c = chunk.to(dev)
-                    for planes, dim in ((c, 2), (c.transpose(-1, -2), 3)):
-                        total += float(_consistency_loss(module, planes, dim, f)) * planes.numel()
-                        count += planes.numel()
-        return total / count
+    step_loss: Callable[[int], torch.Tensor]
+    val_loss: Callable[[nn.Module], float]
+    if min(vol.shape[:2]) >= COARSE_CHILD_MIN:
+        source, accept = "own slices", COARSE_CHILD_ACCEPT
+        train_s, val_s = _child_sets(slices, c, cfg.val_share)
+        if not len(train_s) or not len(val_s):
+            return model, _rejected("no slices with signal", cfg, t0, axis, f, method)
+        n_train, n_val = len(train_s), len(val_s)
+        crop = 64 // c * c
+        step_loss, val_loss = _child_step(net, train_s, val_s, f, crop, max(1, cfg.batch_size // 4), gen, dev)
+    elif depth >= COARSE_MIN_BLOCKS * f and min(vol.shape[:2]) >= 4:
+        source, accept = "slice-axis planes", COARSE_ACCEPT_RATIO
+        stacks = [
+            np.ascontiguousarray(np.transpose(vol, (1, 0, 2))[:, :, :depth]),
+            np.ascontiguousarray(vol[:, :, :depth]),
+        ]
+        train_sets, val_sets = _split_planes(stacks, cfg.val_share)
+        if not train_sets:
+            return model, _rejected("too few planes with signal along the slice axis", cfg, t0, axis, f, method)
+        val_sets = _bounded_val_planes(val_sets, depth, f)
+        n_train, n_val = sum(len(t) for t in train_sets), sum(len(v) for v in val_sets)
+        step_loss, val_loss = _plane_step(net, train_sets, val_sets, f, cfg, gen, dev)
+    else:
+        return model, _rejected(
+            f"slices too small ({vol.shape[0]}×{vol.shape[1]}; needs {COARSE_CHILD_MIN} a side) and too few of them "
+            f"along axis {axis} ({vol.shape[2]}; needs {COARSE_MIN_BLOCKS * f}) to learn from",
+            cfg, t0, axis, f, method,
+        )  # fmt: skip
 
     class _Bicubic(nn.Module):
         def forward(self, t: torch.Tensor) -> torch.Tensor:
             return F.interpolate(t, scale_factor=f, mode="bicubic", align_corners=False)
 
+    bicubic = val_loss(_Bicubic())
+    before, best, best_step = _fit(
+        net, first.parameters(), step_loss, val_loss, steps=steps, lr=cfg.lr, val_every=cfg.val_every
+    )
+    for p in net.parameters():
+        p.requires_grad_(False)
+    # The study's own slices (with the most signal, up to 16) at the real scale, as a check.
+    strength = slices.flatten(1).std(dim=1)
+    check = slices[torch.sort(torch.argsort(strength, descending=True)[:16]).values]
+    check = check[..., : check.shape[-2] // f * f, : check.shape[-1] // f * f]
+    ref = _slice_consistency(copy.deepcopy(model).to(dev).eval(), check, f, dev)
+    ratio = _slice_consistency(net, check, f, dev) / max(ref, 1e-12)
+    if not best < accept * before:
+        used, reason = False, f"held-out loss {best:.3g} not below {accept} × the unadapted {before:.3g} ({source})"
+    elif ratio > COARSE_CONSISTENCY_LIMIT:
+        used, reason = (
+            False,
+            (
+                f"adapted output departs {ratio:.2f}× as much from the input slices as the unadapted one's "
+                f"(limit {COARSE_CONSISTENCY_LIMIT}): the {source} do not teach the real scale"
+            ),
+        )
+    else:
+        used, reason = True, f"adapted network beats the unadapted one on held-out {source}"
+    result = AdaptResult(
+        used, reason, axis, f, steps, best_step, bicubic, before, best, n_train, n_val,
+        round(time.perf_counter() - t0, 3), "box", method, round(ratio, 4), source,
+    )  # fmt: skip
+    log.info("coarse-grid adaptation (%s): held-out loss before %.3g, after %.3g, consistency %.2f×: %s",
+             source, before, best, ratio, reason)  # fmt: skip
+    return (net.cpu() if dev.type != "cpu" else net), result
+
+
+def _child_step(
+    net: nn.Module,
+    train: torch.Tensor,
+    val: torch.Tensor,
+    f: int,
+    crop: int,
+    n_batch: int,
+    gen: torch.Generator,
+    dev: torch.device,
+) -> tuple[Callable[[int], torch.Tensor], Callable[[nn.Module], float]]:
+    """Step and held-out losses of the own-slices source (:func:`_child_loss`): random crops of at most
+    ``crop`` voxels, aligned to the child blocks, flipped, transposed every other step."""
+    c = _child_factor(f)
+    _, _, h, w = train.shape
+    ph, pw = min(h, crop), min(w, crop)
+
+    def step_loss(it: int) -> torch.Tensor:
+        pick = torch.randint(len(train), (n_batch,), generator=gen)
+        ys = torch.randint((h - ph) // c + 1, (n_batch,), generator=gen) * c
+        xs = torch.randint((w - pw) // c + 1, (n_batch,), generator=gen) * c
+        batch = torch.stack([train[p, :, y : y + ph, x_ : x_ + pw] for p, y, x_ in zip(pick, ys, xs, strict=True)])
+        coin = torch.rand(2, generator=gen)
+        if coin[0] < 0.5:
+            batch = batch.flip(-1)
+        if coin[1] < 0.5:
+            batch = batch.flip(-2)
+        batch = batch.to(dev)
+        return _child_loss(net, batch.transpose(-1, -2) if it % 2 else batch, f)
+
+    def val_loss(module: nn.Module) -> float:
+        with torch.no_grad():
+            v = val.to(dev)
+            return float(_child_loss(module, v, f) + _child_loss(module, v.transpose(-1, -2), f)) / 2
+
+    return step_loss, val_loss
+
+
+def _bounded_val_planes(val_sets: list[torch.Tensor], depth: int, f: int) -> list[torch.Tensor]:
+    """At most ``COARSE_VAL_PLANES`` held-out planes (evenly chosen), cropped to ``COARSE_VAL_DEPTH``
+    slices in whole blocks of ``f`` (the cost of early stopping stays bounded)."""
+    n_val = sum(len(v) for v in val_sets)
+    val_depth = min(depth, COARSE_VAL_DEPTH // f * f)
+    if n_val <= COARSE_VAL_PLANES and depth <= val_depth:
+        return val_sets
+    lo = (depth - val_depth) // (2 * f) * f
+    return [
+        v[
+            np.linspace(0, len(v) - 1, min(len(v), max(1, round(COARSE_VAL_PLANES * len(v) / n_val))))
+            .round()
+            .astype(int)
+        ][..., lo : lo + val_depth]
+        for v in val_sets
+    ]
+
+
+def _plane_step(
+    net: nn.Module,
+    train_sets: list[torch.Tensor],
+    val_sets: list[torch.Tensor],
+    f: int,
+    cfg: AdaptConfig,
+    gen: torch.Generator,
+    dev: torch.device,
+) -> tuple[Callable[[int], torch.Tensor], Callable[[nn.Module], float]]:
+    """Step and held-out losses of the slice-axis-planes source (:func:`_consistency_loss`)."""
     weights = torch.tensor([float(len(t)) for t in train_sets])
     n_batch = max(1, cfg.batch_size // 2)
 
@@ -508,35 +648,15 @@ def adapt_coarse_grid(
             _consistency_loss(net, planes, 2, f) if it % 2 else _consistency_loss(net, planes.transpose(-1, -2), 3, f)
         )
 
-    bicubic = val_loss(_Bicubic())
-    before, best, best_step = _fit(
-        net, first.parameters(), step_loss, val_loss, steps=steps, lr=cfg.lr, val_every=cfg.val_every
-    )
-    for p in net.parameters():
-        p.requires_grad_(False)
-    # The study's own slices (with the most signal, up to 16) as a check of the planes' lesson.
-    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(vol, 2, 0)))[:, None]
-    strength = slices.flatten(1).std(dim=1)
-    slices = slices[torch.sort(torch.argsort(strength, descending=True)[:16]).values]
-    ref = _slice_consistency(copy.deepcopy(model).to(dev).eval(), slices, f, dev)
-    ratio = _slice_consistency(net, slices, f, dev) / max(ref, 1e-12)
-    if not best < COARSE_ACCEPT_RATIO * before:
-        used, reason = False, f"held-out loss {best:.3g} not below {COARSE_ACCEPT_RATIO} × the unadapted {before:.3g}"
-    elif ratio > COARSE_CONSISTENCY_LIMIT:
-        used, reason = (
-            False,
-            (
-                f"adapted output departs {ratio:.2f}× as much from the input slices as the unadapted one's "
-                f"(limit {COARSE_CONSISTENCY_LIMIT}): the slice axis does not teach the plane"
-            ),
-        )
-    else:
-        used, reason = True, "adapted network beats the unadapted one on held-out planes"
-    result = AdaptResult(
-        used, reason, axis, f, steps, best_step, bicubic, before, best,
-        sum(len(t) for t in train_sets), n_val, round(time.perf_counter() - t0, 3),
-        "box", method, round(ratio, 4),
-    )  # fmt: skip
-    log.info("coarse-grid adaptation (slice axis %d): held-out loss before %.3g, after %.3g, consistency %.2f×: %s",
-             axis, before, best, ratio, reason)  # fmt: skip
-    return (net.cpu() if dev.type != "cpu" else net), result
+    def val_loss(module: nn.Module) -> float:
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for v in val_sets:
+                for chunk in v.split(16):
+                    cc = chunk.to(dev)
+                    for planes, dim in ((cc, 2), (cc.transpose(-1, -2), 3)):
+                        total += float(_consistency_loss(module, planes, dim, f)) * planes.numel()
+                        count += planes.numel()
+        return total / count
+
+    return step_loss, val_loss

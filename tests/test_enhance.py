@@ -341,8 +341,8 @@ def test_default_network_handles_every_scale_pattern(tmp_path: Path, capsys: pyt
     out = tmp_path / "adapt"
     assert main([*base, "--out", str(out), "--adapt", "--adapt-steps", "2"]) == 0
     side = json.loads((out / "s_sr.json").read_text())
-    # The ESPCN adapts itself in-plane; rejected here (8 slices are too few), so the default ran.
-    assert side["adapt"]["method"] == "coarse-grid" and "too few slices" in side["adapt"]["reason"]
+    # The ESPCN adapts itself in-plane; rejected here (8×8×8 is too little to learn from): the default ran.
+    assert side["adapt"]["method"] == "coarse-grid" and "slices too small" in side["adapt"]["reason"]
     assert not side["adapt"]["used"] and side["adapt"]["fallback"] == "espcn"
     assert side["model"]["name"] == "espcn"
     plain = tmp_path / "o42"
