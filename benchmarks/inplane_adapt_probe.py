@@ -20,7 +20,8 @@ scan's max - min.
   the plane's *other* axis, must equal the plane. The slice axis is thus fully supervised and the other
   only through block means; flips and transposes alternate which axis is which. Every 5th plane is held
   out and the weights with the lowest held-out loss are kept (``val`` is that loss over the unadapted
-  network's).
+  network's). This is the tool's fallback source (``slice-axis planes``); ``mrisr enhance --adapt``
+  prefers the study's own slices — measure it with ``benchmarks/heldout.py SCAN -- --adapt``.
 """
 
 from __future__ import annotations
