@@ -17,8 +17,9 @@ held-out planes by a margin, or when no donor axis exists. Everything is seeded:
 study and configuration always give the same weights.
 
 A **coarse-grid** network (ESPCN, refining the plane of the slices by its own ×f×f) cannot learn
-one-axis blur; :func:`adapt_coarse_grid` tunes it in-plane instead, on planes that contain the slice
-axis, with a loss that needs no fine truth along their other axis (see there).
+one-axis blur; :func:`adapt_coarse_grid` tunes its first layer in-plane instead, on the study's own
+slices coarsened ×2, or, for small slices, on planes that contain the slice axis, with losses that
+need no finer truth than the study holds (see there).
 """
 
 from __future__ import annotations
@@ -46,22 +47,23 @@ ACCEPT_RATIO = 0.97
 #: Default steps of the fine-grid (one-axis) and coarse-grid (in-plane) adaptations.
 STEPS_FINE_GRID = 300
 STEPS_COARSE_GRID = 1000
-#: Coarse-grid adaptation: the held-out plane loss must fall below this share of the unadapted
-#: network's, and the adapted network's in-plane consistency error may be at most this multiple of
-#: the unadapted one's (set after dipy's test_piesno DWI, whose slice axis misled the adaptation:
-#: held-out loss 0.16×, consistency 4×, output 2.4 dB worse; the other held-out scans were 0.3–1.5×).
+#: Coarse-grid adaptation from slice-axis planes: the held-out loss must fall below this share of the
+#: unadapted network's.
 COARSE_ACCEPT_RATIO = 0.99
+#: Coarse-grid adaptation, both sources: the adapted network's in-plane consistency error may be at
+#: most this multiple of the unadapted one's (set after dipy's test_piesno DWI, whose slice axis
+#: misled the planes source: held-out loss 0.16×, consistency 4.6×, output 2.4 dB worse).
 COARSE_CONSISTENCY_LIMIT = 2.0
-#: Coarse-grid adaptation needs at least this many blocks of ``f`` slices: on thinner studies it was
+#: Slice-axis planes need at least this many blocks of ``f`` slices: on thinner studies they were
 #: accepted and lost up to 1.2 dB (16-slice template slabs; the held-out EPI cut to 8 or 16 slices
 #: lost 0.07 / gained 0.04 dB, against +0.27 dB with its 24 slices). Set after those measurements.
 COARSE_MIN_BLOCKS = 6
 #: The study's own slices teach the coarse-grid network when they are at least this many voxels on
-#: each side (their ×2 children are then 12+); the adapted copy is used only when the held-out child
-#: loss falls below this share of the unadapted network's — a sign that the study's contrast is far
-#: from the network's training data. Set on the development scans (docs/beyond.md): EPI and DWI fell
-#: to 0.60–0.78 and gained 0.26–0.43 dB; T1 slices fell to 0.76–0.995 and lost up to 0.32 dB or
-#: gained nothing (0.76: a 16-slice slab of the training template).
+#: each side; the adapted copy is then used only when the held-out child loss falls below this share
+#: of the unadapted network's — a sign that the study's contrast is far from the network's training
+#: data. Set after looking at the development scans (docs/beyond.md): EPI and DWI, which gained
+#: 0.27–0.46 dB, fell further than the bound; T1, where adaptation lost up to 0.32 dB or gained
+#: nothing, stayed above it (closest: a 16-slice slab of the training template).
 COARSE_CHILD_MIN = 24
 COARSE_CHILD_ACCEPT = 0.75
 #: Held-out planes used for early stopping, at most (evenly chosen), cropped to this many slices.
@@ -110,9 +112,9 @@ class AdaptResult:
     factor: int
     steps: int
     best_step: int
-    val_mse_bicubic: float
-    val_mse_before: float
-    val_mse_after: float
+    val_mse_bicubic: float | None
+    val_mse_before: float | None
+    val_mse_after: float | None
     n_train_planes: int
     n_val_planes: int
     seconds: float
@@ -252,12 +254,19 @@ def _fit(
 
 
 def _rejected(
-    reason: str, cfg: AdaptConfig, t0: float, b: int | None = None, f: int = 1, method: str = "one-axis"
+    reason: str,
+    cfg: AdaptConfig,
+    t0: float,
+    b: int | None = None,
+    f: int = 1,
+    method: str = "one-axis",
+    source: str = "",
 ) -> AdaptResult:
+    """A result for an adaptation that could not run (no losses measured: ``None`` in JSON)."""
     log.info("adaptation not used: %s", reason)
-    nan = float("nan")
+    seconds = round(time.perf_counter() - t0, 3)
     return AdaptResult(
-        False, reason, b, f, 0, 0, nan, nan, nan, 0, 0, round(time.perf_counter() - t0, 3), cfg.degradation, method
+        False, reason, b, f, 0, 0, None, None, None, 0, 0, seconds, cfg.degradation, method, None, source
     )
 
 
@@ -411,11 +420,11 @@ def _child_sets(slices: torch.Tensor, c: int, val_share: float) -> tuple[torch.T
     keep = torch.nonzero(energy > 0.05 * energy.max()).flatten() if float(energy.max()) > 0 else energy[:0].long()
     every = max(2, round(1 / max(val_share, 1e-3)))
     if len(keep) >= 5:
-        held = keep[every // 2 :: every]
+        held = keep[min(every // 2, len(keep) - 1) :: every]
         train = slices[keep[~torch.isin(keep, held)]]
         val = slices[held]
     else:
-        q = w // 4 // c * c
+        q = max(c, w // 4 // c * c)
         train, val = slices[keep][..., : w - q], slices[keep][..., w - q :]
     val = val[torch.linspace(0, len(val) - 1, min(len(val), 16)).round().long()] if len(val) else val
     vh, vw = min(val.shape[-2], 128 // c * c), min(val.shape[-1], 128 // c * c)
@@ -444,28 +453,30 @@ def adapt_coarse_grid(
 ) -> tuple[nn.Module, AdaptResult]:
     """Tune the first layer of a copy of a coarse-grid network (ESPCN) on a study, in-plane.
 
-    The study is coarse in the plane of its slices (across ``axis``) and, along ``axis``, as fine as
-    it was acquired. Planes that contain ``axis`` (cut across each in-plane axis) are trained with
-    :func:`_consistency_loss`, their flips and transposes alternating which dimension is coarse, so
-    that the network learns how this study's contrast and noise look at the fine scale along the one
-    axis where it knows them. Only the first convolution is tuned (on held-out scans, tuning all
-    layers or the later ones gained less or lost: docs/beyond.md). Every 5th plane (``val_share``)
-    is held out and the weights with the lowest held-out loss are kept.
+    Only the first convolution is tuned (on the development scans, tuning all layers or the later
+    ones gained less or lost: docs/beyond.md), from one of two sources:
 
-    The adapted copy is used only if (1) its held-out loss is below ``COARSE_ACCEPT_RATIO`` × the
-    unadapted network's, and (2) on up to 16 of the study's own slices, the box-average of its
-    output departs from the input at most ``COARSE_CONSISTENCY_LIMIT`` × as much as the unadapted
-    network's does: a slice axis unlike the in-plane axes (thicker or farther apart than the header
-    says) teaches the wrong thing, and this is where it shows.
+    - **own slices** (sides ≥ ``COARSE_CHILD_MIN``): :func:`_child_loss` on random crops of at most
+      64 voxels of the study's slices, 4 per step (:func:`_child_step`); held out: every 5th slice,
+      or the last quarter of the columns when there are fewer than 5 (:func:`_child_sets`);
+    - **slice-axis planes** (smaller slices, ≥ ``COARSE_MIN_BLOCKS`` × f of them):
+      :func:`_consistency_loss` on crops of planes that contain ``axis`` (``patch_size`` bounds their
+      fine dimension), flips and transposes alternating which dimension is coarse; every 5th plane
+      (``val_share``) held out.
+
+    The weights with the lowest held-out loss are kept. The adapted copy is used only if (1) that loss
+    is below ``COARSE_CHILD_ACCEPT`` (own slices) or ``COARSE_ACCEPT_RATIO`` (planes) × the unadapted
+    network's, and (2) on up to 16 of the study's slices, the box-average of its ×f output departs
+    from the input at most ``COARSE_CONSISTENCY_LIMIT`` × as much as the unadapted network's does.
 
     Args:
         model: An ESPCN-like network with ``input_space == "lr"`` and square ``config.factors``.
         x: The study's normalised 3D array.
         factors: Refinement per axis: the network's factor on both axes other than ``axis``.
-        config: Settings (``steps`` default ``STEPS_COARSE_GRID``; ``patch_size`` bounds the fine
-            dimension of training crops, in voxels).
+        config: Settings (``steps`` default ``STEPS_COARSE_GRID``; ``patch_size`` is used by the
+            planes source only).
         device: Torch device.
-        axis: Slicing axis, the donor.
+        axis: Slicing axis (the donor of the planes source).
 
     Returns:
         ``(network, result)`` as :func:`adapt_model`.
@@ -501,8 +512,8 @@ def adapt_coarse_grid(
     if min(vol.shape[:2]) >= COARSE_CHILD_MIN:
         source, accept = "own slices", COARSE_CHILD_ACCEPT
         train_s, val_s = _child_sets(slices, c, cfg.val_share)
-        if not len(train_s) or not len(val_s):
-            return model, _rejected("no slices with signal", cfg, t0, axis, f, method)
+        if min(train_s.numel(), val_s.numel()) == 0:
+            return model, _rejected("no slices with signal to learn from", cfg, t0, axis, f, method, source)
         n_train, n_val = len(train_s), len(val_s)
         crop = 64 // c * c
         step_loss, val_loss = _child_step(net, train_s, val_s, f, crop, max(1, cfg.batch_size // 4), gen, dev)
@@ -514,7 +525,7 @@ def adapt_coarse_grid(
         ]
         train_sets, val_sets = _split_planes(stacks, cfg.val_share)
         if not train_sets:
-            return model, _rejected("too few planes with signal along the slice axis", cfg, t0, axis, f, method)
+            return model, _rejected("too few planes with signal along the slice axis", cfg, t0, axis, f, method, source)
         val_sets = _bounded_val_planes(val_sets, depth, f)
         n_train, n_val = sum(len(t) for t in train_sets), sum(len(v) for v in val_sets)
         step_loss, val_loss = _plane_step(net, train_sets, val_sets, f, cfg, gen, dev)
@@ -538,7 +549,6 @@ def adapt_coarse_grid(
     # The study's own slices (with the most signal, up to 16) at the real scale, as a check.
     strength = slices.flatten(1).std(dim=1)
     check = slices[torch.sort(torch.argsort(strength, descending=True)[:16]).values]
-    check = check[..., : check.shape[-2] // f * f, : check.shape[-1] // f * f]
     ref = _slice_consistency(copy.deepcopy(model).to(dev).eval(), check, f, dev)
     ratio = _slice_consistency(net, check, f, dev) / max(ref, 1e-12)
     if not best < accept * before:

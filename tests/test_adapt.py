@@ -135,6 +135,19 @@ def test_inplane_adaptation_on_the_study_own_slices_improves_it_deterministicall
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(("factor", "shape"), [(8, (6, 6, 60)), (7, (24, 24, 3)), (13, (24, 24, 2)), (4, (32, 32, 5))])
+def test_inplane_adaptation_edge_shapes_end_in_a_result(factor: int, shape: tuple[int, int, int]) -> None:
+    """Small sides for large factors, few slices, odd factors: a result (used or not), never a crash."""
+    from mrisr.models import ESPCN, ESPCNConfig
+
+    torch.manual_seed(0)
+    model = ESPCN(ESPCNConfig(factors=(factor, factor))).eval()
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    _, info = adapt_model(model, x, (factor, factor, 1), (1.0, 1.0, 1.0), config=AdaptConfig(steps=4, val_every=2))
+    assert info.method == "coarse-grid" and info.reason
+    json.dumps(info.to_dict(), allow_nan=False)  # plain JSON: no NaN, whether it ran or not
+
+
 def test_inplane_adaptation_needs_enough_data() -> None:
     lr = degrade_volume(_blocks((64, 64, 20), seed=2), (4, 4, 1), "box")  # 20 slices: 5 blocks of 4
     model = _espcn_off_domain()
