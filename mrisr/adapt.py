@@ -197,18 +197,28 @@ def _donor_planes(x: np.ndarray, b: int, f: int) -> list[np.ndarray]:
     return stacks
 
 
+def _with_signal(energy: np.ndarray) -> np.ndarray:
+    """Indices of the planes or slices whose standard deviation ``energy`` is at least 5 % of the
+    largest (none when all are flat)."""
+    return np.flatnonzero(energy > 0.05 * energy.max()) if energy.max() > 0 else np.array([], dtype=int)
+
+
+def _held_out_stride(val_share: float) -> int:
+    """Every how many planes or slices one is held out."""
+    return max(2, round(1 / max(val_share, 1e-3)))
+
+
 def _split_planes(stacks: list[np.ndarray], val_share: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Training planes ``(n, h, w)`` and held-out planes ``(n, 1, h, w)`` of each stack.
 
     Planes with little signal (standard deviation under 5 % of the stack's largest) are dropped;
     every ``1 / val_share``-th of the rest is held out. Stacks left without both are skipped.
     """
-    every = max(2, round(1 / max(val_share, 1e-3)))
+    every = _held_out_stride(val_share)
     train_sets: list[torch.Tensor] = []
     val_sets: list[torch.Tensor] = []
     for st in stacks:
-        energy = st.reshape(len(st), -1).std(axis=1)
-        keep = np.flatnonzero(energy > 0.05 * energy.max()) if energy.max() > 0 else np.array([], dtype=int)
+        keep = _with_signal(st.reshape(len(st), -1).std(axis=1))
         val_idx = keep[every // 2 :: every]
         train_idx = np.setdiff1d(keep, val_idx)
         if len(val_idx) and len(train_idx):
@@ -416,16 +426,16 @@ def _child_sets(slices: torch.Tensor, c: int, val_share: float) -> tuple[torch.T
     (held-out ones at most 16 slices, centre-cropped to 128 voxels)."""
     h, w = slices.shape[-2] // c * c, slices.shape[-1] // c * c
     slices = slices[..., :h, :w]
-    energy = slices.flatten(1).std(dim=1)
-    keep = torch.nonzero(energy > 0.05 * energy.max()).flatten() if float(energy.max()) > 0 else energy[:0].long()
-    every = max(2, round(1 / max(val_share, 1e-3)))
+    keep = _with_signal(slices.flatten(1).std(dim=1).numpy())
+    every = _held_out_stride(val_share)
     if len(keep) >= 5:
         held = keep[min(every // 2, len(keep) - 1) :: every]
-        train = slices[keep[~torch.isin(keep, held)]]
-        val = slices[held]
+        train = slices[torch.from_numpy(np.setdiff1d(keep, held))]
+        val = slices[torch.from_numpy(held)]
     else:
         q = max(c, w // 4 // c * c)
-        train, val = slices[keep][..., : w - q], slices[keep][..., w - q :]
+        kept = slices[torch.from_numpy(keep)]
+        train, val = kept[..., : w - q], kept[..., w - q :]
     val = val[torch.linspace(0, len(val) - 1, min(len(val), 16)).round().long()] if len(val) else val
     vh, vw = min(val.shape[-2], 128 // c * c), min(val.shape[-1], 128 // c * c)
     top, left = (val.shape[-2] - vh) // (2 * c) * c, (val.shape[-1] - vw) // (2 * c) * c
