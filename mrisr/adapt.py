@@ -263,6 +263,12 @@ def _fit(
     return before, best, best_step
 
 
+def _working_copy(model: nn.Module, dev: torch.device) -> nn.Module:
+    """A copy of ``model`` on ``dev`` in the default (contiguous) memory format, so that adaptation
+    computes the same numbers whatever layout the caller's module was left in."""
+    return copy.deepcopy(model).to(dev).to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+
+
 def _rejected(
     reason: str,
     cfg: AdaptConfig,
@@ -328,7 +334,7 @@ def adapt_model(
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    net = copy.deepcopy(model).to(dev)
+    net = _working_copy(model, dev)
     val_in = [{m: degrade_and_upsample(v, (1, f), m) for m in modes} for v in val_sets]
 
     def val_mse(module: nn.Module | None) -> float:
@@ -510,7 +516,7 @@ def adapt_coarse_grid(
     steps = effective_steps(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    net = copy.deepcopy(model).to(dev)
+    net = _working_copy(model, dev)
     first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     for p in net.parameters():
         p.requires_grad_(False)
@@ -559,7 +565,7 @@ def adapt_coarse_grid(
     # The study's own slices (with the most signal, up to 16) at the real scale, as a check.
     strength = slices.flatten(1).std(dim=1)
     check = slices[torch.sort(torch.argsort(strength, descending=True)[:16]).values]
-    ref = _slice_consistency(copy.deepcopy(model).to(dev).eval(), check, f, dev)
+    ref = _slice_consistency(_working_copy(model, dev).eval(), check, f, dev)
     ratio = _slice_consistency(net, check, f, dev) / max(ref, 1e-12)
     if not best < accept * before:
         used, reason = False, f"held-out loss {best:.3g} not below {accept} × the unadapted {before:.3g} ({source})"

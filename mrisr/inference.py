@@ -10,6 +10,7 @@ tiled and untiled results agree), and stacked back.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -156,7 +157,9 @@ class SliceRunner:
 
     def __init__(self, model: nn.Module, opts: RunOptions) -> None:
         self.opts = opts
-        self.model = model.to(opts.device).eval()
+        # A copy: moving or re-laying out the caller's module in place would change what later code
+        # (per-study adaptation of the same network) computes, down to the last bits.
+        self.model = copy.deepcopy(model).to(opts.device).eval()
         self.halo = receptive_radius(model)
         self.cuda = opts.device.type == "cuda"
         self.lr_space = getattr(model, "input_space", "hr") == "lr"

@@ -135,6 +135,21 @@ def test_inplane_adaptation_on_the_study_own_slices_improves_it_deterministicall
         assert torch.equal(a, b)
 
 
+def test_inplane_adaptation_does_not_depend_on_what_ran_before() -> None:
+    """A study adapted after another study was enhanced gets the same network as one adapted first (as
+    after a resumed run): enhancing must not leave the shared network in another memory layout."""
+    lr = degrade_volume(np.ascontiguousarray(_blocks((192, 192, 16), seed=7)[:, :, 4:7]), (4, 4, 1), "box")
+    cfg = AdaptConfig(steps=30, val_every=10)
+    first, _ = adapt_model(_espcn_off_domain(), lr, (4, 4, 1), (4.0, 4.0, 1.0), config=cfg)
+    model = _espcn_off_domain()
+    strides = [p.stride() for p in model.parameters()]
+    super_resolve_array(model, lr, (4, 4, 1))  # another study enhanced with the same network
+    assert [p.stride() for p in model.parameters()] == strides
+    after, _ = adapt_model(model, lr, (4, 4, 1), (4.0, 4.0, 1.0), config=cfg)
+    for a, b in zip(first.state_dict().values(), after.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize(("factor", "shape"), [(8, (6, 6, 60)), (7, (24, 24, 3)), (13, (24, 24, 2)), (4, (32, 32, 5))])
 def test_inplane_adaptation_edge_shapes_end_in_a_result(factor: int, shape: tuple[int, int, int]) -> None:
     """Small sides for large factors, few slices, odd factors: a result (used or not), never a crash."""
