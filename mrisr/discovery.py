@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from mrisr.errors import UnreadableFileError
 from mrisr.io import Format, Volume, is_nifti_path, nifti_stem
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ class Study:
         bids: For a NIfTI file inside a BIDS dataset (a folder given as input that holds
             ``dataset_description.json``), its path relative to the dataset root; outputs then mirror
             it as a BIDS derivative.
+        problem: Why this study cannot be processed, found during discovery (a folder that cannot be
+            listed, a file that cannot be read, a DICOM series whose folder holds a broken DICOM file
+            that may be one of its slices); ``None`` when none. :meth:`load` raises it.
     """
 
     id: str
@@ -49,9 +53,16 @@ class Study:
     series_uid: str | None = None
     description: str = ""
     bids: Path | None = None
+    problem: str | None = None
 
     def load(self) -> Volume:
-        """Read the study into a :class:`~mrisr.io.Volume`."""
+        """Read the study into a :class:`~mrisr.io.Volume`.
+
+        Raises:
+            UnreadableFileError: The study has a :attr:`problem`, or a file cannot be read.
+        """
+        if self.problem is not None:
+            raise UnreadableFileError(self.path, self.problem)
         if self.fmt == "nifti":
             from mrisr.io.nifti import read_nifti
 
@@ -73,13 +84,19 @@ def short_hash(text: str, n: int = 8) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:n]
 
 
-def _walk(root: Path, max_depth: int) -> Iterable[Path]:
-    """Files under ``root`` in sorted order; links leaving ``root`` and loops are not followed."""
+def _walk(
+    root: Path, max_depth: int, problems: list[tuple[Path, str]], skip: frozenset[Path] = frozenset()
+) -> Iterable[Path]:
+    """Files under ``root`` in sorted order; links leaving ``root`` and loops are not followed, nor
+    folders in ``skip`` (resolved paths). Folders that cannot be listed are added to ``problems``."""
     real_root = root.resolve()
     seen: set[Path] = set()
 
     def visit(folder: Path, depth: int) -> Iterable[Path]:
         real = folder.resolve()
+        if real in skip:
+            log.info("skipping %s: the output folder", folder)
+            return
         if real in seen:
             log.info("skipping %s: symlink loop", folder)
             return
@@ -87,7 +104,7 @@ def _walk(root: Path, max_depth: int) -> Iterable[Path]:
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
-            log.warning("cannot list %s: %s", folder, exc)
+            problems.append((folder, f"cannot list the folder ({exc.strerror or exc})"))
             return
         for entry in entries:
             p = Path(entry.path)
@@ -142,12 +159,21 @@ def is_bids_root(folder: Path) -> bool:
     return (folder / "dataset_description.json").is_file()
 
 
-def find_studies(inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_DEPTH) -> list[Study]:
+def find_studies(
+    inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_DEPTH, exclude: Sequence[str | Path] = ()
+) -> list[Study]:
     """Find the studies under files and folders.
+
+    What cannot be used is returned too, as studies with a :attr:`Study.problem` (so that a batch
+    reports it and fails, rather than silently processing less): a folder that cannot be listed, a
+    file that cannot be read or a DICOM file whose header is broken. A DICOM series with several
+    slices in the folder of such a file gets that problem (the file may be one of its slices, and the
+    series would be incomplete); a broken file that taints no series is a study of its own.
 
     Args:
         inputs: Files (NIfTI, DICOM) and folders to search.
         max_depth: Folder levels to descend below each input folder.
+        exclude: Folders not to descend into (the output folder, when it lies inside an input).
 
     Returns:
         Studies sorted by id (ids are unique).
@@ -159,12 +185,16 @@ def find_studies(inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_D
     roots: dict[Path, Path] = {}
     bids_roots: dict[Path, Path] = {}
     others: list[tuple[Path, Path]] = []
+    problems: list[tuple[Path, str, Path]] = []
+    skip = frozenset(Path(e).resolve() for e in exclude)
     for raw in inputs:
         inp = Path(raw)
         if not inp.exists():
             raise FileNotFoundError(f"{inp}: no such file or folder")
-        files = [inp] if inp.is_file() else list(_walk(inp, max_depth))
+        found: list[tuple[Path, str]] = []
+        files = [inp] if inp.is_file() else list(_walk(inp, max_depth, found, skip))
         root = inp.parent if inp.is_file() else inp
+        problems += [(p, why, root) for p, why in found]
         if inp.is_dir() and is_bids_root(inp):
             files = [f for f in files if f.relative_to(inp).parts[0] not in BIDS_SKIP]
             bids_roots.update(
@@ -191,7 +221,11 @@ def find_studies(inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_D
     if others:
         from mrisr.io.dicom import group_dicom_series
 
-        studies.extend(group_dicom_series(others))
+        broken: list[tuple[Path, str]] = []
+        studies.extend(group_dicom_series(others, broken))
+        root_of = dict(others)
+        problems += [(p, why, root_of[p]) for p, why in broken]
+    studies = _with_problems(studies, problems)
     studies.sort(key=lambda s: s.id)
     seen: dict[str, int] = {}
     unique: list[Study] = []
@@ -201,3 +235,27 @@ def find_studies(inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_D
         seen[s.id] = 1
         unique.append(s)
     return unique
+
+
+def _with_problems(studies: list[Study], problems: list[tuple[Path, str, Path]]) -> list[Study]:
+    """``studies`` with the discovery problems attached: a broken file taints the DICOM series with two
+    or more files in its folder (single-file series, as in folders of unrelated test images, are
+    whole); a problem that taints no series becomes a study of its own."""
+    out = list(studies)
+    for path, why, root in problems:
+        tainted = []
+        if not path.is_dir():
+            tainted = [
+                k
+                for k, s in enumerate(out)
+                if s.fmt == "dicom" and s.problem is None and sum(f.parent == path.parent for f in s.files) >= 2
+            ]
+        for k in tainted:
+            out[k] = replace(
+                out[k],
+                problem=f"its folder also holds {path.name}, which may be one of its slices and cannot be used: {why}",
+            )
+        if not tainted:
+            rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+            out.append(Study(id=sanitize_id("_".join(rel.parts) or path.name), fmt="dicom", path=path, problem=why))
+    return out

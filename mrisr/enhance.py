@@ -30,7 +30,7 @@ from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, adapt_model, effective_ste
 from mrisr.batch import study_lock
 from mrisr.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint
 from mrisr.discovery import Study
-from mrisr.errors import MrisrError, OutputExistsError, UnsupportedDataError
+from mrisr.errors import MrisrError, OutputExistsError, UnreadableFileError, UnsupportedDataError
 from mrisr.frames import as3d, bicubic_frames, crop_to_multiple, degrade_frames, first_frame, frames_of
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
 from mrisr.geometry import as_factors, coarsen_affine, in_plane, refine_affine, voxel_spacing
@@ -363,6 +363,8 @@ class Enhancer:
         if study.bids is not None and out_fmt == "nifti":
             write_bids_description(opts.out_dir, str(self.checkpoint.arch.get("name", "")))
         try:
+            if study.problem is not None:
+                raise UnreadableFileError(study.path, study.problem)
             in_sha = sha256_files(study.files)
             old = read_sidecar(sidecar) if sidecar.exists() else None
             if not opts.overwrite and (old is not None or out_path.exists()):

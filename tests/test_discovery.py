@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 from mrisr.discovery import find_studies, sanitize_id, short_hash
+from mrisr.errors import UnreadableFileError
 
 GridMaker = Callable[[str], tuple[np.ndarray, np.ndarray]]
 SAFE = re.compile(r"^[A-Za-z0-9+_-][A-Za-z0-9._+-]*$")
@@ -137,3 +140,76 @@ def test_sanitize_id_length_and_short_hash() -> None:
     assert len(sanitize_id("a" * 300)) == 96
     assert short_hash("1.2.3") == short_hash("1.2.3") != short_hash("1.2.4")
     assert re.fullmatch(r"[0-9a-f]{8}", short_hash("1.2.3"))
+
+
+# ------------------------------------------------------------------------------------------------
+# what discovery cannot use is reported, not dropped
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_broken_slice_fails_its_series_naming_the_file(
+    axial_series: Callable[..., list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated slice at the end of a series would leave a complete-looking shorter series: the
+    series fails instead, naming the file; a separate good series still runs."""
+    from mrisr.cli import main
+
+    files = axial_series("data/ser", [0.0, 2.0, 4.0, 6.0])
+    files[-1].write_bytes(files[-1].read_bytes()[:400])
+    axial_series("data/other", [0.0, 2.0])
+    out = tmp_path / "out"
+    assert main(["enhance", str(tmp_path / "data"), "--out", str(out), "--no-figure"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "IM003.dcm" in err[0] and "may be one of its slices" in err[0], err
+    sidecars = {p.name: json.loads(p.read_text())["status"] for p in out.glob("*.json")}
+    assert sorted(sidecars.values()) == ["done", "failed"], sidecars
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 1  # only the good series was written
+
+
+def test_unreadable_files_and_folders_are_problem_studies(
+    axial_series: Callable[..., list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+
+    import mrisr.discovery as discovery
+    import mrisr.io.dicom.common as common
+
+    files = axial_series("data/ser", [0.0, 2.0, 4.0])
+    locked_dir = tmp_path / "data" / "locked"
+    locked_dir.mkdir()
+    real_open, real_scandir = builtins.open, os.scandir
+
+    def no_read(path: object, *a: object, **k: object) -> object:
+        if Path(str(path)) == files[1]:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)  # type: ignore[call-overload]
+
+    def no_list(path: object) -> object:
+        if Path(str(path)) == locked_dir:
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(common, "open", no_read, raising=False)
+    monkeypatch.setattr(discovery.os, "scandir", no_list)
+    studies = {s.id: s for s in find_studies([tmp_path / "data"])}
+    problems = {s.id: s.problem for s in studies.values() if s.problem}
+    assert len(studies) == 2 and len(problems) == 2, studies
+    series = next(s for s in studies.values() if s.files)
+    assert "IM001.dcm" in str(series.problem) and "Permission denied" in str(series.problem)
+    assert problems["locked"] == "cannot list the folder (Permission denied)"
+    with pytest.raises(UnreadableFileError, match="cannot list"):
+        studies["locked"].load()
+
+
+def test_output_folder_inside_the_input_is_not_searched(tmp_path: Path) -> None:
+    from mrisr.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    nib.save(nib.Nifti1Image(np.arange(32, dtype=np.int16).reshape(4, 4, 2), np.eye(4)), data / "tiny.nii.gz")
+    args = ["enhance", str(data), "--out", str(data / "out"), "--no-figure"]
+    assert main(args) == 0
+    first = (data / "out" / "tiny_sr.json").read_text()
+    assert main(args) == 0  # the output is not taken for a new input: nothing new, nothing redone
+    assert not list(data.rglob("*_sr_sr*")) and (data / "out" / "tiny_sr.nii.gz").exists()
+    assert (data / "out" / "tiny_sr.json").read_text() == first

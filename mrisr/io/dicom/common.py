@@ -10,6 +10,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 from mrisr.errors import UnreadableFileError
 
@@ -84,12 +85,17 @@ class _Header:
 
 
 def _has_dicm_prefix(path: Path) -> bool:
+    """True when ``path`` holds the DICOM prefix at byte 128.
+
+    Raises:
+        UnreadableFileError: The file cannot be opened or read (whether it is DICOM is then unknown).
+    """
     try:
         with open(path, "rb") as fh:
             fh.seek(128)
             return fh.read(4) == b"DICM"
-    except OSError:
-        return False
+    except OSError as exc:
+        raise UnreadableFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
 
 
 def _read_header(path: Path) -> Dataset | None:
@@ -106,6 +112,9 @@ def _read_header(path: Path) -> Dataset | None:
         # SOPClassUID is type 1 in every DICOM object but a DICOMDIR: without it pydicom stopped early
         if "SOPClassUID" not in ds and _sop_class_uid(ds) != MEDIA_STORAGE_DIRECTORY:
             raise UnreadableFileError(path, "truncated or corrupt DICOM header (no SOPClassUID)")
+        why = _cut_short(ds)
+        if why is not None:
+            raise UnreadableFileError(path, why)
         return ds
     # Old files without preamble/prefix: pydicom parses anything with force=True, so only accept a
     # result that holds a SOP class, as every DICOM object does.
@@ -114,6 +123,19 @@ def _read_header(path: Path) -> Dataset | None:
         return ds if "SOPClassUID" in ds else None
     except Exception:  # pydicom raises arbitrary errors on non-DICOM bytes read with force=True
         return None
+
+
+def _cut_short(ds: Dataset) -> str | None:
+    """Why a parsed DICOM file looks cut short (pydicom stops quietly at the end of a truncated file):
+    a SOP class UID that is no valid UID (cut mid-value), or an image storage class without pixel data."""
+    sop = _tag_str(ds, "SOPClassUID")
+    if sop and not UID(sop).is_valid:
+        return f"truncated or corrupt DICOM header (SOP class UID {sop!r} is not a valid UID)"
+    meta = getattr(ds, "file_meta", None)
+    cls = UID(sop or (_tag_str(meta, "MediaStorageSOPClassUID") if meta is not None else ""))
+    if "PixelData" not in ds and cls.is_valid and str(cls.name).endswith("Image Storage"):
+        return f"{cls.name} without pixel data (truncated file?)"
+    return None
 
 
 def _tag_str(ds: Dataset, keyword: str) -> str:

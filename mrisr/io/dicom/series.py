@@ -16,15 +16,17 @@ from mrisr.io.dicom.common import _Header, _image_header, _read_header, _tag_str
 log = logging.getLogger(__name__)
 
 
-def group_dicom_series(files: list[tuple[Path, Path]]) -> list[Study]:
+def group_dicom_series(files: list[tuple[Path, Path]], broken: list[tuple[Path, str]] | None = None) -> list[Study]:
     """Group DICOM files into series, one :class:`~mrisr.discovery.Study` per SeriesInstanceUID.
 
     Files that are not DICOM, DICOMDIR indexes and objects without pixel data (structure sets,
-    reports, presentation states) are skipped with a log line; so are DICOM files whose header cannot
-    be parsed (with a warning).
+    reports, presentation states) are skipped with a log line. Files that cannot be read, and DICOM
+    files whose header cannot be parsed, are skipped too and added to ``broken`` (logged when
+    ``broken`` is not given).
 
     Args:
         files: Pairs ``(file, root)``: a candidate file and the input folder it was found under.
+        broken: Collects ``(file, reason)`` for files that cannot be read or parsed.
 
     Returns:
         One study per series, sorted by id. ``Study.path`` is the deepest folder holding all the
@@ -39,7 +41,10 @@ def group_dicom_series(files: list[tuple[Path, Path]]) -> list[Study]:
         try:
             ds = _read_header(path)
         except UnreadableFileError as exc:
-            log.warning("skipping %s", exc)
+            if broken is None:
+                log.warning("skipping %s", exc)
+            else:
+                broken.append((path, exc.reason))
             continue
         if ds is None:
             log.info("skipping %s: not a DICOM file", path)
