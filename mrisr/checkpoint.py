@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,16 +104,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         CheckpointError: Missing, empty, truncated, corrupt or foreign file.
     """
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(p, "a folder, not a checkpoint file")
     if not p.is_file():
         raise CheckpointError(p, "no such checkpoint file")
     if p.stat().st_size == 0:
         raise CheckpointError(p, "empty checkpoint file (0 bytes)")
     try:
         raw = p.read_bytes()
-        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(p, f"not a readable checkpoint (corrupt, truncated or unsafe): {first[:200]}") from exc
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many exception types on bytes that are no checkpoint
+        raise CheckpointError(
+            p, f"not a readable checkpoint (corrupt, truncated or unsafe): {_load_failure(exc)}"
+        ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(p, "not an mrisr checkpoint (no 'format: mrisr-checkpoint' entry)")
     if int(obj.get("format_version", 0)) > FORMAT_VERSION:
@@ -128,6 +133,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         sha256=sha256_file(p),
         train_state=obj.get("train_state"),
     )
+
+
+def _load_failure(exc: Exception) -> str:
+    """One short line on why ``torch.load`` failed (without torch's advice to unpickle anyway)."""
+    if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+        return "it holds objects other than tensors and plain data, which are not loaded"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    lines = str(exc).strip().splitlines()
+    first = lines[0].split(". ")[0] if lines else ""
+    return f"{type(exc).__name__}: {first[:160]}" if first else type(exc).__name__
 
 
 def shipped_checkpoint(scale: tuple[int, int, int], *, arch: str = "srcnn") -> Path | None:

@@ -219,6 +219,61 @@ def test_corrupted_checkpoint_is_one_line_error(
     assert len(err) == 1 and "bad.pt" in err[0]
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"\x80\x04K\x01."])  # text; a pickle of a bare int
+def test_checkpoint_torch_cannot_parse_is_one_line_error(
+    tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _save(tmp_path / "s.nii.gz", _blob((4, 4, 2)))
+    bad = tmp_path / "text.pt"
+    bad.write_bytes(content)
+    assert main(["enhance", str(src), "--out", str(tmp_path / "o"), "--checkpoint", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "text.pt" in err[0] and "checkpoint" in err[0], err
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        (["--device", "foo"], "not one of auto, cpu, cuda"),
+        (["--device", "mps"], "not one of auto, cpu, cuda"),
+        (["--out", "FILE"], "cannot be used as the output folder"),
+    ],
+)
+def test_bad_device_or_output_folder_is_a_usage_error(
+    tmp_path: Path, extra: list[str], why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _save(tmp_path / "s.nii.gz", _blob((4, 4, 2)))
+    args = ["enhance", str(src), "--out", str(tmp_path / "o"), *extra]
+    args = [str(src) if a == "FILE" else a for a in args]  # --out an existing file
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and why in err[0], err
+
+
+def test_header_promising_more_voxels_than_the_file_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A corrupt header that promises 2000³ float32 voxels is refused as truncated, before any
+    memory is allocated for them (plain and gzipped)."""
+    import gzip
+
+    def header_only(shape: tuple[int, int, int]) -> bytes:
+        hdr = nib.Nifti1Header()
+        hdr.set_data_shape(shape)
+        hdr.set_data_dtype(np.float32)
+        hdr["magic"] = b"n+1"
+        hdr.set_data_offset(352)
+        return hdr.binaryblock + b"\0" * 4 + np.zeros(8, np.float32).tobytes()
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "huge.nii").write_bytes(header_only((2000, 2000, 2000)))  # checked against the file size
+    (data / "hugez.nii.gz").write_bytes(gzip.compress(header_only((1000, 1000, 100))))  # against the gzip trailer
+    assert main(["enhance", str(data), "--out", str(tmp_path / "o"), "--no-figure"]) == 1
+    err = sorted(ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:"))
+    assert len(err) == 2, err
+    assert "huge.nii: truncated file" in err[0] and "32000000352 bytes" in err[0], err
+    assert "hugez.nii.gz: truncated file" in err[1] and "400000352 bytes" in err[1], err
+
+
 def test_foreign_torch_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, bad)

@@ -25,7 +25,7 @@ EXIT_INTERRUPTED = 3
 
 app = typer.Typer(
     name="mrisr",
-    help="Super-resolution of MRI studies (NIfTI and DICOM) with SRCNN.",
+    help="Super-resolution of MRI studies (NIfTI and DICOM) with SRCNN-family networks (ESPCN by default).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -52,7 +52,7 @@ def _root(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """Super-resolution of MRI studies (NIfTI and DICOM) with SRCNN."""
+    """Super-resolution of MRI studies (NIfTI and DICOM) with SRCNN-family networks (ESPCN by default)."""
     state.debug = debug
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,

@@ -97,9 +97,11 @@ def enhance(
         raise fail(f"--degradation must be one of {', '.join(DEGRADATIONS)}, not {degradation!r}")
     if dtype is not None:
         try:
-            np.dtype(dtype)
+            out_dtype = np.dtype(dtype)
         except TypeError:
             raise fail(f"--dtype {dtype!r} is not a NumPy dtype") from None
+        if out_dtype.kind not in "uif":
+            raise fail(f"--dtype {dtype!r} is not a real integer or floating-point type") from None
     from mrisr.batch import StopFlag, parse_shard, select_shard, shard_from_env
 
     try:
@@ -112,7 +114,7 @@ def enhance(
         if arch not in ("srcnn", "espcn"):
             raise fail(f"--arch must be srcnn or espcn, not {arch!r}")
         ckpt = resolve_checkpoint(checkpoint, factors, arch=arch, axis=axis)
-        studies = find_studies(inputs)
+        studies = find_studies(inputs, exclude=[out])  # an --out inside an input is not searched
     except (MrisrError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     if not studies:
@@ -147,6 +149,10 @@ def enhance(
         enhancer.check_factors(factors or enhancer.default_factors(axis), axis)
     except MrisrError as exc:
         raise fail(str(exc)) from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"--out {out}: cannot be used as the output folder ({exc.strerror or exc})") from None
     with StopFlag() as stop:
         results = _run_with_progress(enhancer, studies, opts, stop)
     failed = [r for r in results if r.status == "failed"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
+import os
 import zlib
 from pathlib import Path
 
@@ -34,6 +36,30 @@ _READ_ERRORS = (
 def _has_scaling(header: nib.Nifti1Header) -> bool:
     slope, inter = header.get_slope_inter()
     return slope is not None and (not np.isclose(slope, 1.0) or (inter is not None and not np.isclose(inter, 0.0)))
+
+
+def _check_size(path: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> None:
+    """Refuse a file that holds fewer bytes than its header promises, before memory is allocated
+    for them (a corrupt header can promise terabytes). A ``.gz`` is checked through its trailer
+    (the uncompressed size modulo 2³²), so only below 4 GiB.
+
+    Raises:
+        UnreadableFileError: The file is too short for the header's shape and data type.
+    """
+    offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))
+    need = offset + math.prod(img.shape) * img.get_data_dtype().itemsize
+    if path.name.lower().endswith(".gz"):
+        if need >= 1 << 32:
+            return
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            have = int.from_bytes(fh.read(4), "little")
+    else:
+        have = path.stat().st_size
+    if have < need:
+        raise UnreadableFileError(
+            path, f"truncated file (its header promises {need} bytes of header and voxels, it holds {have})"
+        )
 
 
 def _diagnose(path: Path) -> str | None:
@@ -77,7 +103,13 @@ def read_nifti(path: str | Path) -> Volume:
         img = nib.load(str(p))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise UnreadableFileError(p, f"not a NIfTI image ({type(img).__name__})")
-        data = np.asanyarray(img.dataobj)
+        _check_size(p, img)
+        try:
+            data = np.asanyarray(img.dataobj)
+        except MemoryError as exc:
+            shape, dt = img.shape, img.get_data_dtype()
+            need = math.prod(shape) * dt.itemsize / 1e9
+            raise UnreadableFileError(p, f"its {shape} voxels of {dt} ({need:.1f} GB) do not fit in memory") from exc
     except UnreadableFileError:
         raise
     except gzip.BadGzipFile as exc:
