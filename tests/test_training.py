@@ -235,6 +235,26 @@ def test_cli_trains_and_refuses_to_overwrite(studies: Path, tmp_path: Path) -> N
     assert main([*args[:-2], "--loss", "huber"]) == 2
 
 
+def test_cli_training_skips_bad_studies_with_one_line_each(
+    studies: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = (studies / "sub0.nii.gz").read_bytes()
+    (studies / "trunc.nii.gz").write_bytes(raw[: len(raw) // 2])
+    (studies / "empty.nii.gz").write_bytes(b"")
+    nan = _phantom((16, 16, 8), 5).astype(np.float32)
+    nan[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), studies / "nan.nii.gz")
+    out = tmp_path / "run"
+    with caplog.at_level("ERROR", logger="mrisr"):
+        assert main(["train", str(studies), "--out", str(out), *TINY_RUN]) == 0
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+    assert len(skipped) == 3 and all(len(m.splitlines()) == 1 for m in skipped), skipped
+    for name, why in (("trunc", "truncated"), ("empty", "empty"), ("nan", "NaN")):
+        assert any(f"{name}.nii.gz" in m and why in m for m in skipped), (name, skipped)
+    split = json.loads((out / "split.json").read_text())
+    assert sorted(split["train"] + split["val"]) == ["sub0", "sub1", "sub2"]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(studies: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"

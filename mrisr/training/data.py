@@ -32,6 +32,7 @@ from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
 from mrisr.discovery import Study
+from mrisr.errors import MrisrError
 from mrisr.fsutil import atomic_path, sha256_file
 from mrisr.training.config import TrainConfig
 from mrisr.transforms import degrade_and_upsample, downsample, fit_normalization
@@ -136,13 +137,19 @@ class LoadNormalized(Transform):
 
     Input ``{"study": Study}``; output adds ``"frames"`` (list of float32 3D arrays), ``"spacing"`` (mm),
     ``"normalization"`` (dict) and ``"sha256"`` (of the file, or for a DICOM series of the sorted
-    digests of its files).
+    digests of its files). A study that cannot be used (unreadable, NaN/Inf voxels) gets ``"error"``
+    (``path: reason``, one line) instead, so that one bad file does not stop the others.
     """
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         study: Study = data["study"]
-        vol = study.load()
+        try:
+            vol = study.load()
+        except (MrisrError, OSError) as exc:
+            return {**data, "error": str(exc)}
         arr = np.asarray(vol.data, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            return {**data, "error": f"{study.path}: {int((~np.isfinite(arr)).sum())} NaN/Inf voxels of {arr.size}"}
         norm = fit_normalization(arr)
         frames = [norm.apply(vol.frame(t)) for t in range(vol.n_frames)]
         # One file: its SHA-256. A DICOM series: the SHA-256 of its files' sorted SHA-256 digests.
@@ -166,8 +173,13 @@ class Piece:
     threshold: float
 
 
-def load_studies(studies: Sequence[Study], workers: int = 0) -> dict[str, dict[str, Any]]:
-    """Load and normalise studies once (a MONAI ``CacheDataset``), keyed by study id."""
+def load_studies(studies: Sequence[Study], workers: int = 0) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Load and normalise studies once (a MONAI ``CacheDataset``).
+
+    Returns:
+        ``(loaded, errors)``: the usable studies keyed by id, and one ``path: reason`` line per study
+        that could not be used.
+    """
     ds = CacheDataset(
         data=[{"study": s, "id": s.id} for s in studies],
         transform=LoadNormalized(),
@@ -175,7 +187,8 @@ def load_studies(studies: Sequence[Study], workers: int = 0) -> dict[str, dict[s
         progress=False,
         copy_cache=False,
     )
-    return {item["id"]: item for item in (ds[i] for i in range(len(ds)))}
+    items = [ds[i] for i in range(len(ds))]
+    return {it["id"]: it for it in items if "error" not in it}, [it["error"] for it in items if "error" in it]
 
 
 def build_pieces(

@@ -312,11 +312,16 @@ def train(
     if main:
         out.mkdir(parents=True, exist_ok=True)
 
-    studies = find_studies(list(data))
+    studies = find_studies(list(data), exclude=[out])
     if not studies:
         raise FileNotFoundError(f"no NIfTI or DICOM study under {', '.join(map(str, data))}")
+    loaded, errors = load_studies(studies, cfg.workers)
+    for line in errors:
+        log.error("skipping %s", line)
+    studies = [s for s in studies if s.id in loaded]
+    if not studies:
+        raise FileNotFoundError(f"no usable study under {', '.join(map(str, data))} ({len(errors)} could not be read)")
     split = split_studies([s.id for s in studies], cfg.val_fraction, cfg.seed)
-    loaded = load_studies([s for s in studies if s.id in set(split.train) | set(split.val)], cfg.workers)
     if len(studies) == 1 and cfg.val_fraction > 0:
         depth = loaded[studies[0].id]["frames"][0].shape[2]
         slab = slab_for(depth, cfg.val_fraction)
