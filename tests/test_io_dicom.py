@@ -355,3 +355,20 @@ def test_every_pydicom_test_file_loads_or_fails_with_a_named_mrisr_error(pydicom
         loaded += 1
         assert np.isfinite(vol.affine).all() and vol.data.size > 0
     assert loaded >= 10
+
+
+def test_writing_the_same_result_again_gives_the_same_files(tmp_path: Path) -> None:
+    """UIDs come from what is written: a resumed or repeated run writes byte-identical files, and
+    other values get other UIDs."""
+    data = np.arange(4 * 5 * 3, dtype=np.int16).reshape(4, 5, 3)
+    affine = np.diag([0.8, 0.5, 2.0, 1.0])
+    first = write_dicom_series(_dicom_volume(data, affine), tmp_path / "a")
+    again = write_dicom_series(_dicom_volume(data, affine), tmp_path / "b")
+    names = sorted(p.name for p in first.iterdir())
+    assert len(names) == 3 and names == sorted(p.name for p in again.iterdir())
+    assert all((first / n).read_bytes() == (again / n).read_bytes() for n in names)
+    other = write_dicom_series(_dicom_volume(data + 1, affine), tmp_path / "c")
+    uids = [{pydicom.dcmread(f).SeriesInstanceUID for f in folder.iterdir()} for folder in (first, other)]
+    assert len(uids[0]) == 1 and uids[0] != uids[1]
+    sops = {pydicom.dcmread(f).SOPInstanceUID for f in first.iterdir()}
+    assert len(sops) == 3

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,8 @@ def write_dicom_series(
     """Write a 3D volume as a new DICOM series, one file per k-slice, atomically.
 
     The series is written into a hidden temporary sibling folder renamed onto ``folder`` when
-    complete (an existing ``folder`` is replaced). Each file gets new SOP/series UIDs, the slice's
+    complete (an existing ``folder`` is replaced). Each file gets new SOP/series UIDs (derived from the values
+    and geometry written: the same result written again gets the same UIDs, byte-identical files), the slice's
     ImagePositionPatient, ImageOrientationPatient, PixelSpacing (between rows ``j``, between columns
     ``i``), SliceThickness, SpacingBetweenSlices and InstanceNumber ``k + 1``; patient and study tags
     are copied from ``volume.meta["tags"]``; ImageType is ``DERIVED\\SECONDARY``.
@@ -135,15 +136,22 @@ def write_dicom_series(
         except ValueError:
             series_number = 1000
     description = (tags.get("SeriesDescription", "") or "mrisr")[: 64 - len(series_description_suffix)]
-    series_uid = generate_uid()
     sop_class = UID(_sop_class(tags))
-    frame_uid = tags.get("FrameOfReferenceUID") or generate_uid()
-    now = datetime.now()
+    # UIDs derived from what is written (values, geometry, source series), so that writing the same
+    # result again (a resumed or repeated run) gives the same files, byte for byte.
+    identity = hashlib.sha256(stored.tobytes())
+    identity.update(lps.tobytes() + np.array([slope, inter], dtype=np.float64).tobytes())
+    for part in (str(stored.shape), str(series_number), tags.get("SeriesInstanceUID", ""), str(volume.path or "")):
+        identity.update(part.encode())
+    series_uid = generate_uid(entropy_srcs=[identity.hexdigest(), "series"])
+    frame_uid = tags.get("FrameOfReferenceUID") or generate_uid(
+        entropy_srcs=[str(volume.path or ""), lps.tobytes().hex(), "frame"]
+    )
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for k in range(nk):
             ds = Dataset()
-            sop_uid = generate_uid()
+            sop_uid = generate_uid(entropy_srcs=[series_uid, str(k)])
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = sop_class
             meta.MediaStorageSOPInstanceUID = sop_uid
@@ -169,8 +177,6 @@ def write_dicom_series(
             ds.SeriesNumber = int(series_number)
             ds.InstanceNumber = k + 1
             ds.ImageType = ["DERIVED", "SECONDARY"]
-            ds.ContentDate = now.strftime("%Y%m%d")
-            ds.ContentTime = now.strftime("%H%M%S")
             position = lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]
             ds.ImagePositionPatient = [_ds_value(v) for v in position]
             ds.ImageOrientationPatient = [_ds_value(v) for v in (*row_dir, *col_dir)]
