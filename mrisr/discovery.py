@@ -1,9 +1,9 @@
 """Finding studies under files and folders.
 
 A *study* is one volume to process: a NIfTI file, or one DICOM series (grouped by
-SeriesInstanceUID). Discovery is sorted and deterministic, does not follow symbolic links that leave
-the root it was given, and stops at a maximum depth. Every study gets a stable id that is safe as a
-file name (no path separators, no ``..``).
+SeriesInstanceUID). Discovery is sorted and deterministic, does not follow symbolic links to folders
+outside the root it was given (links to files are followed), and stops at a maximum depth. Every
+study gets a stable id that is safe as a file name (no path separators, no ``..``).
 """
 
 from __future__ import annotations
@@ -87,8 +87,12 @@ def short_hash(text: str, n: int = 8) -> str:
 def _walk(
     root: Path, max_depth: int, problems: list[tuple[Path, str]], skip: frozenset[Path] = frozenset()
 ) -> Iterable[Path]:
-    """Files under ``root`` in sorted order; links leaving ``root`` and loops are not followed, nor
-    folders in ``skip`` (resolved paths). Folders that cannot be listed are added to ``problems``."""
+    """Files under ``root`` in sorted order.
+
+    Symbolic links to files are followed wherever they point; links to folders outside ``root`` and
+    loops are not followed, nor folders in ``skip`` (resolved paths). Folders that cannot be listed
+    and broken links are added to ``problems`` (a missing file must not go unnoticed: it may be a
+    slice of a series)."""
     real_root = root.resolve()
     seen: set[Path] = set()
 
@@ -114,10 +118,10 @@ def _walk(
                 try:
                     target = p.resolve(strict=True)
                 except (OSError, RuntimeError):
-                    log.info("skipping %s: broken or looping symlink", p)
+                    problems.append((p, "broken symbolic link (its target does not exist or loops)"))
                     continue
-                if not target.is_relative_to(real_root):
-                    log.info("skipping %s: symlink leaves %s", p, root)
+                if target.is_dir() and not target.is_relative_to(real_root):
+                    log.warning("not searching %s: a link to a folder outside %s", p, root)
                     continue
             if entry.is_dir():
                 if depth >= max_depth:
@@ -185,7 +189,7 @@ def find_studies(
     roots: dict[Path, Path] = {}
     bids_roots: dict[Path, Path] = {}
     others: list[tuple[Path, Path]] = []
-    problems: list[tuple[Path, str, Path]] = []
+    problems: list[tuple[Path, str, Path, str | None]] = []
     skip = frozenset(Path(e).resolve() for e in exclude)
     for raw in inputs:
         inp = Path(raw)
@@ -194,7 +198,7 @@ def find_studies(
         found: list[tuple[Path, str]] = []
         files = [inp] if inp.is_file() else list(_walk(inp, max_depth, found, skip))
         root = inp.parent if inp.is_file() else inp
-        problems += [(p, why, root) for p, why in found]
+        problems += [(p, why, root, None) for p, why in found]
         if inp.is_dir() and is_bids_root(inp):
             files = [f for f in files if f.relative_to(inp).parts[0] not in BIDS_SKIP]
             bids_roots.update(
@@ -221,10 +225,10 @@ def find_studies(
     if others:
         from mrisr.io.dicom import group_dicom_series
 
-        broken: list[tuple[Path, str]] = []
+        broken: list[tuple[Path, str, str | None]] = []
         studies.extend(group_dicom_series(others, broken))
         root_of = dict(others)
-        problems += [(p, why, root_of[p]) for p, why in broken]
+        problems += [(p, why, root_of[p], uid) for p, why, uid in broken]
     studies = _with_problems(studies, problems)
     studies.sort(key=lambda s: s.id)
     seen: dict[str, int] = {}
@@ -237,24 +241,27 @@ def find_studies(
     return unique
 
 
-def _with_problems(studies: list[Study], problems: list[tuple[Path, str, Path]]) -> list[Study]:
-    """``studies`` with the discovery problems attached: a broken file taints the DICOM series with two
-    or more files in its folder (single-file series, as in folders of unrelated test images, are
-    whole); a problem that taints no series becomes a study of its own."""
+def _with_problems(studies: list[Study], problems: list[tuple[Path, str, Path, str | None]]) -> list[Study]:
+    """``studies`` with the discovery problems attached. A broken file taints the DICOM series its
+    header names, if it names one; else the series with two or more files in its folder
+    (single-file series, as in folders of unrelated test images, are whole). A problem that taints
+    no series becomes a study of its own."""
     out = list(studies)
-    for path, why, root in problems:
-        tainted = []
-        if not path.is_dir():
+    for path, why, root, uid in problems:
+        tainted: list[int] = []
+        if uid is not None:
+            tainted = [k for k, s in enumerate(out) if s.fmt == "dicom" and s.series_uid == uid]
+        elif not path.is_dir():
             tainted = [
-                k
-                for k, s in enumerate(out)
-                if s.fmt == "dicom" and s.problem is None and sum(f.parent == path.parent for f in s.files) >= 2
+                k for k, s in enumerate(out) if s.fmt == "dicom" and sum(f.parent == path.parent for f in s.files) >= 2
             ]
+        if uid is not None:
+            taint = f"one of its slices, {path.name}, cannot be used: {why}"
+        else:
+            taint = f"its folder also holds {path.name}, which may be one of its slices and cannot be used: {why}"
         for k in tainted:
-            out[k] = replace(
-                out[k],
-                problem=f"its folder also holds {path.name}, which may be one of its slices and cannot be used: {why}",
-            )
+            if out[k].problem is None:
+                out[k] = replace(out[k], problem=taint)
         if not tainted:
             rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
             out.append(Study(id=sanitize_id("_".join(rel.parts) or path.name), fmt="dicom", path=path, problem=why))

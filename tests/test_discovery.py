@@ -66,17 +66,26 @@ def test_identical_names_under_two_inputs_get_unique_ids(
 def test_symlink_loop_terminates(nifti_tree: Path) -> None:
     os.symlink(nifti_tree, nifti_tree / "sub" / "loop")
     os.symlink("self", nifti_tree / "self")  # a link to itself
-    assert [s.id for s in find_studies([nifti_tree])] == ["a", "b", "c"]
+    studies = find_studies([nifti_tree])
+    assert [s.id for s in studies if s.problem is None] == ["a", "b", "c"]
+    assert [(s.id, s.problem) for s in studies if s.problem] == [
+        ("self", "broken symbolic link (its target does not exist or loops)")
+    ]
 
 
-def test_links_leaving_the_root_are_not_followed(nifti_tree: Path, tmp_path: Path) -> None:
+def test_links_to_folders_outside_the_root_are_not_followed(nifti_tree: Path, tmp_path: Path) -> None:
+    """Links to files are followed (a slice may be a link into a store); links to folders outside
+    the root are not searched; a broken link is reported, not dropped."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / "secret.nii").write_bytes((nifti_tree / "a.nii").read_bytes())
+    (outside / "other.nii").write_bytes((nifti_tree / "a.nii").read_bytes())
+    (outside / "linked.nii").write_bytes((nifti_tree / "a.nii").read_bytes())
     os.symlink(outside, nifti_tree / "out_dir")
-    os.symlink(outside / "secret.nii", nifti_tree / "secret_link.nii")
+    os.symlink(outside / "linked.nii", nifti_tree / "file_link.nii")
     os.symlink(tmp_path / "missing", nifti_tree / "broken.nii")
-    assert [s.id for s in find_studies([nifti_tree])] == ["a", "b", "c"]
+    studies = find_studies([nifti_tree])
+    assert [s.id for s in studies if s.problem is None] == ["a", "b", "c", "file_link"]
+    assert [s.id for s in studies if s.problem] == ["broken.nii"]
 
 
 def test_max_depth(nifti_tree: Path) -> None:
@@ -213,3 +222,24 @@ def test_output_folder_inside_the_input_is_not_searched(tmp_path: Path) -> None:
     assert main(args) == 0  # the output is not taken for a new input: nothing new, nothing redone
     assert not list(data.rglob("*_sr_sr*")) and (data / "out" / "tiny_sr.nii.gz").exists()
     assert (data / "out" / "tiny_sr.json").read_text() == first
+
+
+def test_a_broken_slice_that_names_its_series_fails_that_series_only(
+    axial_series: Callable[..., list[Path]], tmp_path: Path
+) -> None:
+    """Two series in one folder; a slice of the second is cut before its pixel data but still names
+    its series: only that series fails. A 0-byte ``.dcm`` beside a series fails it (it may be a slice)."""
+    axial_series("mixed", [0.0, 2.0, 4.0], names=["a0.dcm", "a1.dcm", "a2.dcm"])
+    t1 = axial_series("mixed", [0.0, 2.0, 4.0], names=["b0.dcm", "b1.dcm", "b2.dcm"])
+    raw = t1[2].read_bytes()
+    t1[2].write_bytes(raw[: raw.rindex(b"\xe0\x7f\x10\x00")])  # up to the PixelData tag
+    studies = find_studies([tmp_path / "mixed"])
+    assert len(studies) == 2
+    by_first = {s.files[0].name: s for s in studies}
+    assert by_first["a0.dcm"].problem is None
+    assert by_first["b0.dcm"].problem is not None and "one of its slices, b2.dcm" in by_first["b0.dcm"].problem
+    assert "without pixel data" in by_first["b0.dcm"].problem
+    t1[2].write_bytes(raw)
+    (tmp_path / "mixed" / "c.dcm").touch()
+    problems = [s.problem for s in find_studies([tmp_path / "mixed"])]
+    assert len(problems) == 2 and all(p and "c.dcm" in p and "named like a DICOM file" in p for p in problems)

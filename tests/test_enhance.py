@@ -229,6 +229,8 @@ def test_corrupted_checkpoint_is_one_line_error(
         (["--device", "foo"], "not one of auto, cpu, cuda"),
         (["--device", "mps"], "not one of auto, cpu, cuda"),
         (["--out", "FILE"], "cannot be used as the output folder"),
+        (["--dtype", "complex64"], "not a real integer or floating-point type"),
+        (["--dtype", "float16"], "float32 or float64 only"),
     ],
 )
 def test_bad_device_or_output_folder_is_a_usage_error(

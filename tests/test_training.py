@@ -235,6 +235,20 @@ def test_cli_trains_and_refuses_to_overwrite(studies: Path, tmp_path: Path) -> N
     assert main([*args[:-2], "--loss", "huber"]) == 2
 
 
+@pytest.mark.parametrize(
+    ("extra", "why"), [(["--device", "foo"], "not one of auto"), (["--out", "FILE"], "output folder")]
+)
+def test_cli_training_usage_errors_are_one_line(
+    studies: Path, tmp_path: Path, extra: list[str], why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = ["train", str(studies), "--out", str(tmp_path / "run"), *TINY_RUN[:-2], *extra]
+    assert main([str(afile) if a == "FILE" else a for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and why in err[0], err
+
+
 def test_cli_training_skips_bad_studies_with_one_line_each(
     studies: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -102,6 +102,8 @@ def enhance(
             raise fail(f"--dtype {dtype!r} is not a NumPy dtype") from None
         if out_dtype.kind not in "uif":
             raise fail(f"--dtype {dtype!r} is not a real integer or floating-point type") from None
+        if out_dtype.kind == "f" and out_dtype.itemsize not in (4, 8):
+            raise fail(f"--dtype {dtype!r}: NIfTI stores float32 or float64 only") from None
     from mrisr.batch import StopFlag, parse_shard, select_shard, shard_from_env
 
     try:

@@ -70,6 +70,7 @@ def train(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from mrisr.errors import MrisrError
+    from mrisr.inference import resolve_device
     from mrisr.models import ESPCNConfig, SRCNNConfig
 
     if threads:
@@ -120,6 +121,12 @@ def train(
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out}: cannot be used as the output folder (not a folder)")
     if resume and not (out / "last.pt").is_file():
         raise fail(f"--resume: {out / 'last.pt'} does not exist")
     if not resume and (out / "last.pt").exists():
@@ -149,6 +156,10 @@ def train(
         on_step=lambda step, value: progress.update(task, completed=step, loss=value),
         on_epoch=on_epoch,
     )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"--out {out}: cannot be used as the output folder ({exc.strerror or exc})") from None
     try:
         with progress:
             result = run_training(data, out, cfg, resume=resume, callbacks=callbacks)

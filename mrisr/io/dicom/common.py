@@ -114,7 +114,7 @@ def _read_header(path: Path) -> Dataset | None:
             raise UnreadableFileError(path, "truncated or corrupt DICOM header (no SOPClassUID)")
         why = _cut_short(ds)
         if why is not None:
-            raise UnreadableFileError(path, why)
+            raise CutShortError(path, why, _tag_str(ds, "SeriesInstanceUID") or None)
         return ds
     # Old files without preamble/prefix: pydicom parses anything with force=True, so only accept a
     # result that holds a SOP class, as every DICOM object does.
@@ -123,6 +123,33 @@ def _read_header(path: Path) -> Dataset | None:
         return ds if "SOPClassUID" in ds else None
     except Exception:  # pydicom raises arbitrary errors on non-DICOM bytes read with force=True
         return None
+
+
+class CutShortError(UnreadableFileError):
+    """A DICOM file whose header was parsed but which was cut short; ``series_uid`` is the series its
+    header names (``None`` when it does not get that far)."""
+
+    def __init__(self, path: Path, reason: str, series_uid: str | None) -> None:
+        super().__init__(path, reason)
+        self.series_uid = series_uid
+
+
+#: File name endings that promise a DICOM file.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def _suspect_non_dicom(path: Path) -> str | None:
+    """Why a file that is not DICOM may still be a broken slice (``None`` when it is just another
+    file): a DICOM-like name, or no extension and fewer bytes than the DICOM preamble and prefix."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return f"named like a DICOM file but is not one ({size} bytes)"
+    if not path.suffix and size < 132:
+        return f"too short to be a DICOM file ({size} bytes)"
+    return None
 
 
 def _cut_short(ds: Dataset) -> str | None:

@@ -11,22 +11,26 @@ from mrisr.errors import UnreadableFileError
 
 if TYPE_CHECKING:
     from mrisr.discovery import Study
-from mrisr.io.dicom.common import _Header, _image_header, _read_header, _tag_str
+from mrisr.io.dicom.common import _Header, _image_header, _read_header, _suspect_non_dicom, _tag_str
 
 log = logging.getLogger(__name__)
 
 
-def group_dicom_series(files: list[tuple[Path, Path]], broken: list[tuple[Path, str]] | None = None) -> list[Study]:
+def group_dicom_series(
+    files: list[tuple[Path, Path]], broken: list[tuple[Path, str, str | None]] | None = None
+) -> list[Study]:
     """Group DICOM files into series, one :class:`~mrisr.discovery.Study` per SeriesInstanceUID.
 
     Files that are not DICOM, DICOMDIR indexes and objects without pixel data (structure sets,
-    reports, presentation states) are skipped with a log line. Files that cannot be read, and DICOM
-    files whose header cannot be parsed, are skipped too and added to ``broken`` (logged when
+    reports, presentation states) are skipped with a log line. Files that cannot be read, DICOM
+    files whose header cannot be parsed or that are cut short, and files named like DICOM that are
+    not (or tiny files without an extension) are skipped too and added to ``broken`` (logged when
     ``broken`` is not given).
 
     Args:
         files: Pairs ``(file, root)``: a candidate file and the input folder it was found under.
-        broken: Collects ``(file, reason)`` for files that cannot be read or parsed.
+        broken: Collects ``(file, reason, series_uid)`` for those files (``series_uid`` when the file
+            names its series, else ``None``).
 
     Returns:
         One study per series, sorted by id. ``Study.path`` is the deepest folder holding all the
@@ -44,10 +48,14 @@ def group_dicom_series(files: list[tuple[Path, Path]], broken: list[tuple[Path, 
             if broken is None:
                 log.warning("skipping %s", exc)
             else:
-                broken.append((path, exc.reason))
+                broken.append((path, exc.reason, getattr(exc, "series_uid", None)))
             continue
         if ds is None:
-            log.info("skipping %s: not a DICOM file", path)
+            suspect = _suspect_non_dicom(path) if broken is not None else None
+            if suspect is not None and broken is not None:
+                broken.append((path, suspect, None))
+            else:
+                log.info("skipping %s: not a DICOM file", path)
             continue
         why = _image_header(path, ds)
         if why is not None:
