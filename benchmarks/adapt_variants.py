@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mrisr.adapt as adapt
+from mrisr.adapt import coarse_grid
 from mrisr.checkpoint import load_checkpoint, shipped_checkpoint
 from mrisr.inference import RunOptions, super_resolve_array
 from mrisr.transforms import fit_normalization
@@ -52,8 +53,8 @@ def _pair(path: Path, mode: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _tuning(layers: str) -> Callable[..., tuple[float, float, int]]:
-    """A stand-in for ``adapt._fit`` that tunes the chosen convolutions instead of those it is given."""
-    fit = adapt._fit
+    """A stand-in for the coarse-grid ``_fit`` that tunes the chosen convolutions instead of those it is given."""
+    fit = coarse_grid._fit
 
     def tuned(net: nn.Module, params: object, step_loss: Any, val: Any, **kw: Any) -> tuple[float, float, int]:
         convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
@@ -99,7 +100,7 @@ def _variant(m0: nn.Module, spec: str, args: argparse.Namespace) -> str:
 
     t0 = time.perf_counter()
     cfg = adapt.AdaptConfig(steps=args.steps, lr=args.lr)
-    with mock.patch.object(adapt, "_fit", _tuning(args.layers)):
+    with mock.patch.object(coarse_grid, "_fit", _tuning(args.layers)):
         net, res = adapt.adapt_coarse_grid(m0, lrn, (4, 4, 1), config=cfg)
     secs = time.perf_counter() - t0
     base, w0, w1 = psnr(m0), m0.state_dict(), net.state_dict()
