@@ -1,0 +1,191 @@
+"""The :class:`Enhancer`: one network, loaded once, that super-resolves arrays (with per-study
+adaptation when asked) and, through :class:`~mrisr.enhance.studies.StudyBatch`, whole studies."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, adapt_model, effective_steps, pass_plans
+from mrisr.checkpoint import Checkpoint
+from mrisr.enhance.options import DEFAULT_ADAPT, EnhanceOptions
+from mrisr.enhance.studies import StudyBatch
+from mrisr.frames import frames_of
+from mrisr.geometry import in_plane
+from mrisr.inference import RunOptions, count_slices, resolve_device, super_resolve_array
+from mrisr.transforms import Normalization, fit_normalization
+
+log = logging.getLogger(__name__)
+
+
+class Enhancer(StudyBatch):
+    """Super-resolves studies with one network, loaded once for all of them.
+
+    Args:
+        checkpoint: The network and its metadata.
+        run: Device and batching options.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, run: RunOptions | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.run = run or RunOptions(device=resolve_device("auto"))
+        self.model = checkpoint.build()
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrisr-figure")
+
+    # -- arrays -------------------------------------------------------------------------------------
+    def enhance_array(
+        self,
+        data: np.ndarray,
+        factors: tuple[int, int, int],
+        *,
+        axis: int = 2,
+        norm: Normalization | None = None,
+        clamp: bool = True,
+        adapt: AdaptConfig | None = None,
+        auto_adapt: AdaptConfig | None = DEFAULT_ADAPT,
+        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, Normalization, dict[str, Any] | None]:
+        """Super-resolve a 3D or 4D array in physical units.
+
+        A constant array comes out constant; non-negative input gives non-negative output. With
+        ``adapt``, a copy of the network is first fine-tuned on the (first frame of the) array
+        (:mod:`mrisr.adapt`): a fine-grid network on the axis that voxel ``spacing`` (mm) shows fine
+        enough, a coarse-grid one (ESPCN) in-plane on the slice axis ``axis``. When one axis alone
+        is refined (thick slices), ``auto_adapt`` is used when ``adapt`` is not, and a rejected
+        adaptation gives bicubic interpolation: on held-out EPI the template-trained networks, in-plane
+        or through-plane, were worse than bicubic along the slice axis until adapted (docs/beyond.md).
+
+        Returns:
+            Float32 SR array, the normalisation used, and what adaptation did (``None`` without it).
+        """
+        arr = np.asarray(data)
+        nm = norm or fit_normalization(arr)
+        frames = frames_of(arr)
+        model: nn.Module | None = self.model
+        adapted: dict[str, Any] | None = None
+        plans: list[list[tuple[int, tuple[int, int]]] | None] = [None]  # None: the usual passes of ``axis``
+        single = sum(f > 1 for f in factors) == 1
+        trained = self.checkpoint.scale
+        one_axis_net = single and trained is not None and sum(f > 1 for f in trained) == 1
+        if one_axis_net:
+            # A network trained for one axis: the mean over both planes that contain it (as adapted).
+            plans = list(pass_plans(factors, spacing))
+        if single and adapt is None:
+            adapt = auto_adapt
+            if adapt is None and not one_axis_net:
+                log.warning(
+                    "--no-adapt: a network not trained for one-axis blur refines one axis (often worse than bicubic)"
+                )
+        if adapt is not None and not nm.constant:
+            adapted_net, info = adapt_model(
+                self.model, nm.apply(frames[0]), factors, spacing, config=adapt, device=self.run.device, axis=axis
+            )
+            adapted = {**info.to_dict(), "config": asdict(adapt)}
+            if info.used and info.method == "coarse-grid":
+                model = adapted_net  # the usual in-plane passes (and ensemble), with the tuned first layer
+            elif info.used:
+                model, own = adapted_net, pass_plans(factors, spacing)
+                # These replace --axis; the outputs of several plans are averaged.
+                adapted["passes"] = [[[cut, list(fs)] for cut, fs in plan] for plan in own]
+                plans = list(own)
+            elif single:
+                # Rejected: the study could not teach the network; unadapted, it can be worse than
+                # interpolation along one axis (held-out EPI), so interpolate.
+                model, plans = None, [None]
+                adapted["fallback"] = "bicubic"
+            else:
+                # Rejected: the checkpoint's own network, exactly as without --adapt.
+                adapted["fallback"] = str(self.checkpoint.arch.get("name", "srcnn"))
+        shape = tuple(n * f for n, f in zip(arr.shape[:3], factors, strict=True)) + tuple(arr.shape[3:])
+        # A 4D output is filled frame by frame; a 3D one is the SR array itself (no second copy).
+        out = np.empty(shape, dtype=np.float32) if arr.ndim == 4 or nm.constant else None
+        for t, frame in enumerate(frames):
+            if nm.constant:
+                assert out is not None
+                out[...] = nm.data_min
+                if progress is not None:
+                    progress(count_slices(frame.shape, factors, axis))
+                continue
+            x = nm.apply(frame)
+            sr = super_resolve_array(model, x, factors, axis=axis, opts=self.run, progress=progress, passes=plans[0])
+            for plan in plans[1:]:
+                sr += super_resolve_array(model, x, factors, axis=axis, opts=self.run, progress=progress, passes=plan)
+            if len(plans) > 1:
+                sr /= np.float32(len(plans))
+            del x
+            nm.invert_(sr)
+            # Clamp to this frame's own range, as the bicubic baseline is (overshoot is not signal).
+            lo, hi = float(frame.min()), float(frame.max()) if clamp else np.inf
+            np.clip(sr, lo, hi, out=sr)
+            if arr.ndim == 3:
+                out = sr
+            else:
+                assert out is not None
+                out[..., t] = sr
+            del sr
+        assert out is not None
+        return out, nm, adapted
+
+    def _request(self, opts: EnhanceOptions, factors: tuple[int, int, int]) -> dict[str, Any]:
+        """What was asked beyond input and checkpoint (as JSON reads it back): a rerun skips a study
+        only when this matches its sidecar's."""
+
+        def resolved(cfg: AdaptConfig | None, steps: int) -> dict[str, Any] | None:
+            return {**asdict(cfg), "steps": steps} if cfg else None
+
+        req = {
+            "scale": list(factors),
+            "axis": opts.axis,
+            "adapt": resolved(opts.adapt, effective_steps(opts.adapt, self.model)) if opts.adapt else None,
+            # Only one-axis refinement adapts automatically, and only fine-grid networks do that.
+            "auto_adapt": resolved(
+                opts.auto_adapt, (opts.auto_adapt.steps if opts.auto_adapt else None) or STEPS_FINE_GRID
+            ),
+            "ensemble": self.run.ensemble,
+        }
+        return dict(json.loads(json.dumps(req)))
+
+    def _same_request(self, old: Any, opts: EnhanceOptions, factors: tuple[int, int, int]) -> bool:
+        """Whether a sidecar's ``request`` asked for what ``opts`` asks (sidecars of mrisr before the
+        in-plane ESPCN adaptation also carry ``adapt_base_sha256``, null when ``--adapt`` was off)."""
+        if not isinstance(old, dict):
+            return False
+        if "adapt_base_sha256" in old and old["adapt_base_sha256"] is None:
+            old = {k: v for k, v in old.items() if k != "adapt_base_sha256"}
+        return bool(old == self._request(opts, factors))
+
+    def check_factors(self, factors: tuple[int, int, int], axis: int = 2) -> None:
+        """Refuse, before any study is read, factors that this network cannot produce.
+
+        Raises:
+            CheckpointError: A coarse-grid network (ESPCN) asked for passes other than its own factors.
+        """
+        from mrisr.errors import CheckpointError
+        from mrisr.inference import plan_passes
+
+        if getattr(self.model, "input_space", "hr") != "lr":
+            return
+        own = tuple(self.checkpoint.arch.get("factors", ()))
+        bad = [fs for _, fs in plan_passes(factors, axis) if tuple(fs) != own]
+        if bad:
+            raise CheckpointError(
+                self.checkpoint.path,
+                f"this coarse-grid network refines slices by {own} only; scale {factors} with --axis {axis} "
+                f"needs {bad[0]} (use --arch srcnn, or a scale refining the plane of the --axis slices)",
+            )
+
+    def default_factors(self, axis: int = 2) -> tuple[int, int, int]:
+        """The checkpoint's scale, turned to refine the plane of slices cut across ``axis``."""
+        scale = self.checkpoint.scale or (4, 4, 1)
+        refined = [f for f in scale if f > 1]
+        if len(refined) == 2 and refined[0] == refined[1]:
+            return in_plane(refined[0], axis)
+        return scale
