@@ -9,13 +9,6 @@ from mrisr.io import Volume
 from mrisr.transforms import degrade_volume, upsample_volume
 
 
-def as3d(a: np.ndarray) -> np.ndarray:
-    """A 4D array's frames side by side along axis 2 (for metrics over all frames)."""
-    if a.ndim == 3:
-        return a
-    return np.concatenate([a[..., t] for t in range(a.shape[3])], axis=2)
-
-
 def first_frame(a: np.ndarray | None) -> np.ndarray | None:
     """The first 3D frame of a 4D array (a 3D array as it is; ``None`` stays ``None``)."""
     return None if a is None else (a if a.ndim == 3 else a[..., 0])

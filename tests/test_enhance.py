@@ -341,6 +341,28 @@ def test_simulate_metrics_match_the_written_file(tmp_path: Path, random_ckpt: Pa
     assert (out / "ref_compare.png").stat().st_size > 10_000
 
 
+def test_simulate_metrics_of_a_4d_study_filter_each_frame(tmp_path: Path, random_ckpt: Path) -> None:
+    """3D SSIM of a 4D study: the window never spans two frames (docs/metrics.md)."""
+    from mrisr.metrics import ssim, ssim3d
+
+    rng = np.random.default_rng(3)
+    ref = np.stack([_blob((16, 16, 12), seed=t) for t in range(2)], axis=-1)
+    ref[..., 1] = ref[..., 1] // 3 + 40 * np.arange(12, dtype=np.int16)  # frames that differ at the seam
+    src = _save(tmp_path / "ref4d.nii.gz", ref + rng.integers(0, 5, ref.shape, dtype=np.int16))
+    out = tmp_path / "out"
+    args = ["enhance", str(src), "--out", str(out), "--checkpoint", str(random_ckpt), "--simulate", "--no-figure"]
+    assert main(args) == 0
+    m = json.loads((out / "ref4d_sr.json").read_text())["metrics"]
+    sr = np.asarray(nib.load(out / "ref4d_sr.nii.gz").dataobj).astype(np.float64)
+    hr = np.asarray(nib.load(src).dataobj).astype(np.float64)
+    assert sr.shape == hr.shape == (16, 16, 12, 2)
+    rng_hr = float(hr.max() - hr.min())
+    assert m["ssim3d_sr"] == pytest.approx(ssim3d(sr, hr, data_range=rng_hr), abs=1e-6)
+    frames = np.mean([ssim3d(sr[..., t], hr[..., t], data_range=rng_hr) for t in range(2)])
+    assert m["ssim3d_sr"] == pytest.approx(frames, abs=1e-6)
+    assert m["ssim_sr"] == pytest.approx(ssim(sr, hr, data_range=rng_hr), abs=1e-6)
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_axis_option_refines_the_plane_of_its_slices(tmp_path: Path, identity_ckpt: Path, axis: int) -> None:
     """`--scale 4 --axis A` refines the two axes other than A, and equals bicubic in that plane."""

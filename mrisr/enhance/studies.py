@@ -20,7 +20,7 @@ from mrisr.checkpoint import Checkpoint
 from mrisr.discovery import Study
 from mrisr.enhance.options import DEFAULT_ADAPT, EnhanceOptions, StudyResult
 from mrisr.errors import MrisrError, OutputExistsError, UnreadableFileError, UnsupportedDataError
-from mrisr.frames import as3d, bicubic_frames, crop_to_multiple, degrade_frames, first_frame
+from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first_frame
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
 from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions
@@ -224,9 +224,9 @@ class StudyBatch:
             bic_out = cast_to_dtype(bic, out_dtype)
 
             metrics = evaluate(
-                as3d(sr_out).astype(np.float64),
-                as3d(bic_out).astype(np.float64),
-                as3d(ref).astype(np.float64),
+                sr_out.astype(np.float64),  # a 4D study stays 4D: 3D SSIM filters each frame on its own
+                bic_out.astype(np.float64),
+                ref.astype(np.float64),
                 scale=max(factors[0], factors[1]),
             )
             out_vol = ref_vol.with_data(sr_out, ref_vol.affine)
