@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -96,3 +97,20 @@ def test_help_does_not_import_heavy_packages() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert "--json" in result.stdout
     assert result.stdout.strip().endswith("[]")
+
+
+def test_info_json_lists_unreadable_studies_and_excludes_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    (data / "out").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 2), np.int16), np.eye(4)), str(data / "good.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 2), np.int16), np.eye(4)), str(data / "out" / "good_sr.nii.gz"))
+    (data / "bad.nii.gz").write_bytes(b"not gzip")
+    assert main(["info", str(data), "--json", "--exclude", str(data / "out")]) == 1
+    captured = capsys.readouterr()
+    rows = {r["id"]: r for r in json.loads(captured.out)}
+    assert sorted(rows) == ["bad", "good"]
+    assert "gzip" in rows["bad"]["error"] and "shape" not in rows["bad"]
+    assert rows["good"]["shape"] == [4, 4, 2] and "error" not in rows["good"]
+    assert captured.err.startswith("error:") and "bad.nii.gz" in captured.err

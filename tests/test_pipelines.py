@@ -32,9 +32,13 @@ def test_snakemake_workflow_runs_locally(tmp_path: Path) -> None:
     for i in range(3):
         arr = (rng.random((8, 8, 3)) * 500).astype(np.int16)
         nib.save(nib.Nifti1Image(arr, np.diag([2.0, 2.0, 4.0, 1.0])), str(data / f"sub-{i}_T1w.nii.gz"))
+    nan = np.ones((8, 8, 3), np.float32)
+    nan[2, 2, 1] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), str(data / "bad.nii.gz"))  # fails, and is reported
+    (data / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")  # fails when read
     cfg = SRCNNConfig(residual=True)
     ckpt = save_checkpoint(tmp_path / "net.pt", SRCNN(cfg), cfg.to_dict(), {"scale": [4, 4, 1]})
-    out = tmp_path / "out"
+    out = data / "sr"  # inside the input: a rerun must not take the outputs for new studies
     config = tmp_path / "cfg.json"
     config.write_text(
         json.dumps(
@@ -55,9 +59,12 @@ def test_snakemake_workflow_runs_locally(tmp_path: Path) -> None:
     for i in range(3):
         side = json.loads((out / f"sub-{i}_T1w_sr.json").read_text())
         assert side["status"] == "done" and side["output"]["shape"] == [32, 32, 3]
+    for name in ("bad", "broken"):
+        assert json.loads((out / f"{name}_sr.json").read_text())["status"] == "failed"
+        assert (out / "logs" / f"{name}.done").read_text().strip() == "1"
     assert (out / "report.html").is_file()
     rows = (out / "report.csv").read_text().strip().splitlines()
-    assert len(rows) == 4
+    assert len(rows) == 6 and sum(",failed," in r for r in rows) == 2, rows
     # A second run has nothing to do.
     again = subprocess.run([*cmd, "--cores", "2", "--directory", str(tmp_path), "-n"], capture_output=True, text=True)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -18,14 +18,21 @@ def _fmt_floats(values: Any, digits: int = 4) -> str:
 @app.command()
 def info(
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, DICOM files or folders of studies.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array, one object per study.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print a JSON array, one object per study (with 'error' for one that fails)."),
+    ] = False,
+    exclude: Annotated[
+        list[Path] | None,
+        typer.Option(help="A folder not to search (e.g. an output folder inside an input); repeatable."),
+    ] = None,
 ) -> None:
     """Show each study's format, shape, voxel spacing (mm), data type and RAS affine."""
     from mrisr.discovery import find_studies
     from mrisr.errors import MrisrError
 
     try:
-        studies = find_studies(inputs)
+        studies = find_studies(inputs, exclude=exclude or [])
     except (MrisrError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     if not studies:
@@ -38,6 +45,8 @@ def info(
         except (MrisrError, OSError) as exc:
             typer.echo(f"error: {exc}", err=True)
             failed += 1
+            if as_json:
+                rows.append({"id": study.id, "format": study.fmt, "path": str(study.path), "error": str(exc)})
             continue
         rows.append(
             {
