@@ -56,7 +56,7 @@ def test_failed_study_is_an_error_line_and_exit_1(
     bad.write_bytes(good.read_bytes()[:100])
     assert main(["info", "--json", str(tmp_path / "batch")]) == 1
     captured = capsys.readouterr()
-    assert [s["id"] for s in json.loads(captured.out)] == ["good"]
+    assert [(s["id"], "error" in s) for s in json.loads(captured.out)] == [("bad", True), ("good", False)]
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"error: {bad}: ")
