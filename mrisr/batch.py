@@ -59,13 +59,24 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
-    """The shard of a SLURM array task, from ``SLURM_ARRAY_TASK_ID``/``_COUNT``/``_MIN``; else ``None``."""
+    """The shard of a SLURM array task, from ``SLURM_ARRAY_TASK_ID``/``_COUNT``/``_MIN``/``_STEP``; else ``None``.
+
+    Raises:
+        ValueError: A variable that is not an integer, or a task outside a regular array.
+    """
     e = os.environ if env is None else env
     if "SLURM_ARRAY_TASK_ID" not in e or "SLURM_ARRAY_TASK_COUNT" not in e:
         return None
-    index = int(e["SLURM_ARRAY_TASK_ID"]) - int(e.get("SLURM_ARRAY_TASK_MIN", "0"))
-    count = int(e["SLURM_ARRAY_TASK_COUNT"])
-    if not 0 <= index < count:
+    values = {}
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP"):
+        try:
+            values[name] = int(e.get(name, "1" if name.endswith("STEP") else "0"))
+        except ValueError:
+            raise ValueError(f"{name}={e[name]!r} is not an integer") from None
+    offset = values["SLURM_ARRAY_TASK_ID"] - values["SLURM_ARRAY_TASK_MIN"]
+    step = max(1, values["SLURM_ARRAY_TASK_STEP"])  # --array=2-6:2 gives tasks 2, 4, 6: shards 0, 1, 2
+    index, count = offset // step, values["SLURM_ARRAY_TASK_COUNT"]
+    if offset % step or not 0 <= index < count:
         raise ValueError(
             f"SLURM array task {e['SLURM_ARRAY_TASK_ID']} is outside 0..{count - 1} "
             "(use a contiguous array such as --array=0-N)"

@@ -39,6 +39,12 @@ def test_shard_parsing_and_slurm_env() -> None:
     env = {"SLURM_ARRAY_TASK_ID": "11", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "10"}
     assert shard_from_env(env) == (1, 4)
     assert shard_from_env({}) is None
+    stepped = {"SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "2", "SLURM_ARRAY_TASK_STEP": "2"}
+    assert [shard_from_env({**stepped, "SLURM_ARRAY_TASK_ID": i}) for i in ("2", "4", "6")] == [(0, 3), (1, 3), (2, 3)]
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_ID='abc' is not an integer"):
+        shard_from_env({**env, "SLURM_ARRAY_TASK_ID": "abc"})
+    with pytest.raises(ValueError, match="outside"):
+        shard_from_env({**stepped, "SLURM_ARRAY_TASK_ID": "5"})
 
 
 def test_stale_lock_of_dead_process_is_taken_over(tmp_path: Path) -> None:
