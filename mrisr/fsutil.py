@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -70,9 +71,22 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
+def _strict(obj: Any) -> Any:
+    """``obj`` with non-finite floats (NaN, ±inf) replaced by ``None``, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Write ``obj`` as indented, strict JSON atomically: NaN and ±inf (an empty mask's metrics, the
+    PSNR of identical volumes) are written as ``null``, which every JSON reader accepts."""
+    text = json.dumps(_strict(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
+    write_text_atomic(path, text + "\n")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

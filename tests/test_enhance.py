@@ -363,6 +363,20 @@ def test_simulate_metrics_of_a_4d_study_filter_each_frame(tmp_path: Path, random
     assert m["ssim_sr"] == pytest.approx(ssim(sr, hr, data_range=rng_hr), abs=1e-6)
 
 
+def test_sidecar_is_strict_json_when_a_metric_is_not_finite(tmp_path: Path, identity_ckpt: Path) -> None:
+    """An 8×8 reference at ×4 leaves no voxel inside the 4-voxel border: the masked metrics are NaN,
+    written as null (``NaN`` is not JSON)."""
+    src = _save(tmp_path / "tiny.nii.gz", _blob((8, 8, 2)))
+    out = tmp_path / "out"
+    assert main(["enhance", str(src), "--out", str(out), "--checkpoint", str(identity_ckpt), "--simulate"]) == 0
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in the sidecar")
+
+    side = json.loads((out / "tiny_sr.json").read_text(), parse_constant=refuse)
+    assert side["metrics"]["psnr_sr_masked"] is None and side["metrics"]["psnr_sr"] > 0
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_axis_option_refines_the_plane_of_its_slices(tmp_path: Path, identity_ckpt: Path, axis: int) -> None:
     """`--scale 4 --axis A` refines the two axes other than A, and equals bicubic in that plane."""
