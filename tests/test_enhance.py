@@ -375,6 +375,9 @@ def test_sidecar_is_strict_json_when_a_metric_is_not_finite(tmp_path: Path, iden
 
     side = json.loads((out / "tiny_sr.json").read_text(), parse_constant=refuse)
     assert side["metrics"]["psnr_sr_masked"] is None and side["metrics"]["psnr_sr"] > 0
+    const = _save(tmp_path / "const.nii.gz", np.full((8, 8, 2), 7, np.int16))  # nothing to measure
+    assert main(["enhance", str(const), "--out", str(out), "--checkpoint", str(identity_ckpt), "--simulate"]) == 1
+    assert "constant image" in json.loads((out / "const_sr.json").read_text())["error"]
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])

@@ -205,6 +205,8 @@ class StudyBatch:
         if opts.simulate:
             ref_vol = crop_to_multiple(vol, factors)
             ref = np.asarray(ref_vol.data, dtype=np.float32)
+            if float(ref.max()) == float(ref.min()):
+                raise UnsupportedDataError(study.path, "a constant image: --simulate has no data range to measure")
             lr = degrade_frames(ref, factors, degradation)
             if np.issubdtype(vol.dtype, np.integer):
                 lr = cast_to_dtype(lr, vol.dtype).astype(np.float32)
