@@ -92,8 +92,8 @@ def save_checkpoint(
     if train_state is not None:
         obj["train_state"] = train_state
     out = Path(path)
-    with atomic_path(out) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)  # a file object: the archive's root is not named after the temporary file
     return out
 
 

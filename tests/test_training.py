@@ -111,6 +111,7 @@ def test_runs_are_deterministic(studies: Path, tmp_path: Path) -> None:
     w_full, w_again = _weights(full.last), _weights(again.last)
     for k in w_full:
         assert torch.equal(w_full[k], w_again[k]), k
+    assert full.best.read_bytes() == again.best.read_bytes()  # byte for byte (no temporary name inside)
     # A different seed gives different weights (so the equality above is not vacuous).
     other = train([studies], tmp_path / "other", _cfg(**{**NO_VAL, "seed": 4}))
     assert not torch.equal(_weights(other.last)["body.0.weight"], w_full["body.0.weight"])
@@ -130,6 +131,25 @@ def test_resume_equals_uninterrupted(studies: Path, tmp_path: Path) -> None:
         assert torch.allclose(w_full[k], w_res[k], rtol=0, atol=1e-7), k
     # The last 4 steps moved the weights (so matching at the end is not trivial).
     assert any(not torch.allclose(stopped.state_dict[k], w_res[k], rtol=0, atol=1e-6) for k in w_res)
+
+
+def test_resume_refuses_other_settings_or_data(studies: Path, tmp_path: Path) -> None:
+    """A resumed run must be the run it continues: only max_steps, workers and device may change."""
+    train([studies], tmp_path / "run", _cfg(**NO_VAL, max_steps=2))
+    for change, why in (({"lr": 0.1}, "lr 0.001 -> 0.1"), ({"epochs": 8}, "epochs"), ({"scale": 3}, "scale")):
+        with pytest.raises(ValueError, match=why):
+            train([studies], tmp_path / "run", _cfg(**{**NO_VAL, **change}), resume=True)
+    nib.save(nib.Nifti1Image(_phantom((16, 16, 8), 9), np.eye(4)), studies / "sub1.nii.gz")  # other data
+    with pytest.raises(ValueError, match="training studies differ"):
+        train([studies], tmp_path / "run", _cfg(**NO_VAL), resume=True)
+
+
+def test_a_study_smaller_than_the_scale_is_skipped(studies: Path, tmp_path: Path) -> None:
+    nib.save(nib.Nifti1Image(_phantom((3, 16, 8), 1), np.eye(4)), studies / "thin.nii.gz")
+    res = train([studies], tmp_path / "run", _cfg(scale=4, epochs=1, steps_per_epoch=2))
+    assert {d["id"] for d in load_checkpoint(res.last).meta["training_data"]} <= {"sub0", "sub1", "sub2"}
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert "thin" not in split["train"] + split["val"]
 
 
 def test_split_is_by_study_seeded_and_disjoint() -> None:

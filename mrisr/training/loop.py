@@ -15,6 +15,7 @@ validates and writes.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -273,6 +274,30 @@ def _training_data(
     return [{"id": i, "file": by_id[i].path.name, "sha256": loaded[i]["sha256"]} for i in ids]
 
 
+#: Settings a resumed run may change: they do not change what is computed.
+RESUMABLE_CHANGES = frozenset({"max_steps", "workers", "device"})
+
+
+def _check_resume(meta: dict[str, Any], cfg: TrainConfig, data: list[dict[str, str]], path: Path) -> None:
+    """Refuse to resume a run with other settings or other training data than it was started with
+    (an uninterrupted run would not have given the result; the optimiser and schedule could not follow).
+
+    Raises:
+        ValueError: Naming the settings that differ, or the training studies that changed.
+    """
+    old = json.loads(json.dumps(meta.get("train_config") or {}))
+    new = json.loads(json.dumps(cfg.to_dict()))
+    changed = sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if changed:
+        diffs = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(f"--resume: {path} was trained with other settings ({diffs}); start a new run")
+    was = {(d.get("id"), d.get("sha256")) for d in meta.get("training_data") or []}
+    now = {(d["id"], d["sha256"]) for d in data}
+    if was != now:
+        ids = sorted({i for i, _ in was ^ now})
+        raise ValueError(f"--resume: the training studies differ from the run's ({', '.join(map(str, ids))})")
+
+
 def train(
     data: Sequence[str | Path],
     out_dir: str | Path,
@@ -316,6 +341,12 @@ def train(
     if not studies:
         raise FileNotFoundError(f"no NIfTI or DICOM study under {', '.join(map(str, data))}")
     loaded, errors = load_studies(studies, cfg.workers)
+    factors = _val_factors(cfg)
+    for s in studies:  # validation degrades whole volumes by the factors: each axis must hold a block
+        shape = loaded[s.id]["frames"][0].shape if s.id in loaded else None
+        if shape is not None and any(n < f for n, f in zip(shape, factors, strict=True)):
+            errors.append(f"{s.path}: shape {tuple(shape)} is smaller than the scale {factors}")
+            del loaded[s.id]
     for line in errors:
         log.error("skipping %s", line)
     studies = [s for s in studies if s.id in loaded]
@@ -354,6 +385,7 @@ def train(
         ck = load_checkpoint(out / "last.pt")
         if ck.train_state is None:
             raise FileNotFoundError(f"{out / 'last.pt'} holds no training state to resume from")
+        _check_resume(ck.meta, cfg, _training_data(loaded, studies, split.train), out / "last.pt")
         model.load_state_dict(ck.state_dict)
         ts = ck.train_state
         opt.load_state_dict(ts["optimizer"])
@@ -464,8 +496,10 @@ def train(
                 "best_metrics": best_metrics,
                 "rng": _rng_state(),
             }
-            save_checkpoint(out / "last.pt", model, arch, meta({}), train_state=train_state)
+            # The row first: a kill between the two leaves a row past last.pt's step, which a resume
+            # drops and writes again (the other order could lose the row for good).
             _write_csv(out / "metrics.csv", history)
+            save_checkpoint(out / "last.pt", model, arch, meta({}), train_state=train_state)
             finished = step >= max_steps or epoch >= cfg.epochs
             # Drawing costs seconds on a busy CPU: redraw at most every PLOT_EVERY_S, and at the end.
             if finished or time.perf_counter() - last_plot >= PLOT_EVERY_S:
