@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 
 from mrisr import __version__
-from mrisr.adapt import AdaptConfig
 from mrisr.batch import study_lock
 from mrisr.checkpoint import Checkpoint
 from mrisr.discovery import Study
-from mrisr.enhance.options import DEFAULT_ADAPT, EnhanceOptions, StudyResult
+from mrisr.enhance.options import EnhanceOptions, StudyResult
 from mrisr.errors import MrisrError, OutputExistsError, UnreadableFileError, UnsupportedDataError
 from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first_frame
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
@@ -49,29 +48,11 @@ class StudyBatch:
     run: RunOptions
     _background: ThreadPoolExecutor
 
-    def enhance_array(
-        self,
-        data: np.ndarray,
-        factors: tuple[int, int, int],
-        *,
-        axis: int = 2,
-        norm: Normalization | None = None,
-        clamp: bool = True,
-        adapt: AdaptConfig | None = None,
-        auto_adapt: AdaptConfig | None = DEFAULT_ADAPT,
-        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-        progress: Callable[[int], None] | None = None,
-    ) -> tuple[np.ndarray, Normalization, dict[str, Any] | None]:
-        raise NotImplementedError
-
-    def default_factors(self, axis: int = 2) -> tuple[int, int, int]:
-        raise NotImplementedError
-
-    def _request(self, opts: EnhanceOptions, factors: tuple[int, int, int]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _same_request(self, old: Any, opts: EnhanceOptions, factors: tuple[int, int, int]) -> bool:
-        raise NotImplementedError
+    # Provided by Enhancer (array level); declared here for type checking only.
+    enhance_array: Callable[..., tuple[np.ndarray, Normalization, dict[str, Any] | None]]
+    default_factors: Callable[[int], tuple[int, int, int]]
+    _request: Callable[[EnhanceOptions, tuple[int, int, int]], dict[str, Any]]
+    _same_request: Callable[[Any, EnhanceOptions, tuple[int, int, int]], bool]
 
     # -- studies ------------------------------------------------------------------------------------
     def process(
