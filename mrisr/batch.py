@@ -164,8 +164,9 @@ class StopFlag:
     (its temporaries are removed by the atomic writers).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, finishing: str = "the current study") -> None:
         self.signum: int | None = None
+        self.finishing = finishing
         self._old: dict[int, object] = {}
 
     def __bool__(self) -> bool:
@@ -175,7 +176,7 @@ class StopFlag:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        log.warning("received signal %d: finishing the current study, then stopping", signum)
+        log.warning("received signal %d: finishing %s, then stopping", signum, self.finishing)
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):

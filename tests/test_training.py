@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import torch
 from mrisr.checkpoint import load_checkpoint
 from mrisr.cli import main
 from mrisr.models import SRCNN, SRCNNConfig
-from mrisr.training import PatchDataset, TrainConfig, degrade_patch, split_studies, train, validate
+from mrisr.training import Callbacks, PatchDataset, TrainConfig, degrade_patch, split_studies, train, validate
 from mrisr.training.data import SLAB_GAP, Piece, Split, build_pieces, head_mask, slab_for
 from mrisr.training.loop import ssim_loss
 from mrisr.transforms import degrade_volume, upsample_volume
@@ -131,6 +132,37 @@ def test_resume_equals_uninterrupted(studies: Path, tmp_path: Path) -> None:
         assert torch.allclose(w_full[k], w_res[k], rtol=0, atol=1e-7), k
     # The last 4 steps moved the weights (so matching at the end is not trivial).
     assert any(not torch.allclose(stopped.state_dict[k], w_res[k], rtol=0, atol=1e-6) for k in w_res)
+
+
+def test_stop_mid_epoch_then_resume_equals_uninterrupted(studies: Path, tmp_path: Path) -> None:
+    """A stop request (SIGTERM in the CLI) after step 4 of 9, in the middle of epoch 2: last.pt holds
+    that step, no row or validation is added, and the resumed run ends as the uninterrupted one,
+    best.pt and the validation rows included."""
+    cfg = _cfg(epochs=3)
+    full = train([studies], tmp_path / "full", cfg)
+    steps: list[int] = []
+    stopped = train(
+        [studies],
+        tmp_path / "part",
+        cfg,
+        callbacks=Callbacks(on_step=lambda s, _: steps.append(s), should_stop=lambda: len(steps) >= 4),
+    )
+    assert stopped.stopped and stopped.step == 4 and [r["step"] for r in stopped.history] == [3]
+    state = load_checkpoint(tmp_path / "part" / "last.pt").train_state
+    assert state is not None and (state["step"], state["epoch"], state["batch_in_epoch"]) == (4, 1, 1)
+    resumed = train([studies], tmp_path / "part", cfg, resume=True)
+    assert not resumed.stopped and resumed.step == full.step == 9
+    for a, b in ((full.last, resumed.last), (full.best, resumed.best)):
+        wa, wb = _weights(a), _weights(b)
+        assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-7) for k in wa)
+
+    def rows(run: str) -> list[list[str]]:
+        with open(tmp_path / run / "metrics.csv", newline="") as fh:
+            return [
+                [v for k, v in r.items() if k.startswith("val_") or k in ("step", "epoch")] for r in csv.DictReader(fh)
+            ]
+
+    assert rows("part") == rows("full") and len(rows("full")) == 3
 
 
 def test_resume_refuses_other_settings_or_data(studies: Path, tmp_path: Path) -> None:

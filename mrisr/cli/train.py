@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mrisr.cli import EXIT_OK, EXIT_USAGE, app, fail
+from mrisr.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, app, fail
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -69,6 +69,7 @@ def train(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from mrisr.batch import StopFlag
     from mrisr.errors import MrisrError
     from mrisr.inference import resolve_device
     from mrisr.models import ESPCNConfig, SRCNNConfig
@@ -151,20 +152,26 @@ def train(
             progress.update(task, val=val)
             progress.console.print(f"epoch {row['epoch']:.2f}: loss {row['loss']:.5f}, {val}")
 
+    stop = StopFlag("the current step")
     callbacks = Callbacks(
         on_start=lambda first, total: progress.update(task, completed=first, total=total),
         on_step=lambda step, value: progress.update(task, completed=step, loss=value),
         on_epoch=on_epoch,
+        should_stop=lambda: bool(stop),
     )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise fail(f"--out {out}: cannot be used as the output folder ({exc.strerror or exc})") from None
     try:
-        with progress:
+        with stop, progress:
             result = run_training(data, out, cfg, resume=resume, callbacks=callbacks)
     except (MrisrError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    if result.stopped:
+        if main_rank:
+            typer.echo(f"stopped by signal {stop.signum} after step {result.step}; --resume continues", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if main_rank:
         typer.echo(f"{result.step} steps in {result.seconds:.0f} s; best: {result.best}; last: {result.last}")
     raise typer.Exit(EXIT_OK)

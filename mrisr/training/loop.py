@@ -80,6 +80,8 @@ class TrainResult:
         epoch: Epochs completed.
         seconds: Training wall time in all (across resumes), s.
         history: The rows of ``metrics.csv``.
+        stopped: True when ``Callbacks.should_stop`` ended the run early (``last.pt`` then holds the
+            state after the last step done; ``--resume`` continues exactly).
     """
 
     out_dir: Path
@@ -89,6 +91,7 @@ class TrainResult:
     epoch: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,11 +102,15 @@ class Callbacks:
         on_start: Called once with ``(first_step, total_steps)``.
         on_step: Called after every step with ``(step, loss)``.
         on_epoch: Called with each row written to ``metrics.csv``.
+        should_stop: Polled after every step (a SIGTERM flag): when true, the run saves ``last.pt``
+            after the step and returns, without validating or writing a row, so that a resumed run
+            ends exactly as an uninterrupted one (``best.pt`` and ``metrics.csv`` included).
     """
 
     on_start: Callable[[int, int], None] | None = None
     on_step: Callable[[int, float], None] | None = None
     on_epoch: Callable[[dict[str, float]], None] | None = None
+    should_stop: Callable[[], bool] | None = None
 
 
 def _gaussian_kernel(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -222,6 +229,18 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     n = s["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(s["torch"])
+
+
+def _stop_requested(cb: Callbacks, distributed: bool, device: torch.device) -> bool:
+    """``cb.should_stop()``, agreed by all processes of a distributed run (any one stops them all)."""
+    if cb.should_stop is None:  # the same on every process
+        return False
+    flag = bool(cb.should_stop())
+    if distributed:
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        flag = bool(t.item() > 0)
+    return flag
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -427,9 +446,24 @@ def train(
             **extra,
         }
 
+    def state(batch_in_epoch: int) -> dict[str, Any]:
+        return {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict() if use_amp else {},
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "step": step,
+            "seconds": seconds,
+            "best_val_psnr": best_psnr,
+            "best_metrics": best_metrics,
+            "rng": _rng_state(),
+        }
+
     net.train()
     t0 = last_plot = time.perf_counter()
     loss_sum, loss_n = 0.0, 0
+    stopping = False
     while step < max_steps and epoch < cfg.epochs:
         dataset.epoch = epoch
         sampler = _SkipSampler(per_epoch, rank, world, skip * cfg.batch_size)
@@ -461,7 +495,18 @@ def train(
                 cb.on_step(step, lv)
             if step >= max_steps:
                 break
+            if _stop_requested(cb, distributed, device):
+                stopping = True
+                break
         skip = 0
+        if stopping and batch_in_epoch < cfg.steps_per_epoch:
+            # Mid-epoch: the state after this step only; the epoch's validation and row come when a
+            # resumed run finishes the epoch, as they would have without the stop.
+            seconds += time.perf_counter() - t0
+            if main:
+                save_checkpoint(out / "last.pt", model, arch, meta({}), train_state=state(batch_in_epoch))
+                log.warning("stopped at step %d (epoch %d, batch %d); --resume continues", step, epoch, batch_in_epoch)
+            break
         if batch_in_epoch >= cfg.steps_per_epoch:
             epoch, batch_in_epoch = epoch + 1, 0
         seconds_now = seconds + time.perf_counter() - t0
@@ -484,18 +529,7 @@ def train(
             t0 = time.perf_counter()
             if improved:
                 save_checkpoint(out / "best.pt", model, arch, meta({}))
-            train_state = {
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict() if use_amp else {},
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "step": step,
-                "seconds": seconds,
-                "best_val_psnr": best_psnr,
-                "best_metrics": best_metrics,
-                "rng": _rng_state(),
-            }
+            train_state = state(batch_in_epoch)
             # The row first: a kill between the two leaves a row past last.pt's step, which a resume
             # drops and writes again (the other order could lose the row for good).
             _write_csv(out / "metrics.csv", history)
@@ -517,6 +551,8 @@ def train(
         loss_sum, loss_n = 0.0, 0
         if distributed:
             torch.distributed.barrier()
+        if stopping:
+            break
     if distributed:
         torch.distributed.destroy_process_group()
-    return TrainResult(out, out / "best.pt", out / "last.pt", step, epoch, seconds, history)
+    return TrainResult(out, out / "best.pt", out / "last.pt", step, epoch, seconds, history, stopping)
