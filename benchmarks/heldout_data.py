@@ -26,6 +26,7 @@ Files written (first volume of 4D data; 2D images become one-slice volumes):
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import zipfile
@@ -59,7 +60,9 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "heldout")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("outdir", type=Path, nargs="?", default=Path("heldout"), help="where the scans go")
+    out = ap.parse_args().outdir
     wheels, raw = out / "wheels", out / "raw"
     wheels.mkdir(parents=True, exist_ok=True)
     nib_data = Path(nib.__file__).parent / "tests" / "data"

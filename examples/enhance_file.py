@@ -2,7 +2,7 @@
 
     .venv/bin/python examples/enhance_file.py [IN.nii.gz] [OUT_DIR]
 
-Without arguments it enhances the first volume of nibabel's example EPI (a real 3.3 mm scan) with the
+Without arguments it enhances the first volume of nibabel's example EPI (a real 2×2×2.2 mm scan) with the
 weights shipped in mrisr, writes ``<OUT_DIR>/<id>_sr.nii.gz`` and its sidecar, and prints the grids
 before and after: the field of view is kept, the voxels are four times finer in-plane.
 """
