@@ -154,7 +154,7 @@ def _nifti_ids(paths: Sequence[Path], roots: dict[Path, Path]) -> dict[Path, str
         n = used.get(ids[p], 0)
         used[ids[p]] = n + 1
         if n:
-            ids[p] = f"{ids[p]}_{short_hash(str(p))}"
+            ids[p] = f"{ids[p]}_{short_hash(str(p.resolve()))}"  # the same however the input was spelled
     return ids
 
 
@@ -235,7 +235,7 @@ def find_studies(
     unique: list[Study] = []
     for s in studies:
         if s.id in seen:
-            s = replace(s, id=s.id + "_" + short_hash(str(s.path) + (s.series_uid or "")))
+            s = replace(s, id=s.id + "_" + short_hash(str(s.path.resolve()) + (s.series_uid or "")))
         seen[s.id] = 1
         unique.append(s)
     return unique

@@ -243,3 +243,16 @@ def test_a_broken_slice_that_names_its_series_fails_that_series_only(
     (tmp_path / "mixed" / "c.dcm").touch()
     problems = [s.problem for s in find_studies([tmp_path / "mixed"])]
     assert len(problems) == 2 and all(p and "c.dcm" in p and "named like a DICOM file" in p for p in problems)
+
+
+def test_fallback_ids_do_not_depend_on_how_the_input_is_spelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "in"
+    data.mkdir()
+    for name in ("a b.nii.gz", "a_b.nii.gz"):  # the same sanitised stem: a hash tells them apart
+        nib.save(nib.Nifti1Image(np.ones((4, 4, 2), np.int16), np.eye(4)), str(data / name))
+    monkeypatch.chdir(tmp_path)
+    relative = sorted(s.id for s in find_studies([Path("in")]))
+    absolute = sorted(s.id for s in find_studies([data]))
+    assert relative == absolute and len(set(relative)) == 2 and any(i != "a_b" for i in relative)

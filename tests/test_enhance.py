@@ -207,6 +207,24 @@ def test_rerun_skips_and_overwrite_redoes(tmp_path: Path, identity_ckpt: Path, r
     assert json.loads((out / "s_sr.json").read_text()) == old_style  # skipped
 
 
+def test_deleted_output_is_made_again_and_only_ignores_slurm_sharding(
+    tmp_path: Path, identity_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _save(tmp_path / "s.nii.gz", _blob((4, 4, 2)))
+    out = tmp_path / "out"
+    base = ["enhance", str(src), "--out", str(out), "--checkpoint", str(identity_ckpt), "--no-figure"]
+    assert main(base) == 0
+    first = (out / "s_sr.nii.gz").read_bytes()
+    (out / "s_sr.nii.gz").unlink()  # the sidecar still says done
+    assert main(base) == 0 and (out / "s_sr.nii.gz").read_bytes() == first
+    # Inside a SLURM array task whose shard does not hold "s", --only s still enhances it.
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "50")
+    other = tmp_path / "other"
+    assert main([*base[:3], str(other), *base[4:], "--only", "s"]) == 0
+    assert (other / "s_sr.nii.gz").exists()
+
+
 #: Empty, garbage, a truncated zip, text, a pickle of a bare int (torch raises other exception types).
 BAD_CHECKPOINTS = [b"", b"garbage" * 10, b"PK\x03\x04truncated zip", b"hello\n", b"\x80\x04K\x01."]
 

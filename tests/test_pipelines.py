@@ -68,6 +68,15 @@ def test_snakemake_workflow_runs_locally(tmp_path: Path) -> None:
     # A second run has nothing to do.
     again = subprocess.run([*cmd, "--cores", "2", "--directory", str(tmp_path), "-n"], capture_output=True, text=True)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # A changed setting (extra_args as one string, output spelled with a trailing slash) redoes every
+    # study and replaces the results, instead of being refused as "output exists".
+    cfg = json.loads(config.read_text()) | {"extra_args": "--ensemble 2", "output": f"{out}/"}
+    config.write_text(json.dumps(cfg))
+    redo = subprocess.run([*cmd, "--cores", "2", "--directory", str(tmp_path)], capture_output=True, text=True)
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    for i in range(3):
+        side = json.loads((out / f"sub-{i}_T1w_sr.json").read_text())
+        assert side["status"] == "done" and side["ensemble"] == 2
 
 
 @pytest.mark.parametrize("script", sorted((ROOT / "pipelines" / "slurm").glob("*.sbatch")), ids=lambda p: p.name)

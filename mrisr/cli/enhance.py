@@ -109,7 +109,8 @@ def enhance(
     try:
         factors = parse_factors(scale, axis)
         dev = resolve_device(device)
-        shard_sel = parse_shard(shard) if shard is not None else shard_from_env()
+        # --only names the studies: an inherited SLURM array environment must not drop them silently.
+        shard_sel = parse_shard(shard) if shard is not None else (None if only else shard_from_env())
     except ValueError as exc:
         raise fail(str(exc)) from None
     try:

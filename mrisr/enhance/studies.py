@@ -101,17 +101,18 @@ class StudyBatch:
             in_sha = sha256_files(study.files)
             old = read_sidecar(sidecar) if sidecar.exists() else None
             if not opts.overwrite and (old is not None or out_path.exists()):
-                if (
+                same = (
                     old is not None
                     and old.get("status") == "done"
                     and old.get("input", {}).get("sha256") == in_sha
                     and old.get("checkpoint", {}).get("sha256") == self.checkpoint.sha256
                     and old.get("simulate", False) == opts.simulate
                     and self._same_request(old.get("request"), opts, factors)
-                    and out_path.exists()
-                ):
+                )
+                if same and out_path.exists():
                     return StudyResult(study, "skipped", sidecar=sidecar, output=out_path)
-                if old is not None and old.get("status") == "done":
+                # The same request whose output was deleted is simply made again (nothing to protect).
+                if old is not None and old.get("status") == "done" and not same:
                     raise OutputExistsError(
                         out_path, "output exists (from another input, checkpoint or settings); use --overwrite"
                     )

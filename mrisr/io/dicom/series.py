@@ -62,7 +62,7 @@ def group_dicom_series(
             log.info("skipping %s: %s", path, why)
             continue
         uid = _tag_str(ds, "SeriesInstanceUID") or None
-        key = uid if uid is not None else f"no-uid:{path.parent}"
+        key = uid if uid is not None else f"no-uid:{path.parent.resolve()}"
         groups.setdefault(key, []).append(
             _Header(
                 path=path,
