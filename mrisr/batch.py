@@ -167,12 +167,15 @@ class StopFlag:
     def __init__(self, finishing: str = "the current study") -> None:
         self.signum: int | None = None
         self.finishing = finishing
+        self._pid = os.getpid()
         self._old: dict[int, object] = {}
 
     def __bool__(self) -> bool:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:  # a forked worker (DataLoader) inherited the handler: its parent decides
+            return
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum

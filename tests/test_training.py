@@ -112,7 +112,6 @@ def test_runs_are_deterministic(studies: Path, tmp_path: Path) -> None:
     w_full, w_again = _weights(full.last), _weights(again.last)
     for k in w_full:
         assert torch.equal(w_full[k], w_again[k]), k
-    assert full.best.read_bytes() == again.best.read_bytes()  # byte for byte (no temporary name inside)
     # A different seed gives different weights (so the equality above is not vacuous).
     other = train([studies], tmp_path / "other", _cfg(**{**NO_VAL, "seed": 4}))
     assert not torch.equal(_weights(other.last)["body.0.weight"], w_full["body.0.weight"])
@@ -174,6 +173,19 @@ def test_resume_refuses_other_settings_or_data(studies: Path, tmp_path: Path) ->
     nib.save(nib.Nifti1Image(_phantom((16, 16, 8), 9), np.eye(4)), studies / "sub1.nii.gz")  # other data
     with pytest.raises(ValueError, match="training studies differ"):
         train([studies], tmp_path / "run", _cfg(**NO_VAL), resume=True)
+
+
+def test_refused_resume_writes_nothing_and_checks_validation_studies(studies: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train([studies], run, _cfg(max_steps=2))
+    split_before = (run / "split.json").read_text()
+    with pytest.raises(ValueError, match="seed 3 -> 4"):
+        train([studies], run, _cfg(seed=4), resume=True)  # another seed: another split too
+    assert (run / "split.json").read_text() == split_before
+    (val_id,) = json.loads(split_before)["val"]
+    nib.save(nib.Nifti1Image(_phantom((16, 16, 8), 7), np.eye(4)), studies / f"{val_id}.nii.gz")
+    with pytest.raises(ValueError, match=f"validation studies differ.*{val_id}"):
+        train([studies], run, _cfg(), resume=True)
 
 
 def test_a_study_smaller_than_the_scale_is_skipped(studies: Path, tmp_path: Path) -> None:

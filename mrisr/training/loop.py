@@ -293,16 +293,24 @@ def _training_data(
     return [{"id": i, "file": by_id[i].path.name, "sha256": loaded[i]["sha256"]} for i in ids]
 
 
-#: Settings a resumed run may change: they do not change what is computed.
+#: Settings a resumed run may change: they do not change the weights computed (``max_steps`` ending
+#: in the middle of an epoch adds a validation there, which may change which weights best.pt holds).
 RESUMABLE_CHANGES = frozenset({"max_steps", "workers", "device"})
 
 
-def _check_resume(meta: dict[str, Any], cfg: TrainConfig, data: list[dict[str, str]], path: Path) -> None:
-    """Refuse to resume a run with other settings or other training data than it was started with
-    (an uninterrupted run would not have given the result; the optimiser and schedule could not follow).
+def _check_resume(
+    meta: dict[str, Any],
+    cfg: TrainConfig,
+    data: list[dict[str, str]],
+    val_data: list[dict[str, str]],
+    path: Path,
+) -> None:
+    """Refuse to resume a run with other settings, training or validation data than it was started
+    with (an uninterrupted run would not have given the result; the optimiser and schedule could not
+    follow, and best.pt would compare validation figures of two different sets).
 
     Raises:
-        ValueError: Naming the settings that differ, or the training studies that changed.
+        ValueError: Naming the settings that differ, or the studies that changed.
     """
     old = json.loads(json.dumps(meta.get("train_config") or {}))
     new = json.loads(json.dumps(cfg.to_dict()))
@@ -315,6 +323,12 @@ def _check_resume(meta: dict[str, Any], cfg: TrainConfig, data: list[dict[str, s
     if was != now:
         ids = sorted({i for i, _ in was ^ now})
         raise ValueError(f"--resume: the training studies differ from the run's ({', '.join(map(str, ids))})")
+    if "validation_sha256" in meta:  # recorded since session 4
+        was_v = set((meta["validation_sha256"] or {}).items())
+        now_v = {(d["id"], d["sha256"]) for d in val_data}
+        if was_v != now_v:
+            ids = sorted({i for i, _ in was_v ^ now_v})
+            raise ValueError(f"--resume: the validation studies differ from the run's ({', '.join(map(str, ids))})")
 
 
 def train(
@@ -386,6 +400,18 @@ def train(
                 slab[1],
                 SLAB_GAP,
             )
+    ck = None
+    if resume:  # checked before anything is written: a refused resume leaves the run as it was
+        ck = load_checkpoint(out / "last.pt")
+        if ck.train_state is None:
+            raise FileNotFoundError(f"{out / 'last.pt'} holds no training state to resume from")
+        _check_resume(
+            ck.meta,
+            cfg,
+            _training_data(loaded, studies, split.train),
+            _training_data(loaded, studies, split.val),
+            out / "last.pt",
+        )
     if main:
         write_split(out / "split.json", split, cfg.seed)
     pieces, val_volumes = build_pieces(loaded, split, cfg)
@@ -400,11 +426,7 @@ def train(
     step, epoch, skip, seconds, best_psnr = 0, 0, 0, 0.0, -math.inf
     best_metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
-    if resume:
-        ck = load_checkpoint(out / "last.pt")
-        if ck.train_state is None:
-            raise FileNotFoundError(f"{out / 'last.pt'} holds no training state to resume from")
-        _check_resume(ck.meta, cfg, _training_data(loaded, studies, split.train), out / "last.pt")
+    if ck is not None and ck.train_state is not None:
         model.load_state_dict(ck.state_dict)
         ts = ck.train_state
         opt.load_state_dict(ts["optimizer"])
@@ -436,6 +458,7 @@ def train(
             "degradation": cfg.degradation,
             "training_data": _training_data(loaded, studies, split.train),
             "validation_data": list(split.val) or ([v[0] for v in val_volumes] if split.slab else []),
+            "validation_sha256": {d["id"]: d["sha256"] for d in _training_data(loaded, studies, split.val)},
             "patch_size": cfg.hr_patch,
             "steps": step,
             "epochs": epoch,
