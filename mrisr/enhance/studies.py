@@ -23,7 +23,7 @@ from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
 from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions
-from mrisr.io import Volume, cast_to_dtype
+from mrisr.io import Volume, cast_to_dtype, check_finite
 from mrisr.metrics import evaluate, psnr
 from mrisr.outputs import Targets, read_sidecar, write_bids_description, write_volume
 from mrisr.transforms import Normalization
@@ -171,9 +171,7 @@ class StudyBatch:
     ) -> dict[str, Any]:
         out_path = targets.output
         vol = loaded.result() if loaded is not None else study.load()
-        if not np.isfinite(vol.data).all():
-            bad = int((~np.isfinite(vol.data)).sum())
-            raise UnsupportedDataError(study.path, f"{bad} NaN/Inf voxels of {vol.data.size}")
+        check_finite(vol.data, study.path)
         if out_fmt == "dicom" and vol.data.ndim == 4:
             raise UnsupportedDataError(study.path, "4D data cannot be written as one DICOM series; use --format nifti")
         out_dtype = np.dtype(opts.dtype) if opts.dtype else vol.dtype

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mrisr.errors import UnsupportedDataError
 from mrisr.geometry import voxel_spacing
 
 Format = Literal["nifti", "dicom"]
@@ -113,6 +114,17 @@ def load_volume(path: str | Path) -> Volume:
     from mrisr.io.dicom import read_dicom_path
 
     return read_dicom_path(p)
+
+
+def check_finite(data: np.ndarray, path: str | Path | None) -> None:
+    """Refuse an array holding NaN or infinite values (no network, metric or writer takes them).
+
+    Raises:
+        UnsupportedDataError: Naming ``path`` and how many voxels are not finite.
+    """
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise UnsupportedDataError(path, f"{int(finite.size - finite.sum())} NaN/Inf voxels of {data.size}")
 
 
 def cast_to_dtype(data: np.ndarray, dtype: np.dtype | str, *, chunk: int = 16) -> np.ndarray:

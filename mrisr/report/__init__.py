@@ -206,10 +206,6 @@ def _finite(values: list[Any]) -> list[float]:
     return [float(v) for v in values if isinstance(v, float) and math.isfinite(v)]
 
 
-def _json_safe(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
 def _cell_text(v: Any) -> str:
     return "" if v is None else repr(v) if isinstance(v, float) else str(v)
 
@@ -297,7 +293,7 @@ def build_report(out_dir: str | Path, *, embed_first: int = 20, embed_worst: int
         {
             "summary": summary,
             "columns": list(COLUMNS),
-            "studies": [{c: _json_safe(r[c]) for c in COLUMNS} for r in rows],
+            "studies": [{c: r[c] for c in COLUMNS} for r in rows],  # non-finite -> null: write_json_atomic
             "failures": [{"study": s, "error": e} for s, e in failures],
             "duplicates": [d["sidecar"] for d in dropped],
         },

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from mrisr.discovery import Study
 from mrisr.errors import MrisrError
 from mrisr.fsutil import atomic_path, sha256_file
+from mrisr.io import check_finite
 from mrisr.training.config import TrainConfig
 from mrisr.transforms import degrade_and_upsample, downsample, fit_normalization
 
@@ -145,11 +146,10 @@ class LoadNormalized(Transform):
         study: Study = data["study"]
         try:
             vol = study.load()
+            arr = np.asarray(vol.data, dtype=np.float32)
+            check_finite(arr, study.path)  # on the float32 copy: huge float64 values become inf there
         except (MrisrError, OSError) as exc:
             return {**data, "error": str(exc)}
-        arr = np.asarray(vol.data, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            return {**data, "error": f"{study.path}: {int((~np.isfinite(arr)).sum())} NaN/Inf voxels of {arr.size}"}
         norm = fit_normalization(arr)
         frames = [norm.apply(vol.frame(t)) for t in range(vol.n_frames)]
         # One file: its SHA-256. A DICOM series: the SHA-256 of its files' sorted SHA-256 digests.
