@@ -79,7 +79,7 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | No
     if offset % step or not 0 <= index < count:
         raise ValueError(
             f"SLURM array task {e['SLURM_ARRAY_TASK_ID']} is outside 0..{count - 1} "
-            "(use a contiguous array such as --array=0-N)"
+            "(use a regular array such as --array=0-N or --array=0-N:S)"
         )
     return index, count
 

@@ -51,8 +51,7 @@ def group_dicom_series(
                 broken.append((path, exc.reason, getattr(exc, "series_uid", None)))
             continue
         if ds is None:
-            suspect = _suspect_non_dicom(path) if broken is not None else None
-            if suspect is not None and broken is not None:
+            if broken is not None and (suspect := _suspect_non_dicom(path)) is not None:
                 broken.append((path, suspect, None))
             else:
                 log.info("skipping %s: not a DICOM file", path)
