@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from mrisr.errors import InconsistentGeometryError, UnreadableFileError, UnsupportedDataError
 from mrisr.io import Volume
 from mrisr.io.dicom.common import _ABS_TOL, _REL_TOL, COPIED_TAGS, LPS_TO_RAS, _image_header, _read_header, _tag_str
+from mrisr.io.dicom.enhanced import check_one_stack, is_multiframe, split_frames
+from mrisr.io.dicom.pixels import read_frame_pixels, read_slice_pixels, rescale
+from mrisr.io.dicom.source import DicomSource, SourceSlice, clean_header
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,13 @@ class _Slice:
     spacing: tuple[float, float]  # (between rows, between columns), mm
     shape: tuple[int, int]  # (rows, columns)
     instance: int | None
+    frame: int | None = None  # 1-based frame number of a multi-frame object, None for a single frame
+    file_ds: Dataset | None = None  # the multi-frame object's own header, for its pixel data
+
+    @property
+    def label(self) -> str:
+        """The file name, with the frame number for a frame of a multi-frame object."""
+        return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame}"
 
 
 def _int_tag(ds: Dataset, keyword: str, default: int, path: Path | None) -> int:
@@ -58,10 +66,9 @@ def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray | None:
     return vals
 
 
-def _parse_slice(path: Path, ds: Dataset, *, single: bool) -> _Slice:
-    frames = _int_tag(ds, "NumberOfFrames", 1, path)
-    if frames > 1:
-        raise UnsupportedDataError(path, f"multi-frame DICOM ({frames} frames) is not supported")
+def _parse_slice(
+    path: Path, ds: Dataset, *, single: bool, frame: int | None = None, file_ds: Dataset | None = None
+) -> _Slice:
     if _int_tag(ds, "SamplesPerPixel", 1, path) != 1:
         raise UnsupportedDataError(path, f"colour image ({ds.get('PhotometricInterpretation')})")
     iop = _floats(ds, "ImageOrientationPatient", 6, path)
@@ -97,6 +104,8 @@ def _parse_slice(path: Path, ds: Dataset, *, single: bool) -> _Slice:
         spacing=(float(spacing[0]), float(spacing[1])),
         shape=(_int_tag(ds, "Rows", 0, path), _int_tag(ds, "Columns", 0, path)),
         instance=inst,
+        frame=frame,
+        file_ds=file_ds,
     )
 
 
@@ -116,18 +125,18 @@ def _order_slices(slices: list[_Slice], folder: Path) -> tuple[list[_Slice], np.
         if not (np.allclose(s.row_dir, first.row_dir, atol=1e-4) and np.allclose(s.col_dir, first.col_dir, atol=1e-4)):
             raise InconsistentGeometryError(
                 folder,
-                f"mixed slice orientation: {s.path.name} has row/column directions "
-                f"{_fmt_pos(s.row_dir)}/{_fmt_pos(s.col_dir)}, {first.path.name} has "
+                f"mixed slice orientation: {s.label} has row/column directions "
+                f"{_fmt_pos(s.row_dir)}/{_fmt_pos(s.col_dir)}, {first.label} has "
                 f"{_fmt_pos(first.row_dir)}/{_fmt_pos(first.col_dir)}",
             )
         if s.shape != first.shape:
             raise InconsistentGeometryError(
-                folder, f"mixed slice sizes: {s.path.name} is {s.shape}, {first.path.name} is {first.shape}"
+                folder, f"mixed slice sizes: {s.label} is {s.shape}, {first.label} is {first.shape}"
             )
         if not np.allclose(s.spacing, first.spacing, rtol=1e-4, atol=1e-5):
             raise InconsistentGeometryError(
                 folder,
-                f"mixed PixelSpacing: {s.path.name} has {s.spacing}, {first.path.name} has {first.spacing}",
+                f"mixed PixelSpacing: {s.label} has {s.spacing}, {first.label} has {first.spacing}",
             )
     if len(slices) == 1:
         return slices, np.zeros(3)
@@ -185,15 +194,6 @@ def _single_slice_step(s: _Slice) -> np.ndarray:
     return normal * 1.0
 
 
-def _rescale(ds: Dataset) -> tuple[float, float]:
-    try:
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    except (TypeError, ValueError):
-        return 1.0, 0.0
-    return slope, inter
-
-
 def _stored_dtype(ds: Dataset) -> np.dtype:
     bits = _int_tag(ds, "BitsAllocated", 16, None)
     signed = _int_tag(ds, "PixelRepresentation", 0, None) == 1
@@ -207,47 +207,13 @@ def _stored_dtype(ds: Dataset) -> np.dtype:
 def _result_dtype(data: np.ndarray, slices: Sequence[_Slice]) -> np.dtype:
     """The stored dtype when no rescale applies; an integer type when the rescaled values are
     integers that fit int16 (e.g. CT with slope 1, intercept -1024); else float32."""
-    rescales = {_rescale(s.ds) for s in slices}
+    rescales = {rescale(s.ds) for s in slices}
     if rescales == {(1.0, 0.0)}:
         return _stored_dtype(slices[0].ds)
     integral = all(float(a).is_integer() and float(b).is_integer() for a, b in rescales)
     if integral and data.size and data.min() >= -32768 and data.max() <= 32767:
         return np.dtype(np.int16)
     return np.dtype(np.float32)
-
-
-def _read_pixels(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels of one slice in physical units (rescale applied), shape ``(rows, columns)``, float64.
-
-    SimpleITK (GDCM) decodes them; where SimpleITK is not installed, pydicom does (uncompressed and
-    the transfer syntaxes its installed plugins handle).
-    """
-    try:
-        import SimpleITK as sitk  # noqa: N813
-    except ImportError:
-        log.debug("SimpleITK not available; decoding %s with pydicom", path)
-        return _read_pixels_pydicom(path, shape)
-    try:
-        img = sitk.ReadImage(str(path), sitk.sitkFloat64, imageIO="GDCMImageIO")
-    except RuntimeError as exc:
-        msg = str(exc).strip().splitlines()
-        raise UnreadableFileError(path, f"cannot read pixel data ({msg[-1] if msg else 'SimpleITK error'})") from exc
-    arr = sitk.GetArrayFromImage(img)
-    if arr.size != shape[0] * shape[1]:
-        raise UnreadableFileError(path, f"pixel data of {arr.shape} does not match Rows×Columns {shape}")
-    return arr.reshape(shape)
-
-
-def _read_pixels_pydicom(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    try:
-        ds = pydicom.dcmread(path)
-        arr = np.asarray(ds.pixel_array, dtype=np.float64)
-    except (InvalidDicomError, OSError, EOFError, ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
-        raise UnreadableFileError(path, f"cannot read pixel data ({exc})") from exc
-    if arr.size != shape[0] * shape[1]:
-        raise UnreadableFileError(path, f"pixel data of {arr.shape} does not match Rows×Columns {shape}")
-    slope, inter = _rescale(ds)
-    return arr.reshape(shape) * slope + inter
 
 
 def _series_tags(ds: Dataset) -> dict[str, str]:
@@ -297,16 +263,15 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
         raise UnsupportedDataError(folder, f"{len(uids)} series among the files; read them one by one")
     if not headers:
         raise UnsupportedDataError(folder, "no DICOM image" + (f" of series {uid}" if uid else ""))
-    single = len(headers) == 1
-    slices = [_parse_slice(p, ds, single=single) for p, ds in headers]
+    slices = _parse_slices(headers)
     ordered, step = _order_slices(slices, folder)
     first = ordered[0]
-    if single:
+    if len(ordered) == 1:
         step = _single_slice_step(first)
-    rows, cols = first.shape
-    data = np.empty((cols, rows, len(ordered)), dtype=np.float64)
-    for k, s in enumerate(ordered):
-        data[:, :, k] = _read_pixels(s.path, s.shape).T
+    data = _read_data(ordered)
+    where = paths[0] if len(paths) == 1 else folder
+    if data.size and float(data.min()) == float(data.max()):
+        raise UnsupportedDataError(where, f"a constant image (every voxel is {float(data.min()):g}): empty pixel data?")
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = first.row_dir * first.spacing[1]
     affine_lps[:3, 1] = first.col_dir * first.spacing[0]
@@ -315,13 +280,61 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
     dtype = _result_dtype(data, ordered)
     out = data.astype(dtype) if np.issubdtype(dtype, np.integer) else data.astype(np.float32)
     log.debug("read %d slices of %s", len(ordered), folder)
+    source = DicomSource(
+        slices=tuple(_source_slice(s) for s in ordered),
+        affine_lps=affine_lps,
+        series_uid=_tag_str(first.ds, "SeriesInstanceUID"),
+    )
     return Volume(
         data=out,
         affine=LPS_TO_RAS @ affine_lps,
         dtype=dtype,
         fmt="dicom",
         path=folder,
-        meta={"tags": _series_tags(first.ds)},
+        meta={"tags": _series_tags(first.ds), "dicom": source},
+    )
+
+
+def _parse_slices(headers: list[tuple[Path, Dataset]]) -> list[_Slice]:
+    """One slice per single-frame file, one per frame of a multi-frame object."""
+    slices: list[_Slice] = []
+    multi = [(p, ds) for p, ds in headers if is_multiframe(ds)]
+    single = len(headers) == 1 and not multi
+    for p, ds in headers:
+        if not is_multiframe(ds):
+            slices.append(_parse_slice(p, ds, single=single))
+            continue
+        frames = split_frames(p, ds)
+        parsed = [_parse_slice(p, f.header, single=False, frame=f.number, file_ds=ds) for f in frames]
+        check_one_stack(p, frames)
+        slices.extend(parsed)
+    return slices
+
+
+def _read_data(ordered: list[_Slice]) -> np.ndarray:
+    """Pixels in physical units, ``(columns, rows, slices)``, float64 (each frame with its own rescale)."""
+    rows, cols = ordered[0].shape
+    data = np.empty((cols, rows, len(ordered)), dtype=np.float64)
+    frames: dict[Path, np.ndarray] = {}
+    for k, s in enumerate(ordered):
+        if s.frame is None:
+            data[:, :, k] = read_slice_pixels(s.path, s.ds, s.shape).T
+            continue
+        if s.path not in frames:
+            frames[s.path] = read_frame_pixels(s.path, s.file_ds if s.file_ds is not None else s.ds, s.shape)
+        slope, inter = rescale(s.ds)
+        data[:, :, k] = (frames[s.path][s.frame - 1] * slope + inter).T
+    return data
+
+
+def _source_slice(s: _Slice) -> SourceSlice:
+    header = s.ds if s.frame is not None else clean_header(s.ds)  # frame headers are clean already
+    source_ds = s.file_ds if s.file_ds is not None else s.ds
+    return SourceSlice(
+        header=header,
+        sop_class=_tag_str(source_ds, "SOPClassUID"),
+        sop_instance=_tag_str(source_ds, "SOPInstanceUID"),
+        frame=s.frame,
     )
 
 

@@ -5,39 +5,56 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
-from pydicom.valuerep import DSfloat
 
+from mrisr import __version__
 from mrisr.errors import UnsupportedDataError
 from mrisr.fsutil import atomic_path
 from mrisr.io import Volume
-from mrisr.io.dicom.common import (
-    _NOT_WRITTEN,
-    _TYPE2_TAGS,
-    CT_IMAGE_STORAGE,
-    LPS_TO_RAS,
-    MR_IMAGE_STORAGE,
-    SECONDARY_CAPTURE_STORAGE,
+from mrisr.io.dicom.common import CT_IMAGE_STORAGE, LPS_TO_RAS, MR_IMAGE_STORAGE, SECONDARY_CAPTURE_STORAGE
+from mrisr.io.dicom.derive import (
+    derived_image_type,
+    ds_value,
+    from_source,
+    from_tags,
+    set_references,
+    set_tag,
+    window,
 )
+from mrisr.io.dicom.source import DicomSource
 
 log = logging.getLogger(__name__)
 
+ROUNDING_MIN_PSNR = 70.0
+"""dB: float data of an integer study are stored as rounded integers only when the rounding error is
+at least this far below the data range (10 dB above the 60 dB at which no difference can be seen)."""
 
-def _ds_value(x: float) -> DSfloat:
-    """``x`` as a DICOM decimal string (at most 16 characters)."""
-    return DSfloat(float(x), auto_format=True)
+_SHEAR_TOL = 1e-4  # |cos| of the angle between the row and column directions that counts as 90°
+
+
+def _rounding_psnr(data: np.ndarray, lo: float, hi: float, *, chunk: int = 8) -> float:
+    """PSNR (dB, over the data range ``hi - lo``) of ``data`` rounded to integers, in blocks of
+    ``chunk`` slices so that no full-size temporary is made."""
+    sq = 0.0
+    for start in range(0, data.shape[-1], chunk):
+        block = np.asarray(data[..., start : start + chunk], dtype=np.float64)
+        sq += float(np.sum((np.rint(block) - block) ** 2))
+    mse = sq / max(1, data.size)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(max(hi - lo, 1.0) ** 2 / mse))
 
 
 def _encode(data: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float, float]:
     """Stored integers and (slope, intercept) such that ``data ≈ stored * slope + intercept``.
 
     Integer-valued data that fit int16 (uint16 for an unsigned input type) are stored exactly with
-    slope 1; anything else is scaled into int16.
+    slope 1. Float data of an integer study (``dtype`` an integer type) that fit are rounded to
+    integers, with slope 1 as the scanner stored them, when the rounding stays
+    :data:`ROUNDING_MIN_PSNR` dB below the data range. Anything else is scaled into int16 over its
+    own range (65,000 steps: the error is at most half a step, over 100 dB below the range).
     """
     finite = data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data
     if finite.size != data.size:
@@ -46,22 +63,18 @@ def _encode(data: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float, float
     hi = float(data.max()) if data.size else 0.0
     integral = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(data, 1) == 0))
     unsigned = dtype.kind == "u"
-    if integral and unsigned and lo >= 0 and hi <= 65535:
-        return np.asarray(data).astype(np.uint16), 1.0, 0.0
-    if integral and lo >= -32768 and hi <= 32767:
-        return np.asarray(data).astype(np.int16), 1.0, 0.0
-    slope = 1.0 if hi == lo else float(_ds_value((hi - lo) / 65000.0))
-    inter = float(_ds_value((hi + lo) / 2.0))
+    fits_unsigned = unsigned and lo >= 0 and hi <= 65535
+    fits_signed = lo >= -32768 and hi <= 32767
+    if not integral and dtype.kind in "iu" and (fits_unsigned or fits_signed):
+        integral = _rounding_psnr(data, lo, hi) >= ROUNDING_MIN_PSNR
+    if integral and fits_unsigned:
+        return np.rint(np.asarray(data)).astype(np.uint16), 1.0, 0.0
+    if integral and fits_signed:
+        return np.rint(np.asarray(data)).astype(np.int16), 1.0, 0.0
+    slope = 1.0 if hi == lo else float(ds_value((hi - lo) / 65000.0))
+    inter = float(ds_value((hi + lo) / 2.0))
     stored = np.clip(np.rint((np.asarray(data, dtype=np.float64) - inter) / slope), -32768, 32767)
     return stored.astype(np.int16), slope, inter
-
-
-def _set(ds: Dataset, keyword: str, value: Any) -> None:
-    """Set a tag, skipping (with a warning) a value its VR refuses."""
-    try:
-        setattr(ds, keyword, value)
-    except (ValueError, TypeError, OverflowError) as exc:
-        log.warning("not writing %s=%r: %s", keyword, value, exc)
 
 
 def _save(ds: Dataset, path: Path) -> None:
@@ -74,11 +87,40 @@ def _save(ds: Dataset, path: Path) -> None:
 
 
 def _sop_class(tags: dict[str, str]) -> str:
+    """The classic storage class of the output: MR or CT as the input, else by Modality (an
+    Enhanced MR input gives classic MR images)."""
     sop = tags.get("SOPClassUID", "")
     if sop in (MR_IMAGE_STORAGE, CT_IMAGE_STORAGE):
         return sop
     modality = tags.get("Modality", "MR")
     return {"MR": MR_IMAGE_STORAGE, "CT": CT_IMAGE_STORAGE}.get(modality, SECONDARY_CAPTURE_STORAGE)
+
+
+def check_dicom_grid(volume: Volume) -> None:
+    """Refuse a grid that DICOM slices cannot hold: rows and columns of a DICOM image are
+    perpendicular (ImageOrientationPatient holds two orthogonal unit vectors), so a volume sheared
+    in-plane cannot be written without resampling. A slice axis that is not along the slice normal
+    (as a tilted-gantry series) is fine: each slice is placed by its own ImagePositionPatient.
+
+    Raises:
+        UnsupportedDataError: Naming the study (``volume.path``) and the angle between the axes.
+    """
+    lps = LPS_TO_RAS @ np.asarray(volume.affine, dtype=np.float64)
+    cols = [lps[:3, n] for n in range(3)]
+    lengths = [float(np.linalg.norm(c)) for c in cols]
+    if min(lengths) <= 0 or not np.isfinite(lps).all():
+        raise UnsupportedDataError(volume.path, "degenerate affine (a zero-length voxel axis)")
+    row_dir, col_dir = cols[0] / lengths[0], cols[1] / lengths[1]
+    cos = float(row_dir @ col_dir)
+    if abs(cos) > _SHEAR_TOL:
+        angle = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+        raise UnsupportedDataError(
+            volume.path,
+            f"sheared grid: voxel rows and columns meet at {angle:.2f}° (DICOM images need 90°); "
+            "write it with --format nifti",
+        )
+    if abs(float(np.cross(row_dir, col_dir) @ cols[2])) <= 1e-6 * lengths[2]:
+        raise UnsupportedDataError(volume.path, "degenerate affine: the slice axis lies in the image plane")
 
 
 def write_dicom_series(
@@ -88,18 +130,41 @@ def write_dicom_series(
     series_description_suffix: str = " SR",
     series_number: int | None = None,
 ) -> Path:
-    """Write a 3D volume as a new DICOM series, one file per k-slice, atomically.
+    """Write a 3D volume as a new derived DICOM series, one classic single-frame file per k-slice.
 
     The series is written into a hidden temporary sibling folder renamed onto ``folder`` when
-    complete (an existing ``folder`` is replaced). Each file gets new SOP/series UIDs (derived from the values
-    and geometry written: the same result written again gets the same UIDs, byte-identical files), the slice's
-    ImagePositionPatient, ImageOrientationPatient, PixelSpacing (between rows ``j``, between columns
-    ``i``), SliceThickness, SpacingBetweenSlices and InstanceNumber ``k + 1``; patient and study tags
-    are copied from ``volume.meta["tags"]``; ImageType is ``DERIVED\\SECONDARY``.
+    complete (an existing ``folder`` is replaced).
+
+    A volume read from DICOM (``volume.meta["dicom"]``, a :class:`~mrisr.io.dicom.source.DicomSource`)
+    gives each output slice a copy of the header of the source slice that contains its centre (the
+    nearest one: for a through-plane refinement several output slices share one source slice; a
+    frame of an Enhanced MR source gives a classic MR image). Of that copy only what the new pixels
+    and grid change is replaced:
+
+    - pixel data (uncompressed, explicit VR little endian, whatever the source's transfer syntax),
+      Rows/Columns, Bits Allocated/Stored 16, High Bit 15, Pixel Representation, Rescale
+      Slope/Intercept (written when the source had them or when the values need them);
+    - ImagePositionPatient, ImageOrientationPatient, PixelSpacing (between rows ``j``, between
+      columns ``i``), SpacingBetweenSlices and SliceLocation from the new grid; SliceThickness is the
+      source's when the slice spacing is unchanged (in-plane refinement) and the new slice spacing
+      when it changed (through-plane refinement: the slices are contiguous estimates);
+    - new SeriesInstanceUID and SOPInstanceUIDs, InstanceNumber ``k + 1``, SeriesNumber,
+      SeriesDescription with ``series_description_suffix``;
+    - ImageType ``DERIVED\\SECONDARY`` with the source's value 3, DerivationDescription,
+      DerivationCodeSequence (DCM 113085 "Spatial resampling"), SourceImageSequence (the source
+      slice, and its frame), ReferencedSeriesSequence;
+    - WindowCenter/WindowWidth recomputed from the new values (0.5th–99.5th percentile).
+
+    Dropped: private tags (they can describe the old matrix, and no one can update them), overlays,
+    curves, icons, pixel padding and min/max pixel values, VOI and modality LUTs, instance creation
+    time. Everything else (patient, study, equipment, acquisition parameters, frame of reference,
+    SpecificCharacterSet) is the source's. A volume not read from DICOM gets a new header from
+    ``volume.meta["tags"]``. The UIDs are derived from the values and geometry written: the same
+    result written again gives the same files, byte for byte.
 
     Values: integer-valued data that fit int16 (or uint16 for an unsigned ``volume.dtype``) are stored
     exactly with RescaleSlope 1; other data (float, out of range) as int16 with a RescaleSlope and
-    RescaleIntercept that keep the physical units (to within half a slope).
+    RescaleIntercept that keep the physical units (to within half a slope, 1/130,000 of the range).
 
     Args:
         volume: A 3D volume (RAS affine; the DICOM geometry is derived from it).
@@ -111,25 +176,28 @@ def write_dicom_series(
         ``folder``.
 
     Raises:
-        UnsupportedDataError: A 4D volume, or data with NaN/infinite values.
+        UnsupportedDataError: A 4D volume, data with NaN/infinite values, or a grid DICOM cannot
+            hold (see :func:`check_dicom_grid`).
     """
     out = Path(folder)
     if volume.data.ndim != 3:
         raise UnsupportedDataError(out, f"DICOM output takes 3D volumes, got shape {volume.data.shape}")
+    check_dicom_grid(volume)
     try:
         stored, slope, inter = _encode(np.asarray(volume.data), volume.dtype)
     except UnsupportedDataError as exc:
         raise UnsupportedDataError(out, exc.reason) from exc
     tags = dict(volume.meta.get("tags") or {})
+    source = volume.meta.get("dicom")
+    source = source if isinstance(source, DicomSource) and source.slices else None
     lps = LPS_TO_RAS @ np.asarray(volume.affine, dtype=np.float64)
     col_i, col_j, col_k = lps[:3, 0], lps[:3, 1], lps[:3, 2]
     di, dj, dk = (float(np.linalg.norm(c)) for c in (col_i, col_j, col_k))
-    if min(di, dj, dk) <= 0:
-        raise UnsupportedDataError(out, "degenerate affine (a zero-length voxel axis)")
     row_dir, col_dir = col_i / di, col_j / dj
     normal = np.cross(row_dir, col_dir)
     slice_gap = abs(float(normal @ col_k)) or dk
-    nk = stored.shape[2]
+    through_plane = source is not None and not np.isclose(dk, source.slice_step, rtol=1e-4, atol=1e-6)
+    ni, nj, nk = stored.shape
     if series_number is None:
         try:
             series_number = int(float(tags.get("SeriesNumber", "0"))) + 1000
@@ -147,10 +215,19 @@ def write_dicom_series(
     frame_uid = tags.get("FrameOfReferenceUID") or generate_uid(
         entropy_srcs=[str(volume.path or ""), lps.tobytes().hex(), "frame"]
     )
+    centre, width = window(stored, slope, inter)
+    derivation = f"mrisr {__version__}: CNN super-resolution onto a {di:.4g} x {dj:.4g} x {slice_gap:.4g} mm grid" + (
+        f" from {source.slice_step:.4g} mm slices" if source is not None else ""
+    )
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for k in range(nk):
-            ds = Dataset()
+            centre_lps = lps[:3, :3] @ np.array([(ni - 1) / 2.0, (nj - 1) / 2.0, float(k)]) + lps[:3, 3]
+            src = source.slices[source.index_at(centre_lps)] if source is not None else None
+            if src is not None:
+                ds = from_source(src)
+            else:
+                ds = from_tags(tags, sop_class=sop_class, study_seed=str(volume.path or out))
             sop_uid = generate_uid(entropy_srcs=[series_uid, str(k)])
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = sop_class
@@ -158,42 +235,39 @@ def write_dicom_series(
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta = meta
             ds.preamble = b"\0" * 128
-            ds.SpecificCharacterSet = "ISO_IR 192"
-            for kw, value in tags.items():
-                if kw not in _NOT_WRITTEN:
-                    _set(ds, kw, value)
-            for kw in _TYPE2_TAGS:  # required to be present, even when empty
-                if kw not in ds:
-                    setattr(ds, kw, "")
-            if "StudyInstanceUID" not in ds:
-                ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(volume.path or out)])
-            if "Modality" not in ds:
-                ds.Modality = "MR" if sop_class == MR_IMAGE_STORAGE else "OT"
             ds.SOPClassUID = sop_class
             ds.SOPInstanceUID = sop_uid
             ds.SeriesInstanceUID = series_uid
-            ds.FrameOfReferenceUID = frame_uid
-            _set(ds, "SeriesDescription", description + series_description_suffix)
+            ds.FrameOfReferenceUID = ds.get("FrameOfReferenceUID") or frame_uid
+            set_tag(ds, "SeriesDescription", description + series_description_suffix)
             ds.SeriesNumber = int(series_number)
             ds.InstanceNumber = k + 1
-            ds.ImageType = ["DERIVED", "SECONDARY"]
+            ds.ImageType = derived_image_type(src.header if src is not None else None)
+            ds.DerivationDescription = derivation
+            if src is not None:
+                set_references(ds, src, source.series_uid if source is not None else "")
             position = lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]
-            ds.ImagePositionPatient = [_ds_value(v) for v in position]
-            ds.ImageOrientationPatient = [_ds_value(v) for v in (*row_dir, *col_dir)]
-            ds.PixelSpacing = [_ds_value(dj), _ds_value(di)]
-            ds.SliceThickness = _ds_value(slice_gap)
-            ds.SpacingBetweenSlices = _ds_value(slice_gap)
-            ds.SliceLocation = _ds_value(float(normal @ position))
+            ds.ImagePositionPatient = [ds_value(v) for v in position]
+            ds.ImageOrientationPatient = [ds_value(v) for v in (*row_dir, *col_dir)]
+            ds.PixelSpacing = [ds_value(dj), ds_value(di)]
+            if src is None or through_plane or "SliceThickness" not in ds:
+                ds.SliceThickness = ds_value(slice_gap)
+            ds.SpacingBetweenSlices = ds_value(slice_gap)
+            ds.SliceLocation = ds_value(float(normal @ position))
             ds.SamplesPerPixel = 1
             ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows = int(stored.shape[1])
-            ds.Columns = int(stored.shape[0])
+            ds.Rows = int(nj)
+            ds.Columns = int(ni)
             ds.BitsAllocated = 16
             ds.BitsStored = 16
             ds.HighBit = 15
             ds.PixelRepresentation = 0 if stored.dtype == np.uint16 else 1
-            ds.RescaleSlope = _ds_value(slope)
-            ds.RescaleIntercept = _ds_value(inter)
+            had_rescale = src is None or any(kw in src.header for kw in ("RescaleSlope", "RescaleIntercept"))
+            if had_rescale or (slope, inter) != (1.0, 0.0):
+                ds.RescaleIntercept = ds_value(inter)
+                ds.RescaleSlope = ds_value(slope)
+            ds.WindowCenter = ds_value(centre)
+            ds.WindowWidth = ds_value(width)
             ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype(stored.dtype.newbyteorder("<")).tobytes()
             _save(ds, tmp / f"IM{k + 1:05d}.dcm")
     log.debug("wrote %d slices to %s", nk, out)

@@ -1,0 +1,158 @@
+"""Pixel data of DICOM slices and frames: length checks, decoding, rescale.
+
+SimpleITK (GDCM) decodes single-frame slices (it handles the compressed transfer syntaxes); it is
+imported inside the function that needs it. pydicom decodes where SimpleITK is not installed, and
+always decodes multi-frame objects, whose rescale may differ per frame.
+
+SimpleITK returns a full ``Rows × Columns`` buffer even when the file holds fewer pixel bytes,
+with its tail never written (uninitialised memory), so the length of native (uncompressed) pixel
+data is checked against the header before any decoder sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from mrisr.errors import UnreadableFileError, UnsupportedDataError
+
+log = logging.getLogger(__name__)
+
+_DECODE_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, RuntimeError, NotImplementedError, AttributeError)
+
+
+def _header_int(ds: Dataset, keyword: str, default: int) -> int:
+    try:
+        value = ds.get(keyword)
+        return default if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def rescale(ds: Dataset) -> tuple[float, float]:
+    """``(RescaleSlope, RescaleIntercept)`` of a header, ``(1, 0)`` where absent or unreadable."""
+    try:
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        return 1.0, 0.0
+    if not (np.isfinite(slope) and np.isfinite(inter)) or slope == 0:
+        return 1.0, 0.0
+    return slope, inter
+
+
+def _transfer_syntax(ds: Dataset) -> UID | None:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    return UID(str(ts)) if ts else None
+
+
+def check_pixel_length(path: Path, ds: Dataset) -> None:
+    """Refuse a file whose native pixel data hold fewer bytes than its header promises.
+
+    ``ds`` is the header read with pixel data deferred (or read). Encapsulated (compressed) pixel
+    data are left to the decoder, which fails on a cut-short fragment.
+
+    Raises:
+        UnreadableFileError: Naming ``path``, the bytes present and the bytes needed.
+    """
+    ts = _transfer_syntax(ds)
+    if ts is not None and ts.is_valid and ts.is_compressed:
+        return
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    if raw is None:
+        raise UnreadableFileError(path, "no pixel data")
+    if isinstance(raw, RawDataElement):
+        if raw.length == 0xFFFFFFFF:  # undefined length: encapsulated, whatever the meta says
+            return
+        present = int(raw.length) if raw.value is None else len(raw.value)
+        if raw.value is None and raw.value_tell is not None:
+            try:
+                size = path.stat().st_size
+            except OSError as exc:
+                raise UnreadableFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
+            present = max(0, min(present, size - int(raw.value_tell)))
+    else:
+        value = raw.value
+        present = len(value) if isinstance(value, (bytes, bytearray)) else 0
+    rows, cols = _header_int(ds, "Rows", 0), _header_int(ds, "Columns", 0)
+    frames = max(1, _header_int(ds, "NumberOfFrames", 1))
+    samples = max(1, _header_int(ds, "SamplesPerPixel", 1))
+    bits = _header_int(ds, "BitsAllocated", 16)
+    count = rows * cols * frames * samples
+    needed = (count + 7) // 8 if bits == 1 else count * max(1, bits // 8)
+    if present < needed:
+        raise UnreadableFileError(
+            path,
+            f"pixel data hold {present} bytes, Rows×Columns×frames ({rows}×{cols}×{frames}) at "
+            f"{bits} bits need {needed} (truncated file?)",
+        )
+
+
+def read_slice_pixels(path: Path, ds: Dataset, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels of one single-frame slice in physical units (rescale applied), ``(rows, columns)``, float64.
+
+    Raises:
+        UnreadableFileError: Short or undecodable pixel data, or a size other than ``shape``.
+    """
+    check_pixel_length(path, ds)
+    try:
+        import SimpleITK as sitk  # noqa: N813
+    except ImportError:
+        log.debug("SimpleITK not available; decoding %s with pydicom", path)
+        return _read_pixels_pydicom(path, shape)
+    try:
+        img = sitk.ReadImage(str(path), sitk.sitkFloat64, imageIO="GDCMImageIO")
+    except RuntimeError as exc:
+        msg = str(exc).strip().splitlines()
+        raise UnreadableFileError(path, f"cannot read pixel data ({msg[-1] if msg else 'SimpleITK error'})") from exc
+    arr = sitk.GetArrayFromImage(img)
+    if arr.size != shape[0] * shape[1]:
+        raise UnreadableFileError(path, f"pixel data of {arr.shape} does not match Rows×Columns {shape}")
+    return arr.reshape(shape)
+
+
+def _read_pixels_pydicom(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        ds = pydicom.dcmread(path)
+        arr = np.asarray(ds.pixel_array, dtype=np.float64)
+    except _DECODE_ERRORS as exc:
+        raise UnreadableFileError(path, f"cannot read pixel data ({exc})") from exc
+    if arr.size != shape[0] * shape[1]:
+        raise UnreadableFileError(path, f"pixel data of {arr.shape} does not match Rows×Columns {shape}")
+    slope, inter = rescale(ds)
+    return arr.reshape(shape) * slope + inter
+
+
+def read_frame_pixels(path: Path, ds: Dataset, shape: tuple[int, int]) -> np.ndarray:
+    """Stored pixel values of every frame of a multi-frame object, ``(frames, rows, columns)``, float64.
+
+    The rescale of each frame (its own functional groups) is applied by the caller.
+
+    Raises:
+        UnreadableFileError: Short or undecodable pixel data.
+        UnsupportedDataError: Compressed pixel data that no installed pydicom plugin decodes.
+    """
+    check_pixel_length(path, ds)
+    frames = max(1, _header_int(ds, "NumberOfFrames", 1))
+    try:
+        full = pydicom.dcmread(path)
+        arr = np.asarray(full.pixel_array, dtype=np.float64)
+    except (NotImplementedError, RuntimeError) as exc:
+        ts = _transfer_syntax(ds)
+        name = ts.name if ts is not None else "unknown transfer syntax"
+        raise UnsupportedDataError(
+            path, f"cannot decode multi-frame pixel data ({name}): install pylibjpeg with its plugins ({exc})"
+        ) from exc
+    except _DECODE_ERRORS as exc:
+        raise UnreadableFileError(path, f"cannot read pixel data ({exc})") from exc
+    if arr.size != frames * shape[0] * shape[1]:
+        raise UnreadableFileError(path, f"pixel data of {arr.shape} do not match {frames} frames of {shape}")
+    return arr.reshape(frames, *shape)

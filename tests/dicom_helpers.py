@@ -1,0 +1,146 @@
+"""Helpers for the DICOM tests: dciodvfy, series built from real files, Enhanced MR objects.
+
+Everything is built from files shipped with pydicom (``MR_small.dcm``) and nibabel (a real Philips
+Enhanced MR MPRAGE header, ``philips_mprage.dcm.gz``, whose pixel data are all zero).
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import io
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+DCIODVFY = shutil.which("dciodvfy")
+needs_dciodvfy = pytest.mark.skipif(
+    DCIODVFY is None, reason="dciodvfy is not installed (Debian package dicom3tools; .ci/run installs it)"
+)
+
+PHILIPS_MPRAGE = Path(nibabel.__file__).parent / "nicom" / "tests" / "data" / "philips_mprage.dcm.gz"
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    """The ``Error`` lines dciodvfy prints for one file."""
+    assert DCIODVFY is not None
+    run = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60, check=False)
+    return {line.strip() for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")}
+
+
+def new_errors(source: Path, derived_folder: Path) -> set[str]:
+    """dciodvfy errors of the derived files that the source file does not have."""
+    before = dciodvfy_errors(source)
+    files = sorted(derived_folder.iterdir())
+    assert files
+    return set().union(*(dciodvfy_errors(f) - before for f in (files[0], files[len(files) // 2], files[-1])))
+
+
+def mr_small_series(
+    template: Path,
+    folder: Path,
+    rng: np.random.Generator,
+    *,
+    n: int = 4,
+    thickness: float = 5.0,
+    spacing: float = 6.0,
+) -> list[Path]:
+    """A multi-slice series made of copies of ``MR_small.dcm``: ``n`` slices ``spacing`` mm apart
+    along the slice normal, ``thickness`` mm thick, each with shuffled pixels and a private tag."""
+    base = pydicom.dcmread(template)
+    iop = np.array([float(v) for v in base.ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    ipp0 = np.array([float(v) for v in base.ImagePositionPatient])
+    series_uid = generate_uid(entropy_srcs=[str(folder), "series"])
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(n):
+        ds = copy.deepcopy(base)
+        uid = generate_uid(entropy_srcs=[str(folder), str(k)])
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.SeriesInstanceUID = series_uid
+        ds.InstanceNumber = k + 1
+        position = ipp0 + k * spacing * normal
+        ds.ImagePositionPatient = [round(float(v), 4) for v in position]
+        ds.SliceLocation = round(float(normal @ position), 4)
+        ds.SliceThickness = thickness
+        ds.SpacingBetweenSlices = spacing
+        pixels = base.pixel_array.copy()
+        rng.shuffle(pixels.reshape(-1))
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+        block = ds.private_block(0x0011, "MRISR TEST", create=True)
+        block.add_new(0x01, "LO", "acquisition matrix 64x64")
+        path = folder / f"IM{k:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+def philips_header() -> Dataset:
+    """The real Philips Enhanced MR header shipped with nibabel (176 frames of 256×256, zero pixels)."""
+    return pydicom.dcmread(io.BytesIO(gzip.open(PHILIPS_MPRAGE).read()))
+
+
+def enhanced_mr(
+    path: Path,
+    rng: np.random.Generator,
+    *,
+    orientation: Sequence[float],
+    positions: Sequence[Sequence[float]],
+    pixel_spacing: tuple[float, float],
+    shape: tuple[int, int] = (12, 10),
+    slopes: Sequence[float] | None = None,
+    shared_geometry: bool = False,
+    orientations: Sequence[Sequence[float]] | None = None,
+    stacks: Sequence[str] | None = None,
+) -> tuple[Path, np.ndarray]:
+    """An Enhanced MR object made from the Philips header: one frame per LPS ``positions`` entry.
+
+    Args:
+        orientation: ImageOrientationPatient of every frame (unless ``orientations`` gives one per frame).
+        positions: ImagePositionPatient of each frame, mm.
+        pixel_spacing: (between rows, between columns), mm.
+        shape: (rows, columns).
+        slopes: RescaleSlope of each frame (default 1).
+        shared_geometry: Put orientation and pixel measures in the Shared Functional Groups
+            Sequence instead of each frame's item.
+        stacks: StackID of each frame.
+
+    Returns:
+        The file and the stored pixel values, ``(frames, rows, columns)`` uint16.
+    """
+    ds = philips_header()
+    n = len(positions)
+    ds.PerFrameFunctionalGroupsSequence = ds.PerFrameFunctionalGroupsSequence[:n]
+    ds.NumberOfFrames = n
+    ds.Rows, ds.Columns = shape
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        item.PlanePositionSequence[0].ImagePositionPatient = [float(v) for v in positions[f]]
+        iop = orientations[f] if orientations is not None else orientation
+        item.PlaneOrientationSequence[0].ImageOrientationPatient = [float(v) for v in iop]
+        item.PixelMeasuresSequence[0].PixelSpacing = [float(v) for v in pixel_spacing]
+        item.PixelValueTransformationSequence[0].RescaleSlope = slopes[f] if slopes is not None else 1.0
+        if stacks is not None:
+            item.FrameContentSequence[0].StackID = stacks[f]
+        if shared_geometry:
+            for keyword in ("PlaneOrientationSequence", "PixelMeasuresSequence"):
+                if f == 0:
+                    shared[keyword] = copy.deepcopy(item[keyword])
+                del item[keyword]
+    stored = rng.integers(0, 4000, size=(n, *shape)).astype("<u2")
+    ds.PixelData = stored.tobytes()
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path, stored
