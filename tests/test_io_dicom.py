@@ -372,3 +372,52 @@ def test_writing_the_same_result_again_gives_the_same_files(tmp_path: Path) -> N
     assert len(uids[0]) == 1 and uids[0] != uids[1]
     sops = {pydicom.dcmread(f).SOPInstanceUID for f in first.iterdir()}
     assert len(sops) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile inputs: short pixel data, grids DICOM cannot hold
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["short element", "file cut"])
+@pytest.mark.parametrize("simpleitk", [True, False], ids=["simpleitk", "pydicom"])
+def test_short_pixel_data_is_refused_naming_the_file(
+    axial_series: SeriesMaker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, simpleitk: bool
+) -> None:
+    """SimpleITK fills the missing tail of short pixel data with uninitialised memory (the study came
+    out 'done', different on every run): the length is checked before any decoder."""
+    files = axial_series("short", [0.0, 2.0, 4.0], shape=(40, 50))
+    bad = files[1]
+    if how == "short element":
+        ds = pydicom.dcmread(bad)
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+        ds.save_as(bad, enforce_file_format=True)
+    else:
+        bad.write_bytes(bad.read_bytes()[:-1000])
+    if not simpleitk:
+        monkeypatch.setitem(sys.modules, "SimpleITK", None)
+    with pytest.raises(UnreadableFileError, match=r"pixel data hold \d+ bytes.*need 4000") as info:
+        read_dicom_series(files)
+    assert info.value.path == bad
+
+
+def test_sheared_grid_is_refused_naming_the_study(tmp_path: Path, write_nifti_file: Callable[..., Path]) -> None:
+    """DICOM rows and columns are perpendicular: a grid sheared in-plane was written with a
+    non-orthogonal ImageOrientationPatient (row·column 0.285) that SimpleITK/GDCM replace by identity."""
+    affine = np.array([[1.0, 0.3, 0, 5.0], [0, 1.0, 0, -3.0], [0, 0, 2.0, 1.0], [0, 0, 0, 1]])
+    data = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    src = read_nifti(write_nifti_file("sheared.nii.gz", data, affine))
+    with pytest.raises(UnsupportedDataError, match=r"sheared grid: voxel rows and columns meet at 73\.30°") as info:
+        write_dicom_series(src, tmp_path / "out")
+    assert info.value.path == src.path
+    assert not (tmp_path / "out").exists()
+
+
+def test_slice_axis_off_the_normal_is_kept(tmp_path: Path) -> None:
+    """A slice axis tilted off the slice normal (as a tilted gantry) is what per-slice positions
+    hold: written and read back to the same world coordinates."""
+    affine = np.array([[0.8, 0, 0.4, 5.0], [0, 0.7, 0, -3.0], [0, 0, 2.0, 1.0], [0, 0, 0, 1]])
+    data = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    back = read_dicom_path(write_dicom_series(_dicom_volume(data, affine), tmp_path / "s"))
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(back.data, data)

@@ -4,12 +4,13 @@ and grid change is replaced; dciodvfy finds no error that the input does not hav
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import mr_small_series, needs_dciodvfy, new_errors
+from dicom_helpers import DCIODVFY, mr_small_series, needs_dciodvfy, new_errors
 from pydicom.uid import ExplicitVRLittleEndian
 
 from mrisr.geometry import corner_world, refine_affine
@@ -205,3 +206,34 @@ def test_dciodvfy_finds_no_new_error_for_a_series(
     ct = pydicom_files / "dicomdirtests" / "98892001" / "CT5N"
     out_ct = write_dicom_series(_refined(read_dicom_path(ct), factors, rng), tmp_path / "ct")
     assert new_errors(sorted(ct.iterdir())[0], out_ct) == set()
+
+
+def test_enhance_writes_a_derived_series_and_refuses_a_sheared_grid(
+    pydicom_files: Path,
+    tmp_path: Path,
+    rng: np.random.Generator,
+    write_nifti_file: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mrisr.cli import main
+
+    files = mr_small_series(pydicom_files / "MR_small.dcm", tmp_path / "in", rng, n=3, thickness=5.0, spacing=6.0)
+    out = tmp_path / "out"
+    base = ["enhance", "--out", str(out), "--no-figure", "--device", "cpu", "--scale", "4", "--adapt-steps", "2"]
+    assert main([*base, str(tmp_path / "in")]) == 0, capsys.readouterr().err
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    derived = _headers(folder)
+    source = pydicom.dcmread(files[0])
+    assert len(derived) == 3 and (int(derived[0].Rows), int(derived[0].Columns)) == (256, 256)
+    assert float(derived[0].SliceThickness) == 5.0
+    assert derived[0].RepetitionTime == source.RepetitionTime and derived[0].EchoTime == source.EchoTime
+    assert derived[0].SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    if DCIODVFY is not None:
+        assert new_errors(files[0], folder) == set()
+    sheared = np.array([[1.0, 0.3, 0, 5.0], [0, 1.0, 0, -3.0], [0, 0, 2.0, 1.0], [0, 0, 0, 1]])
+    nii = write_nifti_file("sheared.nii.gz", rng.integers(0, 500, (8, 8, 3)).astype(np.int16), sheared)
+    capsys.readouterr()
+    assert main([*base, str(nii), "--format", "dicom"]) != 0
+    err = capsys.readouterr().err
+    assert f"{nii}: sheared grid" in " ".join(err.split())
+    assert not list(out.glob("sheared*_sr"))
