@@ -21,7 +21,8 @@ Every reader returns, and every writer takes, a :class:`Volume`:
 ``meta``
     What a writer needs to write the study back faithfully. NIfTI: ``header`` (a copy of the
     ``nibabel.Nifti1Header`` with qform/sform codes, units, intent, description, the 4th-dimension
-    step). DICOM: ``tags`` (patient, study and series tags as ``{keyword: value}``).
+    step). DICOM: ``tags`` (patient, study and series tags as ``{keyword: value}``) and ``dicom`` (a
+    :class:`mrisr.io.dicom.DicomSource`: the source slices' headers, from which a derived series is made).
 
 Anything that changes a grid (see :mod:`mrisr.geometry`) returns the new affine with the new array.
 """

@@ -5,8 +5,14 @@ y to the Posterior, z to the Superior). Every affine that leaves this module is 
 
     RAS = diag(-1, -1, 1) · LPS
 
-Headers are read with pydicom (fast, without pixel data); pixels are read with SimpleITK (which
-handles the compressed transfer syntaxes), imported inside the functions that need it.
+Headers are read with pydicom (fast, without pixel data); pixels of single-frame slices are read with
+SimpleITK (which handles the compressed transfer syntaxes), imported inside the functions that need
+it, and those of multi-frame objects with pydicom (:mod:`~mrisr.io.dicom.pixels`). An Enhanced
+(multi-frame) object is read as one classic slice per frame (:mod:`~mrisr.io.dicom.enhanced`).
+
+A volume read here carries ``meta["dicom"]``, a :class:`~mrisr.io.dicom.source.DicomSource` (the
+header of each source slice in ``k`` order and the source grid): the writer builds each derived
+slice from its source slice's header (:mod:`~mrisr.io.dicom.derive`, :func:`write_dicom_series`).
 
 Voxel axes of a series read here:
 
@@ -23,6 +29,15 @@ Voxel axes of a series read here:
 from mrisr.io.dicom.common import LPS_TO_RAS
 from mrisr.io.dicom.read import read_dicom_path, read_dicom_series
 from mrisr.io.dicom.series import group_dicom_series
-from mrisr.io.dicom.write import write_dicom_series
+from mrisr.io.dicom.source import DicomSource
+from mrisr.io.dicom.write import check_dicom_grid, write_dicom_series
 
-__all__ = ["LPS_TO_RAS", "group_dicom_series", "read_dicom_path", "read_dicom_series", "write_dicom_series"]
+__all__ = [
+    "LPS_TO_RAS",
+    "DicomSource",
+    "check_dicom_grid",
+    "group_dicom_series",
+    "read_dicom_path",
+    "read_dicom_series",
+    "write_dicom_series",
+]
