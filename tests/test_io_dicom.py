@@ -421,3 +421,13 @@ def test_slice_axis_off_the_normal_is_kept(tmp_path: Path) -> None:
     back = read_dicom_path(write_dicom_series(_dicom_volume(data, affine), tmp_path / "s"))
     np.testing.assert_allclose(back.affine, affine, atol=1e-5)
     np.testing.assert_array_equal(back.data, data)
+
+
+def test_deflated_dataset_passes_the_pixel_length_check(pydicom_files: Path, tmp_path: Path) -> None:
+    """In a deflated dataset the pixel data offset is one into the inflated stream, not the file:
+    the length check must not take the (smaller) compressed file for a cut one."""
+    path = tmp_path / "image_dfl.dcm"
+    shutil.copy(pydicom_files / "image_dfl.dcm", path)
+    vol = read_dicom_path(path)
+    assert vol.shape3 == (512, 512, 1)
+    np.testing.assert_array_equal(vol.data[:, :, 0], pydicom.dcmread(path).pixel_array.T)

@@ -73,7 +73,9 @@ def check_pixel_length(path: Path, ds: Dataset) -> None:
         if raw.length == 0xFFFFFFFF:  # undefined length: encapsulated, whatever the meta says
             return
         present = int(raw.length) if raw.value is None else len(raw.value)
-        if raw.value is None and raw.value_tell is not None:
+        # value_tell is an offset into the file, except in a deflated dataset (into the inflated stream)
+        deflated = ts is not None and ts.is_valid and ts.is_deflated
+        if raw.value is None and raw.value_tell is not None and not deflated:
             try:
                 size = path.stat().st_size
             except OSError as exc:
