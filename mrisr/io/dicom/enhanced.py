@@ -265,10 +265,7 @@ def split_frames(path: Path, ds: Dataset) -> list[Frame]:
         )
     shared_seq = ds.get(_SHARED)
     shared = shared_seq[0] if shared_seq else None
-    base = clean_header(ds)
-    for keyword in _MULTIFRAME_ONLY:
-        if keyword in base:
-            del base[keyword]
+    base = clean_header(ds, exclude=_MULTIFRAME_ONLY)
     frames = []
     for n, item in enumerate(per_frame, start=1):
         content = _group_item((item, shared), "FrameContentSequence")

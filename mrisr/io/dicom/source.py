@@ -36,8 +36,9 @@ def _dropped(tag: BaseTag) -> bool:
     return tag.is_private or group == 0x0002 or (group & 0xFF00) in (0x5000, 0x6000) or group >= 0x7FE0
 
 
-def clean_header(ds: Dataset) -> Dataset:
-    """A detached copy of ``ds`` without pixel data, private tags, overlays, curves and icons.
+def clean_header(ds: Dataset, exclude: frozenset[str] = frozenset()) -> Dataset:
+    """A detached copy of ``ds`` without pixel data, private tags, overlays, curves and icons, nor the
+    attributes named in ``exclude``.
 
     Values deferred at reading are loaded here, while the file is still there.
     """
@@ -46,7 +47,7 @@ def clean_header(ds: Dataset) -> Dataset:
         if _dropped(BaseTag(tag)):
             continue
         elem = ds[tag]
-        if elem.keyword in _STORAGE_KEYWORDS:
+        if elem.keyword in _STORAGE_KEYWORDS or elem.keyword in exclude:
             continue
         out.add(copy.deepcopy(elem))
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -187,88 +188,145 @@ def write_dicom_series(
         stored, slope, inter = _encode(np.asarray(volume.data), volume.dtype)
     except UnsupportedDataError as exc:
         raise UnsupportedDataError(out, exc.reason) from exc
+    plan = _plan(volume, stored, slope, inter, description_suffix=series_description_suffix, number=series_number)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for k in range(stored.shape[2]):
+            _save(_slice_dataset(plan, k, study_seed=str(volume.path or out)), tmp / f"IM{k + 1:05d}.dcm")
+    log.debug("wrote %d slices to %s", stored.shape[2], out)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """Everything the slices of one derived series share (worked out once)."""
+
+    stored: np.ndarray  # (i, j, k) int16/uint16
+    slope: float
+    inter: float
+    lps: np.ndarray  # 4×4 voxel-to-LPS affine of the output grid
+    source: DicomSource | None
+    tags: dict[str, str]
+    sop_class: UID
+    series_uid: str
+    frame_uid: str
+    series_number: int
+    description: str
+    window: tuple[float, float]
+
+    @property
+    def row_dir(self) -> np.ndarray:
+        return self.lps[:3, 0] / np.linalg.norm(self.lps[:3, 0])
+
+    @property
+    def col_dir(self) -> np.ndarray:
+        return self.lps[:3, 1] / np.linalg.norm(self.lps[:3, 1])
+
+    @property
+    def slice_gap(self) -> float:
+        """Distance between slices along the slice normal (mm)."""
+        col_k = self.lps[:3, 2]
+        return abs(float(np.cross(self.row_dir, self.col_dir) @ col_k)) or float(np.linalg.norm(col_k))
+
+    @property
+    def derivation(self) -> str:
+        """DerivationDescription: what made the series, onto which grid."""
+        di, dj = (float(np.linalg.norm(self.lps[:3, n])) for n in (0, 1))
+        text = f"mrisr {__version__}: CNN super-resolution onto a {di:.4g} x {dj:.4g} x {self.slice_gap:.4g} mm grid"
+        return text + (f" from {self.source.slice_step:.4g} mm slices" if self.source is not None else "")
+
+    @property
+    def through_plane(self) -> bool:
+        """True when the slice step differs from the source's (a through-plane refinement)."""
+        step = float(np.linalg.norm(self.lps[:3, 2]))
+        return self.source is not None and not np.isclose(step, self.source.slice_step, rtol=1e-4, atol=1e-6)
+
+
+def _plan(
+    volume: Volume, stored: np.ndarray, slope: float, inter: float, *, description_suffix: str, number: int | None
+) -> _Plan:
     tags = dict(volume.meta.get("tags") or {})
     source = volume.meta.get("dicom")
-    source = source if isinstance(source, DicomSource) and source.slices else None
     lps = LPS_TO_RAS @ np.asarray(volume.affine, dtype=np.float64)
-    col_i, col_j, col_k = lps[:3, 0], lps[:3, 1], lps[:3, 2]
-    di, dj, dk = (float(np.linalg.norm(c)) for c in (col_i, col_j, col_k))
-    row_dir, col_dir = col_i / di, col_j / dj
-    normal = np.cross(row_dir, col_dir)
-    slice_gap = abs(float(normal @ col_k)) or dk
-    through_plane = source is not None and not np.isclose(dk, source.slice_step, rtol=1e-4, atol=1e-6)
-    ni, nj, nk = stored.shape
-    if series_number is None:
+    if number is None:
         try:
-            series_number = int(float(tags.get("SeriesNumber", "0"))) + 1000
+            number = int(float(tags.get("SeriesNumber", "0"))) + 1000
         except ValueError:
-            series_number = 1000
-    description = (tags.get("SeriesDescription", "") or "mrisr")[: 64 - len(series_description_suffix)]
-    sop_class = UID(_sop_class(tags))
+            number = 1000
     # UIDs derived from what is written (values, geometry, source series), so that writing the same
     # result again (a resumed or repeated run) gives the same files, byte for byte.
     identity = hashlib.sha256(stored.tobytes())
     identity.update(lps.tobytes() + np.array([slope, inter], dtype=np.float64).tobytes())
-    for part in (str(stored.shape), str(series_number), tags.get("SeriesInstanceUID", ""), str(volume.path or "")):
+    for part in (str(stored.shape), str(number), tags.get("SeriesInstanceUID", ""), str(volume.path or "")):
         identity.update(part.encode())
-    series_uid = generate_uid(entropy_srcs=[identity.hexdigest(), "series"])
-    frame_uid = tags.get("FrameOfReferenceUID") or generate_uid(
-        entropy_srcs=[str(volume.path or ""), lps.tobytes().hex(), "frame"]
+    return _Plan(
+        stored=stored,
+        slope=slope,
+        inter=inter,
+        lps=lps,
+        source=source if isinstance(source, DicomSource) and source.slices else None,
+        tags=tags,
+        sop_class=UID(_sop_class(tags)),
+        series_uid=generate_uid(entropy_srcs=[identity.hexdigest(), "series"]),
+        frame_uid=tags.get("FrameOfReferenceUID")
+        or generate_uid(entropy_srcs=[str(volume.path or ""), lps.tobytes().hex(), "frame"]),
+        series_number=int(number),
+        description=(tags.get("SeriesDescription", "") or "mrisr")[: 64 - len(description_suffix)] + description_suffix,
+        window=window(stored, slope, inter),
     )
-    centre, width = window(stored, slope, inter)
-    derivation = f"mrisr {__version__}: CNN super-resolution onto a {di:.4g} x {dj:.4g} x {slice_gap:.4g} mm grid" + (
-        f" from {source.slice_step:.4g} mm slices" if source is not None else ""
-    )
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        for k in range(nk):
-            centre_lps = lps[:3, :3] @ np.array([(ni - 1) / 2.0, (nj - 1) / 2.0, float(k)]) + lps[:3, 3]
-            src = source.slices[source.index_at(centre_lps)] if source is not None else None
-            if src is not None:
-                ds = from_source(src)
-            else:
-                ds = from_tags(tags, sop_class=sop_class, study_seed=str(volume.path or out))
-            sop_uid = generate_uid(entropy_srcs=[series_uid, str(k)])
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = sop_class
-            meta.MediaStorageSOPInstanceUID = sop_uid
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.file_meta = meta
-            ds.preamble = b"\0" * 128
-            ds.SOPClassUID = sop_class
-            ds.SOPInstanceUID = sop_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.FrameOfReferenceUID = ds.get("FrameOfReferenceUID") or frame_uid
-            set_tag(ds, "SeriesDescription", description + series_description_suffix)
-            ds.SeriesNumber = int(series_number)
-            ds.InstanceNumber = k + 1
-            ds.ImageType = derived_image_type(src.header if src is not None else None)
-            ds.DerivationDescription = derivation
-            if src is not None:
-                set_references(ds, src, source.series_uid if source is not None else "")
-            position = lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]
-            ds.ImagePositionPatient = [ds_value(v) for v in position]
-            ds.ImageOrientationPatient = [ds_value(v) for v in (*row_dir, *col_dir)]
-            ds.PixelSpacing = [ds_value(dj), ds_value(di)]
-            if src is None or through_plane or "SliceThickness" not in ds:
-                ds.SliceThickness = ds_value(slice_gap)
-            ds.SpacingBetweenSlices = ds_value(slice_gap)
-            ds.SliceLocation = ds_value(float(normal @ position))
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows = int(nj)
-            ds.Columns = int(ni)
-            ds.BitsAllocated = 16
-            ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 0 if stored.dtype == np.uint16 else 1
-            had_rescale = src is None or any(kw in src.header for kw in ("RescaleSlope", "RescaleIntercept"))
-            if had_rescale or (slope, inter) != (1.0, 0.0):
-                ds.RescaleIntercept = ds_value(inter)
-                ds.RescaleSlope = ds_value(slope)
-            ds.WindowCenter = ds_value(centre)
-            ds.WindowWidth = ds_value(width)
-            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype(stored.dtype.newbyteorder("<")).tobytes()
-            _save(ds, tmp / f"IM{k + 1:05d}.dcm")
-    log.debug("wrote %d slices to %s", nk, out)
-    return out
+
+
+def _slice_dataset(plan: _Plan, k: int, *, study_seed: str) -> Dataset:
+    """The dataset of output slice ``k``: its source slice's header (or a new one) with the new
+    identity, references, grid and pixels."""
+    ni, nj, _ = plan.stored.shape
+    lps = plan.lps
+    centre = lps[:3, :3] @ np.array([(ni - 1) / 2.0, (nj - 1) / 2.0, float(k)]) + lps[:3, 3]
+    src = plan.source.slices[plan.source.index_at(centre)] if plan.source is not None else None
+    ds = from_source(src) if src is not None else from_tags(plan.tags, sop_class=plan.sop_class, study_seed=study_seed)
+    sop_uid = generate_uid(entropy_srcs=[plan.series_uid, str(k)])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = plan.sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128
+    ds.SOPClassUID = plan.sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = plan.series_uid
+    ds.FrameOfReferenceUID = ds.get("FrameOfReferenceUID") or plan.frame_uid
+    set_tag(ds, "SeriesDescription", plan.description)
+    ds.SeriesNumber = plan.series_number
+    ds.InstanceNumber = k + 1
+    ds.ImageType = derived_image_type(src.header if src is not None else None)
+    ds.DerivationDescription = plan.derivation
+    if src is not None and plan.source is not None:
+        set_references(ds, src, plan.source.series_uid)
+    # grid
+    row_dir, col_dir = plan.row_dir, plan.col_dir
+    position = lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]
+    ds.ImagePositionPatient = [ds_value(v) for v in position]
+    ds.ImageOrientationPatient = [ds_value(v) for v in (*row_dir, *col_dir)]
+    ds.PixelSpacing = [ds_value(float(np.linalg.norm(lps[:3, 1]))), ds_value(float(np.linalg.norm(lps[:3, 0])))]
+    if src is None or plan.through_plane or "SliceThickness" not in ds:
+        ds.SliceThickness = ds_value(plan.slice_gap)
+    ds.SpacingBetweenSlices = ds_value(plan.slice_gap)
+    ds.SliceLocation = ds_value(float(np.cross(row_dir, col_dir) @ position))
+    # pixels
+    stored = plan.stored
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = int(nj)
+    ds.Columns = int(ni)
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0 if stored.dtype == np.uint16 else 1
+    had_rescale = src is None or any(kw in src.header for kw in ("RescaleSlope", "RescaleIntercept"))
+    if had_rescale or (plan.slope, plan.inter) != (1.0, 0.0):
+        ds.RescaleIntercept = ds_value(plan.inter)
+        ds.RescaleSlope = ds_value(plan.slope)
+    ds.WindowCenter = ds_value(plan.window[0])
+    ds.WindowWidth = ds_value(plan.window[1])
+    ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype(stored.dtype.newbyteorder("<")).tobytes()
+    return ds
