@@ -37,14 +37,31 @@ at least this far below the data range (10 dB above the 60 dB at which no differ
 _SHEAR_TOL = 1e-4  # |cos| of the angle between the row and column directions that counts as 90°
 
 
-def _rounding_psnr(data: np.ndarray, lo: float, hi: float, *, chunk: int = 8) -> float:
-    """PSNR (dB, over the data range ``hi - lo``) of ``data`` rounded to integers, in blocks of
-    ``chunk`` slices so that no full-size temporary is made."""
-    sq = 0.0
-    for start in range(0, data.shape[-1], chunk):
-        block = np.asarray(data[..., start : start + chunk], dtype=np.float64)
-        sq += float(np.sum((np.rint(block) - block) ** 2))
-    mse = sq / max(1, data.size)
+def _sample(data: np.ndarray, target: int = 1_000_000) -> np.ndarray:
+    """A strided view of about ``target`` voxels of a 3D array (every ``n``-th along each axis)."""
+    step = max(1, int(np.ceil((data.size / target) ** (1.0 / 3.0))))
+    return data[::step, ::step, ::step]
+
+
+def _blocks(data: np.ndarray, chunk: int = 8) -> list[slice]:
+    return [slice(start, start + chunk) for start in range(0, data.shape[2], chunk)]
+
+
+def _is_integral(data: np.ndarray) -> bool:
+    """True when every value is an integer (a sample first: a float result fails there at once)."""
+    if np.issubdtype(data.dtype, np.integer):
+        return True
+    sample = _sample(data)
+    if not np.array_equal(sample, np.rint(sample)):
+        return False
+    return all(np.array_equal(data[:, :, b], np.rint(data[:, :, b])) for b in _blocks(data))
+
+
+def _rounding_psnr(data: np.ndarray, lo: float, hi: float) -> float:
+    """PSNR (dB, over the data range ``hi - lo``, at least 1) of ``data`` rounded to integers,
+    estimated on a strided sample of about a million voxels."""
+    sample = np.asarray(_sample(data), dtype=np.float64)
+    mse = float(np.mean((np.rint(sample) - sample) ** 2)) if sample.size else 0.0
     return float("inf") if mse == 0 else float(10.0 * np.log10(max(hi - lo, 1.0) ** 2 / mse))
 
 
@@ -55,27 +72,34 @@ def _encode(data: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float, float
     slope 1. Float data of an integer study (``dtype`` an integer type) that fit are rounded to
     integers, with slope 1 as the scanner stored them, when the rounding stays
     :data:`ROUNDING_MIN_PSNR` dB below the data range. Anything else is scaled into int16 over its
-    own range (65,000 steps: the error is at most half a step, over 100 dB below the range).
+    own range (65,000 steps: the error is at most half a step, over 100 dB below the range). Works
+    in blocks of slices: no full-size float64 temporary.
     """
-    finite = data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data
-    if finite.size != data.size:
-        raise UnsupportedDataError(None, "data hold NaN or infinite values; cannot write DICOM")
     lo = float(data.min()) if data.size else 0.0
     hi = float(data.max()) if data.size else 0.0
-    integral = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(data, 1) == 0))
-    unsigned = dtype.kind == "u"
-    fits_unsigned = unsigned and lo >= 0 and hi <= 65535
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # min/max propagate NaN and reach an infinity
+        raise UnsupportedDataError(None, "data hold NaN or infinite values; cannot write DICOM")
+    fits_unsigned = dtype.kind == "u" and lo >= 0 and hi <= 65535
     fits_signed = lo >= -32768 and hi <= 32767
-    if not integral and dtype.kind in "iu" and (fits_unsigned or fits_signed):
-        integral = _rounding_psnr(data, lo, hi) >= ROUNDING_MIN_PSNR
-    if integral and fits_unsigned:
-        return np.rint(np.asarray(data)).astype(np.uint16), 1.0, 0.0
-    if integral and fits_signed:
-        return np.rint(np.asarray(data)).astype(np.int16), 1.0, 0.0
-    slope = 1.0 if hi == lo else float(ds_value((hi - lo) / 65000.0))
-    inter = float(ds_value((hi + lo) / 2.0))
-    stored = np.clip(np.rint((np.asarray(data, dtype=np.float64) - inter) / slope), -32768, 32767)
-    return stored.astype(np.int16), slope, inter
+    slope, inter = 1.0, 0.0
+    if fits_unsigned or fits_signed:
+        exact = _is_integral(data) or (dtype.kind in "iu" and _rounding_psnr(data, lo, hi) >= ROUNDING_MIN_PSNR)
+    else:
+        exact = False
+    if exact:
+        out_type = np.uint16 if fits_unsigned else np.int16
+    else:
+        out_type = np.int16
+        slope = 1.0 if hi == lo else float(ds_value((hi - lo) / 65000.0))
+        inter = float(ds_value((hi + lo) / 2.0))
+    stored = np.empty(data.shape, dtype=out_type)
+    info = np.iinfo(out_type)
+    for b in _blocks(data):
+        block = np.asarray(data[:, :, b], dtype=np.float64)
+        if not exact:
+            block = (block - inter) / slope
+        stored[:, :, b] = np.clip(np.rint(block), info.min, info.max)
+    return stored, slope, inter
 
 
 def _save(ds: Dataset, path: Path) -> None:
