@@ -431,3 +431,15 @@ def test_deflated_dataset_passes_the_pixel_length_check(pydicom_files: Path, tmp
     vol = read_dicom_path(path)
     assert vol.shape3 == (512, 512, 1)
     np.testing.assert_array_equal(vol.data[:, :, 0], pydicom.dcmread(path).pixel_array.T)
+
+
+@pytest.mark.parametrize("slope", ["abc", "nan", "0"])
+def test_unreadable_rescale_is_refused_naming_the_file(axial_series: SeriesMaker, slope: str) -> None:
+    """A RescaleSlope that is no number was taken for 1 (values silently unscaled)."""
+    files = axial_series("rescale", [0.0, 2.0, 4.0], tags={"RescaleSlope": "9.87654321"})
+    raw = files[2].read_bytes()
+    assert raw.count(b"9.87654321") == 1
+    files[2].write_bytes(raw.replace(b"9.87654321", slope.encode().ljust(10)))  # pydicom refuses to write it
+    with pytest.raises(UnreadableFileError, match="bad RescaleSlope") as info:
+        read_dicom_series(files)
+    assert info.value.path == files[2]

@@ -36,15 +36,23 @@ def _header_int(ds: Dataset, keyword: str, default: int) -> int:
         return default
 
 
-def rescale(ds: Dataset) -> tuple[float, float]:
-    """``(RescaleSlope, RescaleIntercept)`` of a header, ``(1, 0)`` where absent or unreadable."""
+def rescale(ds: Dataset, path: Path | None = None) -> tuple[float, float]:
+    """``(RescaleSlope, RescaleIntercept)`` of a header, ``(1, 0)`` where absent or empty.
+
+    Raises:
+        UnreadableFileError: A value that is not one finite number, or a slope of 0 (the values
+            would be guessed, not read).
+    """
     try:
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    except (TypeError, ValueError):
-        return 1.0, 0.0
+        raw_slope, raw_inter = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        slope = 1.0 if raw_slope in (None, "") else float(raw_slope)
+        inter = 0.0 if raw_inter in (None, "") else float(raw_inter)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableFileError(
+            path, f"bad RescaleSlope/RescaleIntercept {ds.get('RescaleSlope')!r}/{ds.get('RescaleIntercept')!r}"
+        ) from exc
     if not (np.isfinite(slope) and np.isfinite(inter)) or slope == 0:
-        return 1.0, 0.0
+        raise UnreadableFileError(path, f"bad RescaleSlope/RescaleIntercept {slope!r}/{inter!r}")
     return slope, inter
 
 
@@ -129,7 +137,7 @@ def _read_pixels_pydicom(path: Path, shape: tuple[int, int]) -> np.ndarray:
         raise UnreadableFileError(path, f"cannot read pixel data ({exc})") from exc
     if arr.size != shape[0] * shape[1]:
         raise UnreadableFileError(path, f"pixel data of {arr.shape} does not match Rows×Columns {shape}")
-    slope, inter = rescale(ds)
+    slope, inter = rescale(ds, path)
     return arr.reshape(shape) * slope + inter
 
 

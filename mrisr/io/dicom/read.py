@@ -207,7 +207,7 @@ def _stored_dtype(ds: Dataset) -> np.dtype:
 def _result_dtype(data: np.ndarray, slices: Sequence[_Slice]) -> np.dtype:
     """The stored dtype when no rescale applies; an integer type when the rescaled values are
     integers that fit int16 (e.g. CT with slope 1, intercept -1024); else float32."""
-    rescales = {rescale(s.ds) for s in slices}
+    rescales = {rescale(s.ds, s.path) for s in slices}
     if rescales == {(1.0, 0.0)}:
         return _stored_dtype(slices[0].ds)
     integral = all(float(a).is_integer() and float(b).is_integer() for a, b in rescales)
@@ -313,6 +313,8 @@ def _parse_slices(headers: list[tuple[Path, Dataset]]) -> list[_Slice]:
 
 def _read_data(ordered: list[_Slice]) -> np.ndarray:
     """Pixels in physical units, ``(columns, rows, slices)``, float64 (each frame with its own rescale)."""
+    for s in ordered:  # before any decoder applies a rescale that cannot be read
+        rescale(s.ds, s.path)
     rows, cols = ordered[0].shape
     data = np.empty((cols, rows, len(ordered)), dtype=np.float64)
     frames: dict[Path, np.ndarray] = {}
@@ -322,7 +324,7 @@ def _read_data(ordered: list[_Slice]) -> np.ndarray:
             continue
         if s.path not in frames:
             frames[s.path] = read_frame_pixels(s.path, s.file_ds if s.file_ds is not None else s.ds, s.shape)
-        slope, inter = rescale(s.ds)
+        slope, inter = rescale(s.ds, s.path)
         data[:, :, k] = (frames[s.path][s.frame - 1] * slope + inter).T
     return data
 
