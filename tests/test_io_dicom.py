@@ -443,3 +443,16 @@ def test_unreadable_rescale_is_refused_naming_the_file(axial_series: SeriesMaker
     with pytest.raises(UnreadableFileError, match="bad RescaleSlope") as info:
         read_dicom_series(files)
     assert info.value.path == files[2]
+
+
+def test_a_tag_value_its_vr_refuses_is_carried_as_the_scanner_wrote_it(
+    axial_series: SeriesMaker, tmp_path: Path
+) -> None:
+    """A DS that is no number (pydicom keeps it as text) neither stops the derived series nor is
+    changed in it."""
+    files = axial_series("junk", [0.0, 2.0], tags={"PatientWeight": "71.123456"})
+    for f in files:
+        f.write_bytes(f.read_bytes().replace(b"71.123456", b"seventy  "))
+    vol = read_dicom_series(files)
+    ds = pydicom.dcmread(sorted(write_dicom_series(vol, tmp_path / "out").iterdir())[0])
+    assert ds["PatientWeight"].value == "seventy" and ds.PatientID == "P001"

@@ -9,11 +9,14 @@ each output slice from the header of the source slice that contains it.
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
+
+log = logging.getLogger(__name__)
 
 # Attributes that describe one instance's pixel matrix or storage; never carried by a source header.
 _STORAGE_KEYWORDS = frozenset(
@@ -46,7 +49,11 @@ def clean_header(ds: Dataset, exclude: frozenset[str] = frozenset()) -> Dataset:
     for tag in list(ds.keys()):
         if _dropped(BaseTag(tag)):
             continue
-        elem = ds[tag]
+        try:
+            elem = ds[tag]
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:  # a value its VR cannot hold
+            log.warning("%s: not copying %s, its value cannot be read (%s)", getattr(ds, "filename", ""), tag, exc)
+            continue
         if elem.keyword in _STORAGE_KEYWORDS or elem.keyword in exclude:
             continue
         out.add(copy.deepcopy(elem))
