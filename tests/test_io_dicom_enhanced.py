@@ -154,3 +154,18 @@ def test_dciodvfy_finds_no_new_error_for_an_enhanced_input(
     data = np.kron(np.asarray(vol.data, dtype=np.float32), np.ones(factors, dtype=np.float32))
     out = write_dicom_series(vol.with_data(data, refine_affine(vol.affine, factors)), tmp_path / "out")
     assert new_errors(path, out) == set()
+
+
+def test_orientation_noise_below_the_tolerance_is_one_stack(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Per-frame orientations differing by noise (2e-6) that straddles a rounding boundary
+    (0.800049 / 0.800051) are one stack, as they are for classic slices."""
+    noisy = [[*(ROW + d), *COL] for d in (4.9e-5, 5.1e-5, 4.9e-5, 5.1e-5)]
+    path, _ = enhanced_mr(
+        tmp_path / "mf" / "n.dcm",
+        rng,
+        orientation=noisy[0],
+        orientations=noisy,
+        positions=_positions(4),
+        pixel_spacing=SPACING,
+    )
+    assert read_dicom_path(path).shape3 == (10, 12, 4)

@@ -290,11 +290,15 @@ def check_one_stack(path: Path, frames: Sequence[Frame]) -> None:
 
     def floats(header: Dataset, keyword: str) -> tuple[float, ...]:
         try:
-            return tuple(round(float(v), 4) for v in header.get(keyword) or ())
+            return tuple(float(v) for v in header.get(keyword) or ())
         except (TypeError, ValueError) as exc:
             raise InconsistentGeometryError(path, f"bad {keyword} {header.get(keyword)!r}") from exc
 
-    orientations = {floats(f.header, "ImageOrientationPatient") for f in frames}
+    orientations: list[np.ndarray] = []  # distinct to 1e-4, as the slices of a classic series
+    for f in frames:
+        iop = np.array(floats(f.header, "ImageOrientationPatient"))
+        if not any(o.shape == iop.shape and np.allclose(o, iop, atol=1e-4) for o in orientations):
+            orientations.append(iop)
     if len(orientations) > 1:
         raise UnsupportedDataError(
             path,
