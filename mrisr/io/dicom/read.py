@@ -223,18 +223,25 @@ def _series_tags(ds: Dataset) -> dict[str, str]:
 def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
     """Read one DICOM series into a :class:`~mrisr.io.Volume` (see the module docstring for axes).
 
+    Single-frame slices and the frames of Enhanced (multi-frame) objects are placed the same way, each
+    by its own position (a frame's from its functional groups, see :mod:`mrisr.io.dicom.enhanced`).
+
     Args:
         files: The files of the series (any order).
         uid: SeriesInstanceUID to read; files of other series are ignored. ``None``: the files must
             all belong to one series.
 
     Returns:
-        A 3D volume, shape ``(columns, rows, slices)``, values with the rescale applied, RAS affine in
-        mm; ``meta["tags"]`` holds the patient, study and series tags as strings.
+        A 3D volume, shape ``(columns, rows, slices)``, values with each slice's rescale applied, RAS
+        affine in mm; ``meta["tags"]`` holds the patient, study and series tags as strings,
+        ``meta["dicom"]`` the source slices (:class:`~mrisr.io.dicom.source.DicomSource`).
 
     Raises:
-        UnreadableFileError: A file that cannot be read (corrupt header or pixel data).
-        UnsupportedDataError: No image among the files, several series, multi-frame or colour images.
+        UnreadableFileError: A file that cannot be read (corrupt header, pixel data shorter than the
+            header promises, undecodable pixels, a rescale that is not a number).
+        UnsupportedDataError: No image among the files, several series, colour images, a multi-frame
+            object without per-frame functional groups or holding several stacks, orientations or
+            repeated positions, a constant image.
         InconsistentGeometryError: Slices that do not form one regular grid (mixed orientation or size,
             duplicate, missing or unevenly spaced slices).
     """
@@ -298,8 +305,7 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
 def _parse_slices(headers: list[tuple[Path, Dataset]]) -> list[_Slice]:
     """One slice per single-frame file, one per frame of a multi-frame object."""
     slices: list[_Slice] = []
-    multi = [(p, ds) for p, ds in headers if is_multiframe(ds)]
-    single = len(headers) == 1 and not multi
+    single = len(headers) == 1 and not is_multiframe(headers[0][1])  # one slice: may lack a position
     for p, ds in headers:
         if not is_multiframe(ds):
             slices.append(_parse_slice(p, ds, single=single))
