@@ -237,3 +237,16 @@ def test_enhance_writes_a_derived_series_and_refuses_a_sheared_grid(
     err = capsys.readouterr().err
     assert f"{nii}: sheared grid" in " ".join(err.split())
     assert not list(out.glob("sheared*_sr"))
+
+
+def test_image_derived_from_lossy_pixels_says_so(pydicom_files: Path, tmp_path: Path) -> None:
+    """JPEG extended (lossy) source without LossyImageCompression: the derived image carries '01'."""
+    src = tmp_path / "in" / "JPEG-lossy.dcm"
+    src.parent.mkdir()
+    lossy = pydicom.dcmread(pydicom_files / "JPEG-lossy.dcm")
+    assert lossy.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.51"  # JPEG extended: lossy
+    del lossy.LossyImageCompression
+    lossy.save_as(src)
+    ds = _headers(write_dicom_series(read_dicom_path(src), tmp_path / "out"))[0]
+    assert ds.LossyImageCompression == "01"
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian

@@ -105,6 +105,8 @@ def from_source(source: SourceSlice) -> Dataset:
     for keyword in _REPLACED:
         if keyword in ds:
             del ds[keyword]
+    if source.lossy and str(ds.get("LossyImageCompression", "")) != "01":
+        ds.LossyImageCompression = "01"  # once lossy, every derived image says so
     return ds
 
 

@@ -17,7 +17,7 @@ from mrisr.io import Volume
 from mrisr.io.dicom.common import _ABS_TOL, _REL_TOL, COPIED_TAGS, LPS_TO_RAS, _image_header, _read_header, _tag_str
 from mrisr.io.dicom.enhanced import check_one_stack, is_multiframe, split_frames
 from mrisr.io.dicom.pixels import read_frame_pixels, read_slice_pixels, rescale
-from mrisr.io.dicom.source import DicomSource, SourceSlice, clean_header
+from mrisr.io.dicom.source import DicomSource, SourceSlice, clean_header, is_lossy_syntax
 
 log = logging.getLogger(__name__)
 
@@ -338,11 +338,14 @@ def _read_data(ordered: list[_Slice]) -> np.ndarray:
 def _source_slice(s: _Slice) -> SourceSlice:
     header = s.ds if s.frame is not None else clean_header(s.ds)  # frame headers are clean already
     source_ds = s.file_ds if s.file_ds is not None else s.ds
+    meta = getattr(source_ds, "file_meta", None)
+    syntax = _tag_str(meta, "TransferSyntaxUID") if meta is not None else ""
     return SourceSlice(
         header=header,
         sop_class=_tag_str(source_ds, "SOPClassUID"),
         sop_instance=_tag_str(source_ds, "SOPInstanceUID"),
         frame=s.frame,
+        lossy=is_lossy_syntax(syntax),
     )
 
 

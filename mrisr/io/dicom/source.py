@@ -60,6 +60,17 @@ def clean_header(ds: Dataset, exclude: frozenset[str] = frozenset()) -> Dataset:
     return out
 
 
+# Transfer syntaxes that always lose information (JPEG baseline and extended, JPEG-LS near-lossless,
+# the video syntaxes); JPEG 2000 and HTJ2K "lossy or lossless" say which in LossyImageCompression.
+_LOSSY_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81")
+_VIDEO_SYNTAX_PREFIX = "1.2.840.10008.1.2.4.10"  # MPEG-2, MPEG-4, HEVC: 1.2.840.10008.1.2.4.100 ...
+
+
+def is_lossy_syntax(uid: str) -> bool:
+    """True for a transfer syntax that always loses information."""
+    return uid in _LOSSY_SYNTAXES or uid.startswith(_VIDEO_SYNTAX_PREFIX)
+
+
 @dataclass(frozen=True, eq=False)
 class SourceSlice:
     """One source slice: a single-frame instance, or one frame of a multi-frame instance.
@@ -70,12 +81,15 @@ class SourceSlice:
         sop_class: SOPClassUID of the source instance.
         sop_instance: SOPInstanceUID of the source instance.
         frame: 1-based frame number in a multi-frame instance, ``None`` for a single-frame one.
+        lossy: The source's pixels were stored with a lossy transfer syntax (a derived image then
+            carries LossyImageCompression ``01``, as DICOM requires).
     """
 
     header: Dataset
     sop_class: str
     sop_instance: str
     frame: int | None = None
+    lossy: bool = False
 
 
 @dataclass(frozen=True, eq=False)
