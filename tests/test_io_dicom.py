@@ -81,7 +81,7 @@ def test_written_series_is_a_new_derived_series_of_the_same_patient(grid_volume:
     assert str(first.PatientName) == "Doe^Jane"
     assert first.PatientID == "X42"
     assert first.StudyInstanceUID == "1.2.3.99"
-    assert list(first.ImageType) == ["DERIVED", "SECONDARY"]
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY", "OTHER"]  # MR images need a value 3
     assert first.SeriesDescription == "T1 sag SR"
     assert int(first.SeriesNumber) == 1005
     write_dicom_series(_dicom_volume(data, affine), tmp_path / "t", series_description_suffix=" x2", series_number=77)

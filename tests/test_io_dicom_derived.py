@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import DCIODVFY, mr_small_series, needs_dciodvfy, new_errors
+from dicom_helpers import DCIODVFY, dciodvfy_errors, mr_small_series, needs_dciodvfy, new_errors
 from pydicom.uid import ExplicitVRLittleEndian
 
 from mrisr.geometry import corner_world, refine_affine
 from mrisr.io import Volume
 from mrisr.io.dicom import read_dicom_path, write_dicom_series
+from mrisr.io.nifti import read_nifti
 
 # Attributes the derived slice replaces; every other public attribute of the source must be kept.
 REPLACED = {
@@ -250,3 +251,21 @@ def test_image_derived_from_lossy_pixels_says_so(pydicom_files: Path, tmp_path: 
     ds = _headers(write_dicom_series(read_dicom_path(src), tmp_path / "out"))[0]
     assert ds.LossyImageCompression == "01"
     assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+@needs_dciodvfy
+def test_dciodvfy_finds_no_error_in_a_series_made_from_nifti(
+    grid_volume: Callable[[str], tuple[np.ndarray, np.ndarray]],
+    write_nifti_file: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """A NIfTI written as DICOM: the MR attributes a NIfTI file cannot give are present (type 2,
+    empty) or the standard's catch-all terms (ScanningSequence RM, SequenceVariant NONE, ImageType
+    value 3 OTHER)."""
+    data, affine = grid_volume("oblique")
+    out = write_dicom_series(read_nifti(write_nifti_file("o.nii.gz", data, affine)), tmp_path / "out")
+    first = sorted(out.iterdir())[0]
+    assert dciodvfy_errors(first) == set()
+    ds = pydicom.dcmread(first)
+    assert (ds.ScanningSequence, ds.SequenceVariant) == ("RM", "NONE")
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "OTHER"]

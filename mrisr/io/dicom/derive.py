@@ -125,12 +125,26 @@ def from_tags(tags: dict[str, str], *, sop_class: str, study_seed: str) -> Datas
         ds.StudyInstanceUID = generate_uid(entropy_srcs=[study_seed])
     if "Modality" not in ds:
         ds.Modality = "MR" if sop_class == MR_IMAGE_STORAGE else "OT"
+    for kw in ("PatientPosition", "Laterality", "PositionReferenceIndicator", "Manufacturer"):  # type 2(C): unknown
+        if kw not in ds:
+            setattr(ds, kw, "")
+    if sop_class == MR_IMAGE_STORAGE:
+        # A NIfTI file does not say how it was acquired: the type 2 MR attributes are present and
+        # empty; the type 1 ScanningSequence/SequenceVariant get the standard's catch-all terms.
+        ds.ScanningSequence = ds.get("ScanningSequence") or "RM"
+        ds.SequenceVariant = ds.get("SequenceVariant") or "NONE"
+        for kw in ("ScanOptions", "MRAcquisitionType", "RepetitionTime", "EchoTime", "EchoTrainLength"):
+            if kw not in ds:
+                setattr(ds, kw, "")
     return ds
 
 
 def derived_image_type(source: Dataset | None) -> list[str]:
-    """``DERIVED\\SECONDARY`` followed by the source's ImageType value 3 (when it has one)."""
-    values = [] if source is None else [str(v) for v in (source.get("ImageType") or [])]
+    """``DERIVED\\SECONDARY`` followed by the source's ImageType value 3 (when it has one); ``OTHER``
+    (a defined term of MR images, which need a value 3) for a volume that did not come from DICOM."""
+    if source is None:
+        return ["DERIVED", "SECONDARY", "OTHER"]
+    values = [str(v) for v in (source.get("ImageType") or [])]
     return ["DERIVED", "SECONDARY", *values[2:3]]
 
 
