@@ -41,3 +41,8 @@ class CheckpointError(MrisrError):
 
 class OutputExistsError(MrisrError):
     """An output exists and ``overwrite`` was not requested."""
+
+
+class NonFiniteOutputError(MrisrError):
+    """The network gave NaN or infinite values for a study (overflowing weights, a broken checkpoint);
+    ``path`` is the checkpoint, the study is named by whoever processes it."""

@@ -147,8 +147,8 @@ def enhance(
         run = RunOptions(device=dev, batch_size=batch_size, amp=amp, ensemble=ensemble)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    enhancer = Enhancer(ckpt, run)
     try:
+        enhancer = Enhancer(ckpt, run)
         enhancer.check_factors(factors or enhancer.default_factors(axis), axis)
     except MrisrError as exc:
         raise fail(str(exc)) from None

@@ -18,7 +18,13 @@ from mrisr.batch import study_lock
 from mrisr.checkpoint import Checkpoint
 from mrisr.discovery import Study
 from mrisr.enhance.options import EnhanceOptions, StudyResult
-from mrisr.errors import MrisrError, OutputExistsError, UnreadableFileError, UnsupportedDataError
+from mrisr.errors import (
+    MrisrError,
+    NonFiniteOutputError,
+    OutputExistsError,
+    UnreadableFileError,
+    UnsupportedDataError,
+)
 from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first_frame
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
 from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
@@ -133,6 +139,8 @@ class StudyBatch:
             # exception type we do not know) still fails this study alone, with its type named.
             reason = exc.reason if isinstance(exc, MrisrError) else f"{type(exc).__name__}: {exc}"
             where = str(exc.path) if isinstance(exc, MrisrError) and exc.path is not None else str(study.path)
+            if isinstance(exc, NonFiniteOutputError):  # about the checkpoint, but for this study
+                where, reason = str(study.path), f"{reason} (checkpoint {exc.path})"
             line = f"{where}: {reason}".splitlines()[0]
             log.debug("study %s failed", study.id, exc_info=True)
             seconds = round(time.perf_counter() - t0, 3)
