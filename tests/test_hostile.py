@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +173,143 @@ def test_overflowing_network_fails_the_study_not_zeros(tmp_path: Path, capsys: p
     assert len(err) == 1 and "s.nii.gz" in err[0] and "NaN/Inf" in err[0] and "overflow.pt" in err[0], err
     assert json.loads((out / "s_sr.json").read_text())["status"] == "failed"
     assert not (out / "s_sr.nii.gz").exists()
+
+
+# -- mrisr report: hostile sidecars and figures ------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+
+
+def _sidecar(folder: Path, name: str, **fields: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    d = {"study": name, "status": "done", "error": None, "created": "2024-05-01T10:00:00+00:00", **fields}
+    path = folder / f"{name}_sr.json"
+    path.write_text(json.dumps(d), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """A PNG outside the output folder that no report may read or link."""
+    path = tmp_path / "private" / "secret.png"
+    path.parent.mkdir()
+    path.write_bytes(PNG + b"SECRET-BYTES")
+    return path
+
+
+HOSTILE_FIGURES: list[tuple[str, Callable[[Path, Path], str]]] = [
+    ("absolute", lambda out, secret: str(secret)),
+    ("etc-passwd", lambda out, secret: "/etc/passwd"),
+    ("dotdot", lambda out, secret: "../private/secret.png"),
+    ("dotdot-deep", lambda out, secret: "../../../../../../../../etc/hostname"),
+    ("javascript", lambda out, secret: "javascript:alert(1)//"),
+    ("javascript-case", lambda out, secret: "JaVaScRiPt:alert(1)"),
+    ("data-uri", lambda out, secret: "data:text/html,<script>alert(1)</script>"),
+    ("file-url", lambda out, secret: f"file://{secret}"),
+    ("http-url", lambda out, secret: "https://example.com/x.png"),
+    ("protocol-relative", lambda out, secret: "//example.com/x.png"),
+    ("backslashes", lambda out, secret: "..\\private\\secret.png"),
+    ("nul", lambda out, secret: "a.png\0../../x"),
+    ("not-a-string", lambda out, secret: ["../private/secret.png"]),  # type: ignore[return-value,list-item]
+    ("symlink-out", lambda out, secret: _link(out / "evil.png", secret)),
+    ("symlink-dir-out", lambda out, secret: _link(out / "evil_dir", secret.parent) + "/secret.png"),
+]
+
+
+def _link(path: Path, target: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+    return path.name
+
+
+@pytest.mark.parametrize(("case", "figure"), HOSTILE_FIGURES, ids=[c[0] for c in HOSTILE_FIGURES])
+def test_report_reads_and_links_only_files_of_the_output_folder(
+    tmp_path: Path, secret: Path, case: str, figure: Callable[[Path, Path], Any]
+) -> None:
+    import base64
+
+    from mrisr.report import build_report
+
+    out = tmp_path / "out"
+    out.mkdir()
+    value = figure(out, secret)
+    _sidecar(out, "s1", figure=value)
+    _sidecar(out, "ok", figure="ok_compare.png")
+    (out / "ok_compare.png").write_bytes(PNG)
+    res = build_report(out, embed_first=10, embed_worst=10)
+    html = res.html.read_text(encoding="utf-8")
+    assert base64.b64encode(secret.read_bytes()).decode() not in html
+    assert base64.b64encode(PNG).decode() in html  # control: the figure inside the folder is embedded
+    hrefs = [h.lower() for h in re.findall(r'(?:href|src)="([^"]*)"', html)]
+    assert all(h.startswith(("#fig-", "data:image/png;base64,")) or "://" not in h for h in hrefs), hrefs
+    assert not [h for h in hrefs if h.startswith(("javascript", "data:text", "file:", "http", "//", "/"))], hrefs
+    assert all(".." not in h and "secret" not in h and "passwd" not in h for h in hrefs), hrefs
+    rows = {r["study"]: r for r in json.loads(res.json.read_text())["studies"]}
+    assert rows["s1"]["figure"] is None and rows["ok"]["figure"] == "ok_compare.png"
+
+
+def test_report_escapes_every_string_a_sidecar_holds(tmp_path: Path) -> None:
+    from mrisr.report import build_report
+
+    out = tmp_path / "out"
+    evil = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
+    _sidecar(out, "x", status="failed", error=evil, device=evil, input={"path": evil})
+    _sidecar(out, "y", study=evil)
+    weird = out / 'q"onmouseover="alert(3)&.png'  # a real figure file with a hostile name
+    weird.write_bytes(PNG)
+    _sidecar(out, "z", figure=weird.name)
+    html = build_report(out, embed_first=0, embed_worst=0).html.read_text(encoding="utf-8")
+    assert "<script>alert" not in html and "<img src=x" not in html and '"onmouseover="' not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, as text
+    assert 'href="q%22onmouseover%3D%22alert%283%29%26.png"' in html  # linked, percent-encoded
+
+
+DEEP = 200_000
+
+
+#: (case, sidecar bytes or a writer, words of the failed row's reason)
+UNREADABLE_SIDECARS: list[tuple[str, Callable[[Path], None], str]] = [
+    ("deep-list", lambda p: p.write_text("[" * DEEP + "]" * DEEP), "nested too deeply"),
+    ("deep-dict", lambda p: p.write_text('{"a":' * DEEP + "1" + "}" * DEEP), "nested too deeply"),
+    ("bad-json", lambda p: p.write_text('{"study": "x", "status": '), "unreadable sidecar"),
+    ("not-utf8", lambda p: p.write_bytes(b'{"study": "\xff\xfe"}'), "unreadable sidecar"),
+    ("huge", lambda p: _sparse(p, 64 << 20), "bytes"),
+    ("a-list", lambda p: p.write_text("[1, 2]"), "not a JSON object"),
+    ("status-list", lambda p: p.write_text('{"status": ["done"], "error": {"a": [1]}}'), "status"),
+    ("error-nested", lambda p: p.write_text('{"status": "failed", "error": ' + "[" * 500 + "]" * 500 + "}"),
+     "invalid error entry"),
+    ("types", lambda p: p.write_text(json.dumps({"status": "done", "study": {"x": 1}, "seconds": "fast",
+                                                   "input": [1], "output": {"path": 5}, "metrics": [1],
+                                                   "figure": 7, "created": 3})), ""),
+    ("nan-metrics", lambda p: p.write_text('{"status": "done", "metrics": {"psnr_sr": NaN, "psnr_bicubic": 1e999}}'),
+     ""),
+    ("link-out", lambda p: p.symlink_to(p.parent.parent / "outside.json"), "outside the output folder"),
+]  # fmt: skip
+
+
+def _sparse(path: Path, size: int) -> None:
+    with path.open("wb") as fh:
+        fh.truncate(size)
+
+
+@pytest.mark.parametrize(("case", "make", "words"), UNREADABLE_SIDECARS, ids=[c[0] for c in UNREADABLE_SIDECARS])
+def test_any_unreadable_sidecar_is_one_failed_row(
+    tmp_path: Path, case: str, make: Callable[[Path], None], words: str
+) -> None:
+    """The report is written; the hostile sidecar is one row (failed, with its reason, or with its
+    usable fields only); the good study is reported as usual."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "outside.json").write_text(json.dumps({"study": "leak", "status": "done", "device": "LEAKED"}))
+    make(out / f"{case}_sr.json")
+    _sidecar(out, "good", metrics={"psnr_bicubic": 30.0, "psnr_sr": 31.0})
+    assert main(["report", str(out)]) in (0, 1)
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["sidecar"]: r for r in report["studies"]}
+    assert set(rows) == {f"{case}_sr.json", "good_sr.json"}
+    assert rows["good_sr.json"]["status"] == "done" and rows["good_sr.json"]["gain_db"] == pytest.approx(1.0)
+    bad = rows[f"{case}_sr.json"]
+    if words:
+        assert bad["status"] == "failed" and words in bad["error"], bad
+    assert "LEAKED" not in (out / "report.html").read_text(encoding="utf-8")
+    assert all(v is None or isinstance(v, str | int | float) for v in bad.values()), bad
