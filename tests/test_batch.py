@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from mrisr.batch import parse_shard, select_shard, shard_from_env, shard_of, study_lock
+from mrisr.batch import parse_shard, select_shard, shard_from_env, shard_of
 from mrisr.checkpoint import save_checkpoint
+from mrisr.locks import study_lock
 from mrisr.models import SRCNN, SRCNNConfig
 
 MRISR = [sys.executable, "-m", "mrisr.cli"]

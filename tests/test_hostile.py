@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import socket
 import struct
 import zipfile
 from collections.abc import Callable
@@ -313,3 +315,97 @@ def test_any_unreadable_sidecar_is_one_failed_row(
         assert bad["status"] == "failed" and words in bad["error"], bad
     assert "LEAKED" not in (out / "report.html").read_text(encoding="utf-8")
     assert all(v is None or isinstance(v, str | int | float) for v in bad.values()), bad
+
+
+# -- locks held by others, unusable output folders ---------------------------------------------------
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+
+
+LOCKS: list[tuple[str, Callable[[], bytes], str]] = [
+    ("other-host", lambda: b"node-elsewhere-7 4242 0123abcd\n", "process 4242 on host node-elsewhere-7"),
+    ("live-pid", lambda: f"{socket.gethostname()} {os.getpid()}\n".encode(), f"process {os.getpid()} on this host"),
+    ("garbage", lambda: b"\x00\xff not a lock \x01", "an unreadable lock file"),
+    ("huge-pid", lambda: b"node-elsewhere-7 99999999999999999999999\n", "process 99999999999999999999999"),
+]
+
+
+@pytest.mark.parametrize(("case", "content", "words"), LOCKS, ids=[c[0] for c in LOCKS])
+def test_a_study_locked_by_another_holder_is_reported_not_done(
+    tmp_path: Path, case: str, content: Callable[[], bytes], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 1 ('not all studies done'), one line naming the study, its lock and its holder, no sidecar:
+    a Snakemake rule must not mark it done. The other study of the batch is processed."""
+    good = _save_obj(tmp_path / "good.pt", _good_obj())
+    data = tmp_path / "in"
+    _volume(data / "a.nii.gz")
+    _volume(data / "b.nii.gz", seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".a.lock").write_bytes(content())
+    assert main(["enhance", str(data), "--out", str(out), "--checkpoint", str(good), "--no-figure"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1, err
+    assert "a.nii.gz" in err[0] and ".a.lock" in err[0] and words in err[0], err
+    assert not (out / "a_sr.json").exists() and (out / ".a.lock").read_bytes() == content()
+    assert json.loads((out / "b_sr.json").read_text())["status"] == "done"
+
+
+def test_a_stale_lock_is_taken_over_control(tmp_path: Path) -> None:
+    good = _save_obj(tmp_path / "good.pt", _good_obj())
+    src = _volume(tmp_path / "in" / "a.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".a.lock").write_text(f"{socket.gethostname()} {_dead_pid()}\n")
+    old = out / ".a.lock"
+    os.utime(old, (0, 0))  # also older than a day: stale by either rule
+    assert main(["enhance", str(src), "--out", str(out), "--checkpoint", str(good), "--no-figure"]) == 0
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Any:
+    """An existing folder where no file can be created, even by root (a read-only bind mount)."""
+    import subprocess
+
+    src, ro = tmp_path / "ro-src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    (src / "old.txt").write_text("x")
+    if os.geteuid() != 0:
+        ro.rmdir()
+        src.chmod(0o555)
+        yield src
+        src.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode == 0
+    if mounted and subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode == 0:
+        yield ro
+        subprocess.run(["umount", str(ro)], check=False)
+        return
+    if mounted:
+        subprocess.run(["umount", str(ro)], check=False)
+    pytest.skip("running as root without mount: no way to make a read-only folder")
+
+
+def test_read_only_out_is_one_line_exit_2(
+    read_only_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = _save_obj(tmp_path / "good.pt", _good_obj())
+    src = _volume(tmp_path / "in" / "a.nii.gz")
+    assert main(["enhance", str(src), "--out", str(read_only_dir), "--checkpoint", str(good)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(read_only_dir) in err[0] and "cannot be used as the output folder" in err[0], err
+
+
+def test_lock_error_names_the_folder(read_only_dir: Path) -> None:
+    """The library raises one specific error (the CLI checks the folder first)."""
+    from mrisr.locks import LockError, study_lock
+
+    with pytest.raises(LockError, match="cannot create the lock file"), study_lock(read_only_dir, "a"):
+        pass

@@ -4,8 +4,9 @@ Each command lives in its own module under :mod:`mrisr.cli` and only parses opti
 library; heavy packages (torch, MONAI, SimpleITK) are imported inside the commands so that
 ``mrisr --help`` answers at once.
 
-Exit codes: 0 all studies fine; 1 some studies failed (the others were processed); 2 usage error;
-3 interrupted by SIGTERM/SIGINT (a preemption) after the current study was finished or abandoned.
+Exit codes: 0 all studies fine; 1 some studies failed or were not done (another process holds their
+lock; the others were processed); 2 usage error (bad options, checkpoint or output folder: nothing was
+done); 3 interrupted by SIGTERM/SIGINT (a preemption) after the current study was finished or abandoned.
 """
 
 from __future__ import annotations

@@ -152,13 +152,18 @@ def enhance(
         enhancer.check_factors(factors or enhancer.default_factors(axis), axis)
     except MrisrError as exc:
         raise fail(str(exc)) from None
+    from mrisr.fsutil import check_writable_folder
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable_folder(out)
     except OSError as exc:
         raise fail(f"--out {out}: cannot be used as the output folder ({exc.strerror or exc})") from None
     with StopFlag() as stop:
-        results = _run_with_progress(enhancer, studies, opts, stop)
-    failed = [r for r in results if r.status == "failed"]
+        try:
+            results = _run_with_progress(enhancer, studies, opts, stop)
+        except MrisrError as exc:  # the output folder itself failed (lock files cannot be created)
+            raise fail(str(exc)) from None
+    failed = [r for r in results if r.status in ("failed", "locked")]  # locked: not done by this run
     for r in failed:
         typer.echo(f"error: {r.error}", err=True)
     _summary(results)
@@ -215,7 +220,7 @@ def _summary(results: list[StudyResult]) -> None:
             f"{r.seconds:.1f}",
             f"{m['psnr_bicubic']:.2f}" if "psnr_bicubic" in m else "",
             f"{m['psnr_sr']:.2f}" if "psnr_sr" in m else "",
-            str(r.output.name if r.output else "") if r.status != "failed" else str(r.error),
+            str(r.output.name if r.output else "") if r.status not in ("failed", "locked") else str(r.error),
         )
     Console(stderr=True).print(table)
 

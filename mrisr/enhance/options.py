@@ -62,7 +62,8 @@ class EnhanceOptions:
 
 @dataclass
 class StudyResult:
-    """Outcome of one study: ``status`` is ``done``, ``skipped`` or ``failed``."""
+    """Outcome of one study: ``status`` is ``done``, ``skipped``, ``failed`` or ``locked`` (another
+    process holds its lock: not done by this run, no sidecar written; ``error`` names the holder)."""
 
     study: Study
     status: str

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from mrisr import __version__
-from mrisr.batch import study_lock
 from mrisr.checkpoint import Checkpoint
 from mrisr.discovery import Study
 from mrisr.enhance.options import EnhanceOptions, StudyResult
@@ -26,10 +25,11 @@ from mrisr.errors import (
     UnsupportedDataError,
 )
 from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first_frame
-from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
+from mrisr.fsutil import remove_temporaries, sha256_files, write_json_atomic
 from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions
 from mrisr.io import Volume, cast_to_dtype, check_finite
+from mrisr.locks import study_lock
 from mrisr.metrics import evaluate, psnr
 from mrisr.outputs import Targets, read_sidecar, write_bids_description, write_volume
 from mrisr.transforms import Normalization
@@ -77,14 +77,21 @@ class StudyBatch:
             progress: Called with the number of slices done.
             loaded: The study's volume, already being read by a prefetching thread.
         """
-        with study_lock(opts.out_dir, study.id) as mine:
-            if not mine:
-                return StudyResult(study, "locked", error=f"{study.path}: another process holds its lock")
+        with study_lock(opts.out_dir, study.id) as lock:
+            if not lock:
+                # Not done by this run, and not failed: the holder may be making it right now, so no
+                # sidecar is written; the caller reports it (and a rerun does it once the lock is free).
+                return StudyResult(
+                    study,
+                    "locked",
+                    error=f"{study.path}: not processed: its lock {lock.path} is held by {lock.holder}",
+                )
             out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
             targets = Targets.for_study(opts.out_dir, study, out_fmt)
-            for target in targets.all():
-                for tmp in target.parent.glob(f".{target.name}{TMP_MARK}*"):  # left by a killed run
-                    remove_path(tmp)
+            for target in targets.all():  # left by a killed run (the lock keeps other writers away)
+                remove_temporaries(target)
+            # Not under this study's lock: only the temporaries of writers that are gone.
+            remove_temporaries(opts.out_dir / "dataset_description.json", all_of_them=False)
             return self._process_locked(study, opts, out_fmt, targets, progress, loaded)
 
     def _process_locked(
@@ -356,10 +363,19 @@ class StudyBatch:
                     on_start(study, n)
                 res = self.process(study, opts, progress=on_slices, loaded=current)
                 results.append(res)
-                if on_done is not None:
+                if on_done is not None and res.status != "locked":
                     on_done(res)
             if nxt is not None:
                 nxt.cancel()
+        # Studies another process held are tried once more at the end: a lock released meanwhile
+        # (a racing worker that finished the study) gives the usual result, usually 'skipped'.
+        for k, res in enumerate(results):
+            if res.status != "locked":
+                continue
+            if not (should_stop is not None and should_stop()):
+                results[k] = res = self.process(res.study, opts, progress=on_slices)
+            if on_done is not None:
+                on_done(res)
         return results
 
 
