@@ -10,11 +10,17 @@ another host older than ``stale_after`` (default 24 h), a lock file left empty b
 creation and its write (only without hard links). Anything else — a live process, another host's
 recent lock, a file that is not a lock mrisr wrote — holds the study, and :func:`study_lock` says who.
 
-Taking over a stale lock is atomic: the stale file is *renamed* to a unique name (only one process can
-move a given file), then its content is compared with what was judged stale (every lock carries a
-nonce, so a lock created in the meantime never matches; one moved by mistake is linked back). Only
-then is a new lock created, by the same exclusive link, so two processes that find the same stale lock
-at the same instant cannot both take it (``tests/test_faults.py`` races real processes).
+Taking over a stale lock is atomic. A takeover first creates, exclusively, a *claim* named after the
+stale lock (a hash of its inode and text; every lock's text holds a nonce): of all processes that
+found the same stale lock, one gets the claim, the others look again a moment later. The claim's
+owner checks that the lock is still the one it judged (nobody else may remove it while the claim
+stands), renames it to a unique name and deletes it, then competes for a new lock by the same
+exclusive link as everyone. So two processes that find one stale lock at the same instant never
+both hold it (``tests/test_faults.py`` races four real processes 40 times, with and without a widened
+window). A claim left by a process killed mid-takeover is abandoned after
+:data:`CLAIM_ABANDONED_S`. The one case not covered: a lock of *another host* judged stale by its age
+whose (live) holder releases it, and a new lock is made, in the microseconds between the check and
+the rename.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import hashlib
 import logging
 import os
 import socket
@@ -43,7 +50,9 @@ EMPTY_LOCK_GRACE_S = 0.5
 #: Leftovers of a killed locker (its temporary or a moved stale lock) are removed once their process
 #: is gone (same host) or after this long (another host).
 LEFTOVER_AFTER_S = 3600.0
-_ATTEMPTS = 6
+#: A takeover claim older than this was abandoned by a killed process (a takeover takes microseconds).
+CLAIM_ABANDONED_S = 10.0
+_ATTEMPTS = 200
 
 
 class LockError(MrisrError):
@@ -74,11 +83,11 @@ def lock_path(out_dir: Path, study_id: str) -> Path:
     return out_dir / f".{study_id}.lock"
 
 
-def _read(path: Path) -> str | None:
-    """The lock's text, ``None`` when it is gone."""
+def _read(path: Path) -> tuple[str, int] | None:
+    """The lock's text and inode number, ``None`` when it is gone."""
     try:
         with path.open("rb") as fh:
-            return fh.read(4096).decode("utf-8", "replace")
+            return fh.read(4096).decode("utf-8", "replace"), os.fstat(fh.fileno()).st_ino
     except FileNotFoundError:
         return None
 
@@ -137,24 +146,50 @@ def _create(path: Path, text: str) -> bool:
             tmp.unlink()
 
 
-def _take_over(path: Path, judged: str) -> None:
-    """Remove the stale lock whose content was ``judged`` — and no other — atomically."""
-    grave = path.with_name(f"{path.name}.stale-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+def _take_over(path: Path, judged: tuple[str, int]) -> None:
+    """Remove the stale lock ``judged`` (its text and inode) — and no other lock — atomically.
+
+    One claim per stale lock, made exclusively, decides who removes it; its owner checks that the
+    lock is still the one judged (nobody else can remove it while the claim exists) and moves it
+    away. Losers return at once and look again (the lock is then gone or new).
+    """
+    text, ino = judged
+    key = hashlib.sha1(f"{ino}:{text}".encode()).hexdigest()[:16]
+    claim = path.with_name(f"{path.name}.claim-{key}")
     try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        if _abandoned(claim):  # its owner was killed in the microseconds a takeover takes
+            with contextlib.suppress(FileNotFoundError):
+                claim.unlink()
+        else:
+            time.sleep(0.01)  # another process is taking it over right now
+        return
+    try:
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        os.close(fd)
+        faults.point("lock.claimed")
+        if _read(path) != judged:
+            return  # released, or taken over and re-created, since it was judged
+        grave = path.with_name(f"{path.name}.stale-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.rename(path, grave)
-    except FileNotFoundError:
-        return  # another process took it first
-    faults.point("lock.moved-stale")
-    moved = _read(grave)
-    if moved != judged:
-        # A lock created after the judgement was moved: put it back (the link fails only if yet
-        # another lock was created meanwhile, which then holds the study).
-        try:
-            os.link(grave, path)
-        except FileExistsError:
-            log.warning("lock %s was replaced while being taken over", path)
-    with contextlib.suppress(FileNotFoundError):
+        faults.point("lock.moved-stale")
         grave.unlink()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            claim.unlink()
+
+
+def _abandoned(claim: Path) -> bool:
+    """Whether a takeover claim's owner is gone (a dead process of this host), or it is too old."""
+    try:
+        words = claim.read_text(errors="replace").split()
+        age = time.time() - claim.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if len(words) == 2 and words[0] == socket.gethostname() and words[1].isdigit():
+        return not pid_alive(int(words[1]))
+    return age > CLAIM_ABANDONED_S
 
 
 def _sweep(path: Path) -> None:
@@ -165,6 +200,12 @@ def _sweep(path: Path) -> None:
     except OSError:
         return
     for name in names:
+        if name.startswith(path.name + ".claim-"):
+            claim = path.with_name(name)
+            if _abandoned(claim):
+                with contextlib.suppress(FileNotFoundError):
+                    claim.unlink()
+            continue
         prefix = next((path.name + k for k in (".new-", ".stale-") if name.startswith(path.name + k)), None)
         if prefix is None:
             continue
@@ -205,12 +246,11 @@ def study_lock(out_dir: Path, study_id: str, *, stale_after: float = STALE_AFTER
             held = _read(path)
             if held is None:
                 continue  # released meanwhile
-            if not held.strip():
+            if not held[0].strip():
                 time.sleep(EMPTY_LOCK_GRACE_S)  # its holder may be writing it (no hard links)
-                again = _read(path)
-                if again != held:
+                if _read(path) != held:
                     continue
-            stale, who = _judge(path, held, stale_after)
+            stale, who = _judge(path, held[0], stale_after)
             if not stale:
                 state = StudyLock(False, path, who)
                 break
@@ -227,6 +267,7 @@ def study_lock(out_dir: Path, study_id: str, *, stale_after: float = STALE_AFTER
     finally:
         if state.acquired:
             faults.point("lock.before-release")
-            if _read(path) == text:  # still ours (not taken over as stale by someone who judged wrongly)
+            now = _read(path)
+            if now is not None and now[0] == text:  # still ours (not taken over as stale by someone who judged wrongly)
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()

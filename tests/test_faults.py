@@ -1,0 +1,170 @@
+"""Fault injection (issue 16): processes killed at every rename and lock step, and real processes
+racing for the same stale lock.
+
+The kills use the ``MRISR_FAULT`` hook of :mod:`mrisr.faults` (``<point>[@n]:kill`` SIGKILLs the
+process the n-th time it reaches the point); each killed run is followed by a plain rerun that must
+give the uninterrupted result and leave no temporary, lock or moved lock behind.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mrisr.checkpoint import save_checkpoint
+from mrisr.cli import main
+from mrisr.discovery import find_studies
+from mrisr.locks import lock_path, study_lock
+from mrisr.models import SRCNN, SRCNNConfig
+
+AFFINE = np.diag([1.5, 1.2, 3.0, 1.0])
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+
+
+# -- concurrent takeover of one stale lock ------------------------------------------------------------
+
+
+def _racer(folder: str, trials: int, barrier: mp.synchronize.Barrier, queue: mp.Queue, hold_s: float) -> None:
+    """Try every trial's lock at the instant the others do; report when it was held."""
+    for trial in range(trials):
+        barrier.wait()
+        with study_lock(Path(folder), f"t{trial}") as lock:
+            if lock:
+                start = time.monotonic()
+                time.sleep(hold_s)
+                queue.put((trial, os.getpid(), start, time.monotonic()))
+        barrier.wait()
+    queue.put(None)
+
+
+@pytest.mark.parametrize("widen", [False, True], ids=["natural", "widened"])
+def test_racing_processes_never_hold_one_stale_lock_together(tmp_path: Path, widen: bool) -> None:
+    """4 processes × 40 trials: each trial's lock is stale (dead pid) and all four go for it at once.
+
+    'widened' sleeps 20 ms between judging the lock stale and taking it over, so that every racer
+    has judged before any acts (the window where a takeover by unlink-and-create lets two in)."""
+    n_proc, trials, hold_s = 4, 40, 0.03
+    dead = _dead_pid()
+    for trial in range(trials):
+        (tmp_path / f".t{trial}.lock").write_text(f"{socket.gethostname()} {dead}\n")
+    ctx = mp.get_context("fork")
+    barrier, queue = ctx.Barrier(n_proc), ctx.Queue()
+    env_before = os.environ.get("MRISR_FAULT")
+    if widen:
+        os.environ["MRISR_FAULT"] = "lock.judged-stale:sleep=0.02"
+    try:
+        procs = [
+            ctx.Process(target=_racer, args=(str(tmp_path), trials, barrier, queue, hold_s)) for _ in range(n_proc)
+        ]
+        for p in procs:
+            p.start()
+        held: list[tuple[int, int, float, float]] = []
+        finished = 0
+        while finished < n_proc:
+            item = queue.get(timeout=120)
+            if item is None:
+                finished += 1
+            else:
+                held.append(item)
+        for p in procs:
+            p.join(timeout=30)
+            assert p.exitcode == 0
+    finally:
+        if env_before is None:
+            os.environ.pop("MRISR_FAULT", None)
+        else:
+            os.environ["MRISR_FAULT"] = env_before
+    by_trial: dict[int, list[tuple[float, float]]] = {}
+    for trial, _, start, end in held:
+        by_trial.setdefault(trial, []).append((start, end))
+    assert sorted(by_trial) == list(range(trials))  # every stale lock was taken over
+    overlaps = [
+        t for t, spans in by_trial.items() for a in spans for b in spans if a < b and b[0] < a[1]
+    ]  # two holders at the same time
+    assert not overlaps, f"{len(set(overlaps))} of {trials} trials had two holders at once"
+    assert not [p.name for p in tmp_path.iterdir()]  # no lock, temporary or moved lock left
+
+
+# -- SIGKILL at each rename and lock step, then a rerun -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kill_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, bytes]]:
+    """A BIDS dataset whose file name holds glob characters, a checkpoint, and the uninterrupted result."""
+    root = tmp_path_factory.mktemp("faults")
+    torch.manual_seed(0)
+    cfg = SRCNNConfig(kernel_sizes=(3, 1, 3), filters=(8, 4), residual=True)
+    ckpt = save_checkpoint(root / "net.pt", SRCNN(cfg), cfg.to_dict(), {"scale": [2, 2, 1]})
+    data = root / "bids"
+    (data / "sub-03" / "anat").mkdir(parents=True)
+    (data / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.9.0"}))
+    arr = (np.random.default_rng(0).random((8, 6, 3)) * 900 + 50).astype(np.int16)
+    nib.save(nib.Nifti1Image(arr, AFFINE), str(data / "sub-03" / "anat" / "sub-03_acq-[x]_T1w.nii.gz"))
+    ref = root / "ref"
+    assert main(_args(data, ref, ckpt)) == 0
+    return data, ckpt, _results(ref)
+
+
+def _args(data: Path, out: Path, ckpt: Path) -> list[str]:
+    return ["enhance", str(data), "--out", str(out), "--checkpoint", str(ckpt), "--device", "cpu", "--no-figure"]
+
+
+def _results(out: Path) -> dict[str, bytes]:
+    """Voxel bytes of every output volume and the sidecars' status, by relative path."""
+    got: dict[str, bytes] = {}
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out).as_posix()
+        if p.name.endswith(".nii.gz"):
+            got[rel] = np.asarray(nib.load(p).dataobj).tobytes()
+        elif p.name.endswith(".json") and p.name != "dataset_description.json":
+            got[rel] = json.loads(p.read_text())["status"].encode()
+    return got
+
+
+#: (fault point, files a stale lock of a dead process is planted for first)
+KILL_POINTS = [
+    ("lock.before-link", False),
+    ("lock.claimed", True),
+    ("lock.moved-stale", True),
+    ("lock.acquired", False),
+    ("atomic.before-rename@1", False),  # dataset_description.json
+    ("atomic.before-rename@2", False),  # the volume
+    ("atomic.after-rename@2", False),
+    ("atomic.before-rename@3", False),  # the sidecar
+    ("lock.before-release", False),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "stale"), KILL_POINTS, ids=[p for p, _ in KILL_POINTS])
+def test_kill_at_each_step_then_rerun_equals_uninterrupted(
+    kill_setup: tuple[Path, Path, dict[str, bytes]], tmp_path: Path, point: str, stale: bool
+) -> None:
+    data, ckpt, ref = kill_setup
+    out = tmp_path / "out"
+    out.mkdir()
+    if stale:
+        (study,) = find_studies([data])
+        lock_path(out, study.id).write_text(f"{socket.gethostname()} {_dead_pid()}\n")
+    env = {**os.environ, "MRISR_FAULT": f"{point}:kill", "OMP_NUM_THREADS": "1"}
+    env.pop("SLURM_ARRAY_TASK_ID", None)
+    killed = subprocess.run([sys.executable, "-m", "mrisr.cli", *_args(data, out, ckpt)], env=env, capture_output=True)
+    assert killed.returncode == -9, f"the fault point {point} was not reached: {killed.stderr.decode()[-2000:]}"
+    assert main(_args(data, out, ckpt)) == 0
+    assert _results(out) == ref
+    left = [p.relative_to(out).as_posix() for p in out.rglob(".*")]
+    assert not left, f"left behind after the rerun: {left}"
