@@ -409,3 +409,153 @@ def test_lock_error_names_the_folder(read_only_dir: Path) -> None:
 
     with pytest.raises(LockError, match="cannot create the lock file"), study_lock(read_only_dir, "a"):
         pass
+
+
+# -- discovery: what is not searched is said; temporaries of killed runs -----------------------------
+
+
+def test_studies_below_the_depth_cap_are_named_not_dropped_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mrisr.discovery import DEFAULT_MAX_DEPTH, find_studies
+
+    data = tmp_path / "data"
+    deep = data.joinpath(*[f"d{i}" for i in range(DEFAULT_MAX_DEPTH + 1)])
+    _volume(deep / "deep.nii.gz")
+    _volume(data / "d0" / "shallow.nii.gz")
+    with caplog.at_level("WARNING", logger="mrisr.discovery"):
+        studies = find_studies([data])
+    assert [s.id for s in studies] == ["shallow"]  # the cap itself stays (documented in docs/usage.md)
+    capped = data.joinpath(*[f"d{i}" for i in range(DEFAULT_MAX_DEPTH + 1)])
+    lines = [r.getMessage() for r in caplog.records if "not searched" in r.getMessage()]
+    assert len(lines) == 1 and str(capped) in lines[0] and f"{DEFAULT_MAX_DEPTH} folder levels" in lines[0], lines
+    assert [s.id for s in find_studies([capped])] == ["deep"]  # as the message says
+
+
+def test_hidden_studies_fifos_and_devices_are_named_and_never_opened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    from mrisr.discovery import find_studies
+
+    data = tmp_path / "data"
+    _volume(data / "ok.nii.gz")
+    _volume(data / "..nii.gz")
+    _volume(data / ".hidden_T1w.nii.gz")
+    (data / ".DS_Store").write_bytes(b"\0")  # not an image: no message
+    os.mkfifo(data / "pipe.nii.gz")
+    (data / "null.nii.gz").symlink_to("/dev/null")
+    found: list[Any] = []
+    with caplog.at_level("WARNING", logger="mrisr.discovery"):
+        worker = threading.Thread(target=lambda: found.extend(find_studies([data])), daemon=True)
+        worker.start()
+        worker.join(timeout=30)
+    assert not worker.is_alive(), "discovery blocked on the FIFO"
+    assert [s.id for s in found] == ["ok"]
+    lines = sorted(r.getMessage() for r in caplog.records)
+    assert len(lines) == 4, lines
+    assert any("..nii.gz is hidden" in ln for ln in lines) and any(".hidden_T1w.nii.gz is hidden" in ln for ln in lines)
+    assert any("pipe.nii.gz is a FIFO" in ln for ln in lines), lines
+    assert any("null.nii.gz is a character device (through a symbolic link)" in ln for ln in lines), lines
+
+
+def test_a_fifo_given_as_input_fails_alone_without_blocking(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _save_obj(tmp_path / "good.pt", _good_obj())
+    fifo = tmp_path / "pipe.nii.gz"
+    os.mkfifo(fifo)
+    src = _volume(tmp_path / "in" / "a.nii.gz")
+    args = ["enhance", str(fifo), str(src), "--out", str(tmp_path / "out"), "--checkpoint", str(good), "--no-figure"]
+    assert main(args) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "pipe.nii.gz: a FIFO" in err[0], err
+
+
+def test_temporaries_of_killed_runs_are_removed_whatever_their_names(tmp_path: Path) -> None:
+    """A BIDS name with glob characters, and the dataset description's temporary (not under a study lock:
+    only those of dead writers go, a live writer's stays)."""
+    import hashlib
+
+    from mrisr.fsutil import TMP_MARK
+
+    def host_tag() -> str:  # as mrisr.fsutil.temp_sibling names temporaries: <pid>-<host tag>-<random>
+        return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+    good = _save_obj(tmp_path / "good.pt", _good_obj())
+    data = tmp_path / "bids"
+    (data / "dataset_description.json").parent.mkdir(parents=True)
+    (data / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    _volume(data / "sub-03" / "anat" / "sub-03_acq-[x]_T1w.nii.gz")
+    out = tmp_path / "out"
+    anat = out / "sub-03" / "anat"
+    anat.mkdir(parents=True)
+    dead, tag = _dead_pid(), host_tag()
+    leftovers = [
+        anat / f".sub-03_acq-[x]_desc-sr_T1w.nii.gz{TMP_MARK}{dead}-{tag}-0badc0de.nii.gz",
+        anat / f".sub-03_acq-[x]_desc-sr_T1w.json{TMP_MARK}{dead}-{tag}-0badc0de.json",
+        out / f".dataset_description.json{TMP_MARK}{dead}-{tag}-0badc0de.json",
+        out / f".dataset_description.json{TMP_MARK}17-abcd-0badc0de.json",  # an old one (made below)
+    ]
+    live = out / f".dataset_description.json{TMP_MARK}{os.getpid()}-{tag}-0000live.json"
+    for p in [*leftovers, live]:
+        p.write_text("partial")
+    os.utime(leftovers[-1], (0, 0))
+    assert main(["enhance", str(data), "--out", str(out), "--checkpoint", str(good), "--no-figure"]) == 0
+    assert (anat / "sub-03_acq-[x]_desc-sr_T1w.nii.gz").is_file()
+    assert [p.name for p in leftovers if p.exists()] == []
+    assert live.exists()  # a writer that still runs keeps its temporary
+
+
+# -- messages and figures -------------------------------------------------------------------------------
+
+
+def test_numbers_in_messages_are_plain(tmp_path: Path) -> None:
+    from mrisr.errors import InconsistentGeometryError, plain_numbers
+
+    iop = np.array([2.0, 0, 0, 0, 1.0, 0.30000000000000004])
+    err = InconsistentGeometryError(tmp_path / "x.dcm", f"ImageOrientationPatient {list(iop)} is not two unit vectors")
+    assert "np." not in str(err) and "[2, 0, 0, 0, 1, 0.3]" in str(err), str(err)
+    assert plain_numbers("shape (np.int64(3), np.uint8(255)) flag np.bool_(True)") == "shape (3, 255) flag True"
+
+
+def test_dicom_orientation_message_has_plain_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = [0, 0, 0], [2, 0, 0, 0, 1, 0], [1, 1]
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.PixelData = np.zeros((4, 4), "<i2").tobytes()
+    path = tmp_path / "in" / "bad.dcm"
+    path.parent.mkdir()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    good = _save_obj(tmp_path / "good.pt", _good_obj())
+    assert main(["enhance", str(path), "--out", str(tmp_path / "o"), "--checkpoint", str(good), "--no-figure"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "ImageOrientationPatient" in err[0] and "np." not in err[0], err
+
+
+def test_a_failed_study_leaves_no_figure_and_its_reason_is_not_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The volume cannot be written (a folder stands at its path): the figure drawn meanwhile goes
+    too, and the summary table folds the long reason instead of cutting it."""
+    good = _save_obj(tmp_path / "good.pt", _good_obj())
+    src = _volume(tmp_path / "in" / ("a" * 60 + ".nii.gz"))
+    out = tmp_path / "out"
+    blocker = out / ("a" * 60 + "_sr.nii.gz")
+    (blocker / "inside").mkdir(parents=True)
+    assert main(["enhance", str(src), "--out", str(out), "--checkpoint", str(good)]) == 1
+    err = capsys.readouterr().err
+    assert json.loads((out / ("a" * 60 + "_sr.json")).read_text())["status"] == "failed"
+    assert not (out / ("a" * 60 + "_compare.png")).exists()
+    assert "…" not in err  # rich's ellipsis: nothing of the table is cut off

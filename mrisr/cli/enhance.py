@@ -211,7 +211,7 @@ def _summary(results: list[StudyResult]) -> None:
 
     table = Table(title="mrisr enhance")
     for col in ("study", "status", "seconds", "PSNR bicubic", "PSNR SR", "output / reason"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # long ids and reasons wrap; nothing is cut off
     for r in results:
         m = r.metrics or {}
         table.add_row(

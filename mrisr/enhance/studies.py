@@ -3,6 +3,7 @@ study's lock; a bad study fails alone (:class:`StudyBatch`, a part of :class:`~m
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import time
@@ -23,9 +24,10 @@ from mrisr.errors import (
     OutputExistsError,
     UnreadableFileError,
     UnsupportedDataError,
+    plain_numbers,
 )
 from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first_frame
-from mrisr.fsutil import remove_temporaries, sha256_files, write_json_atomic
+from mrisr.fsutil import remove_path, remove_temporaries, sha256_files, write_json_atomic
 from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions
 from mrisr.io import Volume, cast_to_dtype, check_finite
@@ -144,7 +146,7 @@ class StudyBatch:
         except Exception as exc:
             # Specific errors carry the file and a reason; anything else (a library raising an
             # exception type we do not know) still fails this study alone, with its type named.
-            reason = exc.reason if isinstance(exc, MrisrError) else f"{type(exc).__name__}: {exc}"
+            reason = exc.reason if isinstance(exc, MrisrError) else plain_numbers(f"{type(exc).__name__}: {exc}")
             where = str(exc.path) if isinstance(exc, MrisrError) and exc.path is not None else str(study.path)
             if isinstance(exc, NonFiniteOutputError):  # about the checkpoint, but for this study
                 where, reason = str(study.path), f"{reason} (checkpoint {exc.path})"
@@ -262,8 +264,16 @@ class StudyBatch:
             if opts.figure
             else None
         )
-        write_volume(out_vol, out_path, out_fmt, out_dtype)
-        figure_name = figure.result() if figure is not None else None
+        try:
+            write_volume(out_vol, out_path, out_fmt, out_dtype)
+            figure_name = figure.result() if figure is not None else None
+        except BaseException:
+            # A failed study has no figure: wait for the drawing (it must not land after the removal).
+            if figure is not None:
+                with contextlib.suppress(Exception):
+                    figure.result()
+                remove_path(targets.figure)
+            raise
         return {
             "study": study.id,
             "status": "done",
