@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import FrameType
 from typing import TypeVar
 
@@ -103,15 +103,19 @@ def select_shard(items: Sequence[T], ids: Sequence[str], shard: tuple[int, int] 
 class StopFlag:
     """Turns SIGTERM and SIGINT into a flag (a SLURM preemption or Ctrl-C), restoring handlers on exit.
 
-    A second signal while the flag is set raises ``KeyboardInterrupt`` to abandon the current study
-    (its temporaries are removed by the atomic writers).
+    A second signal while the flag is set abandons the current study — it raises ``KeyboardInterrupt``
+    (its temporaries are removed by the atomic writers) — but only inside :meth:`abandonable`, the
+    section where the caller catches it; elsewhere (shutting down: the summary, the exit code) it is
+    only logged, so the command still ends with its 'interrupted' line and exit code.
     """
 
     def __init__(self, finishing: str = "the current study") -> None:
         self.signum: int | None = None
         self.finishing = finishing
+        self.abandoned = False
         self._pid = os.getpid()
         self._old: dict[int, object] = {}
+        self._may_abandon = False
 
     def __bool__(self) -> bool:
         return self.signum is not None
@@ -119,10 +123,23 @@ class StopFlag:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._pid:  # a forked worker (DataLoader) inherited the handler: its parent decides
             return
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum = signum
+            log.warning("received signal %d: finishing %s, then stopping", signum, self.finishing)
+        elif self._may_abandon and not self.abandoned:
+            self.abandoned, self._may_abandon = True, False
             raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("received signal %d: finishing %s, then stopping", signum, self.finishing)
+        else:
+            log.warning("received signal %d again: already stopping", signum)
+
+    @contextlib.contextmanager
+    def abandonable(self) -> Iterator[None]:
+        """The section in which a second signal raises ``KeyboardInterrupt`` (the caller catches it)."""
+        self._may_abandon = True
+        try:
+            yield
+        finally:
+            self._may_abandon = False
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import torch
 from mrisr.checkpoint import save_checkpoint
 from mrisr.cli import main
 from mrisr.discovery import find_studies
+from mrisr.fsutil import TMP_MARK
 from mrisr.locks import lock_path, study_lock
 from mrisr.models import SRCNN, SRCNNConfig
 
@@ -168,3 +170,62 @@ def test_kill_at_each_step_then_rerun_equals_uninterrupted(
     assert _results(out) == ref
     left = [p.relative_to(out).as_posix() for p in out.rglob(".*")]
     assert not left, f"left behind after the rerun: {left}"
+
+
+# -- a second SIGTERM ---------------------------------------------------------------------------------
+
+
+def _batch(root: Path, n: int = 3, shape: tuple[int, int, int] = (8, 6, 3)) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    cfg = SRCNNConfig(residual=True)
+    ckpt = save_checkpoint(root / "net.pt", SRCNN(cfg), cfg.to_dict(), {"scale": [2, 2, 1]})
+    data = root / "data"
+    data.mkdir()
+    for i in range(n):
+        arr = (np.random.default_rng(i).random(shape) * 900).astype(np.int16)
+        nib.save(nib.Nifti1Image(arr, AFFINE), str(data / f"s{i}.nii.gz"))
+    return data, ckpt
+
+
+def _wait_for(cond: object, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["during-a-study", "during-shutdown"])
+def test_a_second_sigterm_still_exits_3_with_the_interrupted_line(tmp_path: Path, when: str) -> None:
+    """First SIGTERM: finish the study in progress. A second one abandons that study (during-a-study:
+    each rename sleeps 1 s) or comes while the command winds down (during-shutdown: 2 s before the
+    summary): either way exit 3 and one 'interrupted' line, and no temporary left behind."""
+    # Studies of a few seconds each, so that without the fault hook (today's main) the second signal
+    # also lands inside a study.
+    data, ckpt = _batch(tmp_path, shape=(48, 40, 8) if when == "during-a-study" else (8, 6, 3))
+    out = tmp_path / "out"
+    fault = "atomic.before-rename:sleep=1" if when == "during-a-study" else "enhance.after-batch:sleep=2"
+    env = {**os.environ, "MRISR_FAULT": fault, "OMP_NUM_THREADS": "1"}
+    env.pop("SLURM_ARRAY_TASK_ID", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mrisr.cli", *_args(data, out, ckpt)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for(lambda: out.is_dir() and any(p.name.endswith(".lock") for p in out.iterdir()))
+    proc.send_signal(signal.SIGTERM)
+    if when == "during-a-study":
+        time.sleep(0.3)  # the study in progress is sleeping before a rename
+    else:
+        _wait_for(lambda: not any(p.name.endswith(".lock") for p in out.iterdir()))  # the batch loop is over
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("interrupted by signal 15")]
+    assert len(lines) == 1, err[-3000:]
+    assert ("abandoned" in lines[0]) == (when == "during-a-study"), lines
+    assert len(list(out.glob("*_sr.json"))) < 3
+    assert not [p.name for p in out.iterdir() if TMP_MARK in p.name]
+    assert main(_args(data, out, ckpt)) == 0  # and a rerun completes the batch
+    assert len(list(out.glob("*_sr.json"))) == 3

@@ -158,24 +158,36 @@ def enhance(
         check_writable_folder(out)
     except OSError as exc:
         raise fail(f"--out {out}: cannot be used as the output folder ({exc.strerror or exc})") from None
+    from mrisr import faults
+
     with StopFlag() as stop:
+        results: list[StudyResult] = []
         try:
-            results = _run_with_progress(enhancer, studies, opts, stop)
+            with stop.abandonable():
+                _run_with_progress(enhancer, studies, opts, stop, results)
+        except KeyboardInterrupt:  # a second signal: the current study was abandoned
+            pass
         except MrisrError as exc:  # the output folder itself failed (lock files cannot be created)
             raise fail(str(exc)) from None
-    failed = [r for r in results if r.status in ("failed", "locked")]  # locked: not done by this run
-    for r in failed:
-        typer.echo(f"error: {r.error}", err=True)
-    _summary(results)
-    if stop:
-        typer.echo(f"interrupted by signal {stop.signum}: {len(results)} of {len(studies)} studies handled", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        faults.point("enhance.after-batch")
+        failed = [r for r in results if r.status in ("failed", "locked")]  # locked: not done by this run
+        for r in failed:
+            typer.echo(f"error: {r.error}", err=True)
+        _summary(results)
+        if stop:
+            how = " (again: the study in progress was abandoned)" if stop.abandoned else ""
+            typer.echo(
+                f"interrupted by signal {stop.signum}{how}: {len(results)} of {len(studies)} studies handled", err=True
+            )
+            raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
 def _run_with_progress(
-    enhancer: Enhancer, studies: list[Study], opts: EnhanceOptions, stop: StopFlag
-) -> list[StudyResult]:
+    enhancer: Enhancer, studies: list[Study], opts: EnhanceOptions, stop: StopFlag, results: list[StudyResult]
+) -> None:
+    """Run the batch with a progress bar; each study's result is appended to ``results`` when it is
+    known (so that they survive an abandoned study)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -193,9 +205,10 @@ def _run_with_progress(
             bar.update(t_slices, description=f"{study.id}", completed=0, total=None)
 
         def on_done(res: StudyResult) -> None:
+            results.append(res)
             bar.advance(t_studies)
 
-        return enhancer.enhance(
+        enhancer.enhance(
             studies,
             opts,
             on_start=on_start,

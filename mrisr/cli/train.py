@@ -165,7 +165,17 @@ def train(
         raise fail(f"--out {out}: cannot be used as the output folder ({exc.strerror or exc})") from None
     try:
         with stop, progress:
-            result = run_training(data, out, cfg, resume=resume, callbacks=callbacks)
+            try:
+                with stop.abandonable():
+                    result = run_training(data, out, cfg, resume=resume, callbacks=callbacks)
+            except KeyboardInterrupt:  # a second signal: the step in progress was abandoned
+                if main_rank:
+                    typer.echo(
+                        f"interrupted by signal {stop.signum} (again: the step in progress was abandoned); "
+                        f"--resume continues from the last saved state in {out / 'last.pt'}",
+                        err=True,
+                    )
+                raise typer.Exit(EXIT_INTERRUPTED) from None
     except (MrisrError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     if result.stopped:
