@@ -229,3 +229,37 @@ def test_a_second_sigterm_still_exits_3_with_the_interrupted_line(tmp_path: Path
     assert not [p.name for p in out.iterdir() if TMP_MARK in p.name]
     assert main(_args(data, out, ckpt)) == 0  # and a rerun completes the batch
     assert len(list(out.glob("*_sr.json"))) == 3
+
+
+# -- training stopped mid-epoch -----------------------------------------------------------------------
+
+
+def test_stop_mid_epoch_resume_gives_the_uninterrupted_loss_row(tmp_path: Path) -> None:
+    """SIGTERM (``should_stop``) after step 4 of 9 (epoch 2 of 3, 3 steps each), then ``--resume``:
+    every row of metrics.csv, the loss of the interrupted epoch included, equals the uninterrupted run's."""
+    import csv
+
+    from mrisr.training import Callbacks, TrainConfig, train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        arr = (np.random.default_rng(i).random((16, 16, 8)) * 400).astype(np.int16)
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), str(data / f"sub{i}.nii.gz"))
+    cfg = TrainConfig(
+        scale=2, epochs=3, steps_per_epoch=3, batch_size=2, patch_size=8, val_fraction=0.34, device="cpu", seed=3,
+        model=SRCNNConfig(kernel_sizes=(3, 1, 3), filters=(4, 4), residual=True),
+    )  # fmt: skip
+    train([data], tmp_path / "full", cfg)
+    steps: list[int] = []
+    stop = Callbacks(on_step=lambda s, _: steps.append(s), should_stop=lambda: len(steps) >= 4)
+    assert train([data], tmp_path / "part", cfg, callbacks=stop).stopped
+    train([data], tmp_path / "part", cfg, resume=True)
+
+    def rows(run: str) -> list[dict[str, str]]:
+        with open(tmp_path / run / "metrics.csv", newline="") as fh:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+
+    full, part = rows("full"), rows("part")
+    assert len(full) == 3 and [r["loss"] for r in part] == [r["loss"] for r in full]
+    assert part == full
