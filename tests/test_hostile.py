@@ -339,8 +339,8 @@ LOCKS: list[tuple[str, Callable[[], bytes], str]] = [
 def test_a_study_locked_by_another_holder_is_reported_not_done(
     tmp_path: Path, case: str, content: Callable[[], bytes], words: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Exit 1 ('not all studies done'), one line naming the study, its lock and its holder, no sidecar:
-    a Snakemake rule must not mark it done. The other study of the batch is processed."""
+    """Exit 4 ('not done: locked'; 1 is 'failed and recorded', which the Snakemake rule takes as done),
+    one line naming the study, its lock and its holder, no sidecar. The other study is processed."""
     good = _save_obj(tmp_path / "good.pt", _good_obj())
     data = tmp_path / "in"
     _volume(data / "a.nii.gz")
@@ -348,7 +348,7 @@ def test_a_study_locked_by_another_holder_is_reported_not_done(
     out = tmp_path / "out"
     out.mkdir()
     (out / ".a.lock").write_bytes(content())
-    assert main(["enhance", str(data), "--out", str(out), "--checkpoint", str(good), "--no-figure"]) == 1
+    assert main(["enhance", str(data), "--out", str(out), "--checkpoint", str(good), "--no-figure"]) == 4
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(err) == 1, err
     assert "a.nii.gz" in err[0] and ".a.lock" in err[0] and words in err[0], err

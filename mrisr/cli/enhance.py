@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from mrisr.discovery import Study
     from mrisr.enhance import EnhanceOptions, Enhancer, StudyResult
 
-from mrisr.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
+from mrisr.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
 
 
 @app.command()
@@ -76,6 +76,14 @@ def enhance(
     only: Annotated[
         list[str] | None, typer.Option("--only", help="Process only the study with this id (repeatable).")
     ] = None,
+    lock_wait: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds to wait at the end for studies another process holds locked (racing workers); "
+            "still locked then: not done, exit 4.",
+        ),
+    ] = 0.0,
     shard: Annotated[
         str | None,
         typer.Option(help="Process shard I/N (0-based) only. Default: SLURM_ARRAY_TASK_ID/_COUNT when set."),
@@ -142,6 +150,7 @@ def enhance(
         figure=figure,
         adapt=adapt_config if adapt else None,
         auto_adapt=adapt_config if adapt is None else None,
+        lock_wait=lock_wait,
     )
     try:
         run = RunOptions(device=dev, batch_size=batch_size, amp=amp, ensemble=ensemble)
@@ -170,8 +179,9 @@ def enhance(
         except MrisrError as exc:  # the output folder itself failed (lock files cannot be created)
             raise fail(str(exc)) from None
         faults.point("enhance.after-batch")
-        failed = [r for r in results if r.status in ("failed", "locked")]  # locked: not done by this run
-        for r in failed:
+        failed = [r for r in results if r.status == "failed"]
+        locked = [r for r in results if r.status == "locked"]  # not done by this run, no sidecar
+        for r in failed + locked:
             typer.echo(f"error: {r.error}", err=True)
         _summary(results)
         if stop:
@@ -180,7 +190,8 @@ def enhance(
                 f"interrupted by signal {stop.signum}{how}: {len(results)} of {len(studies)} studies handled", err=True
             )
             raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+    # Locked studies are not done (a rerun does them); failed ones are, with their failure recorded.
+    raise typer.Exit(EXIT_LOCKED if locked else EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
 def _run_with_progress(

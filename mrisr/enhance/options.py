@@ -43,6 +43,8 @@ class EnhanceOptions:
         adapt: Fine-tune a copy of the network on each study first (:mod:`mrisr.adapt`).
         auto_adapt: Adaptation settings used whenever one axis alone is refined, even without
             ``adapt``; ``None`` runs the network as it is (``--no-adapt``).
+        lock_wait: Seconds to wait, after the other studies, for studies whose lock another process
+            holds (workers racing on one folder); ``0`` tries them once more and reports the rest.
     """
 
     out_dir: Path
@@ -58,6 +60,7 @@ class EnhanceOptions:
     clamp: bool = True
     adapt: AdaptConfig | None = None
     auto_adapt: AdaptConfig | None = DEFAULT_ADAPT
+    lock_wait: float = 0.0
 
 
 @dataclass

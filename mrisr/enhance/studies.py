@@ -38,6 +38,9 @@ from mrisr.transforms import Normalization
 
 log = logging.getLogger(__name__)
 
+#: How often a study locked by another process is tried again while waiting for it (``lock_wait``).
+LOCK_POLL_S = 1.0
+
 
 def _output_from(adapted: dict[str, Any] | None) -> str:
     """Which network made the output: ``network``, ``adapted network`` or ``bicubic``."""
@@ -377,15 +380,25 @@ class StudyBatch:
                     on_done(res)
             if nxt is not None:
                 nxt.cancel()
-        # Studies another process held are tried once more at the end: a lock released meanwhile
-        # (a racing worker that finished the study) gives the usual result, usually 'skipped'.
-        for k, res in enumerate(results):
-            if res.status != "locked":
-                continue
-            if not (should_stop is not None and should_stop()):
-                results[k] = res = self.process(res.study, opts, progress=on_slices)
-            if on_done is not None:
-                on_done(res)
+        # Studies another process held are tried again at the end, for up to opts.lock_wait seconds:
+        # a lock released meanwhile (a racing worker that finished the study) gives the usual
+        # result, usually 'skipped'.
+        deadline = time.monotonic() + opts.lock_wait
+        retried = [k for k, res in enumerate(results) if res.status == "locked"]
+        pending = list(retried)
+        while pending:
+            for k in list(pending):
+                if should_stop is not None and should_stop():
+                    break
+                results[k] = self.process(results[k].study, opts, progress=on_slices)
+                if results[k].status != "locked":
+                    pending.remove(k)
+            if not pending or time.monotonic() >= deadline or (should_stop is not None and should_stop()):
+                break
+            time.sleep(min(LOCK_POLL_S, max(0.0, deadline - time.monotonic())))
+        if on_done is not None:
+            for k in retried:
+                on_done(results[k])
         return results
 
 
