@@ -559,3 +559,27 @@ def test_a_failed_study_leaves_no_figure_and_its_reason_is_not_cut(
     assert json.loads((out / ("a" * 60 + "_sr.json")).read_text())["status"] == "failed"
     assert not (out / ("a" * 60 + "_compare.png")).exists()
     assert "…" not in err  # rich's ellipsis: nothing of the table is cut off
+
+
+def test_report_into_a_read_only_folder_is_one_line_exit_2(
+    read_only_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = read_only_dir.parent / "ro-src"  # the writable folder behind the read-only view
+    if src == read_only_dir:  # not root: a folder without write permission
+        src.chmod(0o755)
+        _sidecar(src, "a")
+        src.chmod(0o555)
+    else:
+        _sidecar(src, "a")
+    assert main(["report", str(read_only_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write the report" in err[0], err
+
+
+def test_train_into_a_read_only_folder_is_one_line_exit_2(
+    read_only_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _volume(tmp_path / "in" / "a.nii.gz", shape=(16, 16, 8))
+    assert main(["train", str(src), "--out", str(read_only_dir), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be used as the output folder" in err[0], err

@@ -159,8 +159,10 @@ def train(
         on_epoch=on_epoch,
         should_stop=lambda: bool(stop),
     )
+    from mrisr.fsutil import check_writable_folder
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable_folder(out)
     except OSError as exc:
         raise fail(f"--out {out}: cannot be used as the output folder ({exc.strerror or exc})") from None
     try:

@@ -143,7 +143,9 @@ class Enhancer(StudyBatch):
         Raises:
             NonFiniteOutputError: Naming the checkpoint and how many values are not finite.
         """
-        bad = sr.size - int(np.count_nonzero(np.isfinite(sr)))
+        flat = sr.reshape(-1)
+        step = 1 << 22  # in blocks: no volume-sized mask next to the output
+        bad = sum(int(np.count_nonzero(~np.isfinite(flat[i : i + step]))) for i in range(0, flat.size, step))
         if bad:
             raise NonFiniteOutputError(
                 self.checkpoint.path,
