@@ -7,10 +7,8 @@ Shards
     ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT`` decide (the task id is taken relative to
     ``SLURM_ARRAY_TASK_MIN``).
 Locks
-    Before a study is processed, ``.<id>.lock`` is created exclusively in the output folder
-    (``O_CREAT | O_EXCL``: atomic on local and NFSv3+ file systems) and holds ``host pid``. A lock of a
-    process that no longer runs on this host is stale and is taken over; a lock from another host is
-    taken over once older than ``stale_after`` seconds (default 24 h).
+    Per-study locks live in :mod:`mrisr.locks` (re-exported here): ``.<id>.lock`` in the output
+    folder, taken over atomically when stale.
 Preemption
     :class:`StopFlag` turns SIGTERM/SIGINT into a flag that the batch loop checks between studies.
 """
@@ -22,18 +20,28 @@ import hashlib
 import logging
 import os
 import signal
-import socket
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from types import FrameType
 from typing import TypeVar
+
+from mrisr.locks import STALE_AFTER_S, LockError, StudyLock, lock_path, study_lock
+
+__all__ = [
+    "STALE_AFTER_S",
+    "LockError",
+    "StopFlag",
+    "StudyLock",
+    "lock_path",
+    "parse_shard",
+    "select_shard",
+    "shard_from_env",
+    "shard_of",
+    "study_lock",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-STALE_AFTER_S = 24 * 3600.0
 
 
 def shard_of(study_id: str, count: int) -> int:
@@ -92,83 +100,22 @@ def select_shard(items: Sequence[T], ids: Sequence[str], shard: tuple[int, int] 
     return [it for it, i in zip(items, ids, strict=True) if shard_of(i, count) == index]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def lock_path(out_dir: Path, study_id: str) -> Path:
-    """Where the lock of a study lives."""
-    return out_dir / f".{study_id}.lock"
-
-
-#: How long an empty lock file may wait for its holder to write its host and pid.
-EMPTY_LOCK_GRACE_S = 0.5
-
-
-def _is_stale(path: Path, stale_after: float) -> bool:
-    try:
-        text = path.read_text().split()
-        if not text:
-            # A holder writes its host and pid right after creating the file; still empty a moment
-            # later means it was killed in between (a SIGKILL found by the kill-and-rerun test).
-            time.sleep(EMPTY_LOCK_GRACE_S)
-            text = path.read_text().split()
-            if not text:
-                return True
-        age = time.time() - path.stat().st_mtime
-    except (OSError, ValueError):
-        return False
-    if len(text) >= 2 and text[0] == socket.gethostname():
-        return not _pid_alive(int(text[1]))
-    return age > stale_after
-
-
-@contextlib.contextmanager
-def study_lock(out_dir: Path, study_id: str, *, stale_after: float = STALE_AFTER_S) -> Iterator[bool]:
-    """Hold the study's lock; yields ``False`` (and holds nothing) when another live process has it."""
-    path = lock_path(out_dir, study_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    acquired = False
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if _is_stale(path, stale_after):
-                log.info("taking over stale lock %s", path)
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                continue
-            break
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{socket.gethostname()} {os.getpid()}\n")
-        acquired = True
-        break
-    try:
-        yield acquired
-    finally:
-        if acquired:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
 class StopFlag:
     """Turns SIGTERM and SIGINT into a flag (a SLURM preemption or Ctrl-C), restoring handlers on exit.
 
-    A second signal while the flag is set raises ``KeyboardInterrupt`` to abandon the current study
-    (its temporaries are removed by the atomic writers).
+    A second signal while the flag is set abandons the current study — it raises ``KeyboardInterrupt``
+    (its temporaries are removed by the atomic writers) — but only inside :meth:`abandonable`, the
+    section where the caller catches it; elsewhere (shutting down: the summary, the exit code) it is
+    only logged, so the command still ends with its 'interrupted' line and exit code.
     """
 
     def __init__(self, finishing: str = "the current study") -> None:
         self.signum: int | None = None
         self.finishing = finishing
+        self.abandoned = False
         self._pid = os.getpid()
         self._old: dict[int, object] = {}
+        self._may_abandon = False
 
     def __bool__(self) -> bool:
         return self.signum is not None
@@ -176,10 +123,23 @@ class StopFlag:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._pid:  # a forked worker (DataLoader) inherited the handler: its parent decides
             return
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum = signum
+            log.warning("received signal %d: finishing %s, then stopping", signum, self.finishing)
+        elif self._may_abandon and not self.abandoned:
+            self.abandoned, self._may_abandon = True, False
             raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("received signal %d: finishing %s, then stopping", signum, self.finishing)
+        else:
+            log.warning("received signal %d again: already stopping", signum)
+
+    @contextlib.contextmanager
+    def abandonable(self) -> Iterator[None]:
+        """The section in which a second signal raises ``KeyboardInterrupt`` (the caller catches it)."""
+        self._may_abandon = True
+        try:
+            yield
+        finally:
+            self._may_abandon = False
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):

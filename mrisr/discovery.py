@@ -113,6 +113,10 @@ def _walk(
         for entry in entries:
             p = Path(entry.path)
             if entry.name.startswith("."):
+                if is_nifti_path(p) or entry.name.lower().endswith(".dcm"):
+                    log.warning("not searched: %s is hidden (a name starting with '.'); rename it to use it", p)
+                else:
+                    log.debug("skipping hidden %s", p)
                 continue
             if entry.is_symlink():
                 try:
@@ -125,13 +129,40 @@ def _walk(
                     continue
             if entry.is_dir():
                 if depth >= max_depth:
-                    log.info("skipping %s: deeper than %d levels", p, max_depth)
+                    log.warning(
+                        "not searched: %s is more than %d folder levels below %s (the depth cap; "
+                        "give that folder as an input to search it)",
+                        p,
+                        max_depth,
+                        root,
+                    )
                     continue
                 yield from visit(p, depth + 1)
             elif entry.is_file():
                 yield p
+            else:  # never opened: reading a FIFO would block the batch
+                log.warning("not searched: %s is %s, not a regular file", p, _kind(p))
 
     yield from visit(root, 0)
+
+
+def _kind(path: Path) -> str:
+    """What a path that is neither a folder nor a regular file is (``stat``, never ``open``)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "unreadable"
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name + (" (through a symbolic link)" if path.is_symlink() else "")
+    return "not a regular file"
 
 
 def _nifti_ids(paths: Sequence[Path], roots: dict[Path, Path]) -> dict[Path, str]:
@@ -196,6 +227,9 @@ def find_studies(
         if not inp.exists():
             raise FileNotFoundError(f"{inp}: no such file or folder")
         found: list[tuple[Path, str]] = []
+        if not inp.is_file() and not inp.is_dir():  # never opened: a FIFO would block
+            problems.append((inp, f"{_kind(inp)}, not a file or folder of studies", inp.parent, None))
+            continue
         files = [inp] if inp.is_file() else list(_walk(inp, max_depth, found, skip))
         root = inp.parent if inp.is_file() else inp
         problems += [(p, why, root, None) for p, why in found]

@@ -6,7 +6,26 @@ per failed study (``path: reason``) and carry on with the rest of a batch.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+#: ``np.float64(1.5)``, ``np.int64(3)``: how NumPy 2 writes its scalars inside lists and tuples.
+_NUMPY_SCALAR = re.compile(r"\bnp\.(?:float|int|uint|bool|longdouble|double|single|half)\w*\(([^()]*)\)")
+
+
+def plain_numbers(text: str) -> str:
+    """``text`` with NumPy scalar reprs written as plain numbers (``np.float64(0.30000000000000004)``
+    becomes ``0.3``: six significant digits; integers as they are)."""
+
+    def plain(m: re.Match[str]) -> str:
+        inner = m.group(1).strip()
+        try:
+            value = float(inner)
+        except ValueError:
+            return inner
+        return inner if inner.lstrip("-").isdigit() else f"{value:.6g}"
+
+    return _NUMPY_SCALAR.sub(plain, text)
 
 
 class MrisrError(Exception):
@@ -19,7 +38,7 @@ class MrisrError(Exception):
 
     def __init__(self, path: str | Path | None, reason: str) -> None:
         self.path = None if path is None else Path(path)
-        self.reason = " ".join(str(reason).split())
+        self.reason = plain_numbers(" ".join(str(reason).split()))
         super().__init__(f"{self.path}: {self.reason}" if self.path is not None else self.reason)
 
 
@@ -41,3 +60,8 @@ class CheckpointError(MrisrError):
 
 class OutputExistsError(MrisrError):
     """An output exists and ``overwrite`` was not requested."""
+
+
+class NonFiniteOutputError(MrisrError):
+    """The network gave NaN or infinite values for a study (overflowing weights, a broken checkpoint);
+    ``path`` is the checkpoint, the study is named by whoever processes it."""

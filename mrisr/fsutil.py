@@ -13,19 +13,83 @@ import json
 import math
 import os
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mrisr import faults
+
 TMP_MARK = ".mrisr-tmp-"
 
 
+def host_tag() -> str:
+    """Eight hex digits naming this host in temporary names (a pid means something only on its host)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def temp_sibling(path: Path) -> Path:
-    """A unique hidden temporary name beside ``path`` that keeps its (possibly double) extension."""
+    """A unique hidden temporary name beside ``path`` that keeps its (possibly double) extension:
+    ``.<name>.mrisr-tmp-<pid>-<host>-<random><suffix>``."""
     name = path.name
     suffix = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
-    return path.with_name(f".{name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+    return path.with_name(f".{name}{TMP_MARK}{os.getpid()}-{host_tag()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (``True`` when it exists but belongs to another user)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+#: A temporary of another host (whose process cannot be checked) is left alone this long.
+FOREIGN_TMP_AFTER_S = 3600.0
+
+
+def remove_temporaries(target: Path, *, all_of_them: bool = True) -> list[Path]:
+    """Remove the temporaries of ``target`` that killed writers left (``.<name>.mrisr-tmp-*``).
+
+    Names are compared as strings, not as glob patterns (a name may hold ``[``, ``*`` or ``?``).
+
+    Args:
+        target: The final path whose temporaries to remove.
+        all_of_them: Remove every one (the caller holds the lock that keeps other writers away);
+            ``False`` removes only those whose process is gone (this host) or that are older than
+            :data:`FOREIGN_TMP_AFTER_S` (another host, or a name without pid): for a file that
+            several processes may be writing at once.
+
+    Returns:
+        The paths removed.
+    """
+    prefix = f".{target.name}{TMP_MARK}"
+    try:
+        names = [n for n in os.listdir(target.parent) if n.startswith(prefix)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        tmp = target.parent / name
+        if not all_of_them:
+            pid, _, rest = name[len(prefix) :].partition("-")
+            ours = pid.isdigit() and rest.startswith(host_tag() + "-")
+            try:
+                old = time.time() - tmp.lstat().st_mtime > FOREIGN_TMP_AFTER_S
+            except FileNotFoundError:
+                continue
+            if not (old or (ours and not pid_alive(int(pid)))):
+                continue
+        remove_path(tmp)
+        removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
@@ -39,19 +103,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = temp_sibling(final)
     try:
         yield tmp
+        faults.point("atomic.before-rename")
         if tmp.is_dir():
             if final.exists():
                 old = temp_sibling(final)
                 final.rename(old)
+                faults.point("atomic.between-renames")
                 tmp.rename(final)
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 tmp.rename(final)
         else:
             os.replace(tmp, final)
+        faults.point("atomic.after-rename")
     except BaseException:
         remove_path(tmp)
         raise
+
+
+def check_writable_folder(folder: str | Path) -> None:
+    """Create ``folder`` if needed and check that files can be created in it (a probe file is made
+    and removed: permission bits say nothing on a read-only mount or for root).
+
+    Raises:
+        OSError: Not a folder, cannot be created, or read-only.
+    """
+    p = Path(folder)
+    p.mkdir(parents=True, exist_ok=True)
+    probe = p / f".mrisr-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.close(fd)
+    probe.unlink()
 
 
 def remove_path(path: Path) -> None:

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from mrisr.batch import parse_shard, select_shard, shard_from_env, shard_of, study_lock
+from mrisr.batch import parse_shard, select_shard, shard_from_env, shard_of
 from mrisr.checkpoint import save_checkpoint
+from mrisr.locks import study_lock
 from mrisr.models import SRCNN, SRCNNConfig
 
 MRISR = [sys.executable, "-m", "mrisr.cli"]
@@ -118,9 +119,12 @@ def test_three_concurrent_shards_and_racing_workers(batch: tuple[Path, Path], tm
     assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
     sidecars = sorted(out.glob("*_sr.json"))
     assert [p.name for p in sidecars] == [f"s{i}_sr.json" for i in range(6)]
-    # Three workers WITHOUT shards on the same folder: locks and sidecars make each study happen once.
+    # Three workers WITHOUT shards on the same folder: locks and sidecars make each study happen once;
+    # each waits at the end for the studies the others hold (else: exit 4, not done by that worker).
     race = tmp_path / "race"
-    procs = [subprocess.Popen(_cmd(data, race, ckpt, "--no-figure"), env=_env()) for _ in range(3)]
+    procs = [
+        subprocess.Popen(_cmd(data, race, ckpt, "--no-figure", "--lock-wait", "300"), env=_env()) for _ in range(3)
+    ]
     assert all(p.wait(timeout=300) == 0 for p in procs)
     created = [json.loads(p.read_text())["created"] for p in sorted(race.glob("*_sr.json"))]
     assert len(created) == 6

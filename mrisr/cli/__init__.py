@@ -4,8 +4,12 @@ Each command lives in its own module under :mod:`mrisr.cli` and only parses opti
 library; heavy packages (torch, MONAI, SimpleITK) are imported inside the commands so that
 ``mrisr --help`` answers at once.
 
-Exit codes: 0 all studies fine; 1 some studies failed (the others were processed); 2 usage error;
-3 interrupted by SIGTERM/SIGINT (a preemption) after the current study was finished or abandoned.
+Exit codes: 0 all studies fine; 1 some studies failed (each recorded in a ``failed`` sidecar; the
+others were processed); 2 usage error (bad options, checkpoint or output folder: nothing was done);
+3 interrupted by SIGTERM/SIGINT (a preemption) after the current study was finished or abandoned;
+4 some studies were not processed because another process holds their lock (no sidecar: a rerun does
+them; workflow managers must not take them as done, as they may take 1).
+The most urgent code wins: 3, then 4, then 1.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3
+EXIT_LOCKED = 4
 
 app = typer.Typer(
     name="mrisr",

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from mrisr.discovery import Study
     from mrisr.enhance import EnhanceOptions, Enhancer, StudyResult
 
-from mrisr.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
+from mrisr.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
 
 
 @app.command()
@@ -76,6 +76,14 @@ def enhance(
     only: Annotated[
         list[str] | None, typer.Option("--only", help="Process only the study with this id (repeatable).")
     ] = None,
+    lock_wait: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds to wait at the end for studies another process holds locked (racing workers); "
+            "still locked then: not done, exit 4.",
+        ),
+    ] = 0.0,
     shard: Annotated[
         str | None,
         typer.Option(help="Process shard I/N (0-based) only. Default: SLURM_ARRAY_TASK_ID/_COUNT when set."),
@@ -142,35 +150,55 @@ def enhance(
         figure=figure,
         adapt=adapt_config if adapt else None,
         auto_adapt=adapt_config if adapt is None else None,
+        lock_wait=lock_wait,
     )
     try:
         run = RunOptions(device=dev, batch_size=batch_size, amp=amp, ensemble=ensemble)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    enhancer = Enhancer(ckpt, run)
     try:
+        enhancer = Enhancer(ckpt, run)
         enhancer.check_factors(factors or enhancer.default_factors(axis), axis)
     except MrisrError as exc:
         raise fail(str(exc)) from None
+    from mrisr.fsutil import check_writable_folder
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable_folder(out)
     except OSError as exc:
         raise fail(f"--out {out}: cannot be used as the output folder ({exc.strerror or exc})") from None
+    from mrisr import faults
+
     with StopFlag() as stop:
-        results = _run_with_progress(enhancer, studies, opts, stop)
-    failed = [r for r in results if r.status == "failed"]
-    for r in failed:
-        typer.echo(f"error: {r.error}", err=True)
-    _summary(results)
-    if stop:
-        typer.echo(f"interrupted by signal {stop.signum}: {len(results)} of {len(studies)} studies handled", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+        results: list[StudyResult] = []
+        try:
+            with stop.abandonable():
+                _run_with_progress(enhancer, studies, opts, stop, results)
+        except KeyboardInterrupt:  # a second signal: the current study was abandoned
+            pass
+        except MrisrError as exc:  # the output folder itself failed (lock files cannot be created)
+            raise fail(str(exc)) from None
+        faults.point("enhance.after-batch")
+        failed = [r for r in results if r.status == "failed"]
+        locked = [r for r in results if r.status == "locked"]  # not done by this run, no sidecar
+        for r in failed + locked:
+            typer.echo(f"error: {r.error}", err=True)
+        _summary(results)
+        if stop:
+            how = " (again: the study in progress was abandoned)" if stop.abandoned else ""
+            typer.echo(
+                f"interrupted by signal {stop.signum}{how}: {len(results)} of {len(studies)} studies handled", err=True
+            )
+            raise typer.Exit(EXIT_INTERRUPTED)
+    # Locked studies are not done (a rerun does them); failed ones are, with their failure recorded.
+    raise typer.Exit(EXIT_LOCKED if locked else EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
 def _run_with_progress(
-    enhancer: Enhancer, studies: list[Study], opts: EnhanceOptions, stop: StopFlag
-) -> list[StudyResult]:
+    enhancer: Enhancer, studies: list[Study], opts: EnhanceOptions, stop: StopFlag, results: list[StudyResult]
+) -> None:
+    """Run the batch with a progress bar; each study's result is appended to ``results`` when it is
+    known (so that they survive an abandoned study)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -188,9 +216,10 @@ def _run_with_progress(
             bar.update(t_slices, description=f"{study.id}", completed=0, total=None)
 
         def on_done(res: StudyResult) -> None:
+            results.append(res)
             bar.advance(t_studies)
 
-        return enhancer.enhance(
+        enhancer.enhance(
             studies,
             opts,
             on_start=on_start,
@@ -206,7 +235,7 @@ def _summary(results: list[StudyResult]) -> None:
 
     table = Table(title="mrisr enhance")
     for col in ("study", "status", "seconds", "PSNR bicubic", "PSNR SR", "output / reason"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # long ids and reasons wrap; nothing is cut off
     for r in results:
         m = r.metrics or {}
         table.add_row(
@@ -215,7 +244,7 @@ def _summary(results: list[StudyResult]) -> None:
             f"{r.seconds:.1f}",
             f"{m['psnr_bicubic']:.2f}" if "psnr_bicubic" in m else "",
             f"{m['psnr_sr']:.2f}" if "psnr_sr" in m else "",
-            str(r.output.name if r.output else "") if r.status != "failed" else str(r.error),
+            str(r.output.name if r.output else "") if r.status not in ("failed", "locked") else str(r.error),
         )
     Console(stderr=True).print(table)
 

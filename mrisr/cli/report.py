@@ -40,6 +40,9 @@ def report(
         res = build_report(out, embed_first=embed_first, embed_worst=embed_worst)
     except (FileNotFoundError, NoSidecarsError) as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:  # a read-only or full output folder: the report files cannot be written
+        where = exc.filename or out
+        raise fail(f"{where}: cannot write the report ({exc.strerror or exc})") from None
     table = Table(title=f"mrisr report: {out}")
     table.add_column("studies", justify="right")
     table.add_column("done", justify="right")

@@ -159,13 +159,25 @@ def train(
         on_epoch=on_epoch,
         should_stop=lambda: bool(stop),
     )
+    from mrisr.fsutil import check_writable_folder
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable_folder(out)
     except OSError as exc:
         raise fail(f"--out {out}: cannot be used as the output folder ({exc.strerror or exc})") from None
     try:
         with stop, progress:
-            result = run_training(data, out, cfg, resume=resume, callbacks=callbacks)
+            try:
+                with stop.abandonable():
+                    result = run_training(data, out, cfg, resume=resume, callbacks=callbacks)
+            except KeyboardInterrupt:  # a second signal: the step in progress was abandoned
+                if main_rank:
+                    typer.echo(
+                        f"interrupted by signal {stop.signum} (again: the step in progress was abandoned); "
+                        f"--resume continues from the last saved state in {out / 'last.pt'}",
+                        err=True,
+                    )
+                raise typer.Exit(EXIT_INTERRUPTED) from None
     except (MrisrError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     if result.stopped:

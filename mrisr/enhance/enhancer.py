@@ -17,6 +17,7 @@ from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, adapt_model, effective_ste
 from mrisr.checkpoint import Checkpoint
 from mrisr.enhance.options import DEFAULT_ADAPT, EnhanceOptions
 from mrisr.enhance.studies import StudyBatch
+from mrisr.errors import NonFiniteOutputError
 from mrisr.frames import frames_of
 from mrisr.geometry import in_plane
 from mrisr.inference import RunOptions, count_slices, resolve_device, super_resolve_array
@@ -121,6 +122,7 @@ class Enhancer(StudyBatch):
             if len(plans) > 1:
                 sr /= np.float32(len(plans))
             del x
+            self._check_output(sr)
             nm.invert_(sr)
             # Clamp to this frame's own range, as the bicubic baseline is (overshoot is not signal).
             lo, hi = float(frame.min()), float(frame.max()) if clamp else np.inf
@@ -133,6 +135,22 @@ class Enhancer(StudyBatch):
             del sr
         assert out is not None
         return out, nm, adapted
+
+    def _check_output(self, sr: np.ndarray) -> None:
+        """Refuse a network output with NaN/Inf values: clamping would turn them into a plausible-looking
+        but made-up image (NaN becomes the minimum, infinity the maximum).
+
+        Raises:
+            NonFiniteOutputError: Naming the checkpoint and how many values are not finite.
+        """
+        flat = sr.reshape(-1)
+        step = 1 << 22  # in blocks: no volume-sized mask next to the output
+        bad = sum(int(np.count_nonzero(~np.isfinite(flat[i : i + step]))) for i in range(0, flat.size, step))
+        if bad:
+            raise NonFiniteOutputError(
+                self.checkpoint.path,
+                f"the network gave {bad} NaN/Inf values of {sr.size} (its weights overflow on this input)",
+            )
 
     def _request(self, opts: EnhanceOptions, factors: tuple[int, int, int]) -> dict[str, Any]:
         """What was asked beyond input and checkpoint (as JSON reads it back): a rerun skips a study

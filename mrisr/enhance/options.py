@@ -43,6 +43,8 @@ class EnhanceOptions:
         adapt: Fine-tune a copy of the network on each study first (:mod:`mrisr.adapt`).
         auto_adapt: Adaptation settings used whenever one axis alone is refined, even without
             ``adapt``; ``None`` runs the network as it is (``--no-adapt``).
+        lock_wait: Seconds to wait, after the other studies, for studies whose lock another process
+            holds (workers racing on one folder); ``0`` tries them once more and reports the rest.
     """
 
     out_dir: Path
@@ -58,11 +60,13 @@ class EnhanceOptions:
     clamp: bool = True
     adapt: AdaptConfig | None = None
     auto_adapt: AdaptConfig | None = DEFAULT_ADAPT
+    lock_wait: float = 0.0
 
 
 @dataclass
 class StudyResult:
-    """Outcome of one study: ``status`` is ``done``, ``skipped`` or ``failed``."""
+    """Outcome of one study: ``status`` is ``done``, ``skipped``, ``failed`` or ``locked`` (another
+    process holds its lock: not done by this run, no sidecar written; ``error`` names the holder)."""
 
     study: Study
     status: str

@@ -3,6 +3,7 @@ study's lock; a bad study fails alone (:class:`StudyBatch`, a part of :class:`~m
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import time
@@ -14,21 +15,31 @@ from typing import Any
 import numpy as np
 
 from mrisr import __version__
-from mrisr.batch import study_lock
 from mrisr.checkpoint import Checkpoint
 from mrisr.discovery import Study
 from mrisr.enhance.options import EnhanceOptions, StudyResult
-from mrisr.errors import MrisrError, OutputExistsError, UnreadableFileError, UnsupportedDataError
+from mrisr.errors import (
+    MrisrError,
+    NonFiniteOutputError,
+    OutputExistsError,
+    UnreadableFileError,
+    UnsupportedDataError,
+    plain_numbers,
+)
 from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first_frame
-from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
+from mrisr.fsutil import remove_path, remove_temporaries, sha256_files, write_json_atomic
 from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions
 from mrisr.io import Volume, cast_to_dtype, check_finite
+from mrisr.locks import study_lock
 from mrisr.metrics import evaluate, psnr
 from mrisr.outputs import Targets, read_sidecar, write_bids_description, write_volume
 from mrisr.transforms import Normalization
 
 log = logging.getLogger(__name__)
+
+#: How often a study locked by another process is tried again while waiting for it (``lock_wait``).
+LOCK_POLL_S = 1.0
 
 
 def _output_from(adapted: dict[str, Any] | None) -> str:
@@ -71,14 +82,21 @@ class StudyBatch:
             progress: Called with the number of slices done.
             loaded: The study's volume, already being read by a prefetching thread.
         """
-        with study_lock(opts.out_dir, study.id) as mine:
-            if not mine:
-                return StudyResult(study, "locked", error=f"{study.path}: another process holds its lock")
+        with study_lock(opts.out_dir, study.id) as lock:
+            if not lock:
+                # Not done by this run, and not failed: the holder may be making it right now, so no
+                # sidecar is written; the caller reports it (and a rerun does it once the lock is free).
+                return StudyResult(
+                    study,
+                    "locked",
+                    error=f"{study.path}: not processed: its lock {lock.path} is held by {lock.holder}",
+                )
             out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
             targets = Targets.for_study(opts.out_dir, study, out_fmt)
-            for target in targets.all():
-                for tmp in target.parent.glob(f".{target.name}{TMP_MARK}*"):  # left by a killed run
-                    remove_path(tmp)
+            for target in targets.all():  # left by a killed run (the lock keeps other writers away)
+                remove_temporaries(target)
+            # Not under this study's lock: only the temporaries of writers that are gone.
+            remove_temporaries(opts.out_dir / "dataset_description.json", all_of_them=False)
             return self._process_locked(study, opts, out_fmt, targets, progress, loaded)
 
     def _process_locked(
@@ -131,8 +149,10 @@ class StudyBatch:
         except Exception as exc:
             # Specific errors carry the file and a reason; anything else (a library raising an
             # exception type we do not know) still fails this study alone, with its type named.
-            reason = exc.reason if isinstance(exc, MrisrError) else f"{type(exc).__name__}: {exc}"
+            reason = exc.reason if isinstance(exc, MrisrError) else plain_numbers(f"{type(exc).__name__}: {exc}")
             where = str(exc.path) if isinstance(exc, MrisrError) and exc.path is not None else str(study.path)
+            if isinstance(exc, NonFiniteOutputError):  # about the checkpoint, but for this study
+                where, reason = str(study.path), f"{reason} (checkpoint {exc.path})"
             line = f"{where}: {reason}".splitlines()[0]
             log.debug("study %s failed", study.id, exc_info=True)
             seconds = round(time.perf_counter() - t0, 3)
@@ -247,8 +267,16 @@ class StudyBatch:
             if opts.figure
             else None
         )
-        write_volume(out_vol, out_path, out_fmt, out_dtype)
-        figure_name = figure.result() if figure is not None else None
+        try:
+            write_volume(out_vol, out_path, out_fmt, out_dtype)
+            figure_name = figure.result() if figure is not None else None
+        except BaseException:
+            # A failed study has no figure: wait for the drawing (it must not land after the removal).
+            if figure is not None:
+                with contextlib.suppress(Exception):
+                    figure.result()
+                remove_path(targets.figure)
+            raise
         return {
             "study": study.id,
             "status": "done",
@@ -348,10 +376,29 @@ class StudyBatch:
                     on_start(study, n)
                 res = self.process(study, opts, progress=on_slices, loaded=current)
                 results.append(res)
-                if on_done is not None:
+                if on_done is not None and res.status != "locked":
                     on_done(res)
             if nxt is not None:
                 nxt.cancel()
+        # Studies another process held are tried again at the end, for up to opts.lock_wait seconds:
+        # a lock released meanwhile (a racing worker that finished the study) gives the usual
+        # result, usually 'skipped'.
+        deadline = time.monotonic() + opts.lock_wait
+        retried = [k for k, res in enumerate(results) if res.status == "locked"]
+        pending = list(retried)
+        while pending:
+            for k in list(pending):
+                if should_stop is not None and should_stop():
+                    break
+                results[k] = self.process(results[k].study, opts, progress=on_slices)
+                if results[k].status != "locked":
+                    pending.remove(k)
+            if not pending or time.monotonic() >= deadline or (should_stop is not None and should_stop()):
+                break
+            time.sleep(min(LOCK_POLL_S, max(0.0, deadline - time.monotonic())))
+        if on_done is not None:
+            for k in retried:
+                on_done(results[k])
         return results
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from mrisr.errors import MrisrError
 from mrisr.fsutil import write_json_atomic, write_text_atomic
+from mrisr.report.links import UnsafeLinkError, figure_link, inside
 
 logger = logging.getLogger(__name__)
 
@@ -127,36 +128,79 @@ def _rel(p: Path, root: Path) -> str:
     return Path(os.path.relpath(p, root)).as_posix()
 
 
+#: Largest sidecar read (bytes): mrisr writes a few KB; a bigger file is not one of its sidecars.
+MAX_SIDECAR_BYTES = 16 << 20
+
+
+def _text(v: Any, limit: int = 2000) -> str | None:
+    """A string from a sidecar as one clean line (``None`` for anything that is not a string): no
+    lone surrogates (file names that are not UTF-8 could not be written into the UTF-8 report)."""
+    if not isinstance(v, str):
+        return None
+    t = " ".join(v.split())
+    t = t if len(t) <= limit else t[: limit - 3] + "..."
+    return t.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _load_sidecar(path: Path, out_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(data, None)`` for a readable sidecar, else ``(None, reason)``: a link out of ``out_dir``,
+    too large, not UTF-8, not JSON, nested too deeply for the parser, or not a JSON object."""
+    if inside(out_dir, path) is None:
+        return None, f"unreadable sidecar: a link to a file outside the output folder {out_dir}"
+    try:
+        size = path.stat().st_size
+        if size > MAX_SIDECAR_BYTES:
+            return None, f"unreadable sidecar: {size} bytes (more than {MAX_SIDECAR_BYTES}; not an mrisr sidecar)"
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"unreadable sidecar: {' '.join(str(exc).split())[:300]}"
+    except RecursionError:
+        return None, "unreadable sidecar: JSON nested too deeply"
+    if not isinstance(data, dict):
+        return None, "invalid sidecar: not a JSON object"
+    return data, None
+
+
 def _row_from_sidecar(path: Path, out_dir: Path) -> dict[str, Any]:
     """One report row; an unreadable or invalid sidecar gives a failed row naming the reason."""
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row["study"] = path.name[: -len(SIDECAR_SUFFIX)] if path.name.endswith(SIDECAR_SUFFIX) else path.stem
-    row["sidecar"] = _rel(path, out_dir)
+    name = _text(path.name) or ""
+    row["study"] = name[: -len(SIDECAR_SUFFIX)] if name.endswith(SIDECAR_SUFFIX) else Path(name).stem
+    row["sidecar"] = _text(_rel(path, out_dir))
     row["status"] = "failed"
+    data, why = _load_sidecar(path, out_dir)
+    if data is None:
+        row["error"] = why
+        return row
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        row["error"] = f"unreadable sidecar: {' '.join(str(exc).split())}"
-        return row
-    if not isinstance(data, dict):
-        row["error"] = "invalid sidecar: not a JSON object"
-        return row
-    row["_created"] = str(data.get("created") or "")
-    if isinstance(data.get("study"), str) and data["study"]:
-        row["study"] = data["study"]
+        _fill_row(row, data, path, out_dir)
+    except Exception as exc:  # a sidecar is data from disk: whatever it holds, it is one failed row
+        logger.debug("sidecar %s", path, exc_info=True)
+        row.update(status="failed", error=f"invalid sidecar: {type(exc).__name__}")
+    return row
+
+
+def _fill_row(row: dict[str, Any], data: dict[str, Any], path: Path, out_dir: Path) -> None:
+    """Fill ``row`` from a sidecar's ``data``: only strings and numbers are taken, and a figure only
+    through :func:`~mrisr.report.links.figure_link`."""
+    row["_created"] = _text(data.get("created")) or ""
+    study = _text(data.get("study"), 200)
+    if study:
+        row["study"] = study
     status = data.get("status")
     row["status"] = status if status in ("done", "failed") else "failed"
     err = data.get("error")
-    row["error"] = None if err is None else " ".join(str(err).split())
+    row["error"] = None if err is None else (_text(err) or f"invalid error entry ({type(err).__name__})")
     if status not in ("done", "failed"):
-        row["error"] = f"invalid sidecar: status {status!r}"
+        shown = _text(status, 60) if isinstance(status, str) else type(status).__name__
+        row["error"] = f"invalid sidecar: status {shown!r}"
     row["seconds"] = _num(data.get("seconds"))
-    row["device"] = data.get("device")
+    row["device"] = _text(data.get("device"), 60)
     inp, outp = data.get("input"), data.get("output")
     if isinstance(inp, dict):
-        row["input"] = inp.get("path")
-    if isinstance(outp, dict) and outp.get("path"):
-        row["output"] = _rel(path.parent / str(outp["path"]), out_dir)
+        row["input"] = _text(inp.get("path"))
+    if isinstance(outp, dict) and _text(outp.get("path")):
+        row["output"] = _text(_rel(path.parent / str(outp["path"]), out_dir))
     metrics = data.get("metrics")
     if isinstance(metrics, dict):
         for k in METRICS:
@@ -168,10 +212,17 @@ def _row_from_sidecar(path: Path, out_dir: Path) -> dict[str, Any]:
     row["gain_db_masked"] = _diff(row["psnr_sr_masked"], row["psnr_bicubic_masked"])
     row["ssim_gain"] = _diff(row["ssim_sr"], row["ssim_bicubic"])
     fig = data.get("figure")
-    if isinstance(fig, str) and fig:
-        row["figure"] = _rel(path.parent / fig, out_dir)
-        row["_figure_missing"] = not (path.parent / fig).is_file()
-    return row
+    if fig is not None and fig != "":
+        try:
+            link = figure_link(out_dir, path, fig)
+        except UnsafeLinkError as exc:
+            logger.warning("%s", exc)
+            row["_figure_refused"] = exc.reason
+        else:
+            row["figure"] = _text(link.rel)
+            row["_figure_href"] = link.href
+            row["_figure_file"] = link.file
+            row["_figure_missing"] = not link.exists
 
 
 def _merge(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -322,7 +373,29 @@ def _pick_embedded(rows: list[dict[str, Any]], root: Path, *, embed_first: int, 
         if r["study"] in out:
             continue
         try:
-            out[r["study"]] = base64.b64encode((root / r["figure"]).read_bytes()).decode("ascii")
-        except OSError as exc:
+            # Checked by figure_link (inside the output folder); only PNG files are embedded.
+            data = _read_png(r["_figure_file"])
+        except (OSError, ValueError) as exc:
             logger.warning("study %s: figure not embedded: %s", r["study"], exc)
+            continue
+        out[r["study"]] = base64.b64encode(data).decode("ascii")
     return out
+
+
+#: Largest figure embedded in the page (bytes); mrisr's figures are about 100 KB.
+MAX_EMBED_BYTES = 8 << 20
+
+
+def _read_png(path: Path) -> bytes:
+    """The bytes of a PNG file of at most :data:`MAX_EMBED_BYTES`.
+
+    Raises:
+        ValueError: Larger, or not a PNG.
+    """
+    with path.open("rb") as fh:
+        data = fh.read(MAX_EMBED_BYTES + 1)
+    if len(data) > MAX_EMBED_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_EMBED_BYTES} bytes")
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValueError(f"{path}: not a PNG file")
+    return data

@@ -130,7 +130,9 @@ def _table(
             elif c == "figure" and v and r.get("_figure_missing"):
                 cells.append(f"<td>{escape(str(v))} (missing)</td>")
             elif c == "figure" and v:
-                target = f"#fig-{escape(str(r['study']))}" if r["study"] in embedded else escape(str(v))
+                # The href is mrisr.report.links.figure_link's: relative, inside the output folder.
+                href = str(r.get("_figure_href") or "")
+                target = f"#fig-{escape(str(r['study']))}" if r["study"] in embedded else escape(href)
                 cells.append(f'<td><a href="{target}">{escape(str(v))}</a></td>')
             else:
                 cells.append(f"<td>{escape(_fmt(v, c))}</td>")

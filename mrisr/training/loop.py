@@ -6,7 +6,8 @@ Output folder::
     metrics.csv   one row per epoch: loss, validation PSNR/SSIM of SR and of clamped bicubic, seconds
     curves.png    loss and validation curves (redrawn at most every 2 minutes, and at the end)
     best.pt       weights with the best validation PSNR (no training state)
-    last.pt       the latest weights plus ``train_state`` (optimiser, scheduler, epoch, step, RNG states)
+    last.pt       the latest weights plus ``train_state`` (optimiser, scheduler, epoch, step, RNG states,
+                  the running loss sum and count of a stopped epoch)
 
 Under ``torchrun`` the run is data-parallel (DDP, ``gloo`` on the CPU, ``nccl`` on CUDA); only rank 0
 validates and writes.
@@ -424,6 +425,9 @@ def train(
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step, epoch, skip, seconds, best_psnr = 0, 0, 0, 0.0, -math.inf
+    # The loss summed over the steps of the epoch so far (a stop mid-epoch saves it: the resumed
+    # epoch's row then averages every step of the epoch, as the uninterrupted run's does).
+    loss_sum, loss_n = 0.0, 0
     best_metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
     if ck is not None and ck.train_state is not None:
@@ -436,6 +440,7 @@ def train(
         step, epoch, skip = int(ts["step"]), int(ts["epoch"]), int(ts["batch_in_epoch"])
         seconds, best_psnr = float(ts["seconds"]), float(ts["best_val_psnr"])
         best_metrics = dict(ts.get("best_metrics", {}))
+        loss_sum, loss_n = float(ts.get("loss_sum", 0.0)), int(ts.get("loss_n", 0))
         _set_rng_state(ts["rng"])
         history = [r for r in _read_csv(out / "metrics.csv") if r.get("step", 0) <= step]
         log.info("resuming from step %d (epoch %d, batch %d)", step, epoch, skip)
@@ -469,8 +474,10 @@ def train(
             **extra,
         }
 
-    def state(batch_in_epoch: int) -> dict[str, Any]:
+    def state(batch_in_epoch: int, running: tuple[float, int] = (0.0, 0)) -> dict[str, Any]:
         return {
+            "loss_sum": running[0],
+            "loss_n": running[1],
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict() if use_amp else {},
@@ -485,7 +492,6 @@ def train(
 
     net.train()
     t0 = last_plot = time.perf_counter()
-    loss_sum, loss_n = 0.0, 0
     stopping = False
     while step < max_steps and epoch < cfg.epochs:
         dataset.epoch = epoch
@@ -527,7 +533,9 @@ def train(
             # resumed run finishes the epoch, as they would have without the stop.
             seconds += time.perf_counter() - t0
             if main:
-                save_checkpoint(out / "last.pt", model, arch, meta({}), train_state=state(batch_in_epoch))
+                save_checkpoint(
+                    out / "last.pt", model, arch, meta({}), train_state=state(batch_in_epoch, (loss_sum, loss_n))
+                )
                 log.warning("stopped at step %d (epoch %d, batch %d); --resume continues", step, epoch, batch_in_epoch)
             break
         if batch_in_epoch >= cfg.steps_per_epoch:
