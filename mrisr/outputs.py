@@ -100,8 +100,11 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype) -> None:
-    """Write ``vol`` to ``path`` as NIfTI (a file) or DICOM (a series folder), replacing it atomically."""
+def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype, *, description: str | None = None) -> None:
+    """Write ``vol`` to ``path`` as NIfTI (a file) or DICOM (a series folder), replacing it atomically.
+
+    ``description`` goes into a NIfTI header's ``descrip``.
+    """
     if fmt == "dicom":
         from mrisr.io.dicom import write_dicom_series
 
@@ -109,4 +112,4 @@ def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype) -> None:
     else:
         from mrisr.io.nifti import write_nifti
 
-        write_nifti(vol, path, dtype=dtype)
+        write_nifti(vol, path, dtype=dtype, description=description)

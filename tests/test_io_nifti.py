@@ -74,10 +74,58 @@ def test_scaled_integers_come_back_in_physical_units(tmp_path: Path, rng: np.ran
     assert not np.array_equal(back.data, np.rint(back.data))  # the half units survived
 
 
-def test_write_casts_float_data_to_integer_type_with_rounding_and_clipping(tmp_path: Path) -> None:
-    vol = Volume(data=np.array([[[1.4, 1.6, -40000.0, 70000.0]]]), affine=np.eye(4), dtype=np.int16, fmt="nifti")
+def test_real_values_in_an_integer_type_get_a_scaling_not_rounding_or_clipping(tmp_path: Path) -> None:
+    values = np.array([[[1.4, 1.6, -40000.0, 70000.0]]])
+    vol = Volume(data=values, affine=np.eye(4), dtype=np.int16, fmt="nifti")
     back = read_nifti(write_nifti(vol, tmp_path / "cast.nii.gz"))
-    np.testing.assert_array_equal(back.data.ravel(), [1, 2, -32768, 32767])
+    slope = back.meta["header"].get_slope_inter()[0]
+    assert back.dtype == np.int16 and slope == pytest.approx(110000 / 65535, rel=2e-3)
+    np.testing.assert_allclose(back.data.ravel(), values.ravel(), atol=slope / 2 + 1e-3)
+    # Whole numbers that fit the type are stored as they are, unscaled.
+    whole = Volume(data=np.array([[[1.0, -7.0, 300.0]]]), affine=np.eye(4), dtype=np.int16, fmt="nifti")
+    img = nib.load(str(write_nifti(whole, tmp_path / "whole.nii.gz")))
+    assert img.dataobj.slope == 1.0 and img.dataobj.inter == 0.0
+    np.testing.assert_array_equal(np.asarray(img.dataobj.get_unscaled()).ravel(), [1, -7, 300])
+
+
+def _psnr(test: np.ndarray, ref: np.ndarray) -> float:
+    mse = float(np.mean((test.astype(np.float64) - ref.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(float(np.ptp(ref)) ** 2 / mse)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "slope", "inter"),
+    [
+        (np.int16, 1.0, 0.0),
+        (np.uint8, 1.0, 0.0),
+        (np.int16, 1e-4, 0.0),
+        (np.int16, 1e-3, 0.0),
+        (np.int16, 1e-3, -2.0),
+        (np.uint16, 0.5, 0.0),
+        (np.int16, 0.5, 100.0),
+        (np.int16, 3.0, 0.0),
+        (np.int16, 3.0, -1024.0),
+        (np.float32, 1.0, 0.0),
+        (np.float64, 1.0, 0.0),
+    ],
+)
+def test_written_values_keep_a_real_result_to_60_db(
+    tmp_path: Path, rng: np.random.Generator, dtype: type, slope: float, inter: float
+) -> None:
+    """A real-valued result (what SR gives) written in the input's type, read back scaled."""
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    top = min(info.max, 1000) if info is not None else 1000
+    raw = rng.integers(0, top, size=(12, 10, 4)).astype(dtype)
+    img = nib.Nifti1Image(raw, np.eye(4))
+    img.header.set_slope_inter(slope, inter)
+    nib.save(img, str(tmp_path / "in.nii.gz"))
+    vol = read_nifti(tmp_path / "in.nii.gz")
+    result = vol.data.astype(np.float64) + rng.normal(0, 0.3 * slope, vol.data.shape)  # between stored steps
+    out = write_nifti(vol.with_data(result, vol.affine), tmp_path / "out.nii.gz")
+    back = nib.load(str(out))
+    assert back.get_data_dtype() == (np.int16 if dtype == np.uint8 else dtype)
+    assert _psnr(back.get_fdata(), result) >= 60.0
+    assert len(np.unique(back.get_fdata())) > 0.9 * result.size  # not quantised onto a few levels
 
 
 def test_load_volume_dispatches_on_suffix(grid_volume: GridMaker, write_nifti_file: Callable[..., Path]) -> None:

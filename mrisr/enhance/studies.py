@@ -23,7 +23,8 @@ from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
 from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions
-from mrisr.io import Volume, cast_to_dtype, check_finite
+from mrisr.io import Volume, as_written, check_finite, default_output_dtype
+from mrisr.io.nifti_header import orientation_unknown
 from mrisr.metrics import evaluate, psnr
 from mrisr.outputs import Targets, read_sidecar, write_bids_description, write_volume
 from mrisr.transforms import Normalization
@@ -172,9 +173,10 @@ class StudyBatch:
         out_path = targets.output
         vol = loaded.result() if loaded is not None else study.load()
         check_finite(vol.data, study.path)
+        _warn_unknown_orientation(vol)
         if out_fmt == "dicom" and vol.data.ndim == 4:
             raise UnsupportedDataError(study.path, "4D data cannot be written as one DICOM series; use --format nifti")
-        out_dtype = np.dtype(opts.dtype) if opts.dtype else vol.dtype
+        out_dtype = np.dtype(opts.dtype) if opts.dtype else default_output_dtype(vol.dtype)
         metrics: dict[str, float] | None = None
         consistency: dict[str, float] | None = None
         extra_paths: dict[str, str] = {}
@@ -187,9 +189,8 @@ class StudyBatch:
             ref = np.asarray(ref_vol.data, dtype=np.float32)
             if float(ref.max()) == float(ref.min()):
                 raise UnsupportedDataError(study.path, "a constant image: --simulate has no data range to measure")
-            lr = degrade_frames(ref, factors, degradation)
-            if np.issubdtype(vol.dtype, np.integer):
-                lr = cast_to_dtype(lr, vol.dtype).astype(np.float32)
+            # The low-resolution scan as the input's type would store it (values, not whole units).
+            lr = as_written(degrade_frames(ref, factors, degradation), vol.dtype).astype(np.float32, copy=False)
             lr_affine = coarsen_affine(ref_vol.affine, factors)
             sr, norm, adapted = self.enhance_array(
                 lr,
@@ -201,9 +202,9 @@ class StudyBatch:
                 spacing=voxel_spacing(lr_affine),
                 progress=progress,
             )
-            sr_out = cast_to_dtype(sr, out_dtype)
+            sr_out = as_written(sr, out_dtype)  # what the file will hold: metrics are of the file
             bic = bicubic_frames(lr, ref.shape, float(lr.min()), float(lr.max()))
-            bic_out = cast_to_dtype(bic, out_dtype)
+            bic_out = as_written(bic, out_dtype)
 
             metrics = evaluate(
                 sr_out.astype(np.float64),  # a 4D study stays 4D: 3D SSIM filters each frame on its own
@@ -211,13 +212,13 @@ class StudyBatch:
                 ref.astype(np.float64),
                 scale=max(factors[0], factors[1]),
             )
-            out_vol = ref_vol.with_data(sr_out, ref_vol.affine)
+            out_vol = ref_vol.with_data(sr, ref_vol.affine)
             if opts.save_intermediates:
                 from mrisr.io.nifti import write_nifti
 
                 lr_path, bic_path = targets.lowres, targets.bicubic
-                write_nifti(ref_vol.with_data(cast_to_dtype(lr, out_dtype), lr_affine), lr_path, dtype=out_dtype)
-                write_nifti(ref_vol.with_data(bic_out, ref_vol.affine), bic_path, dtype=out_dtype)
+                write_nifti(ref_vol.with_data(lr, lr_affine), lr_path, dtype=out_dtype)
+                write_nifti(ref_vol.with_data(bic, ref_vol.affine), bic_path, dtype=out_dtype)
                 extra_paths = {"lowres": lr_path.name, "bicubic": bic_path.name}
             figure_arrays = {"reference": ref, "lowres": lr, "bicubic": bic_out, "sr": sr_out}
             lr_shape = list(lr.shape)
@@ -232,14 +233,16 @@ class StudyBatch:
                 spacing=vol.spacing,
                 progress=progress,
             )
-            sr_out = cast_to_dtype(sr, out_dtype)
-            del sr
-            out_vol = vol.with_data(sr_out, refine_affine(vol.affine, factors))
+            # The writer stores the float result itself (a scaling for integer types, see
+            # mrisr.io.encode_values); the checks below see the values as the file will hold them.
+            sr_out = as_written(sr, out_dtype)
+            out_vol = vol.with_data(sr, refine_affine(vol.affine, factors))
             lr = np.asarray(vol.data, dtype=np.float32)
             back = degrade_frames(sr_out, factors, degradation)
             rng = float(lr.max() - lr.min()) or 1.0
             consistency = {"psnr_lr": round(psnr(back, lr, data_range=rng), 4), "degradation": degradation}  # type: ignore[dict-item]
             figure_arrays = _middle_slices(lr, sr_out, factors, opts.axis)
+            del sr_out
             lr_shape = list(vol.data.shape)
         # The figure is drawn in a helper thread while the volume is compressed and written.
         figure = (
@@ -247,7 +250,7 @@ class StudyBatch:
             if opts.figure
             else None
         )
-        write_volume(out_vol, out_path, out_fmt, out_dtype)
+        write_volume(out_vol, out_path, out_fmt, out_dtype, description=_description(factors, opts.simulate))
         figure_name = figure.result() if figure is not None else None
         return {
             "study": study.id,
@@ -355,6 +358,12 @@ class StudyBatch:
         return results
 
 
+def _warn_unknown_orientation(vol: Volume) -> None:
+    header = vol.meta.get("header")
+    if vol.fmt == "nifti" and header is not None and orientation_unknown(header):
+        log.warning("%s: qform and sform codes are 0: orientation unknown (the output keeps code 0)", vol.path)
+
+
 def _middle_slices(
     lr: np.ndarray, sr: np.ndarray, factors: tuple[int, int, int], axis: int
 ) -> dict[str, np.ndarray | None]:
@@ -373,4 +382,10 @@ def _middle_slices(
         mid, (mid.shape[0] * factors[plane[0]], mid.shape[1] * factors[plane[1]], 1), float(mid.min()), float(mid.max())
     )
     sr_k = f * k + (f - 1) // 2
-    return {"reference": None, "lowres": mid, "bicubic": bic, "sr": hi[:, :, sr_k : sr_k + 1]}
+    return {"reference": None, "lowres": mid, "bicubic": bic, "sr": hi[:, :, sr_k : sr_k + 1].copy()}
+
+
+def _description(factors: tuple[int, int, int], simulate: bool) -> str:
+    """The output header's ``descrip``: mrisr's version and the scale (NIfTI keeps 80 bytes)."""
+    what = "SR of a simulated x" if simulate else "SR x"
+    return f"mrisr {__version__} {what}{'x'.join(map(str, factors))}"
