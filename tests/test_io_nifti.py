@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -182,3 +183,68 @@ def test_truncated_uncompressed_nifti(
     with pytest.raises(UnreadableFileError) as info:
         read_nifti(cut)
     assert info.value.path == cut
+
+
+def _plain_nifti_bytes(data: np.ndarray) -> bytes:
+    img = nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
+    img.header.set_data_offset(352)
+    return bytes(img.header.binaryblock) + b"\0" * 4 + data.tobytes(order="F")
+
+
+def test_multi_member_gzip_as_bgzip_writes_is_read_fully(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.integers(0, 1000, (20, 16, 8)).astype(np.int16)
+    raw = _plain_nifti_bytes(data)
+    path = tmp_path / "bgzip.nii.gz"
+    path.write_bytes(b"".join(gzip.compress(raw[i : i + 1500]) for i in range(0, len(raw), 1500)))
+    np.testing.assert_array_equal(read_nifti(path).data, data)
+    np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj), data)  # nibabel agrees
+
+
+def test_gzip_with_trailing_zero_padding_is_read_fully(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.integers(0, 1000, (12, 10, 6)).astype(np.int16)
+    path = tmp_path / "padded.nii.gz"
+    path.write_bytes(gzip.compress(_plain_nifti_bytes(data)) + b"\0" * 4096)
+    np.testing.assert_array_equal(read_nifti(path).data, data)
+    np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj), data)
+
+
+def test_short_multi_member_gzip_is_still_truncated(tmp_path: Path, rng: np.random.Generator) -> None:
+    raw = _plain_nifti_bytes(rng.integers(0, 1000, (12, 10, 6)).astype(np.int16))
+    path = tmp_path / "short.nii.gz"
+    path.write_bytes(gzip.compress(raw[:600]) + gzip.compress(raw[600:900]) + b"\0" * 64)
+    with pytest.raises(UnreadableFileError, match="truncated"):
+        read_nifti(path)
+
+
+_HUGE_HEADER_SCRIPT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from mrisr.errors import UnreadableFileError
+from mrisr.io.nifti import read_nifti
+try:
+    read_nifti(sys.argv[1])
+except UnreadableFileError as exc:
+    print(exc.reason)
+"""
+
+
+@pytest.mark.parametrize("shape", [(1000, 1000, 1000), (600, 600, 600), (200, 200, 200)])
+def test_tiny_gz_promising_gigabytes_is_refused_before_allocating(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    """Header of 1000³ (8 GB), 600³ (1.7 GB) or 200³ float64 in a file of about a kilobyte: refused as
+    truncated without the allocation (the child may map at most 3 GiB)."""
+    import subprocess
+    import sys
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.float64)
+    hdr.set_data_shape(shape)
+    hdr.set_data_offset(352)
+    path = tmp_path / "bomb.nii.gz"
+    path.write_bytes(gzip.compress(bytes(hdr.binaryblock) + b"\0" * 4 + np.arange(100.0).tobytes()))
+    assert path.stat().st_size < 2000
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run(
+        [sys.executable, "-c", _HUGE_HEADER_SCRIPT, str(path)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "truncated" in run.stdout and "promises" in run.stdout

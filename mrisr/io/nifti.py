@@ -34,24 +34,64 @@ _READ_ERRORS = (
 )
 
 
+#: Deflate cannot expand data more than about 1032-fold; a .gz file that would need more holds less
+#: than its header promises, whatever its gzip trailer says.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _gunzipped_bytes(path: Path, limit: int) -> int:
+    """Bytes that ``path`` decompresses to, counted up to ``limit`` in bounded chunks (no allocation
+    of the whole). Reads every member of a multi-member file (bgzip) and skips zero padding between
+    and after members, as Python's gzip module (and so nibabel) does."""
+    total = 0
+    dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    with open(path, "rb") as fh:
+        buf = b""
+        while total < limit:
+            if not buf:
+                buf = fh.read(1 << 20)
+                if not buf:
+                    break
+            if dec.eof:  # between members: zero padding, or the next member
+                buf = buf.lstrip(b"\0")
+                if not buf:
+                    continue
+                dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            total += len(dec.decompress(buf, 1 << 24))
+            buf = dec.unused_data if dec.eof else dec.unconsumed_tail
+    return total
+
+
 def _check_size(path: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> None:
     """Refuse a file that holds fewer bytes than its header promises, before memory is allocated
-    for them (a corrupt header can promise terabytes). A ``.gz`` is checked through its trailer
-    (the uncompressed size modulo 2³²), so only below 4 GiB.
+    for them (a corrupt header can promise terabytes), at any size.
+
+    A ``.gz`` file is refused at once when even deflate's best ratio could not make its size hold
+    the promise; it is accepted at once when its gzip trailer (the last member's size modulo 2³²)
+    shows enough; otherwise (several members as bgzip writes, zero padding, over 4 GiB) its
+    decompressed bytes are counted in bounded chunks up to the promised size.
 
     Raises:
         UnreadableFileError: The file is too short for the header's shape and data type.
     """
     offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))
     need = offset + math.prod(img.shape) * img.get_data_dtype().itemsize
-    if path.name.lower().endswith(".gz"):
-        if need >= 1 << 32:
-            return
+    size = path.stat().st_size
+    if not path.name.lower().endswith(".gz"):
+        have = size
+    elif need > _MAX_DEFLATE_RATIO * size + 4096:
+        raise UnreadableFileError(
+            path,
+            f"truncated file (its header promises {need} bytes of header and voxels; "
+            f"{size} compressed bytes cannot hold more than {_MAX_DEFLATE_RATIO * size})",
+        )
+    else:
         with open(path, "rb") as fh:
             fh.seek(-4, os.SEEK_END)
-            have = int.from_bytes(fh.read(4), "little")
-    else:
-        have = path.stat().st_size
+            trailer = int.from_bytes(fh.read(4), "little")
+        if (trailer >= need) if need < 1 << 32 else (trailer == need % (1 << 32)):
+            return
+        have = _gunzipped_bytes(path, need)
     if have < need:
         raise UnreadableFileError(
             path, f"truncated file (its header promises {need} bytes of header and voxels, it holds {have})"
