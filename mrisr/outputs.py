@@ -1,13 +1,21 @@
 """Where and how a study's outputs are written: the flat and the BIDS-derivative layouts.
 
-Every file goes through :func:`mrisr.fsutil.atomic_path`; the sidecar is written last by
-:mod:`mrisr.enhance` and marks the study as done.
+Every file goes through :func:`mrisr.fsutil.atomic_path`. A study's new outputs are first written
+under temporary names (:class:`Staging`) and then put in place together by a *commit*: a journal
+``OUT/.<id>.mrisr-commit.json`` listing the renames and the removals of outputs the new result does
+not have (another format, a figure no longer asked for) is written atomically — the commit point —
+and then carried out, the sidecar last. A run killed before the journal exists leaves the old
+result; one killed after it leaves a journal that the next run of that study (under its lock)
+carries out before anything else (:func:`finish_commit`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +23,10 @@ import numpy as np
 
 from mrisr import __version__
 from mrisr.discovery import Study
-from mrisr.fsutil import write_json_atomic
+from mrisr.fsutil import remove_path, temp_sibling, write_json_atomic
 from mrisr.io import Volume, nifti_stem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,11 @@ class Targets:
             lowres=out_dir / f"{study.id}_lr.nii.gz",
             bicubic=out_dir / f"{study.id}_bicubic.nii.gz",
         )
+
+    @classmethod
+    def every_format(cls, out_dir: Path, study: Study) -> list[Targets]:
+        """The targets of ``study`` in each output format (a rerun in another format replaces them)."""
+        return [cls.for_study(out_dir, study, fmt) for fmt in ("nifti", "dicom")]
 
     def all(self) -> tuple[Path, ...]:
         """Every target path."""
@@ -113,3 +128,91 @@ def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype, *, descript
         from mrisr.io.nifti import write_nifti
 
         write_nifti(vol, path, dtype=dtype, description=description)
+
+
+def commit_journal(out_dir: Path, study_id: str) -> Path:
+    """Where the commit journal of a study lives (see the module docstring)."""
+    return out_dir / f".{study_id}.mrisr-commit.json"
+
+
+@dataclass
+class Staging:
+    """A study's new outputs, written under temporary names and put in place by :meth:`commit`."""
+
+    moves: list[tuple[Path, Path]] = field(default_factory=list)
+
+    def path(self, final: Path) -> Path:
+        """A temporary name beside ``final`` to write the new ``final`` to."""
+        staged = temp_sibling(final)
+        self.moves.append((staged, final))
+        return staged
+
+    def discard(self) -> None:
+        """Remove what was staged (the study failed; the old result stays)."""
+        for staged, _ in self.moves:
+            remove_path(staged)
+        self.moves.clear()
+
+    def commit(self, journal: Path, sidecar: Path, record: dict[str, Any], stale: Iterable[Path]) -> None:
+        """Put the staged files and the sidecar ``record`` in place and remove the ``stale`` paths
+        that the new result does not write (an old output of another format, an old figure)."""
+        staged_sidecar = temp_sibling(sidecar)
+        write_json_atomic(staged_sidecar, record)
+        finals = {final for _, final in self.moves} | {sidecar}
+        ops: list[list[str]] = [["move", str(a), str(b)] for a, b in self.moves if a.exists()]
+        ops += [["remove", str(p)] for p in dict.fromkeys(stale) if p not in finals and (p.exists() or p.is_symlink())]
+        ops.append(["move", str(staged_sidecar), str(sidecar)])
+        write_json_atomic(journal, {"ops": ops})  # the commit point
+        finish_commit(journal, journal.parent)
+        self.moves.clear()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.parent.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _move(staged: Path, final: Path) -> None:
+    if not staged.exists():
+        return  # done before the kill
+    if staged.is_dir() and final.exists():
+        old = temp_sibling(final)  # a temporary name: removed at the next start if killed here
+        final.rename(old)
+        staged.rename(final)
+        remove_path(old)
+    else:
+        if final.is_dir() and not final.is_symlink():
+            remove_path(final)
+        os.replace(staged, final)
+
+
+def finish_commit(journal: Path, root: Path) -> bool:
+    """Carry out the commit ``journal`` (one left by a killed run, or one just written): every step
+    is idempotent. Paths outside ``root`` (a hostile journal) are ignored.
+
+    Returns:
+        Whether a journal was found.
+    """
+    try:
+        plan = json.loads(journal.read_text(encoding="utf-8"))
+        ops = plan["ops"] if isinstance(plan, dict) else None
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError):
+        ops = None
+    for op in ops if isinstance(ops, list) else []:
+        if not (isinstance(op, list) and op and all(isinstance(x, str) for x in op)):
+            continue
+        paths = [Path(x) for x in op[1:]]
+        if not paths or not all(_inside(p, root) for p in paths):
+            log.warning("%s: ignoring a step outside %s", journal, root)
+            continue
+        if op[0] == "move" and len(paths) == 2:
+            _move(paths[0], paths[1])
+        elif op[0] == "remove":
+            remove_path(paths[0])
+    journal.unlink(missing_ok=True)
+    return True

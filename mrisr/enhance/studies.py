@@ -4,6 +4,7 @@ study's lock; a bad study fails alone (:class:`StudyBatch`, a part of :class:`~m
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,15 @@ from mrisr.inference import RunOptions
 from mrisr.io import Volume, as_written, check_finite, default_output_dtype
 from mrisr.io.nifti_header import orientation_unknown
 from mrisr.metrics import evaluate, psnr
-from mrisr.outputs import Targets, read_sidecar, write_bids_description, write_volume
+from mrisr.outputs import (
+    Staging,
+    Targets,
+    commit_journal,
+    finish_commit,
+    read_sidecar,
+    write_bids_description,
+    write_volume,
+)
 from mrisr.transforms import Normalization
 
 log = logging.getLogger(__name__)
@@ -52,8 +61,9 @@ class StudyBatch:
     # Provided by Enhancer (array level); declared here for type checking only.
     enhance_array: Callable[..., tuple[np.ndarray, Normalization, dict[str, Any] | None]]
     default_factors: Callable[[int], tuple[int, int, int]]
-    _request: Callable[[EnhanceOptions, tuple[int, int, int]], dict[str, Any]]
-    _same_request: Callable[[Any, EnhanceOptions, tuple[int, int, int]], bool]
+    degradation: Callable[[EnhanceOptions], str]
+    _request: Callable[[EnhanceOptions, tuple[int, int, int], str], dict[str, Any]]
+    _request_differences: Callable[[Any, EnhanceOptions, tuple[int, int, int], str], list[str]]
 
     # -- studies ------------------------------------------------------------------------------------
     def process(
@@ -77,8 +87,10 @@ class StudyBatch:
                 return StudyResult(study, "locked", error=f"{study.path}: another process holds its lock")
             out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
             targets = Targets.for_study(opts.out_dir, study, out_fmt)
-            for target in targets.all():
-                for tmp in target.parent.glob(f".{target.name}{TMP_MARK}*"):  # left by a killed run
+            # A commit that a killed run left half done is finished first (outputs.finish_commit).
+            finish_commit(commit_journal(opts.out_dir, study.id), opts.out_dir)
+            for target in {p for t in Targets.every_format(opts.out_dir, study) for p in t.all()}:
+                for tmp in target.parent.glob(f".{glob.escape(target.name)}{TMP_MARK}*"):  # left by a killed run
                     remove_path(tmp)
             return self._process_locked(study, opts, out_fmt, targets, progress, loaded)
 
@@ -100,27 +112,27 @@ class StudyBatch:
             if study.problem is not None:
                 raise UnreadableFileError(study.path, study.problem)
             in_sha = sha256_files(study.files)
-            old = read_sidecar(sidecar) if sidecar.exists() else None
-            if not opts.overwrite and (old is not None or out_path.exists()):
-                same = (
-                    old is not None
-                    and old.get("status") == "done"
-                    and old.get("input", {}).get("sha256") == in_sha
-                    and old.get("checkpoint", {}).get("sha256") == self.checkpoint.sha256
-                    and old.get("simulate", False) == opts.simulate
-                    and self._same_request(old.get("request"), opts, factors)
-                )
-                if same and out_path.exists():
+            old, old_sidecar = _standing_result(opts.out_dir, study, targets)
+            if not opts.overwrite and old is not None:
+                diffs = [] if old.get("input", {}).get("sha256") == in_sha else ["input: another file (sha256)"]
+                diffs += self._request_differences(old.get("request"), opts, factors, out_fmt)
+                if not diffs and old_sidecar == sidecar and out_path.exists():
                     return StudyResult(study, "skipped", sidecar=sidecar, output=out_path)
                 # The same request whose output was deleted is simply made again (nothing to protect).
-                if old is not None and old.get("status") == "done" and not same:
+                if diffs:
                     raise OutputExistsError(
-                        out_path, "output exists (from another input, checkpoint or settings); use --overwrite"
+                        old_sidecar, f"done with another request ({'; '.join(diffs)}); use --overwrite to replace it"
                     )
-                # An output without a 'done' sidecar is what a killed run leaves: it is redone.
-            record = self._process(study, opts, factors, out_fmt, targets, in_sha, progress, loaded)
-            record["seconds"] = round(time.perf_counter() - t0, 3)
-            write_json_atomic(sidecar, record)
+            # An output without a 'done' sidecar is what a killed run leaves: it is redone.
+            staging = Staging()
+            try:
+                record = self._process(study, opts, factors, out_fmt, targets, in_sha, progress, loaded, staging)
+                record["seconds"] = round(time.perf_counter() - t0, 3)
+                stale = [p for t in Targets.every_format(opts.out_dir, study) for p in t.all()]
+                staging.commit(commit_journal(opts.out_dir, study.id), sidecar, record, stale)
+            except BaseException:
+                staging.discard()
+                raise
             return StudyResult(
                 study,
                 "done",
@@ -137,7 +149,8 @@ class StudyBatch:
             line = f"{where}: {reason}".splitlines()[0]
             log.debug("study %s failed", study.id, exc_info=True)
             seconds = round(time.perf_counter() - t0, 3)
-            if not isinstance(exc, OutputExistsError):
+            # A failure replaces no done result (a failed --overwrite leaves the old one, as a kill does).
+            if not isinstance(exc, OutputExistsError) and _standing_result(opts.out_dir, study, targets)[0] is None:
                 self._write_failure(study, opts, sidecar, line, seconds)
             return StudyResult(study, "failed", seconds, error=line, sidecar=sidecar)
 
@@ -168,8 +181,10 @@ class StudyBatch:
         targets: Targets,
         in_sha: str,
         progress: Callable[[int], None] | None,
-        loaded: Future[Volume] | None = None,
+        loaded: Future[Volume] | None,
+        staging: Staging,
     ) -> dict[str, Any]:
+        """Make the study's outputs under ``staging``'s temporary names; returns the sidecar record."""
         out_path = targets.output
         vol = loaded.result() if loaded is not None else study.load()
         check_finite(vol.data, study.path)
@@ -181,9 +196,7 @@ class StudyBatch:
         consistency: dict[str, float] | None = None
         extra_paths: dict[str, str] = {}
         figure_arrays: dict[str, np.ndarray | None] = {}
-        degradation = opts.degradation or str(self.checkpoint.meta.get("degradation", "bicubic"))
-        if degradation == "mixed":
-            degradation = "bicubic"
+        degradation = self.degradation(opts)
         if opts.simulate:
             ref_vol = crop_to_multiple(vol, factors)
             ref = np.asarray(ref_vol.data, dtype=np.float32)
@@ -217,8 +230,8 @@ class StudyBatch:
                 from mrisr.io.nifti import write_nifti
 
                 lr_path, bic_path = targets.lowres, targets.bicubic
-                write_nifti(ref_vol.with_data(lr, lr_affine), lr_path, dtype=out_dtype)
-                write_nifti(ref_vol.with_data(bic, ref_vol.affine), bic_path, dtype=out_dtype)
+                write_nifti(ref_vol.with_data(lr, lr_affine), staging.path(lr_path), dtype=out_dtype)
+                write_nifti(ref_vol.with_data(bic, ref_vol.affine), staging.path(bic_path), dtype=out_dtype)
                 extra_paths = {"lowres": lr_path.name, "bicubic": bic_path.name}
             figure_arrays = {"reference": ref, "lowres": lr, "bicubic": bic_out, "sr": sr_out}
             lr_shape = list(lr.shape)
@@ -246,12 +259,14 @@ class StudyBatch:
             lr_shape = list(vol.data.shape)
         # The figure is drawn in a helper thread while the volume is compressed and written.
         figure = (
-            self._background.submit(self._figure, study, targets.figure, figure_arrays, metrics)
+            self._background.submit(self._figure, study, staging.path(targets.figure), figure_arrays, metrics)
             if opts.figure
             else None
         )
-        write_volume(out_vol, out_path, out_fmt, out_dtype, description=_description(factors, opts.simulate))
-        figure_name = figure.result() if figure is not None else None
+        write_volume(
+            out_vol, staging.path(out_path), out_fmt, out_dtype, description=_description(factors, opts.simulate)
+        )
+        figure_name = targets.figure.name if figure is not None and figure.result() is not None else None
         return {
             "study": study.id,
             "status": "done",
@@ -276,7 +291,7 @@ class StudyBatch:
             "checkpoint": {"path": str(self.checkpoint.path), "sha256": self.checkpoint.sha256},
             "model": self.checkpoint.arch,
             "output_from": _output_from(adapted),
-            "request": self._request(opts, factors),
+            "request": self._request(opts, factors, out_fmt),
             "mrisr_version": __version__,
             "scale": list(factors),
             "axis": opts.axis,
@@ -356,6 +371,16 @@ class StudyBatch:
             if nxt is not None:
                 nxt.cancel()
         return results
+
+
+def _standing_result(out_dir: Path, study: Study, targets: Targets) -> tuple[dict[str, Any] | None, Path]:
+    """The 'done' sidecar that stands for ``study`` (in this format's place or another's), and its path."""
+    places = [targets.sidecar, *(t.sidecar for t in Targets.every_format(out_dir, study))]
+    for path in dict.fromkeys(places):
+        old = read_sidecar(path) if path.exists() else None
+        if old is not None and old.get("status") == "done":
+            return old, path
+    return None, targets.sidecar
 
 
 def _warn_unknown_orientation(vol: Volume) -> None:
