@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mrisr import __version__
+from mrisr.bids import figures_folder
 from mrisr.discovery import Study
 from mrisr.fsutil import remove_path, temp_sibling, write_json_atomic
 from mrisr.io import Volume, nifti_stem
@@ -35,8 +35,9 @@ class Targets:
 
     Flat layout: ``OUT/<id>_sr.nii.gz`` (or ``OUT/<id>_sr/`` for DICOM), ``OUT/<id>_sr.json``,
     ``OUT/<id>_compare.png``, ``OUT/<id>_lr.nii.gz``, ``OUT/<id>_bicubic.nii.gz``. A study of a BIDS
-    dataset mirrors its place as a BIDS derivative instead:
-    ``OUT/sub-01/anat/sub-01_desc-sr_T1w.nii.gz`` with the sidecar ``..._desc-sr_T1w.json``.
+    dataset written as NIfTI mirrors its place as a BIDS derivative instead:
+    ``OUT/sub-01/anat/sub-01_desc-sr_T1w.nii.gz`` with the sidecar ``..._desc-sr_T1w.json`` and the
+    figure ``OUT/sub-01/figures/sub-01_desc-srcompare_T1w.png`` (``sub-*/ses-*/figures`` in a session).
     """
 
     output: Path
@@ -50,11 +51,12 @@ class Targets:
         """The targets of ``study`` written as ``fmt`` into ``out_dir``."""
         if study.bids is not None and fmt == "nifti":
             folder = out_dir / study.bids.parent
+            figures = figures_folder(out_dir, study.bids)
             stem = bids_derivative_stem(study.bids.name, "sr")
             return cls(
                 output=folder / f"{stem}.nii.gz",
                 sidecar=folder / f"{stem}.json",
-                figure=folder / f"{stem}_compare.png",
+                figure=figures / f"{bids_derivative_stem(study.bids.name, 'srcompare')}.png",
                 lowres=folder / f"{bids_derivative_stem(study.bids.name, 'lr')}.nii.gz",
                 bicubic=folder / f"{bids_derivative_stem(study.bids.name, 'bicubic')}.nii.gz",
             )
@@ -87,24 +89,6 @@ def bids_derivative_stem(name: str, desc: str) -> str:
     old = next((p[len("desc-") :] for p in parts[:-1] if p.startswith("desc-")), "")
     entities, suffix = [p for p in parts[:-1] if not p.startswith("desc-")], parts[-1]
     return "_".join([*entities, f"desc-{old}{desc}", suffix])
-
-
-def write_bids_description(out_dir: Path, network: str = "") -> None:
-    """Write ``dataset_description.json`` of a BIDS derivatives dataset (once; atomically)."""
-    path = out_dir / "dataset_description.json"
-    if path.exists():
-        return
-    write_json_atomic(
-        path,
-        {
-            "Name": "mrisr super-resolution",
-            "BIDSVersion": "1.9.0",
-            "DatasetType": "derivative",
-            "GeneratedBy": [
-                {"Name": "mrisr", "Version": __version__, "Description": f"{network.upper() or 'CNN'} super-resolution"}
-            ],
-        },
-    )
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import glob
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,13 +17,14 @@ import numpy as np
 
 from mrisr import __version__
 from mrisr.batch import study_lock
+from mrisr.bids import derivative_metadata, write_description
 from mrisr.checkpoint import Checkpoint
 from mrisr.discovery import Study
 from mrisr.enhance.options import EnhanceOptions, StudyResult
 from mrisr.errors import MrisrError, OutputExistsError, UnreadableFileError, UnsupportedDataError
 from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first_frame
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
-from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
+from mrisr.geometry import coarsen_affine, refine_affine, untouched_axes, voxel_spacing
 from mrisr.inference import RunOptions
 from mrisr.io import Volume, as_written, check_finite, default_output_dtype
 from mrisr.io.nifti_header import orientation_unknown
@@ -33,7 +35,6 @@ from mrisr.outputs import (
     commit_journal,
     finish_commit,
     read_sidecar,
-    write_bids_description,
     write_volume,
 )
 from mrisr.transforms import Normalization
@@ -106,8 +107,6 @@ class StudyBatch:
         t0 = time.perf_counter()
         factors = opts.scale or self.default_factors(opts.axis)
         out_path, sidecar = targets.output, targets.sidecar
-        if study.bids is not None and out_fmt == "nifti":
-            write_bids_description(opts.out_dir, str(self.checkpoint.arch.get("name", "")))
         try:
             if study.problem is not None:
                 raise UnreadableFileError(study.path, study.problem)
@@ -266,8 +265,10 @@ class StudyBatch:
         write_volume(
             out_vol, staging.path(out_path), out_fmt, out_dtype, description=_description(factors, opts.simulate)
         )
-        figure_name = targets.figure.name if figure is not None and figure.result() is not None else None
-        return {
+        made = figure is not None and figure.result() is not None
+        # Relative to the sidecar's folder (a BIDS derivative keeps its figures in sub-*/figures/).
+        figure_name = Path(os.path.relpath(targets.figure, targets.sidecar.parent)).as_posix() if made else None
+        record = {
             "study": study.id,
             "status": "done",
             "error": None,
@@ -307,6 +308,28 @@ class StudyBatch:
             "figure": figure_name,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        if study.bids is not None and out_fmt == "nifti":
+            record = {**self._bids_metadata(study, opts, factors, vol, out_vol), **record}
+        return record
+
+    def _bids_metadata(
+        self, study: Study, opts: EnhanceOptions, factors: tuple[int, int, int], vol: Volume, out_vol: Volume
+    ) -> dict[str, Any]:
+        """The BIDS half of a derivative's sidecar (:mod:`mrisr.bids`): the input's inherited JSON
+        metadata, fixed for the new grid, and ``Sources``; completes ``dataset_description.json``."""
+        assert study.bids is not None
+        root = study.path.parents[len(study.bids.parts) - 1]
+        link = write_description(opts.out_dir, root, str(self.checkpoint.arch.get("name", "")))
+        untouched = untouched_axes(vol.affine, vol.shape3, out_vol.affine, out_vol.shape3)
+        return derivative_metadata(
+            study.path,
+            root,
+            link,
+            description=f"{_description(factors, opts.simulate)} of the source",
+            in_shape=vol.shape3,
+            out_shape=out_vol.shape3,
+            untouched=untouched,
+        )
 
     def _figure(
         self,

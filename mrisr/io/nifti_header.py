@@ -25,25 +25,19 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 
+from mrisr.geometry import untouched_axes
+
 log = logging.getLogger(__name__)
 
 #: Intent codes whose values interpolation no longer fits: label (1002), NeuroNames (1003), matrix,
 #: vector, point set, triangle, quaternion (1004–1010), node index (2002) and RGB/RGBA (2003, 2004).
 _CLEARED_INTENTS = frozenset({1002, 1003, *range(1004, 1011), 2002, 2003, 2004})
 _SLICE_FIELDS = ("slice_code", "slice_start", "slice_end", "slice_duration")
-_TOL = 1e-6
 
 
 def orientation_unknown(header: nib.Nifti1Header) -> bool:
     """True when both the qform and the sform code are 0 (the file claims no orientation)."""
     return int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0
-
-
-def _axis_untouched(vox: np.ndarray, axis: int, old_n: int, new_n: int) -> bool:
-    col = vox[:3, axis]
-    unit = np.zeros(3)
-    unit[axis] = 1.0
-    return old_n == new_n and np.allclose(col, unit, atol=_TOL) and abs(vox[axis, 3]) < _TOL
 
 
 def output_header(
@@ -105,9 +99,8 @@ def _carry_fields(
     """Clear what the new grid or values make false (slice timing, label-like intents)."""
     freq, phase, slice_dim = src.get_dim_info()
     axis = 2 if slice_dim is None else int(slice_dim)
-    old_n = in_shape[axis] if axis < len(in_shape) else 1
-    new_n = out_shape[axis] if axis < len(out_shape) else 1
-    if not _axis_untouched(vox, axis, old_n, new_n):
+    shape_in, shape_out = (tuple(s[:3]) + (1,) * (3 - len(s[:3])) for s in (in_shape, out_shape))
+    if not untouched_axes(np.eye(4), shape_in, vox, shape_out)[axis]:
         for name in _SLICE_FIELDS:
             hdr[name] = 0
         hdr.set_dim_info(freq, phase, None)
