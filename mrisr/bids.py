@@ -17,8 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mrisr import __version__
 from mrisr.fsutil import write_json_atomic, write_text_atomic
+from mrisr.geometry import untouched_axes
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +112,21 @@ def derivative_metadata(
     link: str,
     *,
     description: str,
-    in_shape: Sequence[int],
-    out_shape: Sequence[int],
-    untouched: Sequence[bool],
+    grids: tuple[tuple[np.ndarray, Sequence[int]], tuple[np.ndarray, Sequence[int]]],
 ) -> dict[str, Any]:
     """The BIDS part of an output's sidecar: the input's inherited metadata, adjusted to the new grid,
     with ``Sources`` naming the input (a BIDS URI through the dataset link ``link``) and
-    ``Description`` (``description``: what made this file)."""
+    ``Description`` (``description``: what made this file).
+
+    Args:
+        data_file: The input file.
+        root: Its dataset's root.
+        link: The dataset link of ``root`` (:func:`write_description`).
+        description: What made the output.
+        grids: ``((affine, shape), (affine, shape))`` of the input and the output grid.
+    """
+    (a_in, in_shape), (a_out, out_shape) = grids
+    untouched = untouched_axes(a_in, in_shape, a_out, out_shape)
     meta = adjust_metadata(inherited_metadata(data_file, root), in_shape, out_shape, untouched)
     meta["Sources"] = [f"bids:{link}:{data_file.relative_to(root).as_posix()}"]
     meta["Description"] = description

@@ -91,6 +91,17 @@ def bids_derivative_stem(name: str, desc: str) -> str:
     return "_".join([*entities, f"desc-{old}{desc}", suffix])
 
 
+def standing_result(out_dir: Path, study: Study, targets: Targets) -> tuple[dict[str, Any] | None, Path]:
+    """The 'done' sidecar that stands for ``study`` (in ``targets``' place or another format's), and
+    its path (``targets.sidecar`` when none stands)."""
+    places = [targets.sidecar, *(t.sidecar for t in Targets.every_format(out_dir, study))]
+    for path in dict.fromkeys(places):
+        old = read_sidecar(path) if path.exists() else None
+        if old is not None and old.get("status") == "done":
+            return old, path
+    return None, targets.sidecar
+
+
 def read_sidecar(path: Path) -> dict[str, Any] | None:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -147,8 +158,8 @@ class Staging:
         ops += [["remove", str(p)] for p in dict.fromkeys(stale) if p not in finals and (p.exists() or p.is_symlink())]
         ops.append(["move", str(staged_sidecar), str(sidecar)])
         write_json_atomic(journal, {"ops": ops})  # the commit point
+        self.moves.clear()  # committed: nothing staged may be discarded now, the journal needs it
         finish_commit(journal, journal.parent)
-        self.moves.clear()
 
 
 def _inside(path: Path, root: Path) -> bool:

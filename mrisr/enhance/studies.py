@@ -24,17 +24,17 @@ from mrisr.enhance.options import EnhanceOptions, StudyResult
 from mrisr.errors import MrisrError, OutputExistsError, UnreadableFileError, UnsupportedDataError
 from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first_frame
 from mrisr.fsutil import TMP_MARK, remove_path, sha256_files, write_json_atomic
-from mrisr.geometry import coarsen_affine, refine_affine, untouched_axes, voxel_spacing
+from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions
 from mrisr.io import Volume, as_written, check_finite, default_output_dtype
-from mrisr.io.nifti_header import orientation_unknown
+from mrisr.io.nifti_header import warn_if_orientation_unknown
 from mrisr.metrics import evaluate, psnr
 from mrisr.outputs import (
     Staging,
     Targets,
     commit_journal,
     finish_commit,
-    read_sidecar,
+    standing_result,
     write_volume,
 )
 from mrisr.transforms import Normalization
@@ -88,11 +88,15 @@ class StudyBatch:
                 return StudyResult(study, "locked", error=f"{study.path}: another process holds its lock")
             out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
             targets = Targets.for_study(opts.out_dir, study, out_fmt)
-            # A commit that a killed run left half done is finished first (outputs.finish_commit).
-            finish_commit(commit_journal(opts.out_dir, study.id), opts.out_dir)
-            for target in {p for t in Targets.every_format(opts.out_dir, study) for p in t.all()}:
-                for tmp in target.parent.glob(f".{glob.escape(target.name)}{TMP_MARK}*"):  # left by a killed run
-                    remove_path(tmp)
+            try:
+                # A commit that a killed run left half done is finished first (outputs.finish_commit).
+                finish_commit(commit_journal(opts.out_dir, study.id), opts.out_dir)
+                for target in {p for t in Targets.every_format(opts.out_dir, study) for p in t.all()}:
+                    for tmp in target.parent.glob(f".{glob.escape(target.name)}{TMP_MARK}*"):  # left by a kill
+                        remove_path(tmp)
+            except OSError as exc:
+                line = f"{opts.out_dir}: cannot finish or clean a previous run of {study.id} ({exc})"
+                return StudyResult(study, "failed", error=line)
             return self._process_locked(study, opts, out_fmt, targets, progress, loaded)
 
     def _process_locked(
@@ -111,7 +115,7 @@ class StudyBatch:
             if study.problem is not None:
                 raise UnreadableFileError(study.path, study.problem)
             in_sha = sha256_files(study.files)
-            old, old_sidecar = _standing_result(opts.out_dir, study, targets)
+            old, old_sidecar = standing_result(opts.out_dir, study, targets)
             if not opts.overwrite and old is not None:
                 diffs = [] if old.get("input", {}).get("sha256") == in_sha else ["input: another file (sha256)"]
                 diffs += self._request_differences(old.get("request"), opts, factors, out_fmt)
@@ -149,7 +153,7 @@ class StudyBatch:
             log.debug("study %s failed", study.id, exc_info=True)
             seconds = round(time.perf_counter() - t0, 3)
             # A failure replaces no done result (a failed --overwrite leaves the old one, as a kill does).
-            if not isinstance(exc, OutputExistsError) and _standing_result(opts.out_dir, study, targets)[0] is None:
+            if not isinstance(exc, OutputExistsError) and standing_result(opts.out_dir, study, targets)[0] is None:
                 self._write_failure(study, opts, sidecar, line, seconds)
             return StudyResult(study, "failed", seconds, error=line, sidecar=sidecar)
 
@@ -187,7 +191,7 @@ class StudyBatch:
         out_path = targets.output
         vol = loaded.result() if loaded is not None else study.load()
         check_finite(vol.data, study.path)
-        _warn_unknown_orientation(vol)
+        warn_if_orientation_unknown(vol)
         if out_fmt == "dicom" and vol.data.ndim == 4:
             raise UnsupportedDataError(study.path, "4D data cannot be written as one DICOM series; use --format nifti")
         out_dtype = np.dtype(opts.dtype) if opts.dtype else default_output_dtype(vol.dtype)
@@ -315,21 +319,13 @@ class StudyBatch:
     def _bids_metadata(
         self, study: Study, opts: EnhanceOptions, factors: tuple[int, int, int], vol: Volume, out_vol: Volume
     ) -> dict[str, Any]:
-        """The BIDS half of a derivative's sidecar (:mod:`mrisr.bids`): the input's inherited JSON
-        metadata, fixed for the new grid, and ``Sources``; completes ``dataset_description.json``."""
+        """The BIDS half of a derivative's sidecar (:func:`mrisr.bids.derivative_metadata`)."""
         assert study.bids is not None
         root = study.path.parents[len(study.bids.parts) - 1]
         link = write_description(opts.out_dir, root, str(self.checkpoint.arch.get("name", "")))
-        untouched = untouched_axes(vol.affine, vol.shape3, out_vol.affine, out_vol.shape3)
-        return derivative_metadata(
-            study.path,
-            root,
-            link,
-            description=f"{_description(factors, opts.simulate)} of the source",
-            in_shape=vol.shape3,
-            out_shape=out_vol.shape3,
-            untouched=untouched,
-        )
+        what = f"{_description(factors, opts.simulate)} of the source"
+        grids = ((vol.affine, vol.shape3), (out_vol.affine, out_vol.shape3))
+        return derivative_metadata(study.path, root, link, description=what, grids=grids)
 
     def _figure(
         self,
@@ -394,22 +390,6 @@ class StudyBatch:
             if nxt is not None:
                 nxt.cancel()
         return results
-
-
-def _standing_result(out_dir: Path, study: Study, targets: Targets) -> tuple[dict[str, Any] | None, Path]:
-    """The 'done' sidecar that stands for ``study`` (in this format's place or another's), and its path."""
-    places = [targets.sidecar, *(t.sidecar for t in Targets.every_format(out_dir, study))]
-    for path in dict.fromkeys(places):
-        old = read_sidecar(path) if path.exists() else None
-        if old is not None and old.get("status") == "done":
-            return old, path
-    return None, targets.sidecar
-
-
-def _warn_unknown_orientation(vol: Volume) -> None:
-    header = vol.meta.get("header")
-    if vol.fmt == "nifti" and header is not None and orientation_unknown(header):
-        log.warning("%s: qform and sform codes are 0: orientation unknown (the output keeps code 0)", vol.path)
 
 
 def _middle_slices(

@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from mrisr.geometry import untouched_axes
+from mrisr.io import Volume
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,13 @@ _SLICE_FIELDS = ("slice_code", "slice_start", "slice_end", "slice_duration")
 def orientation_unknown(header: nib.Nifti1Header) -> bool:
     """True when both the qform and the sform code are 0 (the file claims no orientation)."""
     return int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0
+
+
+def warn_if_orientation_unknown(vol: Volume) -> None:
+    """One warning line when a NIfTI volume's header claims no orientation (both codes 0)."""
+    header = vol.meta.get("header")
+    if vol.fmt == "nifti" and isinstance(header, nib.Nifti1Header) and orientation_unknown(header):
+        log.warning("%s: qform and sform codes are 0: orientation unknown (the output keeps code 0)", vol.path)
 
 
 def output_header(
