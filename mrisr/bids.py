@@ -60,7 +60,7 @@ def inherited_metadata(data_file: Path, root: Path) -> dict[str, Any]:
         for meta in sorted(found, key=lambda p: len(p.name.split("_"))):
             try:
                 obj = json.loads(meta.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RecursionError) as exc:  # a hostile file: skipped
                 log.warning("%s: not read as BIDS metadata (%s)", meta, exc)
                 continue
             if isinstance(obj, dict):
@@ -158,7 +158,7 @@ def write_description(out_dir: Path, source_root: Path, network: str = "") -> st
 def _update_description(path: Path, source_root: Path, network: str) -> str:
     try:
         old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         old = {}
     desc: dict[str, Any] = dict(old) if isinstance(old, dict) else {}
     desc.setdefault("Name", "mrisr super-resolution")
@@ -208,7 +208,7 @@ def _ignore_extras(out_dir: Path) -> None:
 def _source_doi(root: Path) -> str | None:
     try:
         doi = json.loads((root / "dataset_description.json").read_text(encoding="utf-8")).get("DatasetDOI")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, RecursionError, AttributeError):
         return None
     return doi if isinstance(doi, str) and doi else None
 

@@ -146,3 +146,13 @@ def test_bids_validator_finds_no_error_in_a_derivative(tmp_path: Path, dataset: 
     (out / "sub-01" / "anat" / "notbids.txt").write_text("x")
     bad = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0
+
+
+def test_unreadable_or_hostile_metadata_is_skipped_with_a_warning(
+    dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (dataset / "sub-01" / "anat" / "sub-01_T1w.json").write_text("[" * 200_000 + "]" * 200_000)
+    (dataset / "sub-01" / "sub-01_T1w.json").write_text("{not json")
+    meta = inherited_metadata(dataset / "sub-01" / "anat" / "sub-01_T1w.nii.gz", dataset)
+    assert meta == {"MagneticFieldStrength": 3, "EchoTime": 0.0025}  # the dataset level still counts
+    assert sum("not read as BIDS metadata" in r.getMessage() for r in caplog.records) == 2
