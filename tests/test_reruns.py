@@ -183,3 +183,16 @@ def test_a_hostile_journal_touches_nothing_outside_the_output_folder(tmp_path: P
     journal.write_text(json.dumps({"ops": [["remove", str(victim)], ["move", str(victim), str(out / "x")], "junk"]}))
     assert finish_commit(journal, out)
     assert victim.read_text() == "keep" and not (out / "x").exists() and not journal.exists()
+
+
+def test_failed_overwrite_leaves_the_old_done_result(
+    tmp_path: Path, study: Path, net: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(_args(study, out, net, "--no-figure")) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    study.write_bytes(study.read_bytes()[:200])  # the input is now truncated
+    capsys.readouterr()
+    assert main(_args(study, out, net, "--no-figure", "--overwrite", "--dtype", "float32")) == 1
+    assert "truncated" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # sidecar and output as they were
