@@ -234,7 +234,13 @@ def find_studies(
         root = inp.parent if inp.is_file() else inp
         problems += [(p, why, root, None) for p, why in found]
         if inp.is_dir() and is_bids_root(inp):
-            files = [f for f in files if f.relative_to(inp).parts[0] not in BIDS_SKIP]
+            # The files at a BIDS root (README, CHANGES, LICENSE, participants.tsv) are metadata.
+            files = [
+                f
+                for f in files
+                if f.relative_to(inp).parts[0] not in BIDS_SKIP
+                and (len(f.relative_to(inp).parts) > 1 or is_nifti_path(f))
+            ]
             bids_roots.update(
                 {f: inp for f in files if is_nifti_path(f) and f.relative_to(inp).parts[0].startswith("sub-")}
             )

@@ -135,3 +135,22 @@ def fov_corner_world(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     n = [int(s) - 0.5 for s in shape[:3]]
     corners = np.array([[i, j, k] for i in (-0.5, n[0]) for j in (-0.5, n[1]) for k in (-0.5, n[2])], dtype=float)
     return voxel_to_world(affine, corners)
+
+
+def untouched_axes(
+    affine_in: np.ndarray, shape_in: Sequence[int], affine_out: np.ndarray, shape_out: Sequence[int]
+) -> tuple[bool, bool, bool]:
+    """Per voxel axis, whether the output grid keeps it as the input had it: the same voxel count,
+    and the voxel map ``inv(A_in) · A_out`` leaves that index unchanged (same spacing and start).
+
+    An axis refined by :func:`refine_affine`, coarsened or cropped is not untouched; in-plane
+    refinement leaves the slice axis untouched.
+    """
+    vox = np.linalg.solve(np.asarray(affine_in, dtype=np.float64), np.asarray(affine_out, dtype=np.float64))
+    out = []
+    for a in range(3):
+        unit = np.zeros(3)
+        unit[a] = 1.0
+        same = np.allclose(vox[:3, a], unit, atol=1e-6) and abs(vox[a, 3]) < 1e-6
+        out.append(bool(same and int(shape_in[a]) == int(shape_out[a])))
+    return (out[0], out[1], out[2])

@@ -1,22 +1,32 @@
 """Where and how a study's outputs are written: the flat and the BIDS-derivative layouts.
 
-Every file goes through :func:`mrisr.fsutil.atomic_path`; the sidecar is written last by
-:mod:`mrisr.enhance` and marks the study as done.
+Every file goes through :func:`mrisr.fsutil.atomic_path`. A study's new outputs are first written
+under temporary names (:class:`Staging`) and then put in place together by a *commit*: a journal
+``OUT/.<id>.mrisr-commit.json`` listing the renames and the removals of outputs the new result does
+not have (another format, a figure no longer asked for) is written atomically — the commit point —
+and then carried out, the sidecar last. A run killed before the journal exists leaves the old
+result; one killed after it leaves a journal that the next run of that study (under its lock)
+carries out before anything else (:func:`finish_commit`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mrisr import __version__
+from mrisr.bids import figures_folder
 from mrisr.discovery import Study
-from mrisr.fsutil import write_json_atomic
+from mrisr.fsutil import remove_path, temp_sibling, write_json_atomic
 from mrisr.io import Volume, nifti_stem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,8 +35,9 @@ class Targets:
 
     Flat layout: ``OUT/<id>_sr.nii.gz`` (or ``OUT/<id>_sr/`` for DICOM), ``OUT/<id>_sr.json``,
     ``OUT/<id>_compare.png``, ``OUT/<id>_lr.nii.gz``, ``OUT/<id>_bicubic.nii.gz``. A study of a BIDS
-    dataset mirrors its place as a BIDS derivative instead:
-    ``OUT/sub-01/anat/sub-01_desc-sr_T1w.nii.gz`` with the sidecar ``..._desc-sr_T1w.json``.
+    dataset written as NIfTI mirrors its place as a BIDS derivative instead:
+    ``OUT/sub-01/anat/sub-01_desc-sr_T1w.nii.gz`` with the sidecar ``..._desc-sr_T1w.json`` and the
+    figure ``OUT/sub-01/figures/sub-01_desc-srcompare_T1w.png`` (``sub-*/ses-*/figures`` in a session).
     """
 
     output: Path
@@ -40,11 +51,12 @@ class Targets:
         """The targets of ``study`` written as ``fmt`` into ``out_dir``."""
         if study.bids is not None and fmt == "nifti":
             folder = out_dir / study.bids.parent
+            figures = figures_folder(out_dir, study.bids)
             stem = bids_derivative_stem(study.bids.name, "sr")
             return cls(
                 output=folder / f"{stem}.nii.gz",
                 sidecar=folder / f"{stem}.json",
-                figure=folder / f"{stem}_compare.png",
+                figure=figures / f"{bids_derivative_stem(study.bids.name, 'srcompare')}.png",
                 lowres=folder / f"{bids_derivative_stem(study.bids.name, 'lr')}.nii.gz",
                 bicubic=folder / f"{bids_derivative_stem(study.bids.name, 'bicubic')}.nii.gz",
             )
@@ -55,6 +67,11 @@ class Targets:
             lowres=out_dir / f"{study.id}_lr.nii.gz",
             bicubic=out_dir / f"{study.id}_bicubic.nii.gz",
         )
+
+    @classmethod
+    def every_format(cls, out_dir: Path, study: Study) -> list[Targets]:
+        """The targets of ``study`` in each output format (a rerun in another format replaces them)."""
+        return [cls.for_study(out_dir, study, fmt) for fmt in ("nifti", "dicom")]
 
     def all(self) -> tuple[Path, ...]:
         """Every target path."""
@@ -74,22 +91,15 @@ def bids_derivative_stem(name: str, desc: str) -> str:
     return "_".join([*entities, f"desc-{old}{desc}", suffix])
 
 
-def write_bids_description(out_dir: Path, network: str = "") -> None:
-    """Write ``dataset_description.json`` of a BIDS derivatives dataset (once; atomically)."""
-    path = out_dir / "dataset_description.json"
-    if path.exists():
-        return
-    write_json_atomic(
-        path,
-        {
-            "Name": "mrisr super-resolution",
-            "BIDSVersion": "1.9.0",
-            "DatasetType": "derivative",
-            "GeneratedBy": [
-                {"Name": "mrisr", "Version": __version__, "Description": f"{network.upper() or 'CNN'} super-resolution"}
-            ],
-        },
-    )
+def standing_result(out_dir: Path, study: Study, targets: Targets) -> tuple[dict[str, Any] | None, Path]:
+    """The 'done' sidecar that stands for ``study`` (in ``targets``' place or another format's), and
+    its path (``targets.sidecar`` when none stands)."""
+    places = [targets.sidecar, *(t.sidecar for t in Targets.every_format(out_dir, study))]
+    for path in dict.fromkeys(places):
+        old = read_sidecar(path) if path.exists() else None
+        if old is not None and old.get("status") == "done":
+            return old, path
+    return None, targets.sidecar
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -100,8 +110,11 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype) -> None:
-    """Write ``vol`` to ``path`` as NIfTI (a file) or DICOM (a series folder), replacing it atomically."""
+def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype, *, description: str | None = None) -> None:
+    """Write ``vol`` to ``path`` as NIfTI (a file) or DICOM (a series folder), replacing it atomically.
+
+    ``description`` goes into a NIfTI header's ``descrip``.
+    """
     if fmt == "dicom":
         from mrisr.io.dicom import write_dicom_series
 
@@ -109,4 +122,92 @@ def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype) -> None:
     else:
         from mrisr.io.nifti import write_nifti
 
-        write_nifti(vol, path, dtype=dtype)
+        write_nifti(vol, path, dtype=dtype, description=description)
+
+
+def commit_journal(out_dir: Path, study_id: str) -> Path:
+    """Where the commit journal of a study lives (see the module docstring)."""
+    return out_dir / f".{study_id}.mrisr-commit.json"
+
+
+@dataclass
+class Staging:
+    """A study's new outputs, written under temporary names and put in place by :meth:`commit`."""
+
+    moves: list[tuple[Path, Path]] = field(default_factory=list)
+
+    def path(self, final: Path) -> Path:
+        """A temporary name beside ``final`` to write the new ``final`` to."""
+        staged = temp_sibling(final)
+        self.moves.append((staged, final))
+        return staged
+
+    def discard(self) -> None:
+        """Remove what was staged (the study failed; the old result stays)."""
+        for staged, _ in self.moves:
+            remove_path(staged)
+        self.moves.clear()
+
+    def commit(self, journal: Path, sidecar: Path, record: dict[str, Any], stale: Iterable[Path]) -> None:
+        """Put the staged files and the sidecar ``record`` in place and remove the ``stale`` paths
+        that the new result does not write (an old output of another format, an old figure)."""
+        staged_sidecar = temp_sibling(sidecar)
+        write_json_atomic(staged_sidecar, record)
+        finals = {final for _, final in self.moves} | {sidecar}
+        ops: list[list[str]] = [["move", str(a), str(b)] for a, b in self.moves if a.exists()]
+        ops += [["remove", str(p)] for p in dict.fromkeys(stale) if p not in finals and (p.exists() or p.is_symlink())]
+        ops.append(["move", str(staged_sidecar), str(sidecar)])
+        write_json_atomic(journal, {"ops": ops})  # the commit point
+        self.moves.clear()  # committed: nothing staged may be discarded now, the journal needs it
+        finish_commit(journal, journal.parent)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.parent.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _move(staged: Path, final: Path) -> None:
+    if not staged.exists():
+        return  # done before the kill
+    if staged.is_dir() and final.exists():
+        old = temp_sibling(final)  # a temporary name: removed at the next start if killed here
+        final.rename(old)
+        staged.rename(final)
+        remove_path(old)
+    else:
+        if final.is_dir() and not final.is_symlink():
+            remove_path(final)
+        os.replace(staged, final)
+
+
+def finish_commit(journal: Path, root: Path) -> bool:
+    """Carry out the commit ``journal`` (one left by a killed run, or one just written): every step
+    is idempotent. Paths outside ``root`` (a hostile journal) are ignored.
+
+    Returns:
+        Whether a journal was found.
+    """
+    try:
+        plan = json.loads(journal.read_text(encoding="utf-8"))
+        ops = plan["ops"] if isinstance(plan, dict) else None
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError):
+        ops = None
+    for op in ops if isinstance(ops, list) else []:
+        if not (isinstance(op, list) and op and all(isinstance(x, str) for x in op)):
+            continue
+        paths = [Path(x) for x in op[1:]]
+        if not paths or not all(_inside(p, root) for p in paths):
+            log.warning("%s: ignoring a step outside %s", journal, root)
+            continue
+        if op[0] == "move" and len(paths) == 2:
+            _move(paths[0], paths[1])
+        elif op[0] == "remove":
+            remove_path(paths[0])
+    journal.unlink(missing_ok=True)
+    return True

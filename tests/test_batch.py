@@ -197,6 +197,7 @@ def test_bids_input_gives_bids_derivatives(tmp_path: Path) -> None:
     assert main(["enhance", str(bids), "--out", str(out), "--checkpoint", str(ckpt), "--no-figure"]) == 0
     produced = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert produced == [
+        ".bidsignore",  # the figures and the report are not BIDS files
         "dataset_description.json",
         "sub-01/ses-1/anat/sub-01_ses-1_desc-sr_T1w.json",
         "sub-01/ses-1/anat/sub-01_ses-1_desc-sr_T1w.nii.gz",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,10 +75,58 @@ def test_scaled_integers_come_back_in_physical_units(tmp_path: Path, rng: np.ran
     assert not np.array_equal(back.data, np.rint(back.data))  # the half units survived
 
 
-def test_write_casts_float_data_to_integer_type_with_rounding_and_clipping(tmp_path: Path) -> None:
-    vol = Volume(data=np.array([[[1.4, 1.6, -40000.0, 70000.0]]]), affine=np.eye(4), dtype=np.int16, fmt="nifti")
+def test_real_values_in_an_integer_type_get_a_scaling_not_rounding_or_clipping(tmp_path: Path) -> None:
+    values = np.array([[[1.4, 1.6, -40000.0, 70000.0]]])
+    vol = Volume(data=values, affine=np.eye(4), dtype=np.int16, fmt="nifti")
     back = read_nifti(write_nifti(vol, tmp_path / "cast.nii.gz"))
-    np.testing.assert_array_equal(back.data.ravel(), [1, 2, -32768, 32767])
+    slope = back.meta["header"].get_slope_inter()[0]
+    assert back.dtype == np.int16 and slope == pytest.approx(110000 / 65535, rel=2e-3)
+    np.testing.assert_allclose(back.data.ravel(), values.ravel(), atol=slope / 2 + 1e-3)
+    # Whole numbers that fit the type are stored as they are, unscaled.
+    whole = Volume(data=np.array([[[1.0, -7.0, 300.0]]]), affine=np.eye(4), dtype=np.int16, fmt="nifti")
+    img = nib.load(str(write_nifti(whole, tmp_path / "whole.nii.gz")))
+    assert img.dataobj.slope == 1.0 and img.dataobj.inter == 0.0
+    np.testing.assert_array_equal(np.asarray(img.dataobj.get_unscaled()).ravel(), [1, -7, 300])
+
+
+def _psnr(test: np.ndarray, ref: np.ndarray) -> float:
+    mse = float(np.mean((test.astype(np.float64) - ref.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(float(np.ptp(ref)) ** 2 / mse)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "slope", "inter"),
+    [
+        (np.int16, 1.0, 0.0),
+        (np.uint8, 1.0, 0.0),
+        (np.int16, 1e-4, 0.0),
+        (np.int16, 1e-3, 0.0),
+        (np.int16, 1e-3, -2.0),
+        (np.uint16, 0.5, 0.0),
+        (np.int16, 0.5, 100.0),
+        (np.int16, 3.0, 0.0),
+        (np.int16, 3.0, -1024.0),
+        (np.float32, 1.0, 0.0),
+        (np.float64, 1.0, 0.0),
+    ],
+)
+def test_written_values_keep_a_real_result_to_60_db(
+    tmp_path: Path, rng: np.random.Generator, dtype: type, slope: float, inter: float
+) -> None:
+    """A real-valued result (what SR gives) written in the input's type, read back scaled."""
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    top = min(info.max, 1000) if info is not None else 1000
+    raw = rng.integers(0, top, size=(12, 10, 4)).astype(dtype)
+    img = nib.Nifti1Image(raw, np.eye(4))
+    img.header.set_slope_inter(slope, inter)
+    nib.save(img, str(tmp_path / "in.nii.gz"))
+    vol = read_nifti(tmp_path / "in.nii.gz")
+    result = vol.data.astype(np.float64) + rng.normal(0, 0.3 * slope, vol.data.shape)  # between stored steps
+    out = write_nifti(vol.with_data(result, vol.affine), tmp_path / "out.nii.gz")
+    back = nib.load(str(out))
+    assert back.get_data_dtype() == (np.int16 if dtype == np.uint8 else dtype)
+    assert _psnr(back.get_fdata(), result) >= 60.0
+    assert len(np.unique(back.get_fdata())) > 0.9 * result.size  # not quantised onto a few levels
 
 
 def test_load_volume_dispatches_on_suffix(grid_volume: GridMaker, write_nifti_file: Callable[..., Path]) -> None:
@@ -134,3 +183,68 @@ def test_truncated_uncompressed_nifti(
     with pytest.raises(UnreadableFileError) as info:
         read_nifti(cut)
     assert info.value.path == cut
+
+
+def _plain_nifti_bytes(data: np.ndarray) -> bytes:
+    img = nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
+    img.header.set_data_offset(352)
+    return bytes(img.header.binaryblock) + b"\0" * 4 + data.tobytes(order="F")
+
+
+def test_multi_member_gzip_as_bgzip_writes_is_read_fully(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.integers(0, 1000, (20, 16, 8)).astype(np.int16)
+    raw = _plain_nifti_bytes(data)
+    path = tmp_path / "bgzip.nii.gz"
+    path.write_bytes(b"".join(gzip.compress(raw[i : i + 1500]) for i in range(0, len(raw), 1500)))
+    np.testing.assert_array_equal(read_nifti(path).data, data)
+    np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj), data)  # nibabel agrees
+
+
+def test_gzip_with_trailing_zero_padding_is_read_fully(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.integers(0, 1000, (12, 10, 6)).astype(np.int16)
+    path = tmp_path / "padded.nii.gz"
+    path.write_bytes(gzip.compress(_plain_nifti_bytes(data)) + b"\0" * 4096)
+    np.testing.assert_array_equal(read_nifti(path).data, data)
+    np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj), data)
+
+
+def test_short_multi_member_gzip_is_still_truncated(tmp_path: Path, rng: np.random.Generator) -> None:
+    raw = _plain_nifti_bytes(rng.integers(0, 1000, (12, 10, 6)).astype(np.int16))
+    path = tmp_path / "short.nii.gz"
+    path.write_bytes(gzip.compress(raw[:600]) + gzip.compress(raw[600:900]) + b"\0" * 64)
+    with pytest.raises(UnreadableFileError, match="truncated"):
+        read_nifti(path)
+
+
+_HUGE_HEADER_SCRIPT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from mrisr.errors import UnreadableFileError
+from mrisr.io.nifti import read_nifti
+try:
+    read_nifti(sys.argv[1])
+except UnreadableFileError as exc:
+    print(exc.reason)
+"""
+
+
+@pytest.mark.parametrize("shape", [(1000, 1000, 1000), (600, 600, 600), (200, 200, 200)])
+def test_tiny_gz_promising_gigabytes_is_refused_before_allocating(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    """Header of 1000³ (8 GB), 600³ (1.7 GB) or 200³ float64 in a file of about a kilobyte: refused as
+    truncated without the allocation (the child may map at most 3 GiB)."""
+    import subprocess
+    import sys
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.float64)
+    hdr.set_data_shape(shape)
+    hdr.set_data_offset(352)
+    path = tmp_path / "bomb.nii.gz"
+    path.write_bytes(gzip.compress(bytes(hdr.binaryblock) + b"\0" * 4 + np.arange(100.0).tobytes()))
+    assert path.stat().st_size < 2000
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run(
+        [sys.executable, "-c", _HUGE_HEADER_SCRIPT, str(path)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "truncated" in run.stdout and "promises" in run.stdout

@@ -35,7 +35,9 @@ def enhance(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     axis: Annotated[int, typer.Option(min=0, max=2, help="Slicing axis of the voxel array.")] = 2,
     fmt: Annotated[str, typer.Option("--format", help="Output format: same | nifti | dicom.")] = "same",
-    dtype: Annotated[str | None, typer.Option(help="Output dtype, e.g. float32. Default: the input's.")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="On-disk type, e.g. float32. Default: the input's (8-bit: int16).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Slices per batch (default: by memory).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     simulate: Annotated[

@@ -152,9 +152,15 @@ class Enhancer(StudyBatch):
                 f"the network gave {bad} NaN/Inf values of {sr.size} (its weights overflow on this input)",
             )
 
-    def _request(self, opts: EnhanceOptions, factors: tuple[int, int, int]) -> dict[str, Any]:
-        """What was asked beyond input and checkpoint (as JSON reads it back): a rerun skips a study
-        only when this matches its sidecar's."""
+    def degradation(self, opts: EnhanceOptions) -> str:
+        """The degradation of ``--simulate`` and of the consistency check: ``opts``', else the
+        checkpoint's (``mixed`` training counts as ``bicubic``)."""
+        degradation = opts.degradation or str(self.checkpoint.meta.get("degradation", "bicubic"))
+        return "bicubic" if degradation == "mixed" else degradation
+
+    def _request(self, opts: EnhanceOptions, factors: tuple[int, int, int], fmt: str) -> dict[str, Any]:
+        """Everything beyond the input that changes a study's outputs (as JSON reads it back): a
+        rerun skips a study only when this matches its sidecar's, and names what differs otherwise."""
 
         def resolved(cfg: AdaptConfig | None, steps: int) -> dict[str, Any] | None:
             return {**asdict(cfg), "steps": steps} if cfg else None
@@ -168,17 +174,41 @@ class Enhancer(StudyBatch):
                 opts.auto_adapt, (opts.auto_adapt.steps if opts.auto_adapt else None) or STEPS_FINE_GRID
             ),
             "ensemble": self.run.ensemble,
+            "network": str(self.checkpoint.arch.get("name", "srcnn")),
+            "checkpoint_sha256": self.checkpoint.sha256,
+            "format": fmt,
+            "dtype": opts.dtype,  # None: the input's stored type (mrisr.io.default_output_dtype)
+            "clamp": opts.clamp,
+            "simulate": opts.simulate,
+            "degradation": self.degradation(opts),
+            "intermediates": bool(opts.simulate and opts.save_intermediates),
+            "figure": opts.figure,
         }
         return dict(json.loads(json.dumps(req)))
 
-    def _same_request(self, old: Any, opts: EnhanceOptions, factors: tuple[int, int, int]) -> bool:
-        """Whether a sidecar's ``request`` asked for what ``opts`` asks (sidecars of mrisr before the
-        in-plane ESPCN adaptation also carry ``adapt_base_sha256``, null when ``--adapt`` was off)."""
+    def _request_differences(
+        self, old: Any, opts: EnhanceOptions, factors: tuple[int, int, int], fmt: str
+    ) -> list[str]:
+        """What a sidecar's ``request`` asked differently from ``opts``, as ``key: old → new`` (sidecars
+        of mrisr before the in-plane ESPCN adaptation also carry ``adapt_base_sha256``, null when
+        ``--adapt`` was off; a key an older sidecar lacks is ``not recorded``)."""
         if not isinstance(old, dict):
-            return False
+            return ["request: not recorded"]
         if "adapt_base_sha256" in old and old["adapt_base_sha256"] is None:
             old = {k: v for k, v in old.items() if k != "adapt_base_sha256"}
-        return bool(old == self._request(opts, factors))
+        new = self._request(opts, factors, fmt)
+        missing = object()
+
+        def show(value: Any) -> str:
+            text = "not recorded" if value is missing else json.dumps(value, separators=(",", ":"))
+            return text if len(text) <= 40 else text[:37] + "..."
+
+        keys = [*new, *(k for k in old if k not in new)]
+        return [
+            f"{k}: {show(old.get(k, missing))} → {show(new.get(k, missing))}"
+            for k in keys
+            if old.get(k, missing) != new.get(k, missing)
+        ]
 
     def check_factors(self, factors: tuple[int, int, int], axis: int = 2) -> None:
         """Refuse, before any study is read, factors that this network cannot produce.

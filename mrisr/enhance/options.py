@@ -32,7 +32,8 @@ class EnhanceOptions:
         scale: Per-axis integer factors; ``None`` takes the checkpoint's.
         axis: Slicing axis (slices are cut across it; its plane is upscaled).
         fmt: Output format: ``same`` as the input, ``nifti`` or ``dicom``.
-        dtype: Output dtype; ``None`` keeps the input's (integers rounded and clipped).
+        dtype: On-disk output type; ``None``: :func:`mrisr.io.default_output_dtype` of the input's
+            (integer types hold the real result with a new slope and intercept).
         overwrite: Replace existing outputs; else a study already done with the same input and
             checkpoint is skipped, and any other existing output is an error for that study.
         simulate: Treat inputs as references: degrade, super-resolve, measure.

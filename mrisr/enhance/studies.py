@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mrisr import __version__
+from mrisr.bids import derivative_metadata, write_description
 from mrisr.checkpoint import Checkpoint
 from mrisr.discovery import Study
 from mrisr.enhance.options import EnhanceOptions, StudyResult
@@ -27,13 +29,21 @@ from mrisr.errors import (
     plain_numbers,
 )
 from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first_frame
-from mrisr.fsutil import remove_path, remove_temporaries, sha256_files, write_json_atomic
+from mrisr.fsutil import remove_temporaries, sha256_files, write_json_atomic
 from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions
-from mrisr.io import Volume, cast_to_dtype, check_finite
+from mrisr.io import Volume, as_written, check_finite, default_output_dtype
+from mrisr.io.nifti_header import warn_if_orientation_unknown
 from mrisr.locks import study_lock
 from mrisr.metrics import evaluate, psnr
-from mrisr.outputs import Targets, read_sidecar, write_bids_description, write_volume
+from mrisr.outputs import (
+    Staging,
+    Targets,
+    commit_journal,
+    finish_commit,
+    standing_result,
+    write_volume,
+)
 from mrisr.transforms import Normalization
 
 log = logging.getLogger(__name__)
@@ -62,8 +72,9 @@ class StudyBatch:
     # Provided by Enhancer (array level); declared here for type checking only.
     enhance_array: Callable[..., tuple[np.ndarray, Normalization, dict[str, Any] | None]]
     default_factors: Callable[[int], tuple[int, int, int]]
-    _request: Callable[[EnhanceOptions, tuple[int, int, int]], dict[str, Any]]
-    _same_request: Callable[[Any, EnhanceOptions, tuple[int, int, int]], bool]
+    degradation: Callable[[EnhanceOptions], str]
+    _request: Callable[[EnhanceOptions, tuple[int, int, int], str], dict[str, Any]]
+    _request_differences: Callable[[Any, EnhanceOptions, tuple[int, int, int], str], list[str]]
 
     # -- studies ------------------------------------------------------------------------------------
     def process(
@@ -93,10 +104,16 @@ class StudyBatch:
                 )
             out_fmt = study.fmt if opts.fmt == "same" else opts.fmt
             targets = Targets.for_study(opts.out_dir, study, out_fmt)
-            for target in targets.all():  # left by a killed run (the lock keeps other writers away)
-                remove_temporaries(target)
-            # Not under this study's lock: only the temporaries of writers that are gone.
-            remove_temporaries(opts.out_dir / "dataset_description.json", all_of_them=False)
+            try:
+                # A commit that a killed run left half done is finished first (outputs.finish_commit).
+                finish_commit(commit_journal(opts.out_dir, study.id), opts.out_dir)
+                for target in {p for t in Targets.every_format(opts.out_dir, study) for p in t.all()}:
+                    remove_temporaries(target)  # left by a killed run (the lock keeps other writers away)
+                # Not under this study's lock: only the temporaries of writers that are gone.
+                remove_temporaries(opts.out_dir / "dataset_description.json", all_of_them=False)
+            except OSError as exc:
+                line = f"{opts.out_dir}: cannot finish or clean a previous run of {study.id} ({exc})"
+                return StudyResult(study, "failed", error=line)
             return self._process_locked(study, opts, out_fmt, targets, progress, loaded)
 
     def _process_locked(
@@ -111,33 +128,31 @@ class StudyBatch:
         t0 = time.perf_counter()
         factors = opts.scale or self.default_factors(opts.axis)
         out_path, sidecar = targets.output, targets.sidecar
-        if study.bids is not None and out_fmt == "nifti":
-            write_bids_description(opts.out_dir, str(self.checkpoint.arch.get("name", "")))
         try:
             if study.problem is not None:
                 raise UnreadableFileError(study.path, study.problem)
             in_sha = sha256_files(study.files)
-            old = read_sidecar(sidecar) if sidecar.exists() else None
-            if not opts.overwrite and (old is not None or out_path.exists()):
-                same = (
-                    old is not None
-                    and old.get("status") == "done"
-                    and old.get("input", {}).get("sha256") == in_sha
-                    and old.get("checkpoint", {}).get("sha256") == self.checkpoint.sha256
-                    and old.get("simulate", False) == opts.simulate
-                    and self._same_request(old.get("request"), opts, factors)
-                )
-                if same and out_path.exists():
+            old, old_sidecar = standing_result(opts.out_dir, study, targets)
+            if not opts.overwrite and old is not None:
+                diffs = [] if old.get("input", {}).get("sha256") == in_sha else ["input: another file (sha256)"]
+                diffs += self._request_differences(old.get("request"), opts, factors, out_fmt)
+                if not diffs and old_sidecar == sidecar and out_path.exists():
                     return StudyResult(study, "skipped", sidecar=sidecar, output=out_path)
                 # The same request whose output was deleted is simply made again (nothing to protect).
-                if old is not None and old.get("status") == "done" and not same:
+                if diffs:
                     raise OutputExistsError(
-                        out_path, "output exists (from another input, checkpoint or settings); use --overwrite"
+                        old_sidecar, f"done with another request ({'; '.join(diffs)}); use --overwrite to replace it"
                     )
-                # An output without a 'done' sidecar is what a killed run leaves: it is redone.
-            record = self._process(study, opts, factors, out_fmt, targets, in_sha, progress, loaded)
-            record["seconds"] = round(time.perf_counter() - t0, 3)
-            write_json_atomic(sidecar, record)
+            # An output without a 'done' sidecar is what a killed run leaves: it is redone.
+            staging = Staging()
+            try:
+                record = self._process(study, opts, factors, out_fmt, targets, in_sha, progress, loaded, staging)
+                record["seconds"] = round(time.perf_counter() - t0, 3)
+                stale = [p for t in Targets.every_format(opts.out_dir, study) for p in t.all()]
+                staging.commit(commit_journal(opts.out_dir, study.id), sidecar, record, stale)
+            except BaseException:
+                staging.discard()
+                raise
             return StudyResult(
                 study,
                 "done",
@@ -156,7 +171,8 @@ class StudyBatch:
             line = f"{where}: {reason}".splitlines()[0]
             log.debug("study %s failed", study.id, exc_info=True)
             seconds = round(time.perf_counter() - t0, 3)
-            if not isinstance(exc, OutputExistsError):
+            # A failure replaces no done result (a failed --overwrite leaves the old one, as a kill does).
+            if not isinstance(exc, OutputExistsError) and standing_result(opts.out_dir, study, targets)[0] is None:
                 self._write_failure(study, opts, sidecar, line, seconds)
             return StudyResult(study, "failed", seconds, error=line, sidecar=sidecar)
 
@@ -187,29 +203,29 @@ class StudyBatch:
         targets: Targets,
         in_sha: str,
         progress: Callable[[int], None] | None,
-        loaded: Future[Volume] | None = None,
+        loaded: Future[Volume] | None,
+        staging: Staging,
     ) -> dict[str, Any]:
+        """Make the study's outputs under ``staging``'s temporary names; returns the sidecar record."""
         out_path = targets.output
         vol = loaded.result() if loaded is not None else study.load()
         check_finite(vol.data, study.path)
+        warn_if_orientation_unknown(vol)
         if out_fmt == "dicom" and vol.data.ndim == 4:
             raise UnsupportedDataError(study.path, "4D data cannot be written as one DICOM series; use --format nifti")
-        out_dtype = np.dtype(opts.dtype) if opts.dtype else vol.dtype
+        out_dtype = np.dtype(opts.dtype) if opts.dtype else default_output_dtype(vol.dtype)
         metrics: dict[str, float] | None = None
         consistency: dict[str, float] | None = None
         extra_paths: dict[str, str] = {}
         figure_arrays: dict[str, np.ndarray | None] = {}
-        degradation = opts.degradation or str(self.checkpoint.meta.get("degradation", "bicubic"))
-        if degradation == "mixed":
-            degradation = "bicubic"
+        degradation = self.degradation(opts)
         if opts.simulate:
             ref_vol = crop_to_multiple(vol, factors)
             ref = np.asarray(ref_vol.data, dtype=np.float32)
             if float(ref.max()) == float(ref.min()):
                 raise UnsupportedDataError(study.path, "a constant image: --simulate has no data range to measure")
-            lr = degrade_frames(ref, factors, degradation)
-            if np.issubdtype(vol.dtype, np.integer):
-                lr = cast_to_dtype(lr, vol.dtype).astype(np.float32)
+            # The low-resolution scan as the input's type would store it (values, not whole units).
+            lr = as_written(degrade_frames(ref, factors, degradation), vol.dtype).astype(np.float32, copy=False)
             lr_affine = coarsen_affine(ref_vol.affine, factors)
             sr, norm, adapted = self.enhance_array(
                 lr,
@@ -221,9 +237,9 @@ class StudyBatch:
                 spacing=voxel_spacing(lr_affine),
                 progress=progress,
             )
-            sr_out = cast_to_dtype(sr, out_dtype)
+            sr_out = as_written(sr, out_dtype)  # what the file will hold: metrics are of the file
             bic = bicubic_frames(lr, ref.shape, float(lr.min()), float(lr.max()))
-            bic_out = cast_to_dtype(bic, out_dtype)
+            bic_out = as_written(bic, out_dtype)
 
             metrics = evaluate(
                 sr_out.astype(np.float64),  # a 4D study stays 4D: 3D SSIM filters each frame on its own
@@ -231,13 +247,13 @@ class StudyBatch:
                 ref.astype(np.float64),
                 scale=max(factors[0], factors[1]),
             )
-            out_vol = ref_vol.with_data(sr_out, ref_vol.affine)
+            out_vol = ref_vol.with_data(sr, ref_vol.affine)
             if opts.save_intermediates:
                 from mrisr.io.nifti import write_nifti
 
                 lr_path, bic_path = targets.lowres, targets.bicubic
-                write_nifti(ref_vol.with_data(cast_to_dtype(lr, out_dtype), lr_affine), lr_path, dtype=out_dtype)
-                write_nifti(ref_vol.with_data(bic_out, ref_vol.affine), bic_path, dtype=out_dtype)
+                write_nifti(ref_vol.with_data(lr, lr_affine), staging.path(lr_path), dtype=out_dtype)
+                write_nifti(ref_vol.with_data(bic, ref_vol.affine), staging.path(bic_path), dtype=out_dtype)
                 extra_paths = {"lowres": lr_path.name, "bicubic": bic_path.name}
             figure_arrays = {"reference": ref, "lowres": lr, "bicubic": bic_out, "sr": sr_out}
             lr_shape = list(lr.shape)
@@ -252,32 +268,37 @@ class StudyBatch:
                 spacing=vol.spacing,
                 progress=progress,
             )
-            sr_out = cast_to_dtype(sr, out_dtype)
-            del sr
-            out_vol = vol.with_data(sr_out, refine_affine(vol.affine, factors))
+            # The writer stores the float result itself (a scaling for integer types, see
+            # mrisr.io.encode_values); the checks below see the values as the file will hold them.
+            sr_out = as_written(sr, out_dtype)
+            out_vol = vol.with_data(sr, refine_affine(vol.affine, factors))
             lr = np.asarray(vol.data, dtype=np.float32)
             back = degrade_frames(sr_out, factors, degradation)
             rng = float(lr.max() - lr.min()) or 1.0
             consistency = {"psnr_lr": round(psnr(back, lr, data_range=rng), 4), "degradation": degradation}  # type: ignore[dict-item]
             figure_arrays = _middle_slices(lr, sr_out, factors, opts.axis)
+            del sr_out
             lr_shape = list(vol.data.shape)
         # The figure is drawn in a helper thread while the volume is compressed and written.
         figure = (
-            self._background.submit(self._figure, study, targets.figure, figure_arrays, metrics)
+            self._background.submit(self._figure, study, staging.path(targets.figure), figure_arrays, metrics)
             if opts.figure
             else None
         )
         try:
-            write_volume(out_vol, out_path, out_fmt, out_dtype)
-            figure_name = figure.result() if figure is not None else None
+            write_volume(
+                out_vol, staging.path(out_path), out_fmt, out_dtype, description=_description(factors, opts.simulate)
+            )
         except BaseException:
-            # A failed study has no figure: wait for the drawing (it must not land after the removal).
+            # The figure thread writes a staged file: wait for it, so that the discard removes it.
             if figure is not None:
                 with contextlib.suppress(Exception):
                     figure.result()
-                remove_path(targets.figure)
             raise
-        return {
+        made = figure is not None and figure.result() is not None
+        # Relative to the sidecar's folder (a BIDS derivative keeps its figures in sub-*/figures/).
+        figure_name = Path(os.path.relpath(targets.figure, targets.sidecar.parent)).as_posix() if made else None
+        record = {
             "study": study.id,
             "status": "done",
             "error": None,
@@ -301,7 +322,7 @@ class StudyBatch:
             "checkpoint": {"path": str(self.checkpoint.path), "sha256": self.checkpoint.sha256},
             "model": self.checkpoint.arch,
             "output_from": _output_from(adapted),
-            "request": self._request(opts, factors),
+            "request": self._request(opts, factors, out_fmt),
             "mrisr_version": __version__,
             "scale": list(factors),
             "axis": opts.axis,
@@ -317,6 +338,20 @@ class StudyBatch:
             "figure": figure_name,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        if study.bids is not None and out_fmt == "nifti":
+            record = {**self._bids_metadata(study, opts, factors, vol, out_vol), **record}
+        return record
+
+    def _bids_metadata(
+        self, study: Study, opts: EnhanceOptions, factors: tuple[int, int, int], vol: Volume, out_vol: Volume
+    ) -> dict[str, Any]:
+        """The BIDS half of a derivative's sidecar (:func:`mrisr.bids.derivative_metadata`)."""
+        assert study.bids is not None
+        root = study.path.parents[len(study.bids.parts) - 1]
+        link = write_description(opts.out_dir, root, str(self.checkpoint.arch.get("name", "")))
+        what = f"{_description(factors, opts.simulate)} of the source"
+        grids = ((vol.affine, vol.shape3), (out_vol.affine, out_vol.shape3))
+        return derivative_metadata(study.path, root, link, description=what, grids=grids)
 
     def _figure(
         self,
@@ -420,4 +455,10 @@ def _middle_slices(
         mid, (mid.shape[0] * factors[plane[0]], mid.shape[1] * factors[plane[1]], 1), float(mid.min()), float(mid.max())
     )
     sr_k = f * k + (f - 1) // 2
-    return {"reference": None, "lowres": mid, "bicubic": bic, "sr": hi[:, :, sr_k : sr_k + 1]}
+    return {"reference": None, "lowres": mid, "bicubic": bic, "sr": hi[:, :, sr_k : sr_k + 1].copy()}
+
+
+def _description(factors: tuple[int, int, int], simulate: bool) -> str:
+    """The output header's ``descrip``: mrisr's version and the scale (NIfTI keeps 80 bytes)."""
+    what = "SR of a simulated x" if simulate else "SR x"
+    return f"mrisr {__version__} {what}{'x'.join(map(str, factors))}"

@@ -15,7 +15,9 @@ Every reader returns, and every writer takes, a :class:`Volume`:
     coordinates in mm** (x to the Right, y to the Anterior, z to the Superior). DICOM is LPS+: the
     conversion ``RAS = diag(-1, -1, 1) · LPS`` happens in exactly one place, :mod:`mrisr.io.dicom`.
 ``dtype``
-    The on-disk data type, used by writers by default (integers are rounded and clipped to its range).
+    The on-disk data type (without the scaling), which writers use by default through
+    :func:`default_output_dtype`. A writer of an integer type stores real values with a scaling
+    computed from their range (:func:`encode_values`); it never rounds them to whole units.
 ``fmt``
     ``"nifti"`` or ``"dicom"``.
 ``meta``
@@ -146,4 +148,79 @@ def cast_to_dtype(data: np.ndarray, dtype: np.dtype | str, *, chunk: int = 16) -
         block = np.rint(arr[start : start + chunk])
         np.clip(block, info.min, info.max, out=block)
         out[start : start + chunk] = block
+    return out
+
+
+#: NIfTI-1 stores ``scl_slope`` and ``scl_inter`` as float32.
+_F32 = np.float32
+#: Share of an integer type's range left unused, so that float32 rounding of the intercept cannot
+#: push an extreme value out of the type's range.
+_HEADROOM = 1e-3
+
+
+def default_output_dtype(dtype: np.dtype | str) -> np.dtype:
+    """The on-disk type an SR result of data stored as ``dtype`` is written in when none is asked.
+
+    The input's own type, except 8-bit integers, which become ``int16``: 255 steps of a scaling
+    cannot hold a real-valued result to 60 dB (at best 20·log10(255·√12) = 58.9 dB).
+    """
+    dt = np.dtype(dtype)
+    return np.dtype(np.int16) if np.issubdtype(dt, np.integer) and dt.itemsize == 1 else dt
+
+
+def _integral(arr: np.ndarray, chunk: int) -> bool:
+    if np.issubdtype(arr.dtype, np.integer):
+        return True
+    return all(np.array_equal(b, np.rint(b)) for b in (arr[s : s + chunk] for s in range(0, arr.shape[0], chunk)))
+
+
+def encode_values(data: np.ndarray, dtype: np.dtype | str, *, chunk: int = 16) -> tuple[np.ndarray, float, float]:
+    """Stored values and the scaling ``(slope, inter)`` that hold ``data`` in ``dtype``:
+    ``data ≈ stored * slope + inter``.
+
+    Float types store the values as they are (slope 1, intercept 0). Integer types store whole
+    numbers that fit the type as they are; any other values with a slope and intercept (float32, as
+    NIfTI holds them) that map the data's range onto the type's whole range, so that the error is at
+    most half a slope: (max − min) / 131070 for ``int16``, whatever the input's scaling was.
+
+    Args:
+        data: Values in physical units, any shape.
+        dtype: The on-disk type.
+        chunk: Indices along axis 0 worked on at a time (no full-size float temporary is made).
+
+    Returns:
+        The stored array (of ``dtype``), slope and intercept.
+    """
+    dt = np.dtype(dtype)
+    arr = np.asarray(data)
+    if not np.issubdtype(dt, np.integer):
+        return (arr if arr.dtype == dt else arr.astype(dt)), 1.0, 0.0
+    info = np.iinfo(dt)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if info.min <= lo and hi <= info.max and _integral(arr, chunk):
+        return cast_to_dtype(arr, dt, chunk=chunk), 1.0, 0.0
+    if hi == lo:  # one value (not whole, or out of range): all in the intercept
+        return np.zeros(arr.shape, dtype=dt), 1.0, float(_F32(lo))
+    slope = float(_F32((hi - lo) / ((float(info.max) - float(info.min)) * (1.0 - _HEADROOM))))
+    mid_stored = (float(info.max) + float(info.min)) / 2.0
+    inter = float(_F32((hi + lo) / 2.0 - mid_stored * slope))
+    out = np.empty(arr.shape, dtype=dt)
+    for start in range(0, arr.shape[0], chunk):
+        block = np.rint((arr[start : start + chunk].astype(np.float64) - inter) / slope)
+        np.clip(block, info.min, info.max, out=block)
+        out[start : start + chunk] = block
+    return out, slope, inter
+
+
+def as_written(data: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """The values a reader gets back when ``data`` is written as ``dtype`` (:func:`encode_values`),
+    as float32 (float64 for float64); what metrics of a written output are computed on."""
+    dt = np.dtype(dtype)
+    stored, slope, inter = encode_values(data, dt)
+    if not np.issubdtype(dt, np.integer):
+        return stored
+    out = stored.astype(np.float32)
+    if slope != 1.0 or inter != 0.0:
+        out *= _F32(slope)
+        out += _F32(inter)
     return out

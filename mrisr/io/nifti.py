@@ -16,7 +16,8 @@ from nibabel.spatialimages import HeaderDataError
 
 from mrisr.errors import UnreadableFileError, UnsupportedDataError
 from mrisr.fsutil import atomic_path
-from mrisr.io import Volume, cast_to_dtype
+from mrisr.io import Volume, default_output_dtype, encode_values
+from mrisr.io.nifti_header import output_header
 
 log = logging.getLogger(__name__)
 
@@ -33,29 +34,64 @@ _READ_ERRORS = (
 )
 
 
-def _has_scaling(header: nib.Nifti1Header) -> bool:
-    slope, inter = header.get_slope_inter()
-    return slope is not None and (not np.isclose(slope, 1.0) or (inter is not None and not np.isclose(inter, 0.0)))
+#: Deflate cannot expand data more than about 1032-fold; a .gz file that would need more holds less
+#: than its header promises, whatever its gzip trailer says.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _gunzipped_bytes(path: Path, limit: int) -> int:
+    """Bytes that ``path`` decompresses to, counted up to ``limit`` in bounded chunks (no allocation
+    of the whole). Reads every member of a multi-member file (bgzip) and skips zero padding between
+    and after members, as Python's gzip module (and so nibabel) does."""
+    total = 0
+    dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    with open(path, "rb") as fh:
+        buf = b""
+        while total < limit:
+            if not buf:
+                buf = fh.read(1 << 20)
+                if not buf:
+                    break
+            if dec.eof:  # between members: zero padding, or the next member
+                buf = buf.lstrip(b"\0")
+                if not buf:
+                    continue
+                dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            total += len(dec.decompress(buf, 1 << 24))
+            buf = dec.unused_data if dec.eof else dec.unconsumed_tail
+    return total
 
 
 def _check_size(path: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> None:
     """Refuse a file that holds fewer bytes than its header promises, before memory is allocated
-    for them (a corrupt header can promise terabytes). A ``.gz`` is checked through its trailer
-    (the uncompressed size modulo 2³²), so only below 4 GiB.
+    for them (a corrupt header can promise terabytes), at any size.
+
+    A ``.gz`` file is refused at once when even deflate's best ratio could not make its size hold
+    the promise; it is accepted at once when its gzip trailer (the last member's size modulo 2³²)
+    shows enough; otherwise (several members as bgzip writes, zero padding, over 4 GiB) its
+    decompressed bytes are counted in bounded chunks up to the promised size.
 
     Raises:
         UnreadableFileError: The file is too short for the header's shape and data type.
     """
     offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))
     need = offset + math.prod(img.shape) * img.get_data_dtype().itemsize
-    if path.name.lower().endswith(".gz"):
-        if need >= 1 << 32:
-            return
+    size = path.stat().st_size
+    if not path.name.lower().endswith(".gz"):
+        have = size
+    elif need > _MAX_DEFLATE_RATIO * size + 4096:
+        raise UnreadableFileError(
+            path,
+            f"truncated file (its header promises {need} bytes of header and voxels; "
+            f"{size} compressed bytes cannot hold more than {_MAX_DEFLATE_RATIO * size})",
+        )
+    else:
         with open(path, "rb") as fh:
             fh.seek(-4, os.SEEK_END)
-            have = int.from_bytes(fh.read(4), "little")
-    else:
-        have = path.stat().st_size
+            trailer = int.from_bytes(fh.read(4), "little")
+        if (trailer >= need) if need < 1 << 32 else (trailer == need % (1 << 32)):
+            return
+        have = _gunzipped_bytes(path, need)
     if have < need:
         raise UnreadableFileError(
             path, f"truncated file (its header promises {need} bytes of header and voxels, it holds {have})"
@@ -152,49 +188,43 @@ def read_nifti(path: str | Path) -> Volume:
     )
 
 
-def write_nifti(volume: Volume, path: str | Path, *, dtype: np.dtype | str | None = None) -> Path:
+def write_nifti(
+    volume: Volume,
+    path: str | Path,
+    *,
+    dtype: np.dtype | str | None = None,
+    description: str | None = None,
+) -> Path:
     """Write ``volume`` to ``path`` atomically (``.nii`` or ``.nii.gz``).
 
-    The affine goes into both sform and qform with the input's codes (``scanner`` when the input had
-    none); the other header fields of the input (units, intent, description, the time step) are kept.
+    Values: written as ``dtype`` by :func:`mrisr.io.encode_values`; real values in an integer type
+    get a slope and intercept computed from their range (never rounded to whole units).
+    Header: :func:`mrisr.io.nifti_header.output_header` (qform and sform each mapped with their own
+    codes, codes 0 kept, slice timing cleared when the slice axis changed).
 
     Args:
         volume: The volume; ``volume.data`` in physical units.
         path: Target file.
-        dtype: On-disk type; default the input's (``volume.dtype``). Integer types are rounded and
-            clipped, except when the input stored scaled integers, where nibabel picks a new scaling so
-            that physical units are kept.
+        dtype: On-disk type; default :func:`mrisr.io.default_output_dtype` of ``volume.dtype``.
+        description: Text for the header's ``descrip`` (default: the input's).
 
     Returns:
         The path written.
     """
     out = Path(path)
-    dt = np.dtype(dtype) if dtype is not None else volume.dtype
+    dt = np.dtype(dtype) if dtype is not None else default_output_dtype(volume.dtype)
     src = volume.meta.get("header")
-    header = src.copy() if isinstance(src, nib.Nifti1Header) else nib.Nifti1Header()
-    if isinstance(header, nib.Nifti2Header):
-        header = nib.Nifti1Header.from_header(header)
-    scaled_input = isinstance(src, nib.Nifti1Header) and _has_scaling(src)
-    if np.issubdtype(dt, np.integer) and not scaled_input:
-        arr = cast_to_dtype(volume.data, dt)
-        header.set_slope_inter(1.0, 0.0)
-    elif np.issubdtype(dt, np.integer):
-        arr = np.asarray(volume.data, dtype=np.float64)
-        header.set_slope_inter(np.nan, np.nan)
-    else:
-        arr = np.asarray(volume.data).astype(dt, copy=False)
-        header.set_slope_inter(1.0, 0.0)
+    header = output_header(
+        src if isinstance(src, nib.Nifti1Header) else None,
+        volume.affine,
+        volume.data.shape,
+        description=description,
+    )
+    stored, slope, inter = encode_values(volume.data, dt)
     header.set_data_dtype(dt)
-    sform_code = int(header["sform_code"]) or 1
-    qform_code = int(header["qform_code"]) or 1
-    img = nib.Nifti1Image(arr, volume.affine, header=header)
-    img.set_sform(volume.affine, code=sform_code)
-    img.set_qform(volume.affine, code=qform_code)
-    if arr.ndim == 4:
-        zooms = list(img.header.get_zooms())
-        if isinstance(src, nib.Nifti1Header) and len(src.get_zooms()) >= 4:
-            zooms[3] = src.get_zooms()[3]
-        img.header.set_zooms(zooms)
+    img = nib.Nifti1Image(stored, None, header=header)
+    # The constructor resets the scaling; set after it, it is written as it is (nibabel computes none).
+    img.header.set_slope_inter(slope, inter)
     with atomic_path(out) as tmp:
         nib.save(img, str(tmp))
     log.debug("wrote %s", out)
