@@ -62,6 +62,11 @@ class OutputExistsError(MrisrError):
     """An output exists and ``overwrite`` was not requested."""
 
 
+class OutputBlockedError(MrisrError):
+    """Something mrisr does not write stands at an output's path (a folder where a NIfTI file goes,
+    a file where a DICOM series folder goes): it is left alone and the study fails."""
+
+
 class NonFiniteOutputError(MrisrError):
     """The network gave NaN or infinite values for a study (overflowing weights, a broken checkpoint);
     ``path`` is the checkpoint, the study is named by whoever processes it."""

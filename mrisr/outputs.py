@@ -23,6 +23,7 @@ import numpy as np
 
 from mrisr.bids import figures_folder
 from mrisr.discovery import Study
+from mrisr.errors import OutputBlockedError
 from mrisr.fsutil import remove_path, temp_sibling, write_json_atomic
 from mrisr.io import Volume, nifti_stem
 
@@ -151,6 +152,12 @@ class Staging:
     def commit(self, journal: Path, sidecar: Path, record: dict[str, Any], stale: Iterable[Path]) -> None:
         """Put the staged files and the sidecar ``record`` in place and remove the ``stale`` paths
         that the new result does not write (an old output of another format, an old figure)."""
+        for staged, final in self.moves:
+            # A DICOM series replaces a series folder, a file a file: anything else at a final path
+            # was not written by mrisr (a kill leaves neither), so it is not removed.
+            kind_differs = final.exists() and (final.is_dir() and not final.is_symlink()) != staged.is_dir()
+            if staged.exists() and kind_differs:
+                raise OutputBlockedError(final, "a file or folder that mrisr did not write stands at this output path")
         staged_sidecar = temp_sibling(sidecar)
         write_json_atomic(staged_sidecar, record)
         finals = {final for _, final in self.moves} | {sidecar}

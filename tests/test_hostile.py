@@ -558,6 +558,7 @@ def test_a_failed_study_leaves_no_figure_and_its_reason_is_not_cut(
     err = capsys.readouterr().err
     assert json.loads((out / ("a" * 60 + "_sr.json")).read_text())["status"] == "failed"
     assert not (out / ("a" * 60 + "_compare.png")).exists()
+    assert (blocker / "inside").is_dir()  # what mrisr did not write is left alone
     assert "…" not in err  # rich's ellipsis: nothing of the table is cut off
 
 
