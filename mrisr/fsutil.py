@@ -58,7 +58,9 @@ FOREIGN_TMP_AFTER_S = 3600.0
 def remove_temporaries(target: Path, *, all_of_them: bool = True) -> list[Path]:
     """Remove the temporaries of ``target`` that killed writers left (``.<name>.mrisr-tmp-*``).
 
-    Names are compared as strings, not as glob patterns (a name may hold ``[``, ``*`` or ``?``).
+    Names are compared as strings, not as glob patterns (a name may hold ``[``, ``*`` or ``?``). The
+    temporary of a temporary (``..<name>.mrisr-tmp-*.mrisr-tmp-*``: a writer's own atomic write of a
+    staged file) counts too.
 
     Args:
         target: The final path whose temporaries to remove.
@@ -71,15 +73,21 @@ def remove_temporaries(target: Path, *, all_of_them: bool = True) -> list[Path]:
         The paths removed.
     """
     prefix = f".{target.name}{TMP_MARK}"
+    dots = len(target.name) - len(target.name.lstrip("."))
+    bare = target.name.lstrip(".") + TMP_MARK
+
+    def nested(n: str) -> bool:  # one or more extra leading dots
+        return len(n) - len(n.lstrip(".")) > dots and n.lstrip(".").startswith(bare)
+
     try:
-        names = [n for n in os.listdir(target.parent) if n.startswith(prefix)]
+        names = [n for n in os.listdir(target.parent) if n.startswith(prefix) or nested(n)]
     except OSError:
         return []
     removed = []
     for name in names:
         tmp = target.parent / name
         if not all_of_them:
-            pid, _, rest = name[len(prefix) :].partition("-")
+            pid, _, rest = name.lstrip(".")[len(bare) :].partition("-")
             ours = pid.isdigit() and rest.startswith(host_tag() + "-")
             try:
                 old = time.time() - tmp.lstat().st_mtime > FOREIGN_TMP_AFTER_S

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mrisr import faults
 from mrisr.bids import figures_folder
 from mrisr.discovery import Study
 from mrisr.errors import OutputBlockedError
@@ -180,6 +181,7 @@ def _inside(path: Path, root: Path) -> bool:
 def _move(staged: Path, final: Path) -> None:
     if not staged.exists():
         return  # done before the kill
+    faults.point("commit.before-move")
     if staged.is_dir() and final.exists():
         old = temp_sibling(final)  # a temporary name: removed at the next start if killed here
         final.rename(old)

@@ -107,10 +107,12 @@ class StudyBatch:
             try:
                 # A commit that a killed run left half done is finished first (outputs.finish_commit).
                 finish_commit(commit_journal(opts.out_dir, study.id), opts.out_dir)
-                for target in {p for t in Targets.every_format(opts.out_dir, study) for p in t.all()}:
+                own = {p for t in Targets.every_format(opts.out_dir, study) for p in t.all()}
+                for target in own | {commit_journal(opts.out_dir, study.id)}:
                     remove_temporaries(target)  # left by a killed run (the lock keeps other writers away)
                 # Not under this study's lock: only the temporaries of writers that are gone.
-                remove_temporaries(opts.out_dir / "dataset_description.json", all_of_them=False)
+                for shared in ("dataset_description.json", ".bidsignore"):
+                    remove_temporaries(opts.out_dir / shared, all_of_them=False)
             except OSError as exc:
                 line = f"{opts.out_dir}: cannot finish or clean a previous run of {study.id} ({exc})"
                 return StudyResult(study, "failed", error=line)
