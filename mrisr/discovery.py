@@ -55,6 +55,16 @@ class Study:
     bids: Path | None = None
     problem: str | None = None
 
+    @property
+    def location(self) -> str:
+        """Where the study's files are, for a message: the file, the series' folder, or, for a series
+        spread over several folders, those folders and the number of files."""
+        folders = sorted({str(f.parent) for f in self.files})
+        if self.fmt == "nifti" or len(folders) <= 1:
+            return str(self.path)
+        shown = ", ".join(folders[:4]) + (f" and {len(folders) - 4} more" if len(folders) > 4 else "")
+        return f"{len(self.files)} files in {shown}"
+
     def load(self) -> Volume:
         """Read the study into a :class:`~mrisr.io.Volume`.
 

@@ -68,8 +68,9 @@ def info(
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from mrisr.cli.console import make_console
 
     table = Table(title=f"{len(rows)} {'study' if len(rows) == 1 else 'studies'}")
     table.add_column("id", overflow="fold")
@@ -90,4 +91,4 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             ", ".join(f"{v:.1f}" for v in origin),
             r["path"],
         )
-    Console().print(table)
+    make_console().print(table)  # not a terminal: full width, ids and paths never cut
