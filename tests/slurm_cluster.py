@@ -212,6 +212,11 @@ class SlurmCluster:
         queue = self.run(["squeue", "-o", "%i %T %R"], check=False).stdout
         raise TimeoutError(f"job {job_id} did not end in {timeout} s; sacct {rows}; squeue:\n{queue}")
 
+    def last_job_id(self) -> int:
+        """The highest job id sacct knows (0 before the first job)."""
+        ids = self.run(["sacct", "-X", "-n", "-P", "-a", "-S", "2020-01-01", "--format=JobIDRaw"]).stdout.split()
+        return max((int(i) for i in ids if i.isdigit()), default=0)
+
     def state(self, job_id: str) -> str:
         """The job's current state from squeue (``""`` when no longer queued)."""
         return self.run(["squeue", "-h", "-j", job_id, "-o", "%T"], check=False).stdout.strip()
@@ -389,6 +394,8 @@ def _start_all(c: SlurmCluster) -> None:
                 f"SlurmdPort={slurmd_port}",
                 *common,
                 "SlurmdUser=root",
+                # A requeued job may start again after the credential lifetime (default 120 s).
+                "AuthInfo=cred_expire=10",
                 "CredType=cred/munge",
                 # No cgroups in a container: processes are tracked through /proc, tasks are not bound.
                 "ProctrackType=proctrack/linuxproc",
@@ -396,6 +403,8 @@ def _start_all(c: SlurmCluster) -> None:
                 "SelectType=select/cons_tres",
                 "SelectTypeParameters=CR_CPU_Memory",
                 "SchedulerType=sched/backfill",
+                # Scheduling passes every 2 s (a requeued job starts soon after it is eligible).
+                "SchedulerParameters=sched_interval=2,bf_interval=2",
                 "MpiDefault=none",
                 "ReturnToService=2",
                 "SlurmdParameters=config_overrides",
