@@ -65,6 +65,11 @@ class Study:
         shown = ", ".join(folders[:4]) + (f" and {len(folders) - 4} more" if len(folders) > 4 else "")
         return f"{len(self.files)} files in {shown}"
 
+    def where(self, path: str | Path | None) -> str:
+        """The file an error names, for a message; the study's :attr:`location` when the error names
+        none or the study's own folder (which, for a series in sibling folders, may be ``.``)."""
+        return str(path) if path is not None and Path(path) != self.path else self.location
+
     def load(self) -> Volume:
         """Read the study into a :class:`~mrisr.io.Volume`.
 

@@ -43,10 +43,14 @@ def info(
         try:
             vol = study.load()
         except (MrisrError, OSError) as exc:
-            typer.echo(f"error: {exc}", err=True)
+            if isinstance(exc, MrisrError):
+                line = f"{study.where(exc.path)}: {exc.reason}"
+            else:
+                line = f"{study.location}: {exc.strerror or exc}"
+            typer.echo(f"error: {study.id}: {line}", err=True)
             failed += 1
             if as_json:
-                rows.append({"id": study.id, "format": study.fmt, "path": str(study.path), "error": str(exc)})
+                rows.append({"id": study.id, "format": study.fmt, "path": str(study.path), "error": line})
             continue
         rows.append(
             {

@@ -167,7 +167,9 @@ class StudyBatch:
             # Specific errors carry the file and a reason; anything else (a library raising an
             # exception type we do not know) still fails this study alone, with its type named.
             reason = exc.reason if isinstance(exc, MrisrError) else plain_numbers(f"{type(exc).__name__}: {exc}")
-            where = str(exc.path) if isinstance(exc, MrisrError) and exc.path is not None else study.location
+            # A file named by the error, else the study's own files (for a series spread over several
+            # folders, those folders: its common folder alone, maybe ".", would name nothing).
+            where = study.where(exc.path if isinstance(exc, MrisrError) else None)
             if isinstance(exc, NonFiniteOutputError):  # about the checkpoint, but for this study
                 where, reason = study.location, f"{reason} (checkpoint {exc.path})"
             line = f"{where}: {reason}".splitlines()[0]
