@@ -179,19 +179,27 @@ def test_snakemake_slurm_profile_runs_to_the_end_with_site_settings_from_the_con
     assert slurm.last_job_id() == before + 4  # the rerun submitted nothing
 
 
-@pytest.mark.parametrize("how", ["signal", "requeue"])
-def test_a_preempted_array_task_resumes_to_the_outputs_of_a_clean_run(
-    slurm: SlurmCluster, tmp_path: Path, how: str
-) -> None:
-    data, ckpt = _cohort(tmp_path, 4, shape=(48, 48, 6), bad=False)
-    args = [str(data), "--checkpoint", str(ckpt), *FAST, "--ensemble", "8"]  # about 3 s a study
-    ref = tmp_path / "ref"
+@pytest.fixture(scope="module")
+def preempt_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
+    """Four studies of about 3 s each, the ``mrisr enhance`` arguments, and a clean run's outputs."""
+    root = tmp_path_factory.mktemp("preempt")
+    data, ckpt = _cohort(root, 4, shape=(48, 48, 6), bad=False)
+    args = [str(data), "--checkpoint", str(ckpt), *FAST, "--ensemble", "8"]
+    ref = root / "ref"
     clean = subprocess.run(
         [*MRISR.split(), "enhance", args[0], "--out", str(ref), *args[1:], "--threads", "1"],
         capture_output=True,
         text=True,
     )
     assert clean.returncode == 0, clean.stderr
+    return args, ref
+
+
+@pytest.mark.parametrize("how", ["signal", "requeue"])
+def test_a_preempted_array_task_resumes_to_the_outputs_of_a_clean_run(
+    slurm: SlurmCluster, tmp_path: Path, how: str, preempt_cohort: tuple[list[str], Path]
+) -> None:
+    args, ref = preempt_cohort
     out = tmp_path / "out"
     log = tmp_path / "enhance.log"
     jid = slurm.sbatch(

@@ -53,7 +53,7 @@ def make_console(*, stderr: bool = False) -> Console:
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    if is_terminal(stream) or os.environ.get("COLUMNS"):
+    if is_terminal(stream):
         return Console(stderr=stderr)
     return Console(stderr=stderr, width=LOG_WIDTH, color_system=None, highlight=False)
 
