@@ -55,6 +55,21 @@ class Study:
     bids: Path | None = None
     problem: str | None = None
 
+    @property
+    def location(self) -> str:
+        """Where the study's files are, for a message: the file, the series' folder, or, for a series
+        spread over several folders, those folders and the number of files."""
+        folders = sorted({str(f.parent) for f in self.files})
+        if self.fmt == "nifti" or len(folders) <= 1:
+            return str(self.path)
+        shown = ", ".join(folders[:4]) + (f" and {len(folders) - 4} more" if len(folders) > 4 else "")
+        return f"{len(self.files)} files in {shown}"
+
+    def where(self, path: str | Path | None) -> str:
+        """The file an error names, for a message; the study's :attr:`location` when the error names
+        none or the study's own folder (which, for a series in sibling folders, may be ``.``)."""
+        return str(path) if path is not None and Path(path) != self.path else self.location
+
     def load(self) -> Volume:
         """Read the study into a :class:`~mrisr.io.Volume`.
 

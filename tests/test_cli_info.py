@@ -59,7 +59,7 @@ def test_failed_study_is_an_error_line_and_exit_1(
     assert [(s["id"], "error" in s) for s in json.loads(captured.out)] == [("bad", True), ("good", False)]
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(f"error: {bad}: ")
+    assert lines[0].startswith(f"error: bad: {bad}: ")  # the study id, then the file
 
 
 def test_table_shows_id_shape_and_spacing(

@@ -10,6 +10,10 @@ others were processed); 2 usage error (bad options, checkpoint or output folder:
 4 some studies were not processed because another process holds their lock (no sidecar: a rerun does
 them; workflow managers must not take them as done, as they may take 1).
 The most urgent code wins: 3, then 4, then 1.
+
+The global options ``--debug``, ``--quiet`` and ``--verbose`` may also be given after the command
+(``mrisr enhance ... --debug``); ``-h`` is ``--help`` everywhere. When stdout is not a terminal, help
+is plain text (nothing cut at 80 columns); see :mod:`mrisr.cli.console` for the other output.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ app = typer.Typer(
     help="Super-resolution of MRI studies (NIfTI and DICOM) with SRCNN-family networks (ESPCN by default).",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 
@@ -53,16 +58,22 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only error lines (no progress, no summary)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also the library's informational log lines."),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """Super-resolution of MRI studies (NIfTI and DICOM) with SRCNN-family networks (ESPCN by default)."""
-    state.debug = debug
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    from mrisr.cli.console import NORMAL, QUIET, VERBOSE, output
+
+    if quiet and (verbose or debug):
+        raise fail("--quiet cannot be combined with --verbose or --debug")
+    state.debug = output.debug = debug
+    output.verbosity = QUIET if quiet else VERBOSE if verbose else NORMAL
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)  # also when called again in one process (tests)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -84,10 +95,31 @@ def _register() -> None:
 _register()
 
 
+#: Options of the root command that are accepted after the command too.
+GLOBAL_FLAGS = frozenset({"--debug", "--quiet", "-q", "--verbose", "-v"})
+
+
+def hoist_global_flags(args: Sequence[str]) -> list[str]:
+    """Move the global flags given after the command in front of it (up to a ``--``)."""
+    argv = list(args)
+    cmd = next((k for k, a in enumerate(argv) if not a.startswith("-")), None)
+    if cmd is None:
+        return argv
+    end = argv.index("--") if "--" in argv[cmd:] else len(argv)
+    moved = [a for a in argv[cmd + 1 : end] if a in GLOBAL_FLAGS]
+    rest = [a for a in argv[cmd + 1 : end] if a not in GLOBAL_FLAGS]
+    return [*argv[:cmd], *moved, argv[cmd], *rest, *argv[end:]]
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Run the CLI with ``args`` (default ``sys.argv[1:]``) and return the exit code."""
+    from mrisr.cli.console import is_terminal
+
+    # Help and usage errors as plain text when not at a terminal: rich would cut them at 80 columns.
+    app.rich_markup_mode = "rich" if is_terminal(sys.stdout) else None
+    argv = hoist_global_flags(sys.argv[1:] if args is None else args)
     try:
-        app(args=list(args) if args is not None else None, prog_name="mrisr", standalone_mode=True)
+        app(args=argv, prog_name="mrisr", standalone_mode=True)
     except SystemExit as exc:
         code = exc.code
         return int(code) if isinstance(code, int) else (0 if code is None else 1)

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from mrisr.discovery import Study
     from mrisr.enhance import EnhanceOptions, Enhancer, StudyResult
 
-from mrisr.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
+from mrisr.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail
+from mrisr.cli.console import QUIET, available_cpus, live, log_line, make_console, output
 
 
 @app.command()
@@ -90,9 +91,21 @@ def enhance(
         str | None,
         typer.Option(help="Process shard I/N (0-based) only. Default: SLURM_ARRAY_TASK_ID/_COUNT when set."),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="CPU threads of the network. Default: SLURM_CPUS_PER_TASK, else the CPUs this process may use.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Super-resolve studies onto a finer grid, in the same place and the same units."""
+    """Super-resolve studies onto a finer grid, in the same place and the same units.
+
+    Without a terminal (a log file), one timestamped line is written per study as it starts and ends.
+    """
     import numpy as np
+    import torch
 
     from mrisr.adapt import AdaptConfig
     from mrisr.discovery import find_studies
@@ -158,6 +171,7 @@ def enhance(
         run = RunOptions(device=dev, batch_size=batch_size, amp=amp, ensemble=ensemble)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    torch.set_num_threads(threads or available_cpus())
     try:
         enhancer = Enhancer(ckpt, run)
         enhancer.check_factors(factors or enhancer.default_factors(axis), axis)
@@ -184,8 +198,9 @@ def enhance(
         failed = [r for r in results if r.status == "failed"]
         locked = [r for r in results if r.status == "locked"]  # not done by this run, no sidecar
         for r in failed + locked:
-            typer.echo(f"error: {r.error}", err=True)
-        _summary(results)
+            typer.echo(f"error: {r.study.id}: {r.error}", err=True)
+        if output.verbosity > QUIET:
+            _summary(results)
         if stop:
             how = " (again: the study in progress was abandoned)" if stop.abandoned else ""
             typer.echo(
@@ -199,8 +214,24 @@ def enhance(
 def _run_with_progress(
     enhancer: Enhancer, studies: list[Study], opts: EnhanceOptions, stop: StopFlag, results: list[StudyResult]
 ) -> None:
-    """Run the batch with a progress bar; each study's result is appended to ``results`` when it is
-    known (so that they survive an abandoned study)."""
+    """Run the batch with a live display at a terminal, else with one line per study start and end;
+    each study's result is appended to ``results`` when it is known (so that they survive an
+    abandoned study)."""
+    if not live():
+        n = len(studies)
+
+        def log_done(res: StudyResult) -> None:
+            results.append(res)
+            log_line(study_line(res))
+
+        enhancer.enhance(
+            studies,
+            opts,
+            on_start=lambda study, k: log_line(f"start {study.id} ({k + 1}/{n}) {study.location}"),
+            on_done=log_done,
+            should_stop=lambda: bool(stop),
+        )
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -209,7 +240,7 @@ def _run_with_progress(
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         transient=True,
-        disable=state.debug,
+        console=make_console(stderr=True),
     ) as bar:
         t_studies = bar.add_task("studies", total=len(studies))
         t_slices = bar.add_task("slices", total=None)
@@ -231,8 +262,27 @@ def _run_with_progress(
         )
 
 
+def study_line(res: StudyResult) -> str:
+    """The log line of a finished study: status, id, seconds, what made the output, the gain if measured.
+
+    For example ``done sub-01_T1w 12.3 s by network PSNR +2.13 dB over bicubic``, or
+    ``failed bad 0.1 s: data/bad.nii.gz: 1 NaN/Inf voxels of 432``.
+    """
+    head = f"{res.status} {res.study.id} {res.seconds:.1f} s"
+    if res.status == "failed":
+        return f"{head}: {res.error}"
+    if res.status != "done":
+        return f"{head}: {res.error}" if res.error else head
+    parts = [head, f"by {res.output_from}" if res.output_from else ""]
+    if res.fallback:
+        parts.append(f"(adaptation rejected: fell back to {res.fallback})")
+    m = res.metrics or {}
+    if "psnr_sr" in m and "psnr_bicubic" in m:
+        parts.append(f"PSNR {m['psnr_sr'] - m['psnr_bicubic']:+.2f} dB over bicubic ({m['psnr_sr']:.2f} dB)")
+    return " ".join(p for p in parts if p)
+
+
 def _summary(results: list[StudyResult]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="mrisr enhance")
@@ -248,7 +298,7 @@ def _summary(results: list[StudyResult]) -> None:
             f"{m['psnr_sr']:.2f}" if "psnr_sr" in m else "",
             str(r.output.name if r.output else "") if r.status not in ("failed", "locked") else str(r.error),
         )
-    Console(stderr=True).print(table)
+    make_console(stderr=True).print(table)
 
 
 __all__ = ["EXIT_USAGE", "enhance"]

@@ -43,10 +43,14 @@ def info(
         try:
             vol = study.load()
         except (MrisrError, OSError) as exc:
-            typer.echo(f"error: {exc}", err=True)
+            if isinstance(exc, MrisrError):
+                line = f"{study.where(exc.path)}: {exc.reason}"
+            else:
+                line = f"{study.location}: {exc.strerror or exc}"
+            typer.echo(f"error: {study.id}: {line}", err=True)
             failed += 1
             if as_json:
-                rows.append({"id": study.id, "format": study.fmt, "path": str(study.path), "error": str(exc)})
+                rows.append({"id": study.id, "format": study.fmt, "path": str(study.path), "error": line})
             continue
         rows.append(
             {
@@ -68,8 +72,9 @@ def info(
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from mrisr.cli.console import make_console
 
     table = Table(title=f"{len(rows)} {'study' if len(rows) == 1 else 'studies'}")
     table.add_column("id", overflow="fold")
@@ -90,4 +95,4 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             ", ".join(f"{v:.1f}" for v in origin),
             r["path"],
         )
-    Console().print(table)
+    make_console().print(table)  # not a terminal: full width, ids and paths never cut

@@ -30,10 +30,10 @@ def report(
 
     Exit code 1 when any study failed, 2 when OUT is missing or holds no sidecar.
     """
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    from mrisr.cli.console import make_console
     from mrisr.report import NoSidecarsError, build_report
 
     try:
@@ -56,7 +56,7 @@ def report(
         _pm(res.gain_db_mean, res.gain_db_sd, 2),
         _pm(res.ssim_gain_mean, res.ssim_gain_sd, 4),
     )
-    console = Console()
+    console = make_console()
     console.print(table)
     for study, reason in res.failures[:20]:
         console.print(f"[red]failed[/red] {escape(study)}: {escape(reason)}", highlight=False)

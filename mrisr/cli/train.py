@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from mrisr.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, app, fail
+from mrisr.cli.console import available_cpus, live, log_line, make_console
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -56,7 +57,12 @@ def train(
         float, typer.Option(min=0.0, max=1.0, help="Share of patches with tissue contrast inverted in the head.")
     ] = 0.5,
     augment: Annotated[bool, typer.Option(help="Flips, rotations, gamma, intensity scaling, noise.")] = True,
-    threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Torch CPU threads. Default: SLURM_CPUS_PER_TASK, else the CPUs this process may use."
+        ),
+    ] = None,
     through_plane: Annotated[
         bool,
         typer.Option(
@@ -65,8 +71,7 @@ def train(
     ] = False,
 ) -> None:
     """Train an SRCNN on degraded/original patch pairs; writes best.pt, last.pt, metrics.csv, curves.png."""
-    import logging
-
+    import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from mrisr.batch import StopFlag
@@ -74,10 +79,7 @@ def train(
     from mrisr.inference import resolve_device
     from mrisr.models import ESPCNConfig, SRCNNConfig
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or available_cpus())
     from mrisr.training import Callbacks, TrainConfig
     from mrisr.training import train as run_training
 
@@ -132,8 +134,9 @@ def train(
         raise fail(f"--resume: {out / 'last.pt'} does not exist")
     if not resume and (out / "last.pt").exists():
         raise fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    logging.getLogger("mrisr.training").setLevel(logging.INFO)
     main_rank = int(os.environ.get("RANK", 0)) == 0
+    # One line per epoch, written here only (the library's own epoch log line is for --verbose).
+    show_bar = main_rank and live()
     progress = Progress(
         TextColumn("[bold]train"),
         BarColumn(),
@@ -142,19 +145,34 @@ def train(
         TextColumn("{task.fields[val]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        disable=not main_rank,
+        disable=not show_bar,
+        console=make_console(stderr=True),
     )
     task = progress.add_task("train", total=None, loss=float("nan"), val="")
+    total_steps = [0]
+
+    def on_start(first: int, total: int) -> None:
+        total_steps[0] = total
+        progress.update(task, completed=first, total=total)
+        if main_rank and not show_bar:
+            log_line(f"train {'resumes at' if first else 'starts:'} step {first} of {total} in {out}")
 
     def on_epoch(row: dict[str, float]) -> None:
+        if not main_rank:
+            return
+        val = ""
         if "val_psnr_sr" in row:
             val = f"val PSNR {row['val_psnr_sr']:.2f} dB (bicubic {row['val_psnr_bicubic']:.2f})"
             progress.update(task, val=val)
-            progress.console.print(f"epoch {row['epoch']:.2f}: loss {row['loss']:.5f}, {val}")
+        line = f"epoch {row['epoch']:.2f} step {int(row['step'])}/{total_steps[0]} loss {row['loss']:.5f} {val}"
+        if show_bar:
+            progress.console.print(line.rstrip(), highlight=False)
+        else:
+            log_line(line.rstrip())
 
     stop = StopFlag("the current step")
     callbacks = Callbacks(
-        on_start=lambda first, total: progress.update(task, completed=first, total=total),
+        on_start=on_start,
         on_step=lambda step, value: progress.update(task, completed=step, loss=value),
         on_epoch=on_epoch,
         should_stop=lambda: bool(stop),

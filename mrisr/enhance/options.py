@@ -67,7 +67,11 @@ class EnhanceOptions:
 @dataclass
 class StudyResult:
     """Outcome of one study: ``status`` is ``done``, ``skipped``, ``failed`` or ``locked`` (another
-    process holds its lock: not done by this run, no sidecar written; ``error`` names the holder)."""
+    process holds its lock: not done by this run, no sidecar written; ``error`` names the holder).
+
+    ``output_from`` (done studies) says what made the output: ``network``, ``adapted network`` or
+    ``bicubic``; ``fallback`` names what was used instead when an adaptation was rejected.
+    """
 
     study: Study
     status: str
@@ -76,6 +80,8 @@ class StudyResult:
     sidecar: Path | None = None
     output: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    output_from: str | None = None
+    fallback: str | None = None
 
 
 #: The shipped network used when no checkpoint is given: ESPCN, faster (5× fewer operations) and

@@ -162,14 +162,18 @@ class StudyBatch:
                 sidecar=sidecar,
                 output=out_path,
                 metrics=record.get("metrics") or {},
+                output_from=record.get("output_from"),
+                fallback=(record.get("adapt") or {}).get("fallback"),
             )
         except Exception as exc:
             # Specific errors carry the file and a reason; anything else (a library raising an
             # exception type we do not know) still fails this study alone, with its type named.
             reason = exc.reason if isinstance(exc, MrisrError) else plain_numbers(f"{type(exc).__name__}: {exc}")
-            where = str(exc.path) if isinstance(exc, MrisrError) and exc.path is not None else str(study.path)
+            # A file named by the error, else the study's own files (for a series spread over several
+            # folders, those folders: its common folder alone, maybe ".", would name nothing).
+            where = study.where(exc.path if isinstance(exc, MrisrError) else None)
             if isinstance(exc, NonFiniteOutputError):  # about the checkpoint, but for this study
-                where, reason = str(study.path), f"{reason} (checkpoint {exc.path})"
+                where, reason = study.location, f"{reason} (checkpoint {exc.path})"
             line = f"{where}: {reason}".splitlines()[0]
             log.debug("study %s failed", study.id, exc_info=True)
             seconds = round(time.perf_counter() - t0, 3)

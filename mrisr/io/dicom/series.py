@@ -76,7 +76,9 @@ def group_dicom_series(
         paths = sorted({m.path for m in members})
         folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
         first = members[0]
-        label = "_".join(s for s in (folder.name, first.number, first.description) if s)
+        # Slices in sibling folders given relatively ("a", "b") have the common folder "": name the
+        # folder they are in, not nothing (the id would be only the series number and a hash).
+        label = "_".join(s for s in (folder.name or folder.resolve().name, first.number, first.description) if s)
         study_id = f"{sanitize_id(label, max_len=80)}_{short_hash(key)}"
         studies.append(
             Study(

@@ -1,0 +1,81 @@
+"""How the CLI writes: a live display for a person at a terminal, plain timestamped lines for a log file.
+
+A cluster job's output is a file, read later (often with ``grep``): there a line is written per
+event, each with its time, and nothing is ever cut. At a terminal, rich's live progress display is
+used instead. Tables are drawn at their full width when the stream is not a terminal (rich would
+otherwise assume 80 columns and cut ids and paths with an ellipsis).
+
+Verbosity: ``--quiet`` leaves only error lines and the final interruption line; ``--verbose`` adds
+the library's INFO log lines; ``--debug`` adds DEBUG lines and tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import IO, TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: Width of a console that does not write to a terminal: wide enough that no table is ever cut.
+LOG_WIDTH = 100_000
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+
+
+class _Output:
+    verbosity: int = NORMAL
+    debug: bool = False
+
+
+output = _Output()
+
+
+def is_terminal(stream: IO[str] | None = None) -> bool:
+    """Whether ``stream`` (default stderr) is a terminal."""
+    s = stream if stream is not None else sys.stderr
+    try:
+        return bool(s.isatty())
+    except (AttributeError, ValueError):  # closed, or a stream without isatty
+        return False
+
+
+def live() -> bool:
+    """Whether a live progress display is wanted: stderr is a terminal, not ``--quiet``/``--debug``."""
+    return is_terminal() and output.verbosity > QUIET and not output.debug
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console; when its stream is not a terminal, wide enough that nothing is cut and uncoloured."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    if is_terminal(stream):
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=LOG_WIDTH, color_system=None, highlight=False)
+
+
+def stamp() -> str:
+    """The local time as ``YYYY-MM-DD HH:MM:SS``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def log_line(text: str) -> None:
+    """One timestamped line on stderr (unless ``--quiet``), flushed at once for a log file."""
+    if output.verbosity > QUIET:
+        typer.echo(f"{stamp()} {text}", err=True)
+        sys.stderr.flush()
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: ``SLURM_CPUS_PER_TASK`` in a SLURM job, else the affinity mask's size."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
