@@ -102,6 +102,22 @@ def _encode(data: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float, float
     return stored, slope, inter
 
 
+def dicom_as_written(data: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """The values a reader gets back (stored × slope + intercept, float32) from a 3D ``data`` written
+    by :func:`write_dicom_series` for a study of type ``dtype``: what metrics of a DICOM output are
+    computed on (DICOM stores int16/uint16 by its own rule, not the NIfTI one of
+    :func:`mrisr.io.as_written`).
+
+    Raises:
+        UnsupportedDataError: Data with NaN or infinite values.
+    """
+    stored, slope, inter = _encode(np.asarray(data), np.dtype(dtype))
+    out = np.empty(stored.shape, dtype=np.float32)
+    for b in _blocks(stored):
+        out[:, :, b] = stored[:, :, b].astype(np.float64) * slope + inter
+    return out
+
+
 def _save(ds: Dataset, path: Path) -> None:
     """Write ``ds`` as a DICOM file (with preamble and file meta) under pydicom 2.4 or 3."""
     try:
