@@ -60,8 +60,8 @@ def _encode(data: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float, float
 def dicom_as_written(data: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
     """The values a reader gets back (stored × slope + intercept, float32) from a 3D ``data`` written
     by :func:`write_dicom_series` for a study of type ``dtype``: what metrics of a DICOM output are
-    computed on (DICOM stores int16/uint16 by its own rule, not the NIfTI one of
-    :func:`mrisr.io.as_written`).
+    computed on. The rule is that of :func:`mrisr.io.as_written`, but always in int16/uint16: a
+    float or 8-bit study's DICOM series holds other values than its NIfTI file would.
 
     Raises:
         UnsupportedDataError: Data with NaN or infinite values.
