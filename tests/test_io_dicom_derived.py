@@ -269,3 +269,17 @@ def test_dciodvfy_finds_no_error_in_a_series_made_from_nifti(
     ds = pydicom.dcmread(first)
     assert (ds.ScanningSequence, ds.SequenceVariant) == ("RM", "NONE")
     assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "OTHER"]
+
+
+@pytest.mark.parametrize(("high", "dtype"), [(3000.0, np.int16), (40.0, np.int16), (0.3, np.float32)])
+def test_dicom_as_written_is_what_a_reader_gets_back(
+    tmp_path: Path, rng: np.random.Generator, high: float, dtype: type
+) -> None:
+    """The values metrics of a DICOM output should be computed on: those the series holds."""
+    from mrisr.io.dicom import dicom_as_written
+
+    sr = rng.uniform(0.0, high, size=(16, 12, 3)).astype(np.float32)
+    vol = Volume(data=sr, affine=np.diag([0.5, 0.5, 2.0, 1.0]), dtype=np.dtype(dtype), fmt="dicom")
+    back = read_dicom_path(write_dicom_series(vol, tmp_path / "out"))
+    expect = dicom_as_written(sr, dtype)
+    np.testing.assert_allclose(np.asarray(back.data, dtype=np.float64), expect, rtol=1e-6, atol=1e-6)

@@ -30,12 +30,13 @@ from mrisr.io.dicom.common import LPS_TO_RAS
 from mrisr.io.dicom.read import read_dicom_path, read_dicom_series
 from mrisr.io.dicom.series import group_dicom_series
 from mrisr.io.dicom.source import DicomSource
-from mrisr.io.dicom.write import check_dicom_grid, write_dicom_series
+from mrisr.io.dicom.write import check_dicom_grid, dicom_as_written, write_dicom_series
 
 __all__ = [
     "LPS_TO_RAS",
     "DicomSource",
     "check_dicom_grid",
+    "dicom_as_written",
     "group_dicom_series",
     "read_dicom_path",
     "read_dicom_series",

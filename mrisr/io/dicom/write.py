@@ -15,7 +15,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from mrisr import __version__
 from mrisr.errors import UnsupportedDataError
 from mrisr.fsutil import atomic_path
-from mrisr.io import Volume
+from mrisr.io import Volume, encode_values
 from mrisr.io.dicom.common import CT_IMAGE_STORAGE, LPS_TO_RAS, MR_IMAGE_STORAGE, SECONDARY_CAPTURE_STORAGE
 from mrisr.io.dicom.derive import (
     derived_image_type,
@@ -30,76 +30,47 @@ from mrisr.io.dicom.source import DicomSource
 
 log = logging.getLogger(__name__)
 
-ROUNDING_MIN_PSNR = 70.0
-"""dB: float data of an integer study are stored as rounded integers only when the rounding error is
-at least this far below the data range (10 dB above the 60 dB at which no difference can be seen)."""
-
 _SHEAR_TOL = 1e-4  # |cos| of the angle between the row and column directions that counts as 90°
-
-
-def _sample(data: np.ndarray, target: int = 1_000_000) -> np.ndarray:
-    """A strided view of about ``target`` voxels of a 3D array (every ``n``-th along each axis)."""
-    step = max(1, int(np.ceil((data.size / target) ** (1.0 / 3.0))))
-    return data[::step, ::step, ::step]
 
 
 def _blocks(data: np.ndarray, chunk: int = 8) -> list[slice]:
     return [slice(start, start + chunk) for start in range(0, data.shape[2], chunk)]
 
 
-def _is_integral(data: np.ndarray) -> bool:
-    """True when every value is an integer (a sample first: a float result fails there at once)."""
-    if np.issubdtype(data.dtype, np.integer):
-        return True
-    sample = _sample(data)
-    if not np.array_equal(sample, np.rint(sample)):
-        return False
-    return all(np.array_equal(data[:, :, b], np.rint(data[:, :, b])) for b in _blocks(data))
-
-
-def _rounding_psnr(data: np.ndarray, lo: float, hi: float) -> float:
-    """PSNR (dB, over the data range ``hi - lo``, at least 1) of ``data`` rounded to integers,
-    estimated on a strided sample of about a million voxels."""
-    sample = np.asarray(_sample(data), dtype=np.float64)
-    mse = float(np.mean((np.rint(sample) - sample) ** 2)) if sample.size else 0.0
-    return float("inf") if mse == 0 else float(10.0 * np.log10(max(hi - lo, 1.0) ** 2 / mse))
-
-
 def _encode(data: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float, float]:
     """Stored integers and (slope, intercept) such that ``data ≈ stored * slope + intercept``.
 
-    Integer-valued data that fit int16 (uint16 for an unsigned input type) are stored exactly with
-    slope 1. Float data of an integer study (``dtype`` an integer type) that fit are rounded to
-    integers, with slope 1 as the scanner stored them, when the rounding stays
-    :data:`ROUNDING_MIN_PSNR` dB below the data range. Anything else is scaled into int16 over its
-    own range (65,000 steps: the error is at most half a step, over 100 dB below the range). Works
-    in blocks of slices: no full-size float64 temporary.
+    The value rule of every mrisr output (:func:`mrisr.io.encode_values`), in the 16-bit types DICOM
+    images hold: uint16 for a study of an unsigned type, else int16. Whole numbers that fit are
+    stored as they are (slope 1); any other result gets a slope and intercept mapping its range onto
+    the type's (error at most (max − min) / 131,070, 107 dB below the range).
+
+    Raises:
+        UnsupportedDataError: NaN or infinite values.
     """
     lo = float(data.min()) if data.size else 0.0
     hi = float(data.max()) if data.size else 0.0
     if not (np.isfinite(lo) and np.isfinite(hi)):  # min/max propagate NaN and reach an infinity
         raise UnsupportedDataError(None, "data hold NaN or infinite values; cannot write DICOM")
-    fits_unsigned = dtype.kind == "u" and lo >= 0 and hi <= 65535
-    fits_signed = lo >= -32768 and hi <= 32767
-    slope, inter = 1.0, 0.0
-    if fits_unsigned or fits_signed:
-        exact = _is_integral(data) or (dtype.kind in "iu" and _rounding_psnr(data, lo, hi) >= ROUNDING_MIN_PSNR)
-    else:
-        exact = False
-    if exact:
-        out_type = np.uint16 if fits_unsigned else np.int16
-    else:
-        out_type = np.int16
-        slope = 1.0 if hi == lo else float(ds_value((hi - lo) / 65000.0))
-        inter = float(ds_value((hi + lo) / 2.0))
-    stored = np.empty(data.shape, dtype=out_type)
-    info = np.iinfo(out_type)
-    for b in _blocks(data):
-        block = np.asarray(data[:, :, b], dtype=np.float64)
-        if not exact:
-            block = (block - inter) / slope
-        stored[:, :, b] = np.clip(np.rint(block), info.min, info.max)
-    return stored, slope, inter
+    stored, slope, inter = encode_values(data, np.dtype(np.uint16 if dtype.kind == "u" else np.int16))
+    # as DICOM decimal strings (at most 16 characters): the values a reader will apply
+    return stored, float(ds_value(slope)), float(ds_value(inter))
+
+
+def dicom_as_written(data: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """The values a reader gets back (stored × slope + intercept, float32) from a 3D ``data`` written
+    by :func:`write_dicom_series` for a study of type ``dtype``: what metrics of a DICOM output are
+    computed on. The rule is that of :func:`mrisr.io.as_written`, but always in int16/uint16: a
+    float or 8-bit study's DICOM series holds other values than its NIfTI file would.
+
+    Raises:
+        UnsupportedDataError: Data with NaN or infinite values.
+    """
+    stored, slope, inter = _encode(np.asarray(data), np.dtype(dtype))
+    out = np.empty(stored.shape, dtype=np.float32)
+    for b in _blocks(stored):
+        out[:, :, b] = stored[:, :, b].astype(np.float64) * slope + inter
+    return out
 
 
 def _save(ds: Dataset, path: Path) -> None:
@@ -187,9 +158,10 @@ def write_dicom_series(
     ``volume.meta["tags"]``. The UIDs are derived from the values and geometry written: the same
     result written again gives the same files, byte for byte.
 
-    Values: integer-valued data that fit int16 (or uint16 for an unsigned ``volume.dtype``) are stored
-    exactly with RescaleSlope 1; other data (float, out of range) as int16 with a RescaleSlope and
-    RescaleIntercept that keep the physical units (to within half a slope, 1/130,000 of the range).
+    Values (:func:`mrisr.io.encode_values` in int16, uint16 for an unsigned ``volume.dtype``): whole
+    numbers that fit are stored exactly with RescaleSlope 1; other data (a float result, out of range)
+    with a RescaleSlope and RescaleIntercept that keep the physical units (to within half a slope,
+    1/131,070 of the range); :func:`dicom_as_written` gives the values written.
 
     Args:
         volume: A 3D volume (RAS affine; the DICOM geometry is derived from it).
