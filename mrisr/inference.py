@@ -197,6 +197,26 @@ class SliceRunner:
             acc += _unview(self._run(_view(xd, v).contiguous()), v)
         return acc.div_(len(views)).to(x.device)
 
+    @torch.inference_mode()
+    def mean_and_variance(self, x: torch.Tensor, *, symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`__call__`, and the per-pixel population variance of the views' outputs.
+
+        The mean is the same as :meth:`__call__`'s up to float32 rounding; the variance is
+        ``mean(y²) − mean(y)²`` over the views (clipped at 0; all zeros for a single view).
+        """
+        views = ensemble_views(self.opts.ensemble, symmetric)
+        xd = x.to(self.opts.device, non_blocking=True)
+        y = _unview(self._run(xd), views[0])
+        acc = y.clone(memory_format=torch.contiguous_format)
+        acc2 = y * y
+        for v in views[1:]:
+            y = _unview(self._run(_view(xd, v).contiguous()), v)
+            acc += y
+            acc2 += y * y
+        acc.div_(len(views))
+        var = acc2.div_(len(views)).sub_(acc * acc).clamp_min_(0.0)
+        return acc.to(x.device), var.to(x.device)
+
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h * w * self.out_per_in[0] * self.out_per_in[1] > self.opts.max_tile_pixels:
@@ -232,8 +252,14 @@ def _plane_pass(
     slice_axis: int,
     runner: SliceRunner | None,
     progress: Callable[[int], None] | None,
+    variance_out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Upscale the two axes other than ``slice_axis`` of a 3D array by ``factors`` (bicubic + net)."""
+    """Upscale the two axes other than ``slice_axis`` of a 3D array by ``factors`` (bicubic + net).
+
+    ``variance_out`` (the output's shape, float32), when given, receives the variance of the
+    ensemble views per voxel (zeros without a network).
+    """
+    var_moved = None if variance_out is None else np.moveaxis(variance_out, slice_axis, 0)
     moved = np.moveaxis(x, slice_axis, 0)
     n, h, w = moved.shape
     oh, ow = h * factors[0], w * factors[1]
@@ -247,14 +273,25 @@ def _plane_pass(
                 raise ValueError(
                     f"this low-resolution-grid network upsamples by {runner.out_per_in}, not {tuple(factors)}"
                 )
-            y = runner(batch, symmetric=factors[0] == factors[1])  # the network upsamples itself
+            y, var = _apply(runner, batch, factors, var_moved is not None)  # the network upsamples itself
         else:
             up = upsample(batch, (oh, ow))
-            y = runner(up, symmetric=factors[0] == factors[1]) if runner is not None else up
+            y, var = _apply(runner, up, factors, var_moved is not None) if runner is not None else (up, None)
         out[start:stop] = y[:, 0].numpy()
+        if var_moved is not None:
+            var_moved[start:stop] = 0.0 if var is None else var[:, 0].numpy()
         if progress is not None:
             progress(stop - start)
     return np.moveaxis(out, 0, slice_axis)
+
+
+def _apply(
+    runner: SliceRunner, x: torch.Tensor, factors: tuple[int, int], variance: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    symmetric = factors[0] == factors[1]
+    if variance:
+        return runner.mean_and_variance(x, symmetric=symmetric)
+    return runner(x, symmetric=symmetric), None
 
 
 def plan_passes(factors: tuple[int, int, int], axis: int) -> list[tuple[int, tuple[int, int]]]:
@@ -299,6 +336,7 @@ def super_resolve_array(
     opts: RunOptions | None = None,
     progress: Callable[[int], None] | None = None,
     passes: list[tuple[int, tuple[int, int]]] | None = None,
+    variance_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Super-resolve a normalised 3D array.
 
@@ -313,6 +351,9 @@ def super_resolve_array(
         progress: Called with the number of slices done after each batch.
         passes: ``[(slice_axis, (f_a, f_b)), ...]`` to run instead of :func:`plan_passes`
             (one-axis passes for a network adapted to one-axis degradation).
+        variance_out: Float32 array of the output's shape that receives, per voxel, the variance of
+            the ensemble views of the last pass (the spread that the ensemble averages away;
+            earlier passes feed it their mean). Zeros without a network or with one view.
 
     Returns:
         Float32 array of shape ``(i·f0, j·f1, k·f2)``.
@@ -323,6 +364,7 @@ def super_resolve_array(
     runner = SliceRunner(model, run_opts) if model is not None else None
     out = np.asarray(x, dtype=np.float32)
     plan = passes if passes is not None else plan_passes(tuple(int(f) for f in factors), axis)  # type: ignore[arg-type]
-    for cut, fs in plan:
-        out = _plane_pass(out, fs, cut, runner, progress)
+    for n, (cut, fs) in enumerate(plan):
+        last = n == len(plan) - 1
+        out = _plane_pass(out, fs, cut, runner, progress, variance_out if last else None)
     return out

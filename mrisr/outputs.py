@@ -36,10 +36,12 @@ class Targets:
     """Where one study's outputs go.
 
     Flat layout: ``OUT/<id>_sr.nii.gz`` (or ``OUT/<id>_sr/`` for DICOM), ``OUT/<id>_sr.json``,
-    ``OUT/<id>_compare.png``, ``OUT/<id>_lr.nii.gz``, ``OUT/<id>_bicubic.nii.gz``. A study of a BIDS
+    ``OUT/<id>_compare.png``, ``OUT/<id>_mosaic.png``, ``OUT/<id>_lr.nii.gz``, ``OUT/<id>_bicubic.nii.gz``,
+    ``OUT/<id>_uncertainty.nii.gz``, ``OUT/<id>_residual.nii.gz``. A study of a BIDS
     dataset written as NIfTI mirrors its place as a BIDS derivative instead:
     ``OUT/sub-01/anat/sub-01_desc-sr_T1w.nii.gz`` with the sidecar ``..._desc-sr_T1w.json`` and the
-    figure ``OUT/sub-01/figures/sub-01_desc-srcompare_T1w.png`` (``sub-*/ses-*/figures`` in a session).
+    figures ``OUT/sub-01/figures/sub-01_desc-srcompare_T1w.png`` and ``..._desc-srmosaic_T1w.png``
+    (``sub-*/ses-*/figures`` in a session).
     """
 
     output: Path
@@ -47,6 +49,9 @@ class Targets:
     figure: Path
     lowres: Path
     bicubic: Path
+    mosaic: Path
+    uncertainty: Path
+    residual: Path
 
     @classmethod
     def for_study(cls, out_dir: Path, study: Study, fmt: str) -> Targets:
@@ -61,6 +66,9 @@ class Targets:
                 figure=figures / f"{bids_derivative_stem(study.bids.name, 'srcompare')}.png",
                 lowres=folder / f"{bids_derivative_stem(study.bids.name, 'lr')}.nii.gz",
                 bicubic=folder / f"{bids_derivative_stem(study.bids.name, 'bicubic')}.nii.gz",
+                mosaic=figures / f"{bids_derivative_stem(study.bids.name, 'srmosaic')}.png",
+                uncertainty=folder / f"{bids_derivative_stem(study.bids.name, 'srstd')}.nii.gz",
+                residual=folder / f"{bids_derivative_stem(study.bids.name, 'srresidual')}.nii.gz",
             )
         return cls(
             output=out_dir / (f"{study.id}_sr" if fmt == "dicom" else f"{study.id}_sr.nii.gz"),
@@ -68,6 +76,9 @@ class Targets:
             figure=out_dir / f"{study.id}_compare.png",
             lowres=out_dir / f"{study.id}_lr.nii.gz",
             bicubic=out_dir / f"{study.id}_bicubic.nii.gz",
+            mosaic=out_dir / f"{study.id}_mosaic.png",
+            uncertainty=out_dir / f"{study.id}_uncertainty.nii.gz",
+            residual=out_dir / f"{study.id}_residual.nii.gz",
         )
 
     @classmethod
@@ -77,7 +88,8 @@ class Targets:
 
     def all(self) -> tuple[Path, ...]:
         """Every target path."""
-        return (self.output, self.sidecar, self.figure, self.lowres, self.bicubic)
+        return (self.output, self.sidecar, self.figure, self.lowres, self.bicubic, self.mosaic, self.uncertainty,
+                self.residual)  # fmt: skip
 
 
 def bids_derivative_stem(name: str, desc: str) -> str:

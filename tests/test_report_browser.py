@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mrisr.figures import compare_figure
+from mrisr.figures import FigureData, compare_figure
 from mrisr.report import build_report
 
 CHROMIUM = os.environ.get("MRISR_CHROMIUM", "/usr/bin/chromium")
@@ -195,10 +195,9 @@ def report_html(tmp_path: Path) -> Path:
         if gain is not None:
             ref = rng.random((24, 20, 3))
             ref[6:18, 5:15] += 1.0
-            fig = compare_figure(
-                out / f"{study}_compare.png", reference=ref, lowres=ref[::4, ::4], bicubic=ref + 0.2,
-                sr=ref + 0.05, metrics=None, title=study,
-            ).name  # fmt: skip
+            data = FigureData(sr=ref + 0.05, affine=np.eye(4), factors=(4, 4, 1), lowres=ref[::4, ::4],
+                              bicubic=ref + 0.2, reference=ref)  # fmt: skip
+            fig = compare_figure(out / f"{study}_compare.png", data, title=study).name
         (out / f"{study}_sr.json").write_text(json.dumps(_sidecar(study, gain, fig)), encoding="utf-8")
     return build_report(out).html
 

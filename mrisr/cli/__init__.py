@@ -44,6 +44,7 @@ app = typer.Typer(
 
 class _State:
     debug: bool = False
+    argv: tuple[str, ...] | None = None  # the arguments main() ran with (recorded as provenance)
 
 
 state = _State()
@@ -118,6 +119,7 @@ def main(args: Sequence[str] | None = None) -> int:
     # Help and usage errors as plain text when not at a terminal: rich would cut them at 80 columns.
     app.rich_markup_mode = "rich" if is_terminal(sys.stdout) else None
     argv = hoist_global_flags(sys.argv[1:] if args is None else args)
+    state.argv = tuple(sys.argv[1:] if args is None else args)
     try:
         app(args=argv, prog_name="mrisr", standalone_mode=True)
     except SystemExit as exc:

@@ -52,7 +52,13 @@ def enhance(
     save_intermediates: Annotated[
         bool, typer.Option(help="With --simulate, also write LR and bicubic volumes.")
     ] = False,
-    figure: Annotated[bool, typer.Option(help="Write <id>_compare.png.")] = True,
+    figure: Annotated[bool, typer.Option(help="Write <id>_compare.png and <id>_mosaic.png.")] = True,
+    save_uncertainty: Annotated[
+        bool, typer.Option(help="Write <id>_uncertainty.nii.gz: the spread (std) of the ensemble views per voxel.")
+    ] = False,
+    save_residual: Annotated[
+        bool, typer.Option(help="Write <id>_residual.nii.gz: SR degraded onto the input grid minus the input.")
+    ] = False,
     amp: Annotated[bool, typer.Option(help="float16 mixed precision on the GPU (faster; ~1e-3 error).")] = False,
     ensemble: Annotated[
         int,
@@ -166,6 +172,9 @@ def enhance(
         adapt=adapt_config if adapt else None,
         auto_adapt=adapt_config if adapt is None else None,
         lock_wait=lock_wait,
+        save_uncertainty=save_uncertainty,
+        save_residual=save_residual,
+        command=("mrisr", *state.argv) if state.argv is not None else None,
     )
     try:
         run = RunOptions(device=dev, batch_size=batch_size, amp=amp, ensemble=ensemble)

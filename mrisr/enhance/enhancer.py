@@ -53,6 +53,7 @@ class Enhancer(StudyBatch):
         auto_adapt: AdaptConfig | None = DEFAULT_ADAPT,
         spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
         progress: Callable[[int], None] | None = None,
+        spread_out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, Normalization, dict[str, Any] | None]:
         """Super-resolve a 3D or 4D array in physical units.
 
@@ -63,6 +64,11 @@ class Enhancer(StudyBatch):
         is refined (thick slices), ``auto_adapt`` is used when ``adapt`` is not, and a rejected
         adaptation gives bicubic interpolation: on held-out EPI the template-trained networks, in-plane
         or through-plane, were worse than bicubic along the slice axis until adapted (docs/beyond.md).
+
+        ``spread_out`` (float32, the output's shape), when given, receives the ensemble spread: per
+        voxel, the standard deviation in physical units of the views' outputs before they are
+        averaged (pooled over the pass plans when several are averaged; zeros when no network ran).
+        Without it no extra memory or time is spent.
 
         Returns:
             Float32 SR array, the normalisation used, and what adaptation did (``None`` without it).
@@ -116,11 +122,25 @@ class Enhancer(StudyBatch):
                     progress(count_slices(frame.shape, factors, axis))
                 continue
             x = nm.apply(frame)
-            sr = super_resolve_array(model, x, factors, axis=axis, opts=self.run, progress=progress, passes=plans[0])
-            for plan in plans[1:]:
-                sr += super_resolve_array(model, x, factors, axis=axis, opts=self.run, progress=progress, passes=plan)
+            var = None if spread_out is None else np.empty(spread_out.shape[:3], dtype=np.float32)
+            second: np.ndarray | None = None  # sum over plans of E[y²] (only for the spread)
+            sr = np.zeros(0, dtype=np.float32)
+            for n, plan in enumerate(plans):
+                m = super_resolve_array(
+                    model, x, factors, axis=axis, opts=self.run, progress=progress, passes=plan, variance_out=var
+                )
+                if var is not None:
+                    var += m * m
+                    second = var.copy() if second is None else np.add(second, var, out=second)
+                sr = m if n == 0 else np.add(sr, m, out=sr)
             if len(plans) > 1:
                 sr /= np.float32(len(plans))
+            if spread_out is not None and second is not None:
+                std = _pooled_std(second, sr, len(plans), nm.scale)
+                if spread_out.ndim == 4:
+                    spread_out[..., t] = std
+                else:
+                    spread_out[...] = std
             del x
             self._check_output(sr)
             nm.invert_(sr)
@@ -237,3 +257,14 @@ class Enhancer(StudyBatch):
         if len(refined) == 2 and refined[0] == refined[1]:
             return in_plane(refined[0], axis)
         return scale
+
+
+def _pooled_std(second: np.ndarray, mean: np.ndarray, n: int, scale: float) -> np.ndarray:
+    """``sqrt(second / n − mean²) · scale``, in place in ``second``: the spread of every view of every
+    plan (``second``: the sum over plans of the views' mean square), in physical units."""
+    second /= np.float32(n)
+    second -= mean * mean
+    np.clip(second, 0.0, None, out=second)
+    np.sqrt(second, out=second)
+    second *= np.float32(scale)
+    return second

@@ -46,6 +46,11 @@ class EnhanceOptions:
             ``adapt``; ``None`` runs the network as it is (``--no-adapt``).
         lock_wait: Seconds to wait, after the other studies, for studies whose lock another process
             holds (workers racing on one folder); ``0`` tries them once more and reports the rest.
+        save_uncertainty: Compute the ensemble spread and write ``<id>_uncertainty.nii.gz``
+            (:mod:`mrisr.enhance.maps`); its summary goes into the sidecar.
+        save_residual: Write the data-consistency residual ``<id>_residual.nii.gz`` (its summary is
+            always in the sidecar).
+        command: The command line that asked for this (recorded in the sidecar's provenance).
     """
 
     out_dir: Path
@@ -62,6 +67,9 @@ class EnhanceOptions:
     adapt: AdaptConfig | None = None
     auto_adapt: AdaptConfig | None = DEFAULT_ADAPT
     lock_wait: float = 0.0
+    save_uncertainty: bool = False
+    save_residual: bool = False
+    command: tuple[str, ...] | None = None
 
 
 @dataclass

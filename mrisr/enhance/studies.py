@@ -19,6 +19,9 @@ from mrisr import __version__
 from mrisr.bids import derivative_metadata, write_description
 from mrisr.checkpoint import Checkpoint
 from mrisr.discovery import Study
+from mrisr.enhance.maps import consistency as consistency_maps
+from mrisr.enhance.maps import draw_figures, write_map
+from mrisr.enhance.maps import uncertainty as uncertainty_summary
 from mrisr.enhance.options import EnhanceOptions, StudyResult
 from mrisr.errors import (
     MrisrError,
@@ -28,14 +31,14 @@ from mrisr.errors import (
     UnsupportedDataError,
     plain_numbers,
 )
-from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames, first_frame
+from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames
 from mrisr.fsutil import remove_temporaries, sha256_files, write_json_atomic
 from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
 from mrisr.inference import RunOptions
 from mrisr.io import Volume, as_written, check_finite, default_output_dtype
 from mrisr.io.nifti_header import warn_if_orientation_unknown
 from mrisr.locks import study_lock
-from mrisr.metrics import evaluate, psnr
+from mrisr.metrics import evaluate
 from mrisr.outputs import (
     Staging,
     Targets,
@@ -221,10 +224,11 @@ class StudyBatch:
             raise UnsupportedDataError(study.path, "4D data cannot be written as one DICOM series; use --format nifti")
         out_dtype = np.dtype(opts.dtype) if opts.dtype else default_output_dtype(vol.dtype)
         metrics: dict[str, float] | None = None
-        consistency: dict[str, float] | None = None
         extra_paths: dict[str, str] = {}
-        figure_arrays: dict[str, np.ndarray | None] = {}
         degradation = self.degradation(opts)
+        # The ensemble spread needs one more output-sized volume: only when asked.
+        out_shape = tuple(n * f for n, f in zip(vol.data.shape[:3], factors, strict=True)) + vol.data.shape[3:]
+        spread = np.zeros(out_shape, dtype=np.float32) if opts.save_uncertainty else None
         if opts.simulate:
             ref_vol = crop_to_multiple(vol, factors)
             ref = np.asarray(ref_vol.data, dtype=np.float32)
@@ -233,6 +237,8 @@ class StudyBatch:
             # The low-resolution scan as the input's type would store it (values, not whole units).
             lr = as_written(degrade_frames(ref, factors, degradation), vol.dtype).astype(np.float32, copy=False)
             lr_affine = coarsen_affine(ref_vol.affine, factors)
+            if spread is not None:
+                spread = np.zeros(ref.shape, dtype=np.float32)
             sr, norm, adapted = self.enhance_array(
                 lr,
                 factors,
@@ -242,6 +248,7 @@ class StudyBatch:
                 auto_adapt=opts.auto_adapt,
                 spacing=voxel_spacing(lr_affine),
                 progress=progress,
+                spread_out=spread,
             )
             sr_out = as_written(sr, out_dtype)  # what the file will hold: metrics are of the file
             bic = bicubic_frames(lr, ref.shape, float(lr.min()), float(lr.max()))
@@ -261,7 +268,9 @@ class StudyBatch:
                 write_nifti(ref_vol.with_data(lr, lr_affine), staging.path(lr_path), dtype=out_dtype)
                 write_nifti(ref_vol.with_data(bic, ref_vol.affine), staging.path(bic_path), dtype=out_dtype)
                 extra_paths = {"lowres": lr_path.name, "bicubic": bic_path.name}
-            figure_arrays = {"reference": ref, "lowres": lr, "bicubic": bic_out, "sr": sr_out}
+            in_vol = ref_vol.with_data(lr, lr_affine)
+            consistency, residual = consistency_maps(sr_out, lr, factors, degradation)
+            figure_arrays: dict[str, np.ndarray | None] = {"reference": ref, "bicubic": bic_out, "sr": sr_out}
             lr_shape = list(lr.shape)
         else:
             sr, norm, adapted = self.enhance_array(
@@ -273,21 +282,39 @@ class StudyBatch:
                 auto_adapt=opts.auto_adapt,
                 spacing=vol.spacing,
                 progress=progress,
+                spread_out=spread,
             )
             # The writer stores the float result itself (a scaling for integer types, see
             # mrisr.io.encode_values); the checks below see the values as the file will hold them.
             sr_out = as_written(sr, out_dtype)
             out_vol = vol.with_data(sr, refine_affine(vol.affine, factors))
             lr = np.asarray(vol.data, dtype=np.float32)
-            back = degrade_frames(sr_out, factors, degradation)
-            rng = float(lr.max() - lr.min()) or 1.0
-            consistency = {"psnr_lr": round(psnr(back, lr, data_range=rng), 4), "degradation": degradation}  # type: ignore[dict-item]
-            figure_arrays = _middle_slices(lr, sr_out, factors, opts.axis)
+            in_vol = vol
+            consistency, residual = consistency_maps(sr_out, lr, factors, degradation)
             del sr_out
+            # The figure shows the float result (the file holds it up to its scaling); bicubic is
+            # interpolated for the shown plane only.
+            figure_arrays = {"reference": None, "bicubic": None, "sr": sr}
             lr_shape = list(vol.data.shape)
+        uncertainty = None
+        if spread is not None:
+            uncertainty = self._uncertainty_record(spread, figure_arrays["sr"], factors, adapted)  # type: ignore[arg-type]
+        figure_arrays |= {"lowres": lr, "residual": residual, "uncertainty": spread}
         # The figure is drawn in a helper thread while the volume is compressed and written.
         figure = (
-            self._background.submit(self._figure, study, staging.path(targets.figure), figure_arrays, metrics)
+            self._background.submit(
+                draw_figures,
+                staging.path(targets.figure),
+                staging.path(targets.mosaic),
+                title=study.id,
+                arrays=figure_arrays,
+                metrics=metrics,
+                affine=out_vol.affine,
+                factors=factors,
+                network=str(self.checkpoint.arch.get("name", "srcnn")).upper(),
+                output_from=_output_from(adapted),
+                notes={"views": str(self.run.ensemble), "consistency PSNR": _db(consistency["psnr_lr"])},
+            )
             if opts.figure
             else None
         )
@@ -295,15 +322,23 @@ class StudyBatch:
             write_volume(
                 out_vol, staging.path(out_path), out_fmt, out_dtype, description=_description(factors, opts.simulate)
             )
+            if spread is not None and uncertainty is not None:
+                write_map(out_vol.with_data(spread, out_vol.affine), staging.path(targets.uncertainty))
+                uncertainty["map"] = _relative(targets.uncertainty, targets.sidecar)
+            if opts.save_residual:
+                write_map(in_vol.with_data(residual, in_vol.affine), staging.path(targets.residual))
+                consistency["map"] = _relative(targets.residual, targets.sidecar)
+            del residual, spread
         except BaseException:
             # The figure thread writes a staged file: wait for it, so that the discard removes it.
             if figure is not None:
                 with contextlib.suppress(Exception):
                     figure.result()
             raise
-        made = figure is not None and figure.result() is not None
+        made = figure is not None and figure.result()
         # Relative to the sidecar's folder (a BIDS derivative keeps its figures in sub-*/figures/).
-        figure_name = Path(os.path.relpath(targets.figure, targets.sidecar.parent)).as_posix() if made else None
+        figure_name = _relative(targets.figure, targets.sidecar) if made else None
+        mosaic_name = _relative(targets.mosaic, targets.sidecar) if made else None
         record = {
             "study": study.id,
             "status": "done",
@@ -333,15 +368,18 @@ class StudyBatch:
             "scale": list(factors),
             "axis": opts.axis,
             "normalization": norm.to_dict(),
-            "degradation": degradation if (opts.simulate or consistency) else None,
+            "degradation": degradation,
             "device": str(self.run.device),
             "amp": bool(self.run.amp and self.run.device.type == "cuda"),
             "ensemble": self.run.ensemble,
             "simulate": opts.simulate,
             "metrics": metrics,
             "consistency": consistency,
+            "uncertainty": uncertainty,
             "adapt": adapted,
             "figure": figure_name,
+            "mosaic": mosaic_name,
+            "command": list(opts.command) if opts.command else None,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         if study.bids is not None and out_fmt == "nifti":
@@ -359,31 +397,14 @@ class StudyBatch:
         grids = ((vol.affine, vol.shape3), (out_vol.affine, out_vol.shape3))
         return derivative_metadata(study.path, root, link, description=what, grids=grids)
 
-    def _figure(
-        self,
-        study: Study,
-        path: Path,
-        arrays: dict[str, np.ndarray | None],
-        metrics: dict[str, float] | None,
-    ) -> str | None:
-        try:
-            from mrisr.figures import compare_figure
-        except ImportError:  # figures are optional (matplotlib missing on a lean install)
+    def _uncertainty_record(
+        self, spread: np.ndarray, sr: np.ndarray, factors: tuple[int, int, int], adapted: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The sidecar's ``uncertainty``: ``None`` when no spread exists (one view, or no network ran)."""
+        if self.run.ensemble == 1 or _output_from(adapted) == "bicubic":
+            log.info("no ensemble spread: %s", "one view" if self.run.ensemble == 1 else "bicubic fallback")
             return None
-        sr = arrays["sr"]
-        bic = arrays["bicubic"]
-        assert sr is not None and bic is not None
-        compare_figure(
-            path,
-            reference=first_frame(arrays.get("reference")),
-            lowres=first_frame(arrays.get("lowres")),
-            bicubic=first_frame(bic),  # type: ignore[arg-type]
-            sr=first_frame(sr),  # type: ignore[arg-type]
-            metrics=metrics,
-            title=study.id,
-            sr_label=str(self.checkpoint.arch.get("name", "srcnn")).upper(),
-        )
-        return path.name
+        return uncertainty_summary(spread, sr, factors, self.run.ensemble)
 
     def enhance(
         self,
@@ -443,25 +464,13 @@ class StudyBatch:
         return results
 
 
-def _middle_slices(
-    lr: np.ndarray, sr: np.ndarray, factors: tuple[int, int, int], axis: int
-) -> dict[str, np.ndarray | None]:
-    """The middle slice across ``axis`` of input, bicubic and SR (first frame), as depth-1 volumes.
+def _db(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f} dB"
 
-    The figure needs only these, so no full-size bicubic volume is made for it. The SR slice is the
-    fine slice at the centre of the middle input slice.
-    """
-    lo = np.moveaxis(lr if lr.ndim == 3 else lr[..., 0], axis, 2)
-    hi = np.moveaxis(sr if sr.ndim == 3 else sr[..., 0], axis, 2)
-    k = lo.shape[2] // 2
-    f = factors[axis]
-    mid = lo[:, :, k : k + 1]
-    plane = [a for a in range(3) if a != axis]
-    bic = bicubic_frames(
-        mid, (mid.shape[0] * factors[plane[0]], mid.shape[1] * factors[plane[1]], 1), float(mid.min()), float(mid.max())
-    )
-    sr_k = f * k + (f - 1) // 2
-    return {"reference": None, "lowres": mid, "bicubic": bic, "sr": hi[:, :, sr_k : sr_k + 1].copy()}
+
+def _relative(path: Path, sidecar: Path) -> str:
+    """``path`` relative to the sidecar's folder (how the sidecar names its files)."""
+    return Path(os.path.relpath(path, sidecar.parent)).as_posix()
 
 
 def _description(factors: tuple[int, int, int], simulate: bool) -> str:
