@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import re
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -158,19 +157,33 @@ def test_build_report_merges_shards(out_dir: Path) -> None:
     assert {f["study"] for f in rep["failures"]} == {"d", "e"}
 
 
+def _study_page(index: Path, page: str, study: str) -> Path:
+    href = re.search(r'<a href="(report_studies/[^"]+)">' + re.escape(study) + "</a>", page)
+    assert href is not None, study
+    return index.parent / href.group(1)
+
+
 def test_html_is_self_contained(out_dir: Path) -> None:
     res = build_report(out_dir)
     page = res.html.read_text(encoding="utf-8")
     parsed = parse(page)
     assert len(parsed.rows) == 1 + 5  # header row + one per study
     assert [r[0] for r in parsed.rows[1:]] == ["a", "b", "c", "d", "e"]
-    # histogram + the one existing figure, both embedded; nothing fetched from elsewhere
-    assert len(parsed.imgs) == 2 and all(s.startswith("data:image/png;base64,") for s in parsed.imgs)
+    # the one existing figure embedded; charts are inline SVG; nothing fetched from elsewhere
+    assert len(parsed.imgs) == 1 and parsed.imgs[0].startswith("data:image/png;base64,")
+    assert page.count("<svg") == 3  # scatter, gain and SSIM distributions
     assert not re.search(r"<link|src=\"(?!data:)|https?://", page)
     assert "truncated file" in page and "unreadable sidecar" in page
-    assert 'href="shard-0/missing.png"' not in page  # b's figure file is missing: no link
-    assert "shard-0/missing.png (missing)" in page
     assert 'id="fig-a"' in page
+    # every study has a page, linked relatively; b's page names its missing figure without a link
+    b_page = _study_page(res.html, page, "b").read_text(encoding="utf-8")
+    assert "shard-0/missing.png</code> (missing)" in b_page and 'src="../shard-0/missing.png"' not in b_page
+    a_page = _study_page(res.html, page, "a").read_text(encoding="utf-8")
+    assert 'src="../shard-0/a_compare.png"' in a_page
+    assert (res.html.parent / "shard-0/a_compare.png").is_file()
+    assert 'href="../report.html"' in a_page
+    for study in "abcde":
+        assert _study_page(res.html, page, study).is_file()
 
 
 def test_embedding_is_limited(tmp_path: Path) -> None:
@@ -183,8 +196,8 @@ def test_embedding_is_limited(tmp_path: Path) -> None:
     page = build_report(tmp_path, embed_first=1, embed_worst=2).html.read_text(encoding="utf-8")
     assert re.findall(r'<figure id="fig-(s\d)"', page) == ["s0", "s1"]
     page = build_report(tmp_path, embed_first=0, embed_worst=0).html.read_text(encoding="utf-8")
-    assert "<figure" not in page
-    assert 'href="s3_compare.png"' in page
+    assert '<figure id="fig-' not in page
+    assert 'src="../s3_compare.png"' in _study_page(tmp_path / "report.html", page, "s3").read_text(encoding="utf-8")
 
 
 def test_infinite_and_missing_metrics(tmp_path: Path) -> None:
@@ -197,7 +210,7 @@ def test_infinite_and_missing_metrics(tmp_path: Path) -> None:
     row = {r["study"]: r for r in rep["studies"]}
     assert row["same"]["psnr_sr"] is None and row["plain"]["psnr_lr"] == 41.5
     assert "Infinity" not in res.json.read_text(encoding="utf-8")
-    assert "No metrics" in res.html.read_text(encoding="utf-8")
+    assert "No PSNR/SSIM" in res.html.read_text(encoding="utf-8")
 
 
 def test_errors(tmp_path: Path) -> None:
@@ -207,16 +220,15 @@ def test_errors(tmp_path: Path) -> None:
         build_report(tmp_path)
 
 
-def test_two_thousand_studies_fast(tmp_path: Path) -> None:
+def test_two_thousand_studies(tmp_path: Path) -> None:
+    """The numbers of a large report (its build time is measured by benchmarks/bench_report.py)."""
     rng = np.random.default_rng(0)
     gains = rng.normal(1.0, 0.5, 2000)
     for i, g in enumerate(gains):
         status = "failed" if i % 100 == 7 else "done"
         write(tmp_path / f"shard-{i % 8}", sidecar(f"study{i:05d}", status=status, psnr=(30.0, 30.0 + g),
                                                    error="boom" if status == "failed" else None))  # fmt: skip
-    t0 = time.perf_counter()
     res = build_report(tmp_path)
-    elapsed = time.perf_counter() - t0
     assert res.n_studies == 2000 and res.n_failed == 20
     done = np.array([g for i, g in enumerate(gains) if i % 100 != 7])
     assert res.gain_db_mean == pytest.approx(done.mean(), abs=1e-9)
@@ -224,7 +236,7 @@ def test_two_thousand_studies_fast(tmp_path: Path) -> None:
     with open(res.csv, newline="", encoding="utf-8") as fh:
         assert sum(1 for _ in csv.DictReader(fh)) == 2000
     assert len(parse(res.html.read_text(encoding="utf-8")).rows) == 2001
-    assert elapsed < 15.0
+    assert len(list((tmp_path / "report_studies").glob("*.html"))) == 2000
 
 
 def test_cli_report(out_dir: Path, tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ from mrisr.cli import EXIT_OK, EXIT_SOME_FAILED, app, fail
 def _pm(mean: float | None, sd: float | None, digits: int, unit: str = "") -> str:
     if mean is None:
         return "n/a"
-    return f"{mean:+.{digits}f} ± {(sd or 0.0):.{digits}f}{unit}"
+    if sd is None:  # a single study: no spread to show
+        return f"{mean:+.{digits}f}{unit}"
+    return f"{mean:+.{digits}f} ± {sd:.{digits}f}{unit}"
 
 
 @app.command()
@@ -58,6 +60,8 @@ def report(
     )
     console = make_console()
     console.print(table)
+    if res.n_outliers:
+        console.print(f"[yellow]{res.n_outliers} outlier studies[/yellow] (robust z > 3; see the report)")
     for study, reason in res.failures[:20]:
         console.print(f"[red]failed[/red] {escape(study)}: {escape(reason)}", highlight=False)
     if len(res.failures) > 20:

@@ -1,26 +1,28 @@
-"""Batch report: merge every ``*_sr.json`` sidecar under an output folder into CSV, JSON and HTML.
+"""Batch report: merge every sidecar under an output folder into CSV, JSON and HTML pages.
 
 :func:`build_report` reads the sidecars written by ``mrisr enhance`` (in every sub-folder, so the
 shards of a cluster run merge into one report), and writes beside them:
 
 ``report.csv``
-    One row per study, columns :data:`COLUMNS`.
+    One row per study, columns :data:`COLUMNS` (defined in :mod:`mrisr.report.columns`).
 ``report.json``
-    ``{"summary": ..., "columns": ..., "studies": [...], "failures": [...], "duplicates": [...]}``;
+    ``{"summary", "provenance", "columns", "studies", "outliers", "failures", "duplicates"}``;
     non-finite numbers (an infinite PSNR of identical volumes) are written as ``null``.
 ``report.html``
-    One self-contained page (CSS, JS and images inline): summary, gain histogram, a table sortable by
-    any column, comparison figures, failures. To stay small with thousands of studies only some
-    figures are embedded (base64 data URIs): the first ``embed_first`` studies by name and the
-    ``embed_worst`` studies with the lowest PSNR gain; every other figure is linked by its relative
-    path, which resolves while the page stays in the output folder.
+    The index page (from a jinja2 template, :mod:`mrisr.report.page`): provenance, summary, group
+    views (SR-vs-bicubic PSNR scatter, gain and SSIM distributions), outliers, the searchable,
+    filterable, sortable table, embedded figures, failures and, when the folder holds a training
+    run's ``metrics.csv``, its training curves.
+``report_studies/<study>.html``
+    One page per study: every metric with its definition, provenance, the mosaic and comparison
+    figures, links to the output, the maps and the sidecar.
 
-See ``docs/report.md``.
+Study order is natural (``s2`` before ``s10``). Links only ever point to files inside the output
+folder, by relative paths (:mod:`mrisr.report.links`). See ``docs/report.md``.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -28,13 +30,16 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mrisr.errors import MrisrError
 from mrisr.fsutil import write_json_atomic, write_text_atomic
-from mrisr.report.links import UnsafeLinkError, figure_link, inside
+from mrisr.report import links
+from mrisr.report.cohort import finite, flag_outliers, mean_sd, natural_key
+from mrisr.report.columns import COLUMN_LIST
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +58,22 @@ METRICS: tuple[str, ...] = (
     "psnr_bicubic", "psnr_sr", "ssim_bicubic", "ssim_sr", "ssim3d_bicubic", "ssim3d_sr",
     "psnr_bicubic_masked", "psnr_sr_masked", "ssim_bicubic_masked", "ssim_sr_masked",
 )  # fmt: skip
-COLUMNS: tuple[str, ...] = (
-    "study", "status",
-    "psnr_bicubic", "psnr_sr", "gain_db", "ssim_bicubic", "ssim_sr", "ssim_gain",
-    "ssim3d_bicubic", "ssim3d_sr",
-    "psnr_bicubic_masked", "psnr_sr_masked", "gain_db_masked", "ssim_bicubic_masked", "ssim_sr_masked",
-    "psnr_lr", "seconds", "device", "input", "output", "figure", "sidecar", "error",
-)  # fmt: skip
-NUMERIC: frozenset[str] = frozenset(METRICS) | {"gain_db", "ssim_gain", "gain_db_masked", "psnr_lr", "seconds"}
+COLUMNS: tuple[str, ...] = tuple(c.key for c in COLUMN_LIST)
+NUMERIC: frozenset[str] = frozenset(c.key for c in COLUMN_LIST if c.numeric)
+#: Files a sidecar may name, linked from the study page: sidecar key path → label.
+LINKED_FILES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("output", "path"), "output"),
+    (("output", "lowres"), "low-resolution input (simulated)"),
+    (("output", "bicubic"), "bicubic volume"),
+    (("uncertainty", "map"), "uncertainty map (ensemble spread)"),
+    (("consistency", "map"), "consistency residual map"),
+    (("figure",), "comparison figure"),
+    (("mosaic",), "mosaic figure"),
+)
 
 
 class NoSidecarsError(MrisrError):
-    """An output folder that holds no ``*_sr.json`` sidecar."""
+    """An output folder that holds no ``*_sr.json`` sidecar (and no training run)."""
 
 
 @dataclass(frozen=True)
@@ -79,11 +88,12 @@ class ReportResult:
         n_done: Studies with status ``done``.
         n_failed: The others (failed, unreadable or invalid sidecars).
         gain_db_mean: Mean of ``psnr_sr - psnr_bicubic`` over studies with metrics, dB (``None``: none).
-        gain_db_sd: Its sample standard deviation, dB (0 for one study, ``None`` for none).
+        gain_db_sd: Its sample standard deviation, dB (``None`` for fewer than two studies).
         ssim_gain_mean: Mean of ``ssim_sr - ssim_bicubic``.
-        ssim_gain_sd: Its sample standard deviation.
+        ssim_gain_sd: Its sample standard deviation (``None`` below two studies).
         failures: ``(study, reason)`` of every failed study.
         n_duplicates: Sidecars set aside because another sidecar of the same study was kept.
+        n_outliers: Studies flagged as outliers of the cohort.
     """
 
     csv: Path
@@ -98,10 +108,11 @@ class ReportResult:
     ssim_gain_sd: float | None
     failures: tuple[tuple[str, str], ...]
     n_duplicates: int
+    n_outliers: int = 0
 
 
 def find_sidecars(out_dir: Path) -> list[Path]:
-    """Every ``*_sr.json`` under ``out_dir`` (recursively), hidden temporaries excluded, sorted."""
+    """Every sidecar under ``out_dir`` (recursively), hidden files and folders excluded, sorted."""
     return sorted(
         p
         for p in out_dir.rglob("*.json")
@@ -128,6 +139,14 @@ def _rel(p: Path, root: Path) -> str:
     return Path(os.path.relpath(p, root)).as_posix()
 
 
+def _get(data: Any, keys: Iterable[str]) -> Any:
+    for k in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(k)
+    return data
+
+
 #: Largest sidecar read (bytes): mrisr writes a few KB; a bigger file is not one of its sidecars.
 MAX_SIDECAR_BYTES = 16 << 20
 
@@ -145,7 +164,7 @@ def _text(v: Any, limit: int = 2000) -> str | None:
 def _load_sidecar(path: Path, out_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     """``(data, None)`` for a readable sidecar, else ``(None, reason)``: a link out of ``out_dir``,
     too large, not UTF-8, not JSON, nested too deeply for the parser, or not a JSON object."""
-    if inside(out_dir, path) is None:
+    if links.inside(out_dir, path) is None:
         return None, f"unreadable sidecar: a link to a file outside the output folder {out_dir}"
     try:
         size = path.stat().st_size
@@ -161,28 +180,30 @@ def _load_sidecar(path: Path, out_dir: Path) -> tuple[dict[str, Any] | None, str
     return data, None
 
 
-def _row_from_sidecar(path: Path, out_dir: Path) -> dict[str, Any]:
+def _row_from_sidecar(path: Path, root: Path) -> dict[str, Any]:
     """One report row; an unreadable or invalid sidecar gives a failed row naming the reason."""
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     name = _text(path.name) or ""
     row["study"] = name[: -len(SIDECAR_SUFFIX)] if name.endswith(SIDECAR_SUFFIX) else Path(name).stem
-    row["sidecar"] = _text(_rel(path, out_dir))
+    row["sidecar"] = _text(_rel(path, root))
     row["status"] = "failed"
-    data, why = _load_sidecar(path, out_dir)
+    row["_files"] = []
+    row["_prov"] = {}
+    data, why = _load_sidecar(path, root)
     if data is None:
         row["error"] = why
         return row
     try:
-        _fill_row(row, data, path, out_dir)
+        _fill_row(row, data, path, root)
     except Exception as exc:  # a sidecar is data from disk: whatever it holds, it is one failed row
         logger.debug("sidecar %s", path, exc_info=True)
         row.update(status="failed", error=f"invalid sidecar: {type(exc).__name__}")
     return row
 
 
-def _fill_row(row: dict[str, Any], data: dict[str, Any], path: Path, out_dir: Path) -> None:
-    """Fill ``row`` from a sidecar's ``data``: only strings and numbers are taken, and a figure only
-    through :func:`~mrisr.report.links.figure_link`."""
+def _fill_row(row: dict[str, Any], data: dict[str, Any], path: Path, root: Path) -> None:
+    """Fill ``row`` from a sidecar's ``data``: only strings and numbers are taken, and files only
+    through :func:`~mrisr.report.links.figure_link` (inside the output folder)."""
     row["_created"] = _text(data.get("created")) or ""
     study = _text(data.get("study"), 200)
     if study:
@@ -196,33 +217,40 @@ def _fill_row(row: dict[str, Any], data: dict[str, Any], path: Path, out_dir: Pa
         row["error"] = f"invalid sidecar: status {shown!r}"
     row["seconds"] = _num(data.get("seconds"))
     row["device"] = _text(data.get("device"), 60)
-    inp, outp = data.get("input"), data.get("output")
-    if isinstance(inp, dict):
-        row["input"] = _text(inp.get("path"))
-    if isinstance(outp, dict) and _text(outp.get("path")):
-        row["output"] = _text(_rel(path.parent / str(outp["path"]), out_dir))
+    row["input"] = _text(_get(data, ("input", "path")))
+    named = {keys: links.sidecar_link(root, path, _get(data, keys), what=label) for keys, label in LINKED_FILES}
+    row["_files"] = [(label, lk) for keys, label in LINKED_FILES if (lk := named[keys]) is not None]
+    for key, keys in (("output", ("output", "path")), ("figure", ("figure",)), ("mosaic", ("mosaic",))):
+        lk = named[keys]
+        row[key] = None if lk is None else _text(lk.rel)
+        row[f"_{key}_link"] = lk
     metrics = data.get("metrics")
     if isinstance(metrics, dict):
         for k in METRICS:
             row[k] = _num(metrics.get(k))
-    cons = data.get("consistency")
-    if isinstance(cons, dict):
-        row["psnr_lr"] = _num(cons.get("psnr_lr"))
+    row["psnr_lr"] = _num(_get(data, ("consistency", "psnr_lr")))
+    row["residual_rms_head"] = _num(_get(data, ("consistency", "residual_rms_head")))
+    rel_spread = _num(_get(data, ("uncertainty", "relative_mean_head")))
+    row["uncertainty_rel_head"] = None if rel_spread is None else 100.0 * rel_spread
+    row["uncertainty_mean_head"] = _num(_get(data, ("uncertainty", "mean_head")))
     row["gain_db"] = _diff(row["psnr_sr"], row["psnr_bicubic"])
     row["gain_db_masked"] = _diff(row["psnr_sr_masked"], row["psnr_bicubic_masked"])
     row["ssim_gain"] = _diff(row["ssim_sr"], row["ssim_bicubic"])
-    fig = data.get("figure")
-    if fig is not None and fig != "":
-        try:
-            link = figure_link(out_dir, path, fig)
-        except UnsafeLinkError as exc:
-            logger.warning("%s", exc)
-            row["_figure_refused"] = exc.reason
-        else:
-            row["figure"] = _text(link.rel)
-            row["_figure_href"] = link.href
-            row["_figure_file"] = link.file
-            row["_figure_missing"] = not link.exists
+    row["output_from"] = _text(data.get("output_from"), 40)
+    scale = data.get("scale")
+    if isinstance(scale, list) and scale and all(isinstance(f, int) and not isinstance(f, bool) for f in scale):
+        row["scale"] = "×".join(map(str, scale))[:40]
+    row["ensemble"] = _num(data.get("ensemble"))
+    row["checkpoint_sha256"] = _text(_get(data, ("checkpoint", "sha256")), 64)
+    row["mrisr_version"] = _text(data.get("mrisr_version"), 40)
+    cmd = data.get("command")
+    words = [w for w in (_text(c, 500) for c in cmd[:200]) if w] if isinstance(cmd, list) else []
+    row["_prov"] = {
+        "checkpoint": _text(_get(data, ("checkpoint", "path")), 500),
+        "degradation": _text(data.get("degradation"), 40),
+        "command": " ".join(words)[:2000] or None,
+        "created": _text(data.get("created"), 40),
+    }
 
 
 def _merge(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -240,21 +268,7 @@ def _merge(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[
         keep, drop = (row, old) if rank_new > rank_old else (old, row)
         best[key] = keep
         dropped.append(drop)
-    return [best[k] for k in sorted(best)], dropped
-
-
-def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    mean = math.fsum(values) / len(values)
-    if len(values) == 1:
-        return mean, 0.0
-    var = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var)
-
-
-def _finite(values: list[Any]) -> list[float]:
-    return [float(v) for v in values if isinstance(v, float) and math.isfinite(v)]
+    return [best[k] for k in sorted(best, key=natural_key)], dropped
 
 
 def _cell_text(v: Any) -> str:
@@ -270,34 +284,42 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def _histogram_png(gains: list[float]) -> bytes:
-    import matplotlib
+def _checkpoint_text(r: dict[str, Any]) -> str | None:
+    path, sha = r["_prov"].get("checkpoint"), r["checkpoint_sha256"]
+    return f"{path or '?'} (sha256 {sha})" if sha else path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6.0, 2.8))
-    try:
-        ax.hist(gains, bins=min(50, max(5, int(math.sqrt(len(gains))))), color="#3b75af")
-        ax.axvline(0.0, color="k", linewidth=0.8)
-        ax.set_xlabel("PSNR gain of SR over bicubic (dB)")
-        ax.set_ylabel("studies")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+def _provenance(rows: list[dict[str, Any]]) -> dict[str, list[tuple[str, int]]]:
+    """Distinct values (with study counts) of what made the outputs, most common first."""
+    fields: dict[str, list[str | None]] = {
+        "mrisr version": [r["mrisr_version"] for r in rows],
+        "checkpoint": [_checkpoint_text(r) for r in rows],
+        "scale": [r["scale"] for r in rows],
+        "ensemble views": [None if r["ensemble"] is None else str(int(r["ensemble"])) for r in rows],
+        "degradation model": [r["_prov"].get("degradation") for r in rows],
+        "output from": [r["output_from"] for r in rows],
+        "device": [r["device"] for r in rows],
+        "command line": [r["_prov"].get("command") for r in rows],
+    }
+    out: dict[str, list[tuple[str, int]]] = {}
+    for name, values in fields.items():
+        counts: dict[str, int] = {}
+        for v in values:
+            if v:
+                counts[v] = counts.get(v, 0) + 1
+        out[name] = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    created = sorted(c for r in rows if (c := r["_prov"].get("created")))
+    out["created"] = [(f"{created[0]} … {created[-1]}", len(created))] if created else []
+    return out
 
 
 def build_report(out_dir: str | Path, *, embed_first: int = 20, embed_worst: int = 10) -> ReportResult:
-    """Read every sidecar under ``out_dir`` and write ``report.csv``, ``report.json``, ``report.html``.
+    """Read every sidecar under ``out_dir`` and write report.csv, report.json, report.html and the study pages.
 
     Args:
-        out_dir: Output folder of ``mrisr enhance`` (shards in sub-folders are included).
-        embed_first: Figures embedded in the HTML for the first studies by name.
+        out_dir: Output folder of ``mrisr enhance`` (shards in sub-folders are included), or of
+            ``mrisr train`` (its ``metrics.csv`` gives training curves).
+        embed_first: Figures embedded in the index page for the first studies by name.
         embed_worst: Figures embedded for the studies with the lowest PSNR gain (in addition).
 
     Returns:
@@ -305,24 +327,28 @@ def build_report(out_dir: str | Path, *, embed_first: int = 20, embed_worst: int
 
     Raises:
         FileNotFoundError: If ``out_dir`` is not a folder.
-        NoSidecarsError: If it holds no sidecar.
+        NoSidecarsError: If it holds no sidecar and no training run.
     """
-    from mrisr.report.page import render_html
+    from mrisr.report.curves import find_training_runs
+    from mrisr.report.page import write_pages
 
     root = Path(out_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     paths = find_sidecars(root)
-    if not paths:
-        raise NoSidecarsError(root, f"no *{SIDECAR_SUFFIX} sidecar found")
+    runs = find_training_runs(root)
+    if not paths and not runs:
+        raise NoSidecarsError(root, f"no *{SIDECAR_SUFFIX} sidecar (nor a training run's metrics.csv) found")
     rows, dropped = _merge([_row_from_sidecar(p, root) for p in paths])
     for d in dropped:
         logger.info("study %s: sidecar %s superseded by another sidecar", d["study"], d["sidecar"])
+    outliers = flag_outliers(rows)
     done = [r for r in rows if r["status"] == "done"]
     failed = [r for r in rows if r["status"] != "done"]
-    gm, gsd = _mean_sd(_finite([r["gain_db"] for r in done]))
-    sm, ssd = _mean_sd(_finite([r["ssim_gain"] for r in done]))
-    gains = _finite([r["gain_db"] for r in done])
+    gains = finite(r["gain_db"] for r in done)
+    gm, gsd = mean_sd(gains)
+    sm, ssd = mean_sd(finite(r["ssim_gain"] for r in done))
+    cm, csd = mean_sd(finite(r["psnr_lr"] for r in done))
     summary: dict[str, Any] = {
         "out_dir": str(root.resolve()),
         "studies": len(rows),
@@ -333,9 +359,13 @@ def build_report(out_dir: str | Path, *, embed_first: int = 20, embed_worst: int
         "gain_db_sd": gsd,
         "ssim_gain_mean": sm,
         "ssim_gain_sd": ssd,
+        "psnr_lr_mean": cm,
+        "psnr_lr_sd": csd,
+        "outliers": len({o["study"] for o in outliers}),
         "duplicates": len(dropped),
     }
     failures = tuple((str(r["study"]), str(r["error"] or "failed (no reason recorded)")) for r in failed)
+    provenance = _provenance(done or rows)
 
     csv_path, json_path, html_path = root / "report.csv", root / "report.json", root / "report.html"
     _write_csv(csv_path, rows)
@@ -343,43 +373,22 @@ def build_report(out_dir: str | Path, *, embed_first: int = 20, embed_worst: int
         json_path,
         {
             "summary": summary,
+            "provenance": {k: [{"value": v, "studies": n} for v, n in vs] for k, vs in provenance.items()},
             "columns": list(COLUMNS),
             "studies": [{c: r[c] for c in COLUMNS} for r in rows],  # non-finite -> null: write_json_atomic
+            "outliers": outliers,
             "failures": [{"study": s, "error": e} for s, e in failures],
             "duplicates": [d["sidecar"] for d in dropped],
         },
     )
-    embed = _pick_embedded(rows, root, embed_first=embed_first, embed_worst=embed_worst)
-    hist = base64.b64encode(_histogram_png(gains)).decode("ascii") if gains else None
-    page = render_html(summary=summary, rows=rows, columns=COLUMNS, numeric=NUMERIC, embedded=embed,
-                       histogram_b64=hist, failures=failures)  # fmt: skip
-    write_text_atomic(html_path, page)
+    write_pages(root, html_path, summary=summary, rows=rows, provenance=provenance, outliers=outliers,
+                failures=failures, runs=runs, embed_first=embed_first, embed_worst=embed_worst)  # fmt: skip
     logger.info("report of %d studies written to %s", len(rows), html_path)
     return ReportResult(
         csv=csv_path, json=json_path, html=html_path, n_studies=len(rows),
         n_done=len(done), n_failed=len(failed), gain_db_mean=gm, gain_db_sd=gsd, ssim_gain_mean=sm,
-        ssim_gain_sd=ssd, failures=failures, n_duplicates=len(dropped),
+        ssim_gain_sd=ssd, failures=failures, n_duplicates=len(dropped), n_outliers=summary["outliers"],
     )  # fmt: skip
-
-
-def _pick_embedded(rows: list[dict[str, Any]], root: Path, *, embed_first: int, embed_worst: int) -> dict[str, str]:
-    """``{study: base64 PNG}`` of the figures to embed (existing files only)."""
-    with_fig = [r for r in rows if r["figure"] and not r.get("_figure_missing")]
-    chosen = with_fig[: max(0, embed_first)]
-    ranked = sorted((r for r in with_fig if isinstance(r["gain_db"], float)), key=lambda r: (r["gain_db"], r["study"]))
-    chosen += ranked[: max(0, embed_worst)]
-    out: dict[str, str] = {}
-    for r in chosen:
-        if r["study"] in out:
-            continue
-        try:
-            # Checked by figure_link (inside the output folder); only PNG files are embedded.
-            data = _read_png(r["_figure_file"])
-        except (OSError, ValueError) as exc:
-            logger.warning("study %s: figure not embedded: %s", r["study"], exc)
-            continue
-        out[r["study"]] = base64.b64encode(data).decode("ascii")
-    return out
 
 
 #: Largest figure embedded in the page (bytes); mrisr's figures are about 100 KB.

@@ -11,6 +11,7 @@ by whoever writes the attribute).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mrisr.errors import MrisrError
+
+logger = logging.getLogger(__name__)
 
 #: ``scheme:`` at the start of a link (RFC 3986), which would make it a URL rather than a file.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
@@ -55,13 +58,14 @@ def inside(root: Path, path: Path) -> Path | None:
     return real if real == real_root or real.is_relative_to(real_root) else None
 
 
-def figure_link(out_dir: Path, sidecar: Path, value: object) -> FigureLink:
+def figure_link(out_dir: Path, sidecar: Path, value: object, *, what: str = "figure") -> FigureLink:
     """Check the ``figure`` entry ``value`` of ``sidecar`` (a file under ``out_dir``).
 
     Args:
         out_dir: The report's output folder: nothing outside it is read or linked.
         sidecar: The sidecar naming the figure (relative figure paths are taken from its folder).
-        value: The sidecar's ``figure`` entry.
+        value: The sidecar's ``figure`` entry (or another file it names).
+        what: What the entry is, for the messages (``figure``, ``mosaic``, ``output``...).
 
     Returns:
         The checked link (the file need not exist: ``exists`` says).
@@ -71,18 +75,35 @@ def figure_link(out_dir: Path, sidecar: Path, value: object) -> FigureLink:
             byte or backslash, or a path outside ``out_dir`` once symbolic links are resolved.
     """
     if not isinstance(value, str) or not value.strip():
-        raise UnsafeLinkError(sidecar, f"figure entry {type(value).__name__} is not a file name")
+        raise UnsafeLinkError(sidecar, f"{what} entry {type(value).__name__} is not a file name")
     shown = value if len(value) <= 80 else value[:77] + "..."
     if len(value) > MAX_LINK_CHARS:
-        raise UnsafeLinkError(sidecar, f"figure {shown!r} is longer than {MAX_LINK_CHARS} characters")
+        raise UnsafeLinkError(sidecar, f"{what} {shown!r} is longer than {MAX_LINK_CHARS} characters")
     if "\0" in value or "\\" in value:
-        raise UnsafeLinkError(sidecar, f"figure {shown!r} holds a NUL byte or backslash")
+        raise UnsafeLinkError(sidecar, f"{what} {shown!r} holds a NUL byte or backslash")
     if _SCHEME.match(value) or value.startswith("//"):
-        raise UnsafeLinkError(sidecar, f"figure {shown!r} is a URL, not a file of the output folder")
+        raise UnsafeLinkError(sidecar, f"{what} {shown!r} is a URL, not a file of the output folder")
     if os.path.isabs(value):
-        raise UnsafeLinkError(sidecar, f"figure {shown!r} is an absolute path, not a file of the output folder")
+        raise UnsafeLinkError(sidecar, f"{what} {shown!r} is an absolute path, not a file of the output folder")
     real = inside(out_dir, sidecar.parent / value)
     if real is None:
-        raise UnsafeLinkError(sidecar, f"figure {shown!r} lies outside the output folder {out_dir}")
+        raise UnsafeLinkError(sidecar, f"{what} {shown!r} lies outside the output folder {out_dir}")
     rel = real.relative_to(out_dir.resolve()).as_posix()
     return FigureLink(file=real, rel=rel, href=quote(rel), exists=real.is_file())
+
+
+def sidecar_link(out_dir: Path, sidecar: Path, value: object, *, what: str) -> FigureLink | None:
+    """:func:`figure_link` for any file a sidecar names: ``None`` (logged) when it is refused, and
+    ``None`` silently when the entry is absent (``None`` or ``""``)."""
+    if value is None or value == "":
+        return None
+    try:
+        return figure_link(out_dir, sidecar, value, what=what)
+    except UnsafeLinkError as exc:
+        logger.warning("%s", exc)
+        return None
+
+
+def from_page(href: str, *, depth: int) -> str:
+    """A link's ``href`` (relative to the output folder) as seen from a page ``depth`` folders below it."""
+    return "../" * depth + href

@@ -1,203 +1,205 @@
-"""The self-contained ``report.html`` page: summary, histogram, sortable table, figures, failures.
+"""The report's HTML pages, rendered from the jinja2 templates in ``mrisr/report/templates``.
 
-Everything is inline: CSS, a small vanilla-JS sorter and images as base64 ``data:`` URIs. The table
-rows are static HTML (readable without JavaScript); numeric cells carry their full-precision value in
-``data-v`` so sorting is numeric, and empty cells sort last in both directions.
+``report.html`` (the index) is self-contained (CSS, JS and embedded figures inline, charts as inline
+SVG); the study pages in ``report_studies/`` link their figures by relative paths. Autoescaping is on
+for every template: study ids, errors, paths and command lines from sidecars are text, never markup.
+The table rows are static HTML (readable without JavaScript); numeric cells carry their
+full-precision value in ``data-v`` so sorting is numeric, and empty cells sort last.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import logging
 import math
-from collections.abc import Collection, Mapping, Sequence
-from html import escape
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5rem;color:#222;background:#fff}
-h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
-.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:.6rem 1rem}
-.card b{display:block;font-size:1.3rem}.bad b{color:#b00020}
-.wrap{overflow-x:auto;max-height:70vh;overflow-y:auto;border:1px solid #ddd}
-table{border-collapse:collapse;font-size:.8rem;white-space:nowrap}
-th,td{padding:.2rem .5rem;border-bottom:1px solid #eee;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
-thead th{position:sticky;top:0;background:#f4f4f4;cursor:pointer;user-select:none}
-th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
-tr.failed td{background:#fff1f1}
-.gallery{display:flex;flex-wrap:wrap;gap:1rem}.gallery figure{margin:0;max-width:100%}
-.gallery img{width:280px;cursor:zoom-in;border:1px solid #ccc}
-.gallery img.big{width:auto;max-width:100%;cursor:zoom-out}
-figcaption{font-size:.8rem}
-"""
+from mrisr import __version__
+from mrisr.fsutil import atomic_path, write_text_atomic
+from mrisr.report import charts, links
+from mrisr.report.cohort import MIN_COHORT, OUTLIER_Z, finite
+from mrisr.report.columns import COLUMN_INFO, COLUMN_LIST, NARROW_HIDDEN, TABLE_COLUMNS, Column
+from mrisr.report.curves import TrainingRun
+from mrisr.report.links import FigureLink
 
-_JS = """
-(function(){
-  "use strict";
-  var table=document.getElementById("studies");
-  if(!table){return;}
-  var tbody=table.tBodies[0], heads=table.tHead.rows[0].cells;
-  var coll=new Intl.Collator(undefined,{numeric:true,sensitivity:"base"});
-  var current=-1, dir=1;
-  function key(cell){
-    var v=cell.getAttribute("data-v");
-    if(v!==null){var n=parseFloat(v);return isNaN(n)?null:n;}
-    var t=cell.textContent.trim();return t===""?null:t;
-  }
-  function cmp(a,b){
-    if(a===null||b===null){return a===null?(b===null?0:1):-1;}
-    var d=(typeof a==="number"&&typeof b==="number")?(a<b?-1:a>b?1:0):coll.compare(String(a),String(b));
-    return d*dir;
-  }
-  function sortBy(c){
-    dir=(c===current)?-dir:1;current=c;
-    var items=Array.prototype.map.call(tbody.rows,function(r,i){return [key(r.cells[c]),i,r];});
-    items.sort(function(x,y){return cmp(x[0],y[0])||(x[1]-y[1]);});
-    var frag=document.createDocumentFragment();
-    items.forEach(function(it){frag.appendChild(it[2]);});
-    tbody.appendChild(frag);
-    for(var h=0;h<heads.length;h++){heads[h].removeAttribute("aria-sort");}
-    heads[c].setAttribute("aria-sort",dir>0?"ascending":"descending");
-  }
-  for(var c=0;c<heads.length;c++){
-    heads[c].addEventListener("click",sortBy.bind(null,c));
-  }
-  document.querySelectorAll(".gallery img").forEach(function(img){
-    img.addEventListener("click",function(){img.classList.toggle("big");});
-  });
-})();
-"""
+log = logging.getLogger(__name__)
+
+STUDY_DIR = "report_studies"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _fmt(v: Any, col: str) -> str:
+def page_name(study: str) -> str:
+    """File name of a study's page: its id made safe for any file system, plus a short hash of it."""
+    safe = _UNSAFE.sub("_", study).strip("._")[:60] or "study"
+    return f"{safe}-{hashlib.sha1(study.encode('utf-8', 'replace')).hexdigest()[:8]}.html"
+
+
+def _fmt(v: Any, col: Column) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
-        if col == "seconds":
-            return f"{v:.1f}"
-        return f"{v:.4f}" if col.startswith("ssim") else f"{v:.2f}"
+        return f"{v:.{col.digits if col.digits is not None else 4}f}"
     return str(v)
 
 
-def _pm(mean: float | None, sd: float | None, digits: int, unit: str = "") -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:+.{digits}f} ± {(sd or 0.0):.{digits}f}{unit}"
+def _dv(v: Any) -> str:
+    return repr(float(v)) if isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v) else ""
 
 
-def _summary(summary: Mapping[str, Any], histogram_b64: str | None) -> list[str]:
-    cards = [
-        ("studies", str(summary["studies"]), ""),
-        ("done", str(summary["done"]), ""),
-        ("failed", str(summary["failed"]), " bad" if summary["failed"] else ""),
-        ("PSNR gain (SR − bicubic)", _pm(summary["gain_db_mean"], summary["gain_db_sd"], 2, " dB"), ""),
-        ("SSIM gain (SR − bicubic)", _pm(summary["ssim_gain_mean"], summary["ssim_gain_sd"], 4), ""),
-        ("studies with metrics", str(summary["with_metrics"]), ""),
-    ]
-    out = ['<div class="cards">']
-    out += [f'<div class="card{cls}"><b>{escape(v)}</b>{escape(k)}</div>' for k, v, cls in cards]
-    out.append("</div>")
-    if summary.get("duplicates"):
-        out.append(
-            f"<p>{summary['duplicates']} superseded sidecar(s) of studies seen twice were left out "
-            "(see report.json).</p>"
-        )
-    if histogram_b64:
-        out.append(
-            '<h2>Distribution of the PSNR gain</h2><img id="histogram" alt="histogram of the PSNR gain" '
-            f'src="data:image/png;base64,{histogram_b64}">'
-        )
-    else:
-        out.append("<p>No metrics: they are computed only by <code>mrisr enhance --simulate</code>.</p>")
+@lru_cache(maxsize=1)
+def _env() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("mrisr.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
+        lstrip_blocks=False,
+    )
+    env.filters["fmt"] = _fmt
+    env.filters["dv"] = _dv
+    return env
+
+
+def _charts(rows: Sequence[dict[str, Any]], pages: dict[str, str]) -> dict[str, charts.Chart]:
+    done = [r for r in rows if r["status"] == "done"]
+    out: dict[str, charts.Chart] = {}
+    pts = [r for r in done if all(isinstance(r[k], float) and math.isfinite(r[k]) for k in ("psnr_bicubic", "psnr_sr"))]
+    if pts:
+        out["scatter"] = charts.scatter(
+            [r["psnr_bicubic"] for r in pts], [r["psnr_sr"] for r in pts],
+            [f"{r['study']}: bicubic {r['psnr_bicubic']:.2f} dB, SR {r['psnr_sr']:.2f} dB" for r in pts],
+            [pages[r["study"]] for r in pts], ["out" if r["flags"] else "" for r in pts],
+            xlabel="PSNR bicubic (dB)", ylabel="PSNR SR (dB)",
+        )  # fmt: skip
+    gains = finite(r["gain_db"] for r in done)
+    if gains:
+        out["gain"] = charts.histograms([("PSNR gain", gains)], xlabel="PSNR gain of SR over bicubic (dB)")
+    sb, ss = finite(r["ssim_bicubic"] for r in done), finite(r["ssim_sr"] for r in done)
+    if sb or ss:
+        out["ssim"] = charts.histograms([("bicubic", sb), ("SR", ss)], xlabel="SSIM (mean 2D, unitless)")
+    cons = finite(r["psnr_lr"] for r in done)
+    if cons:
+        out["consistency"] = charts.histograms([("consistency", cons)], xlabel="consistency PSNR (dB)")
     return out
 
 
-def _table(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], numeric: Collection[str], embedded: Collection[str]
-) -> list[str]:
-    out = ['<div class="wrap"><table id="studies"><thead><tr>']
-    out += [f'<th scope="col" title="sort by {c}">{escape(c)}</th>' for c in columns]
-    out.append("</tr></thead><tbody>")
-    for r in rows:
-        cls = "" if r["status"] == "done" else ' class="failed"'
-        cells = []
-        for c in columns:
-            v = r.get(c)
-            if c in numeric:
-                dv = "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
-                cells.append(f'<td class="n" data-v="{dv}">{escape(_fmt(v, c))}</td>')
-            elif c == "figure" and v and r.get("_figure_missing"):
-                cells.append(f"<td>{escape(str(v))} (missing)</td>")
-            elif c == "figure" and v:
-                # The href is mrisr.report.links.figure_link's: relative, inside the output folder.
-                href = str(r.get("_figure_href") or "")
-                target = f"#fig-{escape(str(r['study']))}" if r["study"] in embedded else escape(href)
-                cells.append(f'<td><a href="{target}">{escape(str(v))}</a></td>')
-            else:
-                cells.append(f"<td>{escape(_fmt(v, c))}</td>")
-        out.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    out.append("</tbody></table></div>")
+def _run_context(run: TrainingRun) -> dict[str, Any]:
+    steps = run.steps
+    ctx: dict[str, Any] = {"path": run.path, "href": quote(run.path), "n": len(steps), "psnr": None, "ssim": None}
+    ctx["loss"] = charts.lines(steps, [("loss", run.columns["loss"])], xlabel="step", ylabel="loss")
+    for kind in ("psnr", "ssim"):
+        names = [k for k in (f"val_{kind}_sr", f"val_{kind}_bicubic") if k in run.columns]
+        if names and any(v is not None for k in names for v in run.columns[k]):
+            ylabel = f"validation {kind.upper()}{' (dB)' if kind == 'psnr' else ''}"
+            ctx[kind] = charts.lines(steps, [(k, run.columns[k]) for k in names], xlabel="step", ylabel=ylabel)
+            ctx[f"{kind}_names"] = names
+    return ctx
+
+
+def _embedded(rows: Sequence[dict[str, Any]], *, first: int, worst: int) -> list[dict[str, Any]]:
+    """The figures embedded in the index: the first ``first`` studies and the ``worst`` lowest gains
+    (PNG files inside the output folder only: :func:`mrisr.report.links.figure_link` checked them)."""
+    from mrisr.report import _read_png
+
+    with_fig = [r for r in rows if r.get("_figure_link") is not None and r["_figure_link"].exists]
+    chosen = with_fig[: max(0, first)]
+    ranked = sorted((r for r in with_fig if isinstance(r["gain_db"], float)), key=lambda r: (r["gain_db"], r["study"]))
+    chosen += ranked[: max(0, worst)]
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for r in chosen:
+        if r["study"] in seen:
+            continue
+        seen.add(r["study"])
+        try:
+            data = _read_png(r["_figure_link"].file)
+        except (OSError, ValueError) as exc:
+            log.warning("study %s: figure not embedded: %s", r["study"], exc)
+            continue
+        out.append({"study": r["study"], "b64": base64.b64encode(data).decode("ascii"), "gain": r["gain_db"]})
     return out
 
 
-def render_html(
+def _shown(link: FigureLink | None, depth: int) -> str | None:
+    """The ``src`` of an existing figure from a page ``depth`` folders down, else ``None``."""
+    return links.from_page(link.href, depth=depth) if link is not None and link.exists else None
+
+
+def _study_context(r: dict[str, Any]) -> dict[str, Any]:
+    depth = 1
+    metrics = [(c, r[c.key]) for c in COLUMN_LIST if c.numeric and r.get(c.key) is not None]
+    prov = [(name, v) for name, v in (
+        ("input", r["input"]), ("mrisr version", r["mrisr_version"]), ("checkpoint", r["_prov"].get("checkpoint")),
+        ("checkpoint sha256", r["checkpoint_sha256"]), ("scale", r["scale"]),
+        ("ensemble views", None if r["ensemble"] is None else int(r["ensemble"])),
+        ("degradation model", r["_prov"].get("degradation")), ("output from", r["output_from"]),
+        ("device", r["device"]), ("created", r["_prov"].get("created")), ("command line", r["_prov"].get("command")),
+    ) if v is not None]  # fmt: skip
+    files = [(label, links.from_page(lk.href, depth=depth), lk.exists or lk.file.is_dir(), lk.rel)
+             for label, lk in r["_files"]]  # fmt: skip
+    if r["sidecar"]:
+        files.append(("sidecar", links.from_page(quote(r["sidecar"]), depth=depth), True, r["sidecar"]))
+    return {"r": r, "metrics": metrics, "prov": prov, "files": files,
+            "figure": _shown(r.get("_figure_link"), depth), "mosaic": _shown(r.get("_mosaic_link"), depth)}  # fmt: skip
+
+
+def write_pages(
+    root: Path,
+    html_path: Path,
     *,
-    summary: Mapping[str, Any],
-    rows: Sequence[Mapping[str, Any]],
-    columns: Sequence[str],
-    numeric: Collection[str],
-    embedded: Mapping[str, str],
-    histogram_b64: str | None,
+    summary: dict[str, Any],
+    rows: Sequence[dict[str, Any]],
+    provenance: dict[str, list[tuple[str, int]]],
+    outliers: Sequence[dict[str, Any]],
     failures: Sequence[tuple[str, str]],
-) -> str:
-    """The report page as one HTML string.
+    runs: Sequence[TrainingRun],
+    embed_first: int,
+    embed_worst: int,
+) -> None:
+    """Write ``report.html`` and one page per study in ``report_studies/`` (replaced as a whole).
 
     Args:
-        summary: The summary dict of ``report.json``.
-        rows: Report rows (dicts keyed by column), in display order.
-        columns: Column names, in order.
-        numeric: The columns holding numbers (right-aligned, sorted numerically).
-        embedded: ``{study: base64 PNG}`` of the figures to embed, in display order.
-        histogram_b64: The gain histogram as base64 PNG, or ``None`` when no study has metrics.
+        root: The report's folder.
+        html_path: Where the index goes.
+        summary: The summary of ``report.json``.
+        rows: Report rows in display (natural) order.
+        provenance: ``{field: [(value, studies), ...]}``.
+        outliers: Flagged values (:func:`mrisr.report.cohort.flag_outliers`).
         failures: ``(study, reason)`` pairs.
-
-    Returns:
-        The page text (UTF-8).
+        runs: Training runs found in the folder.
+        embed_first: Figures embedded for the first studies.
+        embed_worst: Figures embedded for the lowest gains.
     """
-    title = f"mrisr report — {summary['studies']} studies"
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{escape(title)}</h1><p>Output folder: <code>{escape(str(summary['out_dir']))}</code></p>",
-    ]
-    out += _summary(summary, histogram_b64)
-    out.append("<h2>Studies</h2><p>Click a column header to sort; click again to reverse.</p>")
-    out += _table(rows, columns, numeric, embedded)
-    n_fig = sum(1 for r in rows if r.get("figure"))
-    out.append(
-        f"<h2>Comparison figures</h2><p>{len(embedded)} of {n_fig} figures embedded (the first studies "
-        "by name and those with the lowest PSNR gain); the others are linked from the table and open "
-        "while this page stays in the output folder. Click a figure to enlarge it.</p>"
-    )
-    out.append('<div class="gallery">')
-    gains = {r["study"]: r.get("gain_db") for r in rows}
-    for study, b64 in embedded.items():
-        g = gains.get(study)
-        cap = escape(str(study)) + (f" — gain {g:+.2f} dB" if isinstance(g, float) else "")
-        out.append(
-            f'<figure id="fig-{escape(str(study))}"><img alt="comparison figure of {escape(str(study))}" '
-            f'src="data:image/png;base64,{b64}"><figcaption>{cap}</figcaption></figure>'
-        )
-    out.append("</div>")
-    out.append(f"<h2>Failures ({len(failures)})</h2>")
-    if failures:
-        out.append('<table id="failures"><thead><tr><th>study</th><th>reason</th></tr></thead><tbody>')
-        out += [f"<tr><td>{escape(s)}</td><td>{escape(e)}</td></tr>" for s, e in failures]
-        out.append("</tbody></table>")
-    else:
-        out.append("<p>None.</p>")
-    out.append(f"<script>{_JS}</script></body></html>")
-    return "\n".join(out) + "\n"
+    env = _env()
+    names = {r["study"]: page_name(r["study"]) for r in rows}
+    pages = {s: f"{STUDY_DIR}/{n}" for s, n in names.items()}
+    embedded = _embedded(rows, first=embed_first, worst=embed_worst)
+    index = env.get_template("index.html.j2").render(
+        summary=summary, rows=rows, provenance=provenance, outliers=outliers, failures=failures,
+        cols=COLUMN_INFO, table_columns=[COLUMN_INFO[k] for k in TABLE_COLUMNS], all_columns=COLUMN_LIST,
+        narrow_hidden=NARROW_HIDDEN, pages=pages, charts=_charts(rows, pages),
+        embedded=embedded, embedded_ids={e["study"] for e in embedded},
+        n_figures=sum(1 for r in rows if r["figure"]), runs=[_run_context(run) for run in runs],
+        version=__version__, z=OUTLIER_Z, min_cohort=MIN_COHORT,
+    )  # fmt: skip
+    study_tpl = env.get_template("study.html.j2")
+    # The pages are written into a fresh folder that replaces the old one at once: no stale pages of
+    # studies that are gone, and no fsync per page (thousands of small files).
+    with atomic_path(root / STUDY_DIR) as tmp:
+        tmp.mkdir()
+        for n, r in enumerate(rows):
+            prev = names[rows[n - 1]["study"]] if n > 0 else None
+            nxt = names[rows[n + 1]["study"]] if n + 1 < len(rows) else None
+            text = study_tpl.render(prev=prev, next=nxt, **_study_context(r))
+            (tmp / names[r["study"]]).write_text(text, encoding="utf-8")
+    write_text_atomic(html_path, index)
