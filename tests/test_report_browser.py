@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mrisr.figures import FigureData, compare_figure
+from mrisr.figures import FigureData, compare_figure, mosaic_figure
 from mrisr.report import build_report
 
 CHROMIUM = os.environ.get("MRISR_CHROMIUM", "/usr/bin/chromium")
@@ -173,15 +173,27 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
         shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
-def _sidecar(study: str, gain: float | None, figure: str | None) -> dict[str, Any]:
+def _sidecar(study: str, gain: float | None, figure: str | None, mosaic: str | None) -> dict[str, Any]:
     d: dict[str, Any] = {"study": study, "status": "done" if gain is not None else "failed",
                          "error": None if gain is not None else "UnreadableFileError: x: truncated",
                          "input": {"path": f"/in/{study}.nii.gz"}, "device": "cpu", "seconds": 1.0,
-                         "figure": figure, "created": "2024-05-01T00:00:00+00:00"}  # fmt: skip
+                         "figure": figure, "mosaic": mosaic, "created": "2024-05-01T00:00:00+00:00",
+                         "mrisr_version": "0.test", "scale": [4, 4, 1], "ensemble": 8,
+                         "checkpoint": {"path": "/w/espcn_x4.pt", "sha256": "cd" * 32},
+                         "command": ["mrisr", "enhance", "/in", "--out", "out", "--simulate"]}  # fmt: skip
     if gain is not None:
         d["output"] = {"path": f"{study}_sr.nii.gz"}
         d["metrics"] = {"psnr_bicubic": 30.0, "psnr_sr": 30.0 + gain, "ssim_bicubic": 0.8, "ssim_sr": 0.85}
+        d["consistency"] = {"psnr_lr": 45.0 + gain / 10, "residual_rms_head": 2.5}
+        d["uncertainty"] = {"relative_mean_head": 0.004, "mean_head": 1.2}
     return d
+
+
+#: gains: s1 3 dB, s2 1 dB, s10 2 dB, long-named studies 0.5 to 2.95 dB and one far below (an outlier);
+#: f failed (no gain: sorts last both ways)
+GAINS: dict[str, float | None] = {"s1": 3.0, "s2": 1.0, "s10": 2.0, "f": None, "outlier": -4.0} | {
+    f"sub-{n:02d}_ses-baseline_acq-highres_run-1_T1w": 0.5 + 0.35 * n for n in range(8)
+}
 
 
 @pytest.fixture
@@ -189,21 +201,23 @@ def report_html(tmp_path: Path) -> Path:
     out = tmp_path / "out"
     out.mkdir()
     rng = np.random.default_rng(0)
-    # gains: s1 3 dB, s2 1 dB, s10 2 dB; f failed (no gain: sorts last both ways)
-    for study, gain in (("s1", 3.0), ("s2", 1.0), ("s10", 2.0), ("f", None)):
-        fig = None
-        if gain is not None:
+    for study, gain in GAINS.items():
+        fig = mosaic = None
+        if gain is not None and study in ("s1", "s2", "s10"):
             ref = rng.random((24, 20, 3))
             ref[6:18, 5:15] += 1.0
             data = FigureData(sr=ref + 0.05, affine=np.eye(4), factors=(4, 4, 1), lowres=ref[::4, ::4],
                               bicubic=ref + 0.2, reference=ref)  # fmt: skip
             fig = compare_figure(out / f"{study}_compare.png", data, title=study).name
-        (out / f"{study}_sr.json").write_text(json.dumps(_sidecar(study, gain, fig)), encoding="utf-8")
+            mosaic = mosaic_figure(out / f"{study}_mosaic.png", ref, np.eye(4), title=study).name
+        sc = _sidecar(study, gain, fig, mosaic)
+        (out / f"{study}_sr.json").write_text(json.dumps(sc), encoding="utf-8")
     return build_report(out).html
 
 
 def _studies(b: Browser) -> list[str]:
-    return b.js("Array.from(document.querySelectorAll('#studies tbody tr')).map(r => r.cells[0].textContent)")
+    return b.js("Array.from(document.querySelectorAll('#studies tbody tr')).filter(r => !r.hidden)"
+                ".map(r => r.cells[0].textContent)")  # fmt: skip
 
 
 def _png_std(b64: str) -> float:
@@ -213,35 +227,105 @@ def _png_std(b64: str) -> float:
     return float(np.asarray(img)[..., :3].std())
 
 
+SHOTS = os.environ.get("MRISR_REPORT_SHOTS")  # a folder to keep the screenshots in (to look at them)
+
+
+def _shot(b: Browser, name: str, clip: dict[str, float] | None = None) -> str:
+    params: dict[str, Any] = {"format": "png"}
+    if clip is not None:
+        params["clip"] = clip | {"scale": 1}
+    data = b.send("Page.captureScreenshot", params)["data"]
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        (Path(SHOTS) / f"{name}.png").write_bytes(base64.b64decode(data))
+    return str(data)
+
+
+def _rect(b: Browser, selector: str) -> dict[str, float]:
+    """The element's box in page coordinates (what a screenshot clip takes)."""
+    x, y, w, h = b.js(
+        f"(() => {{const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+        " return [r.x + window.scrollX, r.y + window.scrollY, r.width, r.height];})()"
+    )
+    return {"x": x, "y": y, "width": w, "height": h}
+
+
 def test_report_in_chromium(browser: Browser, report_html: Path) -> None:
     browser.open_page(report_html.as_uri())
-    assert _studies(browser) == ["f", "s1", "s10", "s2"]  # as written: sorted by name
-    col = browser.js("Array.from(document.querySelectorAll('#studies th')).map(h => h.textContent)")
+    long = [s for s in GAINS if s.startswith("sub-")]
+    assert _studies(browser) == ["f", "outlier", "s1", "s2", "s10", *long]  # natural order as written
+    col = browser.js("Array.from(document.querySelectorAll('#studies th')).map(h => h.dataset.col)")
     gain_col = col.index("gain_db") + 1
+    title = browser.js(f"document.querySelector('#studies th:nth-child({gain_col}) abbr').title")
+    assert title.startswith("PSNR SR − PSNR bicubic")  # the definition shows on hover
 
     browser.click(f"#studies th:nth-child({gain_col})")
-    assert _studies(browser) == ["s2", "s10", "s1", "f"]
+    ranked = _studies(browser)
+    assert ranked[:4] == ["outlier", long[0], long[1], "s2"] and ranked[-2:] == ["s1", "f"]
     assert browser.js(f"document.querySelector('#studies th:nth-child({gain_col})').ariaSort") == "ascending"
     browser.click(f"#studies th:nth-child({gain_col})")
-    assert _studies(browser) == ["s1", "s10", "s2", "f"]  # empty gain still last
+    assert _studies(browser)[:2] == ["s1", long[7]] and _studies(browser)[-1] == "f"  # empty gain still last
     browser.click("#studies th:nth-child(1)")
-    assert _studies(browser) == ["f", "s1", "s2", "s10"]  # numeric-aware text order
+    assert _studies(browser)[:5] == ["f", "outlier", "s1", "s2", "s10"]  # numeric-aware text order
 
-    # every image decoded: the histogram and the three embedded figures
+    # search and filter
+    browser.click("#search")
+    browser.send("Input.insertText", {"text": "s1"})
+    assert _studies(browser) == ["s1", "s10"]
+    assert browser.js("document.getElementById('shown').textContent").startswith("2 of 13")
+    browser.js("(() => {const s = document.getElementById('search'); s.value = '';"
+               " s.dispatchEvent(new Event('input'));})()")  # fmt: skip
+    browser.js("(() => {const s = document.getElementById('show'); s.value = 'flagged';"
+               " s.dispatchEvent(new Event('change'));})()")  # fmt: skip
+    assert _studies(browser) == ["outlier"]
+    browser.js("(() => {const s = document.getElementById('show'); s.value = 'failed';"
+               " s.dispatchEvent(new Event('change'));})()")  # fmt: skip
+    assert _studies(browser) == ["f"]
+    browser.js("(() => {const s = document.getElementById('show'); s.value = 'all';"
+               " s.dispatchEvent(new Event('change'));})()")  # fmt: skip
+
+    # every image decoded: the three embedded figures; the charts are inline SVG
     sizes = browser.js("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
-    assert len(sizes) == 4
-    assert all(c and w > 100 and h > 100 for c, w, h in sizes)
+    assert len(sizes) == 3 and all(c and w > 100 and h > 100 for c, w, h in sizes)
+    assert browser.js("document.querySelectorAll('#groups ~ .charts svg circle').length") == 12
 
+    for width in (1400, 800):
+        browser.send("Emulation.setDeviceMetricsOverride",
+                     {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False})  # fmt: skip
+        assert browser.js("window.innerWidth") == width
+        assert browser.js("document.documentElement.scrollWidth") <= width  # the page does not overflow
+        wrap = browser.js("(() => {const w = document.querySelector('.wrap');"
+                          " return [w.scrollWidth, w.clientWidth];})()")  # fmt: skip
+        assert wrap[0] <= wrap[1], f"table overflows its box at {width} px: {wrap}"
+        browser.js("document.querySelector('#studies').scrollIntoView({block: 'start'})")
+        table = _rect(browser, ".wrap")
+        assert table["x"] >= 0 and table["x"] + table["width"] <= width  # the whole table is in the window
+        shot = _shot(browser, f"table-{width}", {**table, "height": min(table["height"], 850.0)})
+        assert _png_std(shot) > 0.05  # the table rendered: not a blank rectangle
+        browser.js("window.scrollTo(0, 0)")
+        assert _png_std(_shot(browser, f"top-{width}")) > 0.05
     browser.js("document.querySelector('#fig-s1 img').scrollIntoView({block: 'start'})")
-    x, y, w, h = browser.js(
-        "(() => {const r = document.querySelector('#fig-s1 img').getBoundingClientRect();"
-        " return [r.x, r.y, r.width, r.height];})()"
-    )
-    assert w > 200 and h > 100
-    shot = browser.send("Page.captureScreenshot",
-                        {"format": "png", "clip": {"x": x, "y": y, "width": w, "height": h, "scale": 1}})  # fmt: skip
-    assert _png_std(shot["data"]) > 0.05  # the figure rendered: not a blank rectangle
-    full = browser.send("Page.captureScreenshot", {"format": "png"})
-    assert _png_std(full["data"]) > 0.05
-
+    assert _png_std(_shot(browser, "figure", _rect(browser, "#fig-s1 img"))) > 0.05
     assert browser.errors() == []
+
+    # a study's page, through its link, and back
+    browser.click("#studies tbody tr:nth-child(3) td.study a")  # s1
+    browser.wait_event("Page.frameNavigated")
+    _wait(browser, "document.readyState === 'complete' && document.title.startsWith('s1 ')")
+    imgs = browser.js("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+    assert [a for a, _, _ in imgs] == ["mosaic of s1", "comparison figure of s1"]
+    assert all(c and w > 300 for _, c, w in imgs)
+    assert "cd" * 32 in browser.js("document.body.textContent")
+    assert browser.js("document.documentElement.scrollWidth") <= 800
+    _shot(browser, "study-800")
+    browser.click("nav a")
+    _wait(browser, "document.readyState === 'complete' && !!document.getElementById('studies')")
+    assert browser.errors() == []
+
+
+def _wait(b: Browser, condition: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not b.js(f"(() => {{ try {{ return !!({condition}); }} catch (e) {{ return false; }} }})()"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {condition}")
+        time.sleep(0.05)

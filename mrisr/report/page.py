@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 STUDY_DIR = "report_studies"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_BREAK = re.compile(r"(?<=[_./-])")
 
 
 def page_name(study: str) -> str:
@@ -48,6 +49,13 @@ def _fmt(v: Any, col: Column) -> str:
             return str(v)
         return f"{v:.{col.digits if col.digits is not None else 4}f}"
     return str(v)
+
+
+def _breakable(text: Any) -> Any:
+    """``text`` escaped, with a line-break opportunity after each ``_ - . /`` (long BIDS ids wrap there)."""
+    from markupsafe import Markup, escape
+
+    return Markup("<wbr>").join(escape(p) for p in _BREAK.split(str(text)))
 
 
 def _dv(v: Any) -> str:
@@ -67,6 +75,7 @@ def _env() -> Any:
     )
     env.filters["fmt"] = _fmt
     env.filters["dv"] = _dv
+    env.filters["breakable"] = _breakable
     return env
 
 
