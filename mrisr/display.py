@@ -146,18 +146,30 @@ def main_plane(disp: Display, factors: tuple[int, int, int]) -> str:
     return next(p for p in ("axial", "coronal", "sagittal") if ras_factor[PLANES[p]] == low)
 
 
-def busiest_window(diff: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
-    """Top-left ``(row, col)`` of the ``size`` window with the largest sum of ``diff`` (a 2D map).
+def busiest_window(
+    diff: np.ndarray, size: tuple[int, int], *, inside: np.ndarray | None = None, min_inside: float = 0.75
+) -> tuple[int, int]:
+    """Top-left ``(row, col)`` of the ``size`` window with the largest sum of ``|diff|`` (a 2D map).
 
-    Ties go to the first window in row-major order; a window larger than the map is clipped to it.
+    With ``inside`` (a boolean map, e.g. the head), only windows of which at least ``min_inside`` is
+    inside compete (all windows when none is). Ties go to the first window in row-major order; a
+    window larger than the map is clipped to it.
     """
     d = np.nan_to_num(np.abs(np.asarray(diff, dtype=np.float64)))
     h, w = min(size[0], d.shape[0]), min(size[1], d.shape[1])
-    c = np.zeros((d.shape[0] + 1, d.shape[1] + 1))
-    c[1:, 1:] = d.cumsum(0).cumsum(1)
-    sums = c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
+    sums = _window_sums(d, h, w)
+    if inside is not None:
+        frac = _window_sums(np.asarray(inside, dtype=np.float64), h, w) / (h * w)
+        if (frac >= min_inside).any():
+            sums = np.where(frac >= min_inside, sums, -1.0)
     r, col = np.unravel_index(int(np.argmax(sums)), sums.shape)
     return int(r), int(col)
+
+
+def _window_sums(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    c = np.zeros((a.shape[0] + 1, a.shape[1] + 1))
+    c[1:, 1:] = a.cumsum(0).cumsum(1)
+    return c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
 
 
 def nice_length(span_mm: float) -> float:

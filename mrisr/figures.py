@@ -159,6 +159,8 @@ def _decorate(
                     fontweight="bold", path_effects=stroke)  # fmt: skip
     left, right, bottom, top = extent
     width, height = right - left, bottom - top
+    if height < 0.3 * width:  # a thin slab: the bar would cover the letters
+        return
     bar = nice_length(width)
     x0, y0 = left + 0.06 * width, bottom - 0.07 * height
     ax.plot([x0, x0 + bar], [y0, y0], color=bar_color, linewidth=3, solid_capstyle="butt", path_effects=bar_stroke)
@@ -247,7 +249,8 @@ def compare_figure(
     vmin, vmax = _window(ref if ref is not None else srs)
     zh = max(min(8, srs.shape[0]), round(srs.shape[0] * ZOOM_FRACTION))
     zw = max(min(8, srs.shape[1]), round(srs.shape[1] * ZOOM_FRACTION))
-    zr, zc = busiest_window(srs - bic if bic is not None else srs, (zh, zw))
+    head = srs > 0.1 * np.percentile(np.abs(srs), 99) if np.any(srs) else None  # rule of metrics.foreground_mask
+    zr, zc = busiest_window(srs - bic if bic is not None else srs, (zh, zw), inside=head)
     px_w, px_h = (extent[1] - extent[0]) / srs.shape[1], (extent[2] - extent[3]) / srs.shape[0]
     zbox = (zc * px_w, (zc + zw) * px_w, (zr + zh) * px_h, zr * px_h)  # mm: left, right, bottom, top
 

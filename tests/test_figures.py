@@ -87,6 +87,12 @@ def test_busiest_window_and_bar() -> None:
     d[12:15, 2:5] = 1.0
     assert busiest_window(d, (3, 3)) == (12, 2)
     assert busiest_window(np.ones((4, 4)), (8, 8)) == (0, 0)
+    # the strongest difference on the edge of the head loses to one inside it
+    head = np.zeros((20, 30), dtype=bool)
+    head[5:20, 8:30] = True
+    d[10:13, 20:23] = 0.5
+    assert busiest_window(d, (3, 3), inside=head) == (10, 20)
+    assert busiest_window(d, (3, 3), inside=np.zeros_like(head)) == (12, 2)  # nothing inside: all compete
     assert nice_length(100.0) == 20.0 and nice_length(12.0) == 2.0 and nice_length(260.0) == 50.0
 
 

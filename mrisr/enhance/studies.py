@@ -64,6 +64,10 @@ def _output_from(adapted: dict[str, Any] | None) -> str:
     return "bicubic" if adapted.get("fallback") == "bicubic" else "network"
 
 
+def _db(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f} dB"
+
+
 class StudyBatch:
     """The study-level half of :class:`~mrisr.enhance.Enhancer` (which provides the attributes and
     the array-level methods declared here)."""
