@@ -261,12 +261,17 @@ def compare_figure(
         panels.append(("reference", ref, None, extent))
     panels += [("input (nearest)", low, None, lextent), ("bicubic", bic, "bicubic", extent),
                (data.sr_label, srs, "sr", extent)]  # fmt: skip
-    ncol = 4
-    fig = plt.figure(figsize=(3.5 * ncol, 14.2), layout="constrained")
+    ncol, col_w = 4, 3.5
+    # Rows as tall as what they show: a thin slab's plane (thick slices, few of them) takes little room.
+    aspect = [(e[2] - e[3]) / (e[1] - e[0]) for e in (plane_extent(disp, p) for p in ("axial", "coronal", "sagittal"))]
+    main_ratio = min(1.4, max(0.2, (extent[2] - extent[3]) / (extent[1] - extent[0])))
+    ratios = [main_ratio] * 3 + [min(1.4, max(0.45, *aspect))]
+    # (the colour bars take some of each column's width, so the images are a little less tall than wide)
+    fig = plt.figure(figsize=(col_w * ncol, col_w * (0.82 * sum(ratios[:3]) + ratios[3]) + 2.0), layout="constrained")
     try:
         orient = " · axes nearest to an oblique grid" if disp.oblique else ""
         fig.suptitle(f"{title} — {_slice_label(disp, plane, idx, data.frames)}{orient}", fontsize=13)
-        axes = fig.subplots(4, ncol, squeeze=False)
+        axes = fig.subplots(4, ncol, squeeze=False, gridspec_kw={"height_ratios": ratios})
         for ax in axes.ravel():
             ax.set_axis_off()
         for col, (name, img, key, ext) in enumerate(panels):
@@ -348,7 +353,7 @@ def _maps_row(
 
 def _three_planes(axes: Any, disp: Display, vol: np.ndarray, frames: int) -> None:
     ras = disp.turn(vol)
-    vmin, vmax = _window(ras[::2, ::2, ::2])
+    vmin, vmax = _window(ras[::3, ::3, ::2])
     for ax, plane in zip(axes, ("axial", "coronal", "sagittal"), strict=True):
         fixed, _, _ = plane_axes(plane)
         idx = disp.shape[fixed] // 2
@@ -391,12 +396,16 @@ def mosaic_figure(
     _check_3d("sr", vol)
     disp = Display.of(affine, vol.shape)
     ras = disp.turn(vol)
-    vmin, vmax = _window(ras[::2, ::2, ::2])
-    fig = plt.figure(figsize=(2.6 * per_plane, 8.4), layout="constrained")
+    vmin, vmax = _window(ras[::3, ::3, ::2])
+    planes = ("axial", "coronal", "sagittal")
+    # Rows as tall as their planes (a thin slab's coronal and sagittal rows take little room).
+    ratios = [min(1.5, max(0.12, (e[2] - e[3]) / (e[1] - e[0]))) for e in (plane_extent(disp, p) for p in planes)]
+    col_w = 2.6
+    fig = plt.figure(figsize=(col_w * per_plane, col_w * sum(ratios) + 0.45 * 3 + 0.5), layout="constrained")
     try:
         fig.suptitle(title, fontsize=13)
-        axes = fig.subplots(3, per_plane, squeeze=False)
-        for row, plane in enumerate(("axial", "coronal", "sagittal")):
+        axes = fig.subplots(3, per_plane, squeeze=False, gridspec_kw={"height_ratios": ratios})
+        for row, plane in enumerate(planes):
             fixed, _, _ = plane_axes(plane)
             n = disp.shape[fixed]
             picks = sorted({min(n - 1, round((c + 1) * n / (per_plane + 1))) for c in range(per_plane)})

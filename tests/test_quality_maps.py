@@ -105,3 +105,16 @@ def test_fallback_is_labelled_bicubic() -> None:
     assert output_label("ESPCN", "bicubic") == "bicubic (fallback)"
     assert output_label("SRCNN", "adapted network") == "SRCNN (adapted)"
     assert output_label("ESPCN", "network") == "ESPCN"
+
+
+def test_asking_for_a_map_later_is_not_silently_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = _ckpt(tmp_path / "random.pt", identity=False)
+    src = _save(tmp_path / "s.nii.gz", _blob((8, 8, 2), seed=5))
+    out = tmp_path / "out"
+    args = ["enhance", str(src), "--out", str(out), "--checkpoint", str(ckpt), "--ensemble", "2", "--no-figure"]
+    assert main(args) == 0
+    assert main(args) == 0  # the same request: skipped
+    assert main([*args, "--save-uncertainty"]) == 1  # another request: refused, not skipped without a map
+    assert "use --overwrite" in capsys.readouterr().out + capsys.readouterr().err
+    assert main([*args, "--save-uncertainty", "--overwrite"]) == 0
+    assert (out / "s_uncertainty.nii.gz").is_file()

@@ -84,9 +84,11 @@ def test_hostile_sidecar_is_text_and_links_stay_inside(tmp_path: Path) -> None:
     root.mkdir()
     (root / "x_sr.json").write_text(json.dumps(bad), encoding="utf-8")
     write(root, sidecar("f", status="failed", psnr=None, error='<img src=x onerror="alert(3)">'))
+    (root / "deep_sr.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000, encoding="utf-8")
     res = build_report(root)
+    assert dict(res.failures)["deep"].startswith("unreadable sidecar")
     pages = [res.html, *sorted((root / "report_studies").glob("*.html"))]
-    assert len(pages) == 3
+    assert len(pages) == 4
     for p in pages:
         text = p.read_text(encoding="utf-8")
         assert "<script>alert" not in text and "<img src=x" not in text

@@ -204,6 +204,8 @@ class Enhancer(StudyBatch):
             "intermediates": bool(opts.simulate and opts.save_intermediates),
             "figure": opts.figure,
         }
+        # Only when asked, so that sidecars written before these options still match a plain rerun.
+        req |= {k: True for k in ("save_uncertainty", "save_residual") if getattr(opts, k)}
         return dict(json.loads(json.dumps(req)))
 
     def _request_differences(
