@@ -112,7 +112,7 @@ def test_compare_figure_with_reference(tmp_path) -> None:
                       residual=lr * 0.01, uncertainty=np.abs(ref) * 0.01, sr_label="ESPCN")  # fmt: skip
     p = compare_figure(tmp_path / "f.png", data, metrics={"psnr_sr": 30.0}, title="f")
     img = mpimg.imread(p)
-    assert img.shape[1] >= 1300 and img.shape[0] >= 1300  # legible when shown at ~1000 px
+    assert img.shape[1] >= 1300 and img.shape[0] >= 1000  # legible when shown at ~1000 px
     assert float(img[..., :3].std()) > 0.05
     assert not list(tmp_path.glob(".*"))
     with pytest.raises(ValueError, match="one grid"):

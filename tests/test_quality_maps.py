@@ -115,6 +115,7 @@ def test_asking_for_a_map_later_is_not_silently_skipped(tmp_path: Path, capsys: 
     assert main(args) == 0
     assert main(args) == 0  # the same request: skipped
     assert main([*args, "--save-uncertainty"]) == 1  # another request: refused, not skipped without a map
-    assert "use --overwrite" in capsys.readouterr().out + capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "use --overwrite" in captured.out + captured.err
     assert main([*args, "--save-uncertainty", "--overwrite"]) == 0
     assert (out / "s_uncertainty.nii.gz").is_file()

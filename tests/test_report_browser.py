@@ -310,7 +310,6 @@ def test_report_in_chromium(browser: Browser, report_html: Path) -> None:
 
     # a study's page, through its link, and back
     browser.click("#studies tbody tr:nth-child(3) td.study a")  # s1
-    browser.wait_event("Page.frameNavigated")
     _wait(browser, "document.readyState === 'complete' && document.title.startsWith('s1 ')")
     imgs = browser.js("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
     assert [a for a, _, _ in imgs] == ["mosaic of s1", "comparison figure of s1"]
@@ -324,8 +323,14 @@ def test_report_in_chromium(browser: Browser, report_html: Path) -> None:
 
 
 def _wait(b: Browser, condition: str) -> None:
+    """Poll until ``condition`` holds in the page (across a navigation, which may fail an evaluation)."""
     deadline = time.monotonic() + TIMEOUT_S
-    while not b.js(f"(() => {{ try {{ return !!({condition}); }} catch (e) {{ return false; }} }})()"):
+    while True:
+        try:
+            if b.js(f"(() => {{ try {{ return !!({condition}); }} catch (e) {{ return false; }} }})()"):
+                return
+        except RuntimeError:  # the page's context went away mid-navigation
+            pass
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {condition}")
         time.sleep(0.05)
