@@ -15,7 +15,7 @@ from mrisr.cli import app
 from mrisr.report import build_report
 from mrisr.report.cohort import flag_outliers, natural_key, robust_z
 from mrisr.report.columns import COLUMN_INFO, TABLE_COLUMNS
-from mrisr.report.links import href, inside
+from mrisr.report.links import from_page, sidecar_link
 from tests.test_report import parse, sidecar, write
 
 
@@ -104,15 +104,23 @@ def test_hostile_sidecar_is_text_and_links_stay_inside(tmp_path: Path) -> None:
 
 
 def test_link_rules(tmp_path: Path) -> None:
-    (tmp_path / "sub").mkdir()
+    side = tmp_path / "sub" / "x_sr.json"
+    side.parent.mkdir()
     (tmp_path / "sub" / "f.png").write_bytes(b"x")
-    assert inside(tmp_path, tmp_path / "sub", "f.png") == "sub/f.png"
-    assert inside(tmp_path, tmp_path / "sub", "../sub/f.png") == "sub/f.png"
-    for bad in ("../../x", "/etc/passwd", "javascript:x", "C:\\x", "a\\b", "", "f\n.png", None, 3):
-        assert inside(tmp_path, tmp_path / "sub", bad) is None, bad
+
+    def rel(value: object) -> str | None:
+        lk = sidecar_link(tmp_path, side, value, what="mosaic")
+        return None if lk is None else lk.rel
+
+    assert rel("f.png") == "sub/f.png" and rel("../sub/f.png") == "sub/f.png"
+    for bad in ("../../x", "/etc/passwd", "javascript:x", "C:\\x", "a\\b", "f\0.png", ["f.png"], 3):
+        assert rel(bad) is None, bad
+    assert rel(None) is None and rel("") is None  # absent entries
     (tmp_path / "sub" / "out").symlink_to("/etc")
-    assert inside(tmp_path, tmp_path / "sub", "out/passwd") is None  # a link out of the folder
-    assert href("a b/c#d.png", depth=1) == "../a%20b/c%23d.png"
+    assert rel("out/passwd") is None  # a link out of the folder
+    lk = sidecar_link(tmp_path, side, "a b#c.png", what="figure")
+    assert lk is not None and lk.href == "sub/a%20b%23c.png" and not lk.exists
+    assert from_page(lk.href, depth=1) == "../sub/a%20b%23c.png"
 
 
 def test_training_curves(tmp_path: Path) -> None:

@@ -187,8 +187,7 @@ def _row_from_sidecar(path: Path, root: Path) -> dict[str, Any]:
     row["study"] = name[: -len(SIDECAR_SUFFIX)] if name.endswith(SIDECAR_SUFFIX) else Path(name).stem
     row["sidecar"] = _text(_rel(path, root))
     row["status"] = "failed"
-    row["_files"] = []
-    row["_prov"] = {}
+    row.update(_files=[], _prov={}, _output_link=None, _figure_link=None, _mosaic_link=None)
     data, why = _load_sidecar(path, root)
     if data is None:
         row["error"] = why
