@@ -30,17 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from mrisr.display import (
-    Display,
-    busiest_window,
-    main_plane,
-    nice_length,
-    plane_axes,
-    plane_extent,
-    plane_image,
-    plane_letters,
-)
+from mrisr.display import Display, busiest_window, main_plane, plane_axes, plane_extent, plane_image
 from mrisr.fsutil import atomic_path
+from mrisr.panels import check_3d, decorate, pyplot, slice_label, top, window
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +40,6 @@ ZOOM_FRACTION = 0.25
 """Side of the zoom window as a fraction of the main plane's size (at least 8 display pixels)."""
 DPI = 100
 UNITS = "input units"
-_VOX = "ijk"
 
 
 @dataclass(frozen=True)
@@ -91,40 +82,6 @@ def preload() -> None:
     import matplotlib.pyplot
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _window(*imgs: np.ndarray | None) -> tuple[float, float]:
-    vals = [i[np.isfinite(i)] for i in imgs if i is not None]
-    finite = np.concatenate(vals) if vals else np.zeros(0)
-    if finite.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(finite, [0.5, 99.5])
-    return float(lo), float(hi if hi > lo else lo + 1.0)
-
-
-def _top(*maps: np.ndarray) -> float:
-    a = np.concatenate([np.abs(m[np.isfinite(m)]).ravel() for m in maps])
-    if a.size == 0:
-        return 1.0
-    return float(np.percentile(a, 99.5)) or float(a.max()) or 1.0
-
-
-def _check_3d(name: str, a: np.ndarray | None, shape: tuple[int, ...] | None = None) -> None:
-    if a is None:
-        return
-    if a.ndim != 3:
-        raise ValueError(f"{name}: expected a 3D (i, j, k) array, got shape {a.shape}")
-    if shape is not None and a.shape != shape:
-        raise ValueError(f"{name} {a.shape} and sr {shape} must share one grid")
-
-
 def _bicubic_plane(lowres: np.ndarray, factors: tuple[int, int, int], vox_axis: int, hr_index: int) -> np.ndarray:
     """Bicubic upsampling (clamped to the input's range) of the fine slice ``hr_index`` across ``vox_axis``.
 
@@ -140,39 +97,6 @@ def _bicubic_plane(lowres: np.ndarray, factors: tuple[int, int, int], vox_axis: 
     shape = [n * int(fa) for n, fa in zip(slab.shape, factors, strict=True)]
     up = np.clip(upsample_volume(slab, shape), float(lowres.min()), float(lowres.max()))
     return np.take(up, [hr_index - start * f], axis=vox_axis)
-
-
-def _decorate(
-    ax: Any, plane: str, extent: tuple[float, float, float, float], *, letters: bool = True, bar_color: str = "white"
-) -> None:
-    """Orientation letters at the edges and a scale bar in mm at the bottom left."""
-    import matplotlib.patheffects as pe
-
-    stroke = [pe.withStroke(linewidth=2.5, foreground="black")]
-    bar_stroke = [pe.withStroke(linewidth=2.5, foreground="black" if bar_color == "white" else "white")]
-    if letters:
-        pos = {"left": (0.015, 0.5, "left", "center"), "right": (0.985, 0.5, "right", "center"),
-               "top": (0.5, 0.985, "center", "top"), "bottom": (0.5, 0.015, "center", "bottom")}  # fmt: skip
-        for edge, letter in plane_letters(plane).items():
-            x, y, ha, va = pos[edge]
-            ax.text(x, y, letter, transform=ax.transAxes, ha=ha, va=va, color="#ffd54a", fontsize=11,
-                    fontweight="bold", path_effects=stroke)  # fmt: skip
-    left, right, bottom, top = extent
-    width, height = right - left, bottom - top
-    if height < 0.3 * width:  # a thin slab: the bar would cover the letters
-        return
-    bar = nice_length(width)
-    x0, y0 = left + 0.06 * width, bottom - 0.07 * height
-    ax.plot([x0, x0 + bar], [y0, y0], color=bar_color, linewidth=3, solid_capstyle="butt", path_effects=bar_stroke)
-    ax.text(x0 + bar / 2, y0 - 0.02 * height, f"{bar:g} mm", color=bar_color, ha="center", va="bottom",
-            fontsize=9, path_effects=bar_stroke)  # fmt: skip
-
-
-def _slice_label(disp: Display, plane: str, index: int, frames: int) -> str:
-    fixed, _, _ = plane_axes(plane)
-    v = disp.vox_axis(fixed)
-    label = f"{plane} · {_VOX[v]} = {disp.vox_index(fixed, index)}/{disp.shape[fixed]}"
-    return label + (f" · frame 0/{frames}" if frames > 1 else "")
 
 
 def _label(name: str, metrics: Mapping[str, Any] | None, key: str | None) -> str:
@@ -211,15 +135,15 @@ def compare_figure(
         ValueError: When an array is not 3D, or ``bicubic``, ``reference`` or ``uncertainty`` are not on
             the grid of ``sr``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     sr = np.asarray(data.sr)
-    _check_3d("sr", sr)
+    check_3d("sr", sr)
     for name in ("bicubic", "reference", "uncertainty"):
-        _check_3d(name, getattr(data, name), sr.shape)
-    _check_3d("lowres", data.lowres)
-    _check_3d("residual", data.residual)
+        check_3d(name, getattr(data, name), sr.shape)
+    check_3d("lowres", data.lowres)
+    check_3d("residual", data.residual)
     disp = Display.of(data.affine, sr.shape)
     coarse = disp.coarse(data.factors)
     plane = main_plane(disp, data.factors)
@@ -246,7 +170,7 @@ def compare_figure(
         bic = None
     low, res, unc = lr(data.lowres), lr(data.residual), hr(data.uncertainty)
     extent = plane_extent(disp, plane)
-    vmin, vmax = _window(ref if ref is not None else srs)
+    vmin, vmax = window(ref if ref is not None else srs)
     zh = max(min(8, srs.shape[0]), round(srs.shape[0] * ZOOM_FRACTION))
     zw = max(min(8, srs.shape[1]), round(srs.shape[1] * ZOOM_FRACTION))
     head = srs > 0.1 * np.percentile(np.abs(srs), 99) if np.any(srs) else None  # rule of metrics.foreground_mask
@@ -270,7 +194,7 @@ def compare_figure(
     fig = plt.figure(figsize=(col_w * ncol, col_w * (0.82 * sum(ratios[:3]) + ratios[3]) + 2.0), layout="constrained")
     try:
         orient = " · axes nearest to an oblique grid" if disp.oblique else ""
-        fig.suptitle(f"{title} — {_slice_label(disp, plane, idx, data.frames)}{orient}", fontsize=13)
+        fig.suptitle(f"{title} — {slice_label(disp, plane, idx, data.frames)}{orient}", fontsize=13)
         axes = fig.subplots(4, ncol, squeeze=False, gridspec_kw={"height_ratios": ratios})
         for ax in axes.ravel():
             ax.set_axis_off()
@@ -282,7 +206,7 @@ def compare_figure(
                 ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, extent=ext, interpolation="nearest")
                 ax.add_patch(Rectangle((zbox[0], zbox[3]), zbox[1] - zbox[0], zbox[2] - zbox[3], fill=False,
                                        edgecolor="#ffd54a", linewidth=1.2))  # fmt: skip
-                _decorate(ax, plane, ext)
+                decorate(ax, plane, ext)
             ax.set_title(_label(name, metrics, key), fontsize=11)
             zax = axes[1][col]
             if img is not None:
@@ -308,7 +232,7 @@ def _map(fig: Any, ax: Any, img: np.ndarray, *, title: str, cmap: str, vmin: flo
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cb.set_label(unit, fontsize=9)
     cb.ax.tick_params(labelsize=8)
-    _decorate(ax, plane, extent, bar_color="black" if cmap == "RdBu_r" else "white")
+    decorate(ax, plane, extent, bar_color="black" if cmap == "RdBu_r" else "white")
     ax.set_title(title, fontsize=11)
 
 
@@ -331,36 +255,36 @@ def _maps_row(
     unit = f"intensity ({UNITS})"
     if ref is not None and bic is not None:
         eb, es = np.abs(bic - ref), np.abs(srs - ref)
-        top = _top(eb, es)
+        vtop = top(eb, es)
         for name, err in (("bicubic", eb), (sr_label, es)):
-            _map(fig, axes[col], err, title=f"|{name} − reference|", cmap="magma", vmin=0.0, vmax=top,
+            _map(fig, axes[col], err, title=f"|{name} − reference|", cmap="magma", vmin=0.0, vmax=vtop,
                  extent=extent, plane=plane, unit=unit)  # fmt: skip
             col += 1
     elif bic is not None:
         d = np.abs(srs - bic)
         _map(fig, axes[col], d, title=f"|{sr_label} − bicubic| (what SR changed)", cmap="magma", vmin=0.0,
-             vmax=_top(d), extent=extent, plane=plane, unit=unit)  # fmt: skip
+             vmax=top(d), extent=extent, plane=plane, unit=unit)  # fmt: skip
         col += 1
     if res is not None:
-        top = _top(res)
-        _map(fig, axes[col], res, title="consistency residual\n(SR degraded − input)", cmap="RdBu_r", vmin=-top,
-             vmax=top, extent=lextent, plane=plane, unit=unit)  # fmt: skip
+        vtop = top(res)
+        _map(fig, axes[col], res, title="consistency residual\n(SR degraded − input)", cmap="RdBu_r", vmin=-vtop,
+             vmax=vtop, extent=lextent, plane=plane, unit=unit)  # fmt: skip
         col += 1
     if unc is not None:
         _map(fig, axes[col], unc, title="ensemble spread (std of views)", cmap="viridis", vmin=0.0,
-             vmax=_top(unc), extent=extent, plane=plane, unit=unit)  # fmt: skip
+             vmax=top(unc), extent=extent, plane=plane, unit=unit)  # fmt: skip
 
 
 def _three_planes(axes: Any, disp: Display, vol: np.ndarray, frames: int) -> None:
     ras = disp.turn(vol)
-    vmin, vmax = _window(ras[::3, ::3, ::2])
+    vmin, vmax = window(ras[::3, ::3, ::2])
     for ax, plane in zip(axes, ("axial", "coronal", "sagittal"), strict=True):
         fixed, _, _ = plane_axes(plane)
         idx = disp.shape[fixed] // 2
         ext = plane_extent(disp, plane)
         ax.imshow(plane_image(ras, plane, idx), cmap="gray", vmin=vmin, vmax=vmax, extent=ext, interpolation="nearest")
-        _decorate(ax, plane, ext)
-        ax.set_title(f"SR {_slice_label(disp, plane, idx, frames)}", fontsize=10)
+        decorate(ax, plane, ext)
+        ax.set_title(f"SR {slice_label(disp, plane, idx, frames)}", fontsize=10)
 
 
 def _numbers(ax: Any, metrics: Mapping[str, Any] | None, notes: Mapping[str, str] | None) -> None:
@@ -391,12 +315,12 @@ def mosaic_figure(
     Returns:
         The written path.
     """
-    plt = _pyplot()
+    plt = pyplot()
     vol = np.asarray(sr)
-    _check_3d("sr", vol)
+    check_3d("sr", vol)
     disp = Display.of(affine, vol.shape)
     ras = disp.turn(vol)
-    vmin, vmax = _window(ras[::3, ::3, ::2])
+    vmin, vmax = window(ras[::3, ::3, ::2])
     planes = ("axial", "coronal", "sagittal")
     # Rows as tall as their planes (a thin slab's coronal and sagittal rows take little room).
     ratios = [min(1.5, max(0.12, (e[2] - e[3]) / (e[1] - e[0]))) for e in (plane_extent(disp, p) for p in planes)]
@@ -417,8 +341,8 @@ def mosaic_figure(
                     continue
                 ax.imshow(plane_image(ras, plane, picks[col]), cmap="gray", vmin=vmin, vmax=vmax, extent=ext,
                           interpolation="nearest")  # fmt: skip
-                _decorate(ax, plane, ext, letters=col == 0)
-                ax.set_title(_slice_label(disp, plane, picks[col], frames), fontsize=9)
+                decorate(ax, plane, ext, letters=col == 0)
+                ax.set_title(slice_label(disp, plane, picks[col], frames), fontsize=9)
         with atomic_path(Path(path)) as tmp:
             fig.savefig(tmp, format="png", dpi=DPI)
     finally:
