@@ -468,10 +468,6 @@ class StudyBatch:
         return results
 
 
-def _db(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f} dB"
-
-
 def _relative(path: Path, sidecar: Path) -> str:
     """``path`` relative to the sidecar's folder (how the sidecar names its files)."""
     return Path(os.path.relpath(path, sidecar.parent)).as_posix()
