@@ -190,7 +190,7 @@ def _update_description(path: Path, source_root: Path, network: str) -> str:
 
 
 #: What mrisr writes into a derivatives dataset that BIDS does not describe: the figures and the report.
-BIDSIGNORE = ("sub-*/figures", "sub-*/ses-*/figures", "report.html", "report.csv", "report.json")
+BIDSIGNORE = ("sub-*/figures", "sub-*/ses-*/figures", "report.html", "report.csv", "report.json", "report_studies")
 
 
 def _ignore_extras(out_dir: Path) -> None:

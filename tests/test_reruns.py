@@ -87,7 +87,7 @@ def _standing(out: Path) -> set[str]:
 def test_overwrite_in_another_format_replaces_the_old_output(tmp_path: Path, study: Path, net: Path) -> None:
     out = tmp_path / "out"
     assert main(_args(study, out, net)) == 0
-    assert _standing(out) == {"s_sr.nii.gz", "s_sr.json", "s_compare.png"}
+    assert _standing(out) == {"s_sr.nii.gz", "s_sr.json", "s_compare.png", "s_mosaic.png"}
     assert main(_args(study, out, net, "--format", "dicom", "--overwrite", "--no-figure")) == 0
     assert _standing(out) == {"s_sr", "s_sr.json"}  # the old NIfTI and figure are gone
     side = json.loads((out / "s_sr.json").read_text())
@@ -95,7 +95,7 @@ def test_overwrite_in_another_format_replaces_the_old_output(tmp_path: Path, stu
     assert main(_args(study, out, net, "--format", "dicom", "--no-figure")) == 0  # the same request: skipped
     assert json.loads((out / "s_sr.json").read_text()) == side
     assert main(_args(study, out, net, "--overwrite", "--dtype", "float32")) == 0
-    assert _standing(out) == {"s_sr.nii.gz", "s_sr.json", "s_compare.png"}  # the DICOM folder is gone
+    assert _standing(out) == {"s_sr.nii.gz", "s_sr.json", "s_compare.png", "s_mosaic.png"}  # the DICOM folder is gone
     assert nib.load(out / "s_sr.nii.gz").get_data_dtype() == np.float32
     assert _leftovers(out) == []
 
@@ -163,7 +163,7 @@ def test_killed_overwrite_leaves_the_old_or_the_new_complete_result(
     if not journal.exists():  # killed before the commit point: the old result, complete and untouched
         assert point[0] == "write"
         assert (out / "s_sr.json").read_text() == old_side and (out / "s_sr.nii.gz").read_bytes() == old_nii
-        assert _standing(out) == {"s_sr.nii.gz", "s_sr.json", "s_compare.png"}
+        assert _standing(out) == {"s_sr.nii.gz", "s_sr.json", "s_compare.png", "s_mosaic.png"}
         assert main(new) == 0
     else:  # committed: the next run of the study (whatever it asks) completes it first
         assert main(_args(study, out, net, "--format", "dicom", "--no-figure")) == 0  # then skips it
