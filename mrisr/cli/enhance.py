@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from mrisr.discovery import Study
     from mrisr.enhance import EnhanceOptions, Enhancer, StudyResult
 
-from mrisr.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail
+from mrisr.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
 from mrisr.cli.console import QUIET, available_cpus, live, log_line, make_console, output
 
 
