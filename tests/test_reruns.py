@@ -74,7 +74,8 @@ def test_rerun_with_another_request_is_refused_naming_what_differs(
         args.remove("--ensemble")
     assert main(args) == 1
     err = capsys.readouterr().err
-    (line,) = [ln for ln in err.splitlines() if "another request" in ln]
+    # One error line (the per-study log line and the summary table say it again, whole).
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:") and "another request" in ln]
     assert named in line and "--overwrite" in line, line
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing touched
     assert not (out / "s_sr").exists()
