@@ -154,3 +154,88 @@ def untouched_axes(
         same = np.allclose(vox[:3, a], unit, atol=1e-6) and abs(vox[a, 3]) < 1e-6
         out.append(bool(same and int(shape_in[a]) == int(shape_out[a])))
     return (out[0], out[1], out[2])
+
+
+#: The largest integer refinement per axis that mrisr serves (thick slices up to ×6).
+MAX_FACTOR = 6
+#: Relative tolerance under which a spacing ratio counts as an integer (2.0001 mm → 1 mm is ×2).
+RATIO_TOLERANCE = 1e-3
+
+
+def factors_for_spacing(spacing: Sequence[float], target: Sequence[float]) -> Factors:
+    """Integer factors that make each axis at least as fine as ``target`` (mm).
+
+    ``f = ceil(spacing / target)``, where a ratio within :data:`RATIO_TOLERANCE` (relative) of an
+    integer counts as that integer: 2.2 mm → 1 mm is ×3 (then resampled onto the 1 mm grid by
+    :func:`target_grid`), 2 mm → 1 mm is ×2 exactly.
+
+    Raises:
+        ValueError: A target coarser than the spacing on an axis, or a factor above :data:`MAX_FACTOR`.
+    """
+    out = []
+    for a, (s, t) in enumerate(zip(spacing, target, strict=True)):
+        ratio = float(s) / float(t)
+        if ratio < 1 - RATIO_TOLERANCE:
+            raise ValueError(
+                f"target spacing {t:g} mm is coarser than the voxel spacing {s:g} mm along axis {a} "
+                "(mrisr only refines grids)"
+            )
+        near = round(ratio)
+        f = int(near) if abs(ratio - near) <= RATIO_TOLERANCE * ratio else int(np.ceil(ratio))
+        if f > MAX_FACTOR:
+            raise ValueError(
+                f"target spacing {t:g} mm needs ×{f} along axis {a} (voxel spacing {s:g} mm); "
+                f"at most ×{MAX_FACTOR} is served"
+            )
+        out.append(max(1, f))
+    return (out[0], out[1], out[2])
+
+
+def target_grid(
+    affine: np.ndarray, shape: Sequence[int], target: Sequence[float]
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The grid of ``target`` spacing (mm) inside the field of view of a grid.
+
+    Along each axis of ``n`` voxels of ``s`` mm (field of view ``n·s``, from voxel edge to voxel
+    edge) the target grid has ``m = floor(n·s / t)`` voxels of ``t`` mm (at least one), **centred** in
+    the field of view: the ``n·s − m·t`` mm that ``t`` does not divide are left out, half at each
+    end. Target voxel ``i`` has its centre at (fractional) index of the input grid
+
+        ``((n·s − m·t) / 2 + (i + 0.5)·t) / s − 0.5``
+
+    (voxel centres, as in :func:`refine_affine`; an axis where ``t`` equals ``s`` is unchanged).
+    Directions are kept; only the step along each axis changes.
+
+    Returns:
+        ``(affine, shape)`` of the target grid.
+    """
+    a = np.asarray(affine, dtype=np.float64)
+    spacing = voxel_spacing(a)
+    step = np.eye(4)
+    dims = []
+    for ax in range(3):
+        n, s, t = int(shape[ax]), spacing[ax], float(target[ax])
+        if abs(s - t) <= RATIO_TOLERANCE * t:
+            dims.append(n)
+            continue
+        m = max(1, int(np.floor(n * s / t + RATIO_TOLERANCE)))
+        step[ax, ax] = t / s
+        step[ax, 3] = ((n * s - m * t) / 2 + 0.5 * t) / s - 0.5
+        dims.append(m)
+    return a @ step, (dims[0], dims[1], dims[2])
+
+
+def grid_positions(affine_from: np.ndarray, affine_to: np.ndarray, shape_to: Sequence[int]) -> list[np.ndarray]:
+    """Per axis, the (fractional) indices of grid ``from`` at the voxel centres of grid ``to``.
+
+    The two grids must share directions (one grid refines or resamples the other axis by axis), so
+    each axis maps on its own: ``from`` index ``= (A_from⁻¹ · A_to)[a, a] · i + (A_from⁻¹ · A_to)[a, 3]``.
+
+    Raises:
+        ValueError: The grids are not aligned axis by axis.
+    """
+    rel = np.linalg.inv(np.asarray(affine_from, dtype=np.float64)) @ np.asarray(affine_to, dtype=np.float64)
+    off_diag = rel[:3, :3] - np.diag(np.diag(rel[:3, :3]))
+    if np.abs(off_diag).max() > 1e-6:
+        raise ValueError("grids are not aligned axis by axis")
+    return [rel[a, a] * np.arange(int(shape_to[a])) + rel[a, 3] for a in range(3)]

@@ -434,7 +434,7 @@ def test_default_network_handles_every_scale_pattern(tmp_path: Path, capsys: pyt
     for scale, axis, shape, weights in [
         ("4", "2", (32, 32, 8), "espcn_x4.pt"),
         ("4", "0", (8, 32, 32), "espcn_x4.pt"),
-        ("4,4,4", "2", (32, 32, 32), "srcnn_x4.pt"),
+        ("4,4,4", "2", (32, 32, 32), "espcn_x4.pt"),  # in-plane ESPCN, then the through-plane SRCNN
         ("1,4,4", "2", (8, 32, 32), "srcnn_x4.pt"),
         ("1,1,4", "2", (8, 8, 32), "srcnn_x1-1-4.pt"),
     ]:
@@ -445,6 +445,8 @@ def test_default_network_handles_every_scale_pattern(tmp_path: Path, capsys: pyt
         side = json.loads((out / "s_sr.json").read_text())
         assert Path(side["checkpoint"]["path"]).name == weights
         assert side["model"]["name"] == weights.split("_")[0]
+        second = side["checkpoint_through_plane"]
+        assert (Path(second["path"]).name if second else None) == ("srcnn_x1-1-4.pt" if scale == "4,4,4" else None)
     out = tmp_path / "adapt"
     assert main([*base, "--out", str(out), "--adapt", "--adapt-steps", "2"]) == 0
     side = json.loads((out / "s_sr.json").read_text())
@@ -464,6 +466,6 @@ def test_coarse_grid_checkpoint_refuses_other_patterns_before_reading(tmp_path: 
     espcn = shipped_checkpoint((4, 4, 1), arch="espcn")
     assert espcn is not None
     src = _save(tmp_path / "s.nii.gz", _blob((8, 8, 8)))
-    args = ["enhance", str(src), "--out", str(tmp_path / "o"), "--checkpoint", str(espcn), "--scale", "4,4,4"]
+    args = ["enhance", str(src), "--out", str(tmp_path / "o"), "--checkpoint", str(espcn), "--scale", "1,4,4"]
     assert main(args) == 2
     assert not (tmp_path / "o").exists()

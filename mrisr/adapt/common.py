@@ -68,6 +68,9 @@ class AdaptResult:
     method: str = "one-axis"
     consistency_ratio: float | None = None
     source: str = ""
+    #: Width of the slice profile the donor planes were degraded with, in output voxels (``None``:
+    #: ``degradation``, contiguous slices).
+    blur_width: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""

@@ -23,7 +23,7 @@ from mrisr.adapt.common import (
     _working_copy,
     effective_steps,
 )
-from mrisr.transforms import degrade_and_upsample
+from mrisr.transforms import degrade_and_upsample, upsample
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,36 @@ def pass_plans(factors: Sequence[int], spacing: Sequence[float]) -> list[Passes]
     return plans
 
 
+#: A slice profile within this share of the slice spacing is treated as contiguous slices.
+PROFILE_TOLERANCE = 0.01
+
+
+def profile_matrix(n: int, f: int, width: float) -> torch.Tensor:
+    """``(n // f, n)`` weights that average a fine axis into coarse samples of a slice profile.
+
+    Coarse sample ``c`` sits at fine index ``f·c + (f − 1) / 2`` (voxel centres) and averages a box
+    ``width`` fine voxels wide around it (a slice ``thickness / spacing · f`` output voxels thick),
+    each fine voxel weighted by its overlap with the box; ``width == f`` is block averaging (contiguous
+    slices), less leaves gaps, more overlaps. Boxes cut by the edges are renormalised.
+    """
+    centres = f * np.arange(n // f) + (f - 1) / 2
+    j = np.arange(n)
+    lo = np.maximum(j[None, :] - 0.5, centres[:, None] - width / 2)
+    hi = np.minimum(j[None, :] + 0.5, centres[:, None] + width / 2)
+    w = np.clip(hi - lo, 0.0, None)
+    return torch.from_numpy((w / w.sum(axis=1, keepdims=True)).astype(np.float32))
+
+
+def _degrade_width(x: torch.Tensor, f: int, mode: str, width: float | None) -> torch.Tensor:
+    """Degrade ``x`` ``(N, 1, H, W)`` ×``f`` along W (``profile``: a slice profile ``width`` wide) and
+    upsample it back by bicubic interpolation."""
+    if mode != "profile" or width is None:
+        return degrade_and_upsample(x, (1, f), mode)
+    w = x.shape[-1]
+    low = x[..., : w - w % f] @ profile_matrix(w - w % f, f, width).T
+    return upsample(low, x.shape[-2:])
+
+
 def _donor_planes(x: np.ndarray, b: int, f: int) -> list[np.ndarray]:
     """Planes containing axis ``b``, cut across each of the two other axes: ``(n, other, b)`` stacks.
 
@@ -108,6 +138,7 @@ def adapt_model(
     config: AdaptConfig | None = None,
     device: torch.device | str = "cpu",
     axis: int = 2,
+    profile: Sequence[float] | None = None,
 ) -> tuple[nn.Module, AdaptResult]:
     """Fine-tune a copy of ``model`` on a study across axes.
 
@@ -119,6 +150,10 @@ def adapt_model(
         config: Adaptation settings.
         device: Torch device.
         axis: Slicing axis (used by a coarse-grid network, :func:`adapt_coarse_grid`).
+        profile: Slice thickness over spacing per axis when the header states it (DICOM). When one
+            axis is refined and its profile is not contiguous, the donor planes are degraded with
+            that slice profile (:func:`profile_matrix`, ``profile · f`` output voxels wide) instead
+            of ``config.degradation``.
 
     Returns:
         ``(network, result)``: the adapted copy (``model`` itself when nothing could be trained) and
@@ -144,11 +179,16 @@ def adapt_model(
     if not train_sets:
         return model, _rejected("too few planes with signal", cfg, t0, b, f)
     modes = ["bicubic", "box"] if cfg.degradation == "mixed" else [cfg.degradation]
+    refined = [a for a in range(3) if int(factors[a]) > 1]
+    width: float | None = None
+    if profile is not None and len(refined) == 1 and abs(float(profile[refined[0]]) - 1) > PROFILE_TOLERANCE:
+        width = float(profile[refined[0]]) * f
+        modes = ["profile"]
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     net = _working_copy(model, dev)
-    val_in = [{m: degrade_and_upsample(v, (1, f), m) for m in modes} for v in val_sets]
+    val_in = [{m: _degrade_width(v, f, m, width) for m in modes} for v in val_sets]
 
     def val_mse(module: nn.Module | None) -> float:
         total, count = 0.0, 0
@@ -179,7 +219,7 @@ def adapt_model(
             hr = hr.flip(-1)
         if coin[1] < 0.5:
             hr = hr.flip(-2)
-        inp = degrade_and_upsample(hr, (1, f), modes[it % len(modes)])
+        inp = _degrade_width(hr, f, modes[it % len(modes)], width)
         if coin[2] < 0.5:  # the degraded axis as H half of the time
             inp, hr = inp.transpose(-1, -2), hr.transpose(-1, -2)
         return F.mse_loss(net(inp.to(dev)), hr.to(dev))
@@ -198,7 +238,7 @@ def adapt_model(
     result = AdaptResult(
         used, reason, b, f, steps, best_step, bicubic, before, best,
         sum(len(t) for t in train_sets), sum(len(v) for v in val_sets), round(time.perf_counter() - t0, 3),
-        cfg.degradation, source="donor planes",
+        cfg.degradation, source="donor planes", blur_width=width,
     )  # fmt: skip
     log.info("adaptation (donor axis %d): held-out MSE bicubic %.3g, before %.3g, after %.3g: %s",
              b, bicubic, before, best, reason)  # fmt: skip

@@ -26,6 +26,16 @@ def enhance(
             help="'4' refines the plane of the --axis slices ×4; '4,4,1' per axis. Default: the checkpoint's."
         ),
     ] = None,
+    target_spacing: Annotated[
+        str | None,
+        typer.Option(
+            "--target-spacing",
+            help="Voxel size to end on, in mm: one value or three (axes i,j,k). Factors come from each "
+            "study's header; a ratio that is not an integer (2.2 -> 1.0 mm) is super-resolved at the next "
+            "integer factor, then resampled onto the target grid. Instead of --scale.",
+            show_default=False,
+        ),
+    ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Checkpoint (.pt). Default: the weights shipped for the scale.")
     ] = None,
@@ -115,7 +125,8 @@ def enhance(
 
     from mrisr.adapt import AdaptConfig
     from mrisr.discovery import find_studies
-    from mrisr.enhance import EnhanceOptions, Enhancer, parse_factors, resolve_checkpoint
+    from mrisr.enhance import EnhanceOptions, Enhancer, parse_factors, resolve_checkpoint, resolve_through_plane
+    from mrisr.enhance.spacing import plan_target_spacing
     from mrisr.errors import MrisrError
     from mrisr.inference import RunOptions, resolve_device
     from mrisr.transforms import DEGRADATIONS
@@ -134,18 +145,25 @@ def enhance(
         if out_dtype.kind == "f" and out_dtype.itemsize not in (4, 8):
             raise fail(f"--dtype {dtype!r}: NIfTI stores float32 or float64 only") from None
     from mrisr.batch import StopFlag, parse_shard, select_shard, shard_from_env
+    from mrisr.geometry import in_plane
 
+    if target_spacing is not None and scale is not None:
+        raise fail("give --scale or --target-spacing, not both")
+    if target_spacing is not None and simulate:
+        raise fail("--simulate degrades by --scale; it does not take --target-spacing")
     try:
+        target = parse_spacing(target_spacing) if target_spacing is not None else None
         factors = parse_factors(scale, axis)
         dev = resolve_device(device)
         # --only names the studies: an inherited SLURM array environment must not drop them silently.
         shard_sel = parse_shard(shard) if shard is not None else (None if only else shard_from_env())
     except ValueError as exc:
         raise fail(str(exc)) from None
+    if arch not in ("srcnn", "espcn"):
+        raise fail(f"--arch must be srcnn or espcn, not {arch!r}")
     try:
-        if arch not in ("srcnn", "espcn"):
-            raise fail(f"--arch must be srcnn or espcn, not {arch!r}")
-        ckpt = resolve_checkpoint(checkpoint, factors, arch=arch, axis=axis)
+        if target is None:  # the networks are known before any study is looked at
+            ckpt = resolve_checkpoint(checkpoint, factors, arch=arch, axis=axis)
         studies = find_studies(inputs, exclude=[out])  # an --out inside an input is not searched
     except (MrisrError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
@@ -158,33 +176,27 @@ def enhance(
         studies = [s for s in studies if s.id in set(only)]
     studies = select_shard(studies, [s.id for s in studies], shard_sel)
     adapt_config = AdaptConfig(steps=adapt_steps, seed=seed, degradation=degradation or "mixed")
-    opts = EnhanceOptions(
-        out_dir=out,
-        scale=factors,
-        axis=axis,
-        fmt=fmt,  # type: ignore[arg-type]
-        dtype=dtype,
-        overwrite=overwrite,
-        simulate=simulate,
-        degradation=degradation,
-        save_intermediates=save_intermediates,
-        figure=figure,
-        adapt=adapt_config if adapt else None,
-        auto_adapt=adapt_config if adapt is None else None,
-        lock_wait=lock_wait,
-        save_uncertainty=save_uncertainty,
-        save_residual=save_residual,
-        command=("mrisr", *state.argv) if state.argv is not None else None,
-    )
     try:
         run = RunOptions(device=dev, batch_size=batch_size, amp=amp, ensemble=ensemble)
     except ValueError as exc:
         raise fail(str(exc)) from None
     torch.set_num_threads(threads or available_cpus())
+    # One enhancer per set of factors: with --target-spacing they come from each study's header.
+    jobs: list[tuple[Enhancer, tuple[int, int, int] | None, list[Study]]] = []
     try:
-        enhancer = Enhancer(ckpt, run)
-        enhancer.check_factors(factors or enhancer.default_factors(axis), axis)
-    except MrisrError as exc:
+        if target is None:
+            jobs.append((Enhancer(ckpt, run, through_plane=resolve_through_plane(factors, axis)), factors, studies))
+        else:
+            groups, unreadable = plan_target_spacing(studies, target)
+            if unreadable:  # they fail alone, with their reason, when they are loaded
+                groups = groups or [(in_plane(4, axis), [])]
+                groups[0][1].extend(s for s, _ in unreadable)
+            for group, members in groups:
+                net = resolve_checkpoint(checkpoint, group, arch=arch, axis=axis)
+                jobs.append((Enhancer(net, run, through_plane=resolve_through_plane(group, axis)), group, members))
+        for job, job_factors, _ in jobs:
+            job.check_factors(job_factors or job.default_factors(axis), axis)
+    except (ValueError, MrisrError) as exc:
         raise fail(str(exc)) from None
     from mrisr.fsutil import check_writable_folder
 
@@ -198,7 +210,29 @@ def enhance(
         results: list[StudyResult] = []
         try:
             with stop.abandonable():
-                _run_with_progress(enhancer, studies, opts, stop, results)
+                for job, job_factors, members in jobs:
+                    if stop:
+                        break
+                    opts = EnhanceOptions(
+                        out_dir=out,
+                        scale=job_factors,
+                        axis=axis,
+                        fmt=fmt,  # type: ignore[arg-type]
+                        dtype=dtype,
+                        overwrite=overwrite,
+                        simulate=simulate,
+                        degradation=degradation,
+                        save_intermediates=save_intermediates,
+                        figure=figure,
+                        adapt=adapt_config if adapt else None,
+                        auto_adapt=adapt_config if adapt is None else None,
+                        lock_wait=lock_wait,
+                        save_uncertainty=save_uncertainty,
+                        save_residual=save_residual,
+                        target_spacing=target,
+                        command=("mrisr", *state.argv) if state.argv is not None else None,
+                    )
+                    _run_with_progress(job, members, opts, stop, results)
         except KeyboardInterrupt:  # a second signal: the current study was abandoned
             pass
         except MrisrError as exc:  # the output folder itself failed (lock files cannot be created)
@@ -208,6 +242,9 @@ def enhance(
         locked = [r for r in results if r.status == "locked"]  # not done by this run, no sidecar
         for r in failed + locked:
             typer.echo(f"error: {r.study.id}: {r.error}", err=True)
+        for r in results:
+            if r.note and live():  # without a terminal the study's log line carries it
+                typer.echo(f"note: {r.study.id}: {r.note}", err=True)
         if output.verbosity > QUIET:
             _summary(results)
         if stop:
@@ -283,7 +320,9 @@ def study_line(res: StudyResult) -> str:
     if res.status != "done":
         return f"{head}: {res.error}" if res.error else head
     parts = [head, f"by {res.output_from}" if res.output_from else ""]
-    if res.fallback:
+    if res.note:  # bicubic used, or an adaptation rejected, and why
+        parts.append(f"({res.note})")
+    elif res.fallback:
         parts.append(f"(adaptation rejected: fell back to {res.fallback})")
     m = res.metrics or {}
     if "psnr_sr" in m and "psnr_bicubic" in m:
@@ -305,9 +344,28 @@ def _summary(results: list[StudyResult]) -> None:
             f"{r.seconds:.1f}",
             f"{m['psnr_bicubic']:.2f}" if "psnr_bicubic" in m else "",
             f"{m['psnr_sr']:.2f}" if "psnr_sr" in m else "",
-            str(r.output.name if r.output else "") if r.status not in ("failed", "locked") else str(r.error),
+            (str(r.output.name if r.output else "") + (f" ({r.note})" if r.note else ""))
+            if r.status not in ("failed", "locked")
+            else str(r.error),
         )
     make_console(stderr=True).print(table)
 
 
-__all__ = ["EXIT_USAGE", "enhance"]
+def parse_spacing(text: str) -> tuple[float, float, float]:
+    """``"1"`` or ``"1,1,2.5"`` (mm) as three positive finite floats.
+
+    Raises:
+        ValueError: Not one or three numbers, or one that is not positive and finite.
+    """
+    import math
+
+    try:
+        vals = [float(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(f"--target-spacing takes one or three numbers in mm, got {text!r}") from None
+    if len(vals) not in (1, 3) or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise ValueError(f"--target-spacing takes one or three positive numbers in mm, got {text!r}")
+    return (vals[0], vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1], vals[2])
+
+
+__all__ = ["EXIT_USAGE", "enhance", "parse_spacing"]

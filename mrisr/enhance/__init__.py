@@ -24,6 +24,8 @@ from mrisr.enhance.options import (
     StudyResult,
     parse_factors,
     resolve_checkpoint,
+    resolve_through_plane,
+    split_stages,
 )
 
 __all__ = [
@@ -35,4 +37,6 @@ __all__ = [
     "StudyResult",
     "parse_factors",
     "resolve_checkpoint",
+    "resolve_through_plane",
+    "split_stages",
 ]

@@ -15,7 +15,7 @@ from torch import nn
 
 from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, adapt_model, effective_steps, pass_plans
 from mrisr.checkpoint import Checkpoint
-from mrisr.enhance.options import DEFAULT_ADAPT, EnhanceOptions
+from mrisr.enhance.options import DEFAULT_ADAPT, EnhanceOptions, split_stages
 from mrisr.enhance.studies import StudyBatch
 from mrisr.errors import NonFiniteOutputError
 from mrisr.frames import frames_of
@@ -30,14 +30,20 @@ class Enhancer(StudyBatch):
     """Super-resolves studies with one network, loaded once for all of them.
 
     Args:
-        checkpoint: The network and its metadata.
+        checkpoint: The network and its metadata (the in-plane stage when ``through_plane`` is given).
         run: Device and batching options.
+        through_plane: A one-axis network for the second stage of scales that refine both the plane
+            of the slices and the slice axis (``2,2,5``; :func:`~mrisr.enhance.options.split_stages`).
     """
 
-    def __init__(self, checkpoint: Checkpoint, run: RunOptions | None = None) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, run: RunOptions | None = None, *, through_plane: Checkpoint | None = None
+    ) -> None:
         self.checkpoint = checkpoint
         self.run = run or RunOptions(device=resolve_device("auto"))
         self.model = checkpoint.build()
+        self.through_plane = through_plane
+        self._second = Enhancer(through_plane, self.run) if through_plane is not None else None
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrisr-figure")
 
     # -- arrays -------------------------------------------------------------------------------------
@@ -52,10 +58,18 @@ class Enhancer(StudyBatch):
         adapt: AdaptConfig | None = None,
         auto_adapt: AdaptConfig | None = DEFAULT_ADAPT,
         spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        profile: tuple[float, float, float] | None = None,
         progress: Callable[[int], None] | None = None,
         spread_out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, Normalization, dict[str, Any] | None]:
         """Super-resolve a 3D or 4D array in physical units.
+
+        With a ``through_plane`` network, factors that refine both the plane of the ``axis`` slices
+        and ``axis`` itself run in two stages: the in-plane network first, then the one-axis network
+        (adapted to the study, whose in-plane axes are then fine) along ``axis``; the returned
+        adaptation record is the second stage's, with the first stage's under ``in_plane``.
+        ``profile`` is the slice thickness over the spacing per axis when the header states it
+        (DICOM); one-axis adaptation then degrades with that slice profile (:mod:`mrisr.adapt`).
 
         A constant array comes out constant; non-negative input gives non-negative output. With
         ``adapt``, a copy of the network is first fine-tuned on the (first frame of the) array
@@ -75,6 +89,29 @@ class Enhancer(StudyBatch):
         """
         arr = np.asarray(data)
         nm = norm or fit_normalization(arr)
+        plane, through = split_stages(factors, axis)
+        if self._second is not None and max(through) > 1:
+            first, _, adapted_in = self.enhance_array(
+                arr, plane, axis=axis, norm=nm, clamp=clamp, adapt=adapt, auto_adapt=None, spacing=spacing,
+                progress=progress,
+            )  # fmt: skip
+            fine = (spacing[0] / plane[0], spacing[1] / plane[1], spacing[2] / plane[2])
+            sr2, _, adapted2 = self._second.enhance_array(
+                first,
+                through,
+                axis=axis,
+                norm=nm,
+                clamp=clamp,
+                adapt=None,
+                auto_adapt=auto_adapt,
+                spacing=fine,
+                profile=profile,
+                progress=progress,
+                spread_out=spread_out,
+            )  # fmt: skip  (the spread is the through-plane stage's, the last one run)
+            del first
+            stages = dict(adapted2) if adapted2 is not None else {"used": False, "reason": "--no-adapt"}
+            return sr2, nm, {**stages, "stage": "through-plane", "in_plane": adapted_in}
         frames = frames_of(arr)
         model: nn.Module | None = self.model
         adapted: dict[str, Any] | None = None
@@ -93,8 +130,9 @@ class Enhancer(StudyBatch):
                 )
         if adapt is not None and not nm.constant:
             adapted_net, info = adapt_model(
-                self.model, nm.apply(frames[0]), factors, spacing, config=adapt, device=self.run.device, axis=axis
-            )
+                self.model, nm.apply(frames[0]), factors, spacing, config=adapt, device=self.run.device, axis=axis,
+                profile=profile,
+            )  # fmt: skip
             adapted = {**info.to_dict(), "config": asdict(adapt)}
             if info.used and info.method == "coarse-grid":
                 model = adapted_net  # the usual in-plane passes (and ensemble), with the tuned first layer
@@ -206,6 +244,10 @@ class Enhancer(StudyBatch):
         }
         # Only when asked, so that sidecars written before these options still match a plain rerun.
         req |= {k: True for k in ("save_uncertainty", "save_residual") if getattr(opts, k)}
+        if self.through_plane is not None:
+            req["through_plane_sha256"] = self.through_plane.sha256
+        if opts.target_spacing is not None:
+            req["target_spacing"] = list(opts.target_spacing)
         return dict(json.loads(json.dumps(req)))
 
     def _request_differences(
@@ -243,6 +285,8 @@ class Enhancer(StudyBatch):
 
         if getattr(self.model, "input_space", "hr") != "lr":
             return
+        if self._second is not None:
+            factors = split_stages(factors, axis)[0]  # the in-plane stage is this network's
         own = tuple(self.checkpoint.arch.get("factors", ()))
         bad = [fs for _, fs in plan_passes(factors, axis) if tuple(fs) != own]
         if bad:

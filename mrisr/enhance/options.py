@@ -51,6 +51,9 @@ class EnhanceOptions:
         save_residual: Write the data-consistency residual ``<id>_residual.nii.gz`` (its summary is
             always in the sidecar).
         command: The command line that asked for this (recorded in the sidecar's provenance).
+        target_spacing: Voxel spacing (mm, per axis) to end on: the study is refined by ``scale``
+            (chosen from its header with :func:`mrisr.geometry.factors_for_spacing`), then resampled
+            onto :func:`mrisr.geometry.target_grid` where the ratio is not an integer.
     """
 
     out_dir: Path
@@ -70,6 +73,7 @@ class EnhanceOptions:
     save_uncertainty: bool = False
     save_residual: bool = False
     command: tuple[str, ...] | None = None
+    target_spacing: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -79,6 +83,8 @@ class StudyResult:
 
     ``output_from`` (done studies) says what made the output: ``network``, ``adapted network`` or
     ``bicubic``; ``fallback`` names what was used instead when an adaptation was rejected.
+    ``note`` says, for a done study, when part of it is plain bicubic interpolation or an
+    adaptation was rejected, and why (the console prints it with the study).
     """
 
     study: Study
@@ -90,11 +96,43 @@ class StudyResult:
     metrics: dict[str, float] = field(default_factory=dict)
     output_from: str | None = None
     fallback: str | None = None
+    note: str | None = None
 
 
 #: The shipped network used when no checkpoint is given: ESPCN, faster (5× fewer operations) and
 #: better than SRCNN on every held-out contrast measured (docs/weights.md); SRCNN with ``arch="srcnn"``.
 DEFAULT_ARCH = "espcn"
+
+
+def split_stages(factors: tuple[int, int, int], axis: int = 2) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Split factors into the in-plane stage (the plane of the ``axis`` slices, both of its axes
+    refined alike) and the one-axis stage (``axis`` itself) when both refine something; else
+    ``(factors, (1, 1, 1))``.
+
+    ``(2, 2, 5)`` with ``axis=2`` (2×2×5 mm → 1 mm) is ``(2, 2, 1)`` then ``(1, 1, 5)``.
+    """
+    plane = tuple(1 if a == axis else f for a, f in enumerate(factors))
+    through = tuple(f if a == axis else 1 for a, f in enumerate(factors))
+    both = [f for a, f in enumerate(factors) if a != axis]
+    if both[0] == both[1] > 1 and factors[axis] > 1:
+        return plane, through  # type: ignore[return-value]
+    return factors, (1, 1, 1)
+
+
+def _shipped_one_axis(factor: int) -> Path | None:
+    """The shipped through-plane network for ``factor``, else the one trained for the nearest factor
+    (the per-study adaptation then teaches it ``factor``; docs/beyond.md)."""
+    from mrisr.checkpoint import WEIGHTS_DIR
+
+    exact = shipped_checkpoint((1, 1, factor), arch="srcnn")
+    if exact is not None:
+        return exact
+    trained = []
+    for p in WEIGHTS_DIR.glob("srcnn_x1-1-*.pt"):
+        tail = p.stem.rsplit("-", 1)[-1]
+        if tail.isdigit():
+            trained.append((abs(int(tail) - factor), -int(tail), p))
+    return min(trained)[2] if trained else None
 
 
 def resolve_checkpoint(
@@ -104,11 +142,13 @@ def resolve_checkpoint(
     arch: str = DEFAULT_ARCH,
     axis: int = 2,
 ) -> Checkpoint:
-    """Load ``path``, or the shipped ``arch`` weights for ``scale`` (×4 in-plane when no scale is given).
+    """Load ``path``, or the shipped weights for ``scale`` (×4 in-plane when no scale is given).
 
-    The coarse-grid ESPCN only refines the plane of the slices by its own factors; any other pattern
-    (one refined axis, three refined axes, a plane other than that of ``axis``) takes the shipped
-    SRCNN instead, whatever ``arch``.
+    - The plane of the ``axis`` slices refined ×f×f (f = 2, 3, 4): the shipped ``arch`` network.
+    - One axis refined ×F (F = 2 … 6, thick slices): the shipped through-plane SRCNN for F, or the one
+      for the nearest factor, whatever ``arch`` (it is adapted to every study).
+    - Both (``2,2,5``): the in-plane network of the first stage (:func:`split_stages`); the second
+      stage's comes from :func:`resolve_through_plane`.
 
     Raises:
         CheckpointError: If the file is bad, or no weights are shipped for that scale.
@@ -117,20 +157,21 @@ def resolve_checkpoint(
 
     if path is not None:
         return load_checkpoint(path)
-    want = scale or in_plane(4, axis)
+    want, _ = split_stages(scale or in_plane(4, axis), axis)
     refined = {f for f in want if f > 1}
     n_refined = sum(f > 1 for f in want)
     plane_only = want[axis] == 1 and n_refined == 2 and len(refined) == 1
-    if not plane_only:
+    found: Path | None = None
+    if plane_only:
+        found = shipped_checkpoint(in_plane(refined.pop(), 2), arch=arch)
+    elif n_refined == 1:
         arch = "srcnn"
-    if len(refined) == 1:
-        # One factor: one refined axis takes the shipped through-plane network when there is one;
-        # otherwise the in-plane network serves every plane (one axis: adapted to the study).
-        f = refined.pop()
-        one_axis = shipped_checkpoint((1, 1, f), arch=arch) if n_refined == 1 else None
-        found = one_axis or shipped_checkpoint((f, f, 1), arch=arch)
-    else:
-        found = shipped_checkpoint(want, arch=arch) if refined else None
+        found = _shipped_one_axis(refined.pop())
+    elif len(refined) == 1:
+        # Two axes alike but not the plane of the slices (4,1,4 with --axis 2): the in-plane SRCNN
+        # serves every plane, axis by axis.
+        arch = "srcnn"
+        found = shipped_checkpoint(in_plane(refined.pop(), 2), arch=arch)
     if found is None:
         raise CheckpointError(
             None,
@@ -140,8 +181,28 @@ def resolve_checkpoint(
     return load_checkpoint(found)
 
 
+def resolve_through_plane(scale: tuple[int, int, int] | None, axis: int = 2) -> Checkpoint | None:
+    """The one-axis network of the second stage of ``scale`` (:func:`split_stages`), ``None`` when
+    ``scale`` has a single stage.
+
+    Raises:
+        CheckpointError: No through-plane network is shipped.
+    """
+    if scale is None:
+        return None
+    _, through = split_stages(scale, axis)
+    if max(through) == 1:
+        return None
+    return resolve_checkpoint(None, through, axis=axis)
+
+
 def parse_factors(scale: str | int | Sequence[int] | None, axis: int = 2) -> tuple[int, int, int] | None:
-    """``None`` stays ``None``; one factor refines the two axes other than ``axis``; three are per axis."""
+    """``None`` stays ``None``; one factor refines the two axes other than ``axis``; three are per axis.
+
+    Raises:
+        ValueError: Not integers, a factor below 1 or above :data:`mrisr.geometry.MAX_FACTOR`, or no
+            factor above 1.
+    """
     if scale is None:
         return None
     if isinstance(scale, str):
@@ -151,10 +212,29 @@ def parse_factors(scale: str | int | Sequence[int] | None, axis: int = 2) -> tup
                 factor = int(parts[0])
             except ValueError as exc:
                 raise ValueError(f"scale must be an integer or three comma-separated integers, got {scale!r}") from exc
-            return as_factors(in_plane(factor, axis))
-        from mrisr.geometry import parse_scale
+            factors = as_factors(in_plane(factor, axis))
+        else:
+            from mrisr.geometry import parse_scale
 
-        return parse_scale(scale)
-    if isinstance(scale, int):
-        return as_factors(in_plane(scale, axis))
-    return as_factors(scale)
+            factors = parse_scale(scale)
+    elif isinstance(scale, int):
+        factors = as_factors(in_plane(scale, axis))
+    else:
+        factors = as_factors(scale)
+    return check_factors(factors)
+
+
+def check_factors(factors: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``factors`` when mrisr can serve them: every factor 1 to :data:`~mrisr.geometry.MAX_FACTOR`,
+    at least one above 1.
+
+    Raises:
+        ValueError: Otherwise.
+    """
+    from mrisr.geometry import MAX_FACTOR
+
+    if any(f > MAX_FACTOR for f in factors):
+        raise ValueError(f"scale {'x'.join(map(str, factors))}: factors above {MAX_FACTOR} are not served")
+    if all(f == 1 for f in factors):
+        raise ValueError("scale 1x1x1 refines nothing")
+    return factors

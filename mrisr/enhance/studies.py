@@ -23,6 +23,7 @@ from mrisr.enhance.maps import consistency as consistency_maps
 from mrisr.enhance.maps import draw_figures, write_map
 from mrisr.enhance.maps import uncertainty as uncertainty_summary
 from mrisr.enhance.options import EnhanceOptions, StudyResult
+from mrisr.enhance.spacing import slice_profile
 from mrisr.errors import (
     MrisrError,
     NonFiniteOutputError,
@@ -33,7 +34,7 @@ from mrisr.errors import (
 )
 from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames
 from mrisr.fsutil import remove_temporaries, sha256_files, write_json_atomic
-from mrisr.geometry import coarsen_affine, refine_affine, voxel_spacing
+from mrisr.geometry import coarsen_affine, refine_affine, target_grid, voxel_spacing
 from mrisr.inference import RunOptions
 from mrisr.io import Volume, as_written, check_finite, default_output_dtype
 from mrisr.io.nifti_header import warn_if_orientation_unknown
@@ -47,6 +48,7 @@ from mrisr.outputs import (
     standing_result,
     write_volume,
 )
+from mrisr.resample import resample_to_grid
 from mrisr.transforms import Normalization
 
 log = logging.getLogger(__name__)
@@ -56,12 +58,39 @@ LOCK_POLL_S = 1.0
 
 
 def _output_from(adapted: dict[str, Any] | None) -> str:
-    """Which network made the output: ``network``, ``adapted network`` or ``bicubic``."""
+    """Which network made the output: ``network``, ``adapted network`` or ``bicubic``; for two
+    stages (``2,2,5``) one of those per stage, ``"<in-plane> in-plane, <one-axis> through-plane"``."""
     if adapted is None:
         return "network"
+    own = "bicubic" if adapted.get("fallback") == "bicubic" else "network"
     if adapted.get("used"):
-        return "adapted network"
-    return "bicubic" if adapted.get("fallback") == "bicubic" else "network"
+        own = "adapted network"
+    if adapted.get("stage") == "through-plane":
+        return f"{_output_from(adapted.get('in_plane'))} in-plane, {own} through-plane"
+    return own
+
+
+def _note(adapted: dict[str, Any] | None, factors: Sequence[int], axis: int) -> str | None:
+    """One line for the console when part of the output is bicubic or an adaptation was rejected."""
+    if adapted is None:
+        return None
+    notes = []
+    inner = _note(adapted.get("in_plane"), factors, axis) if adapted.get("stage") == "through-plane" else None
+    if inner:
+        notes.append(f"in-plane: {inner}")
+    if not adapted.get("used") and "reason" in adapted:
+        refined = [a for a, f in enumerate(factors) if f > 1]
+        if adapted.get("stage") == "through-plane":
+            refined = [axis]
+        reason = str(adapted.get("reason"))
+        if adapted.get("fallback") == "bicubic":
+            where = ", ".join(map(str, refined))
+            notes.append(f"bicubic along axis {where}: adaptation rejected ({reason})")
+        elif adapted.get("fallback") is not None:
+            notes.append(f"adaptation rejected ({reason}); the unadapted {adapted['fallback']} ran")
+        elif adapted.get("reason") == "--no-adapt" and adapted.get("stage") == "through-plane":
+            notes.append("through-plane network not adapted (--no-adapt)")
+    return "; ".join(notes) or None
 
 
 def _db(v: float | None) -> str:
@@ -74,6 +103,7 @@ class StudyBatch:
 
     checkpoint: Checkpoint
     run: RunOptions
+    through_plane: Checkpoint | None
     _background: ThreadPoolExecutor
 
     # Provided by Enhancer (array level); declared here for type checking only.
@@ -171,6 +201,7 @@ class StudyBatch:
                 metrics=record.get("metrics") or {},
                 output_from=record.get("output_from"),
                 fallback=(record.get("adapt") or {}).get("fallback"),
+                note=record.get("note"),
             )
         except Exception as exc:
             # Specific errors carry the file and a reason; anything else (a library raising an
@@ -221,6 +252,8 @@ class StudyBatch:
     ) -> dict[str, Any]:
         """Make the study's outputs under ``staging``'s temporary names; returns the sidecar record."""
         out_path = targets.output
+        resampled: dict[str, Any] | None = None
+        profile: tuple[float, float, float] | None = None
         vol = loaded.result() if loaded is not None else study.load()
         check_finite(vol.data, study.path)
         warn_if_orientation_unknown(vol)
@@ -277,6 +310,7 @@ class StudyBatch:
             figure_arrays: dict[str, np.ndarray | None] = {"reference": ref, "bicubic": bic_out, "sr": sr_out}
             lr_shape = list(lr.shape)
         else:
+            profile = slice_profile(vol)
             sr, norm, adapted = self.enhance_array(
                 vol.data,
                 factors,
@@ -285,13 +319,26 @@ class StudyBatch:
                 adapt=opts.adapt,
                 auto_adapt=opts.auto_adapt,
                 spacing=vol.spacing,
+                profile=profile,
                 progress=progress,
                 spread_out=spread,
             )
             # The writer stores the float result itself (a scaling for integer types, see
             # mrisr.io.encode_values); the checks below see the values as the file will hold them.
             sr_out = as_written(sr, out_dtype)
-            out_vol = vol.with_data(sr, refine_affine(vol.affine, factors))
+            fine_affine = refine_affine(vol.affine, factors)
+            target = opts.target_spacing and target_grid(vol.affine, vol.shape3, opts.target_spacing)
+            on_target = target and target[1] == sr.shape[:3] and np.allclose(target[0], fine_affine, atol=1e-9)
+            if target and not on_target:
+                # The next integer factor, then exactly onto the target grid (docs/geometry.md).
+                lo_hi = (float(np.min(vol.data)), float(np.max(vol.data)))
+                res = np.clip(resample_to_grid(sr, fine_affine, target[0], target[1]), *lo_hi)
+                out_vol = vol.with_data(res, target[0])
+                resampled = {"from_shape": list(sr.shape), "from_spacing": list(voxel_spacing(fine_affine))}
+                del res
+            else:
+                out_vol = vol.with_data(sr, fine_affine)
+            del sr
             lr = np.asarray(vol.data, dtype=np.float32)
             in_vol = vol
             consistency, residual = consistency_maps(sr_out, lr, factors, degradation)
@@ -365,8 +412,16 @@ class StudyBatch:
                 **extra_paths,
             },
             "checkpoint": {"path": str(self.checkpoint.path), "sha256": self.checkpoint.sha256},
+            "checkpoint_through_plane": (
+                {"path": str(tp.path), "sha256": tp.sha256, "model": tp.arch} if (tp := self.through_plane) else None
+            ),
             "model": self.checkpoint.arch,
             "output_from": _output_from(adapted),
+            "note": _note(adapted, factors, opts.axis),
+            "refined_axes": [a for a, f in enumerate(factors) if f > 1],
+            "target_spacing": list(opts.target_spacing) if opts.target_spacing else None,
+            "resampled": resampled,
+            "slice_profile": list(profile) if profile else None,
             "request": self._request(opts, factors, out_fmt),
             "mrisr_version": __version__,
             "scale": list(factors),

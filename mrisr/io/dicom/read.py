@@ -220,30 +220,11 @@ def _series_tags(ds: Dataset) -> dict[str, str]:
     return {kw: v for kw in COPIED_TAGS if (v := _tag_str(ds, kw))}
 
 
-def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
-    """Read one DICOM series into a :class:`~mrisr.io.Volume` (see the module docstring for axes).
-
-    Single-frame slices and the frames of Enhanced (multi-frame) objects are placed the same way, each
-    by its own position (a frame's from its functional groups, see :mod:`mrisr.io.dicom.enhanced`).
-
-    Args:
-        files: The files of the series (any order).
-        uid: SeriesInstanceUID to read; files of other series are ignored. ``None``: the files must
-            all belong to one series.
-
-    Returns:
-        A 3D volume, shape ``(columns, rows, slices)``, values with each slice's rescale applied, RAS
-        affine in mm; ``meta["tags"]`` holds the patient, study and series tags as strings,
-        ``meta["dicom"]`` the source slices (:class:`~mrisr.io.dicom.source.DicomSource`).
+def _ordered_slices(files: list[Path], uid: str | None) -> tuple[list[_Slice], np.ndarray]:
+    """The image slices of the series in ``k`` order and the LPS step between them (headers only).
 
     Raises:
-        UnreadableFileError: A file that cannot be read (corrupt header, pixel data shorter than the
-            header promises, undecodable pixels, a rescale that is not a number).
-        UnsupportedDataError: No image among the files, several series, colour images, a multi-frame
-            object without per-frame functional groups or holding several stacks, orientations or
-            repeated positions, a constant image.
-        InconsistentGeometryError: Slices that do not form one regular grid (mixed orientation or size,
-            duplicate, missing or unevenly spaced slices).
+        As :func:`read_dicom_series`.
     """
     paths = sorted({Path(f) for f in files})
     if not paths:
@@ -275,6 +256,68 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
     first = ordered[0]
     if len(ordered) == 1:
         step = _single_slice_step(first)
+    return ordered, step
+
+
+def read_dicom_grid(files: list[Path], uid: str | None = None) -> tuple[np.ndarray, tuple[int, int, int], float | None]:
+    """The grid of a series from its headers alone (no pixel data): the RAS affine, the shape
+    ``(columns, rows, slices)`` and the SliceThickness (mm, ``None`` when not given), as
+    :func:`read_dicom_series` gives them.
+
+    Raises:
+        As :func:`read_dicom_series`.
+    """
+    ordered, step = _ordered_slices(files, uid)
+    first = ordered[0]
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = first.row_dir * first.spacing[1]
+    affine_lps[:3, 1] = first.col_dir * first.spacing[0]
+    affine_lps[:3, 2] = step
+    affine_lps[:3, 3] = first.position
+    rows, cols = first.shape
+    return LPS_TO_RAS @ affine_lps, (cols, rows, len(ordered)), _slice_thickness(first.ds)
+
+
+def _slice_thickness(ds: Dataset) -> float | None:
+    """SliceThickness in mm (the slice profile's width, which may differ from the spacing of the
+    slices when they have gaps or overlap), ``None`` when absent or not a positive number."""
+    try:
+        value = float(ds.get("SliceThickness") or 0.0)
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 and np.isfinite(value) else None
+
+
+def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
+    """Read one DICOM series into a :class:`~mrisr.io.Volume` (see the module docstring for axes).
+
+    Single-frame slices and the frames of Enhanced (multi-frame) objects are placed the same way, each
+    by its own position (a frame's from its functional groups, see :mod:`mrisr.io.dicom.enhanced`).
+
+    Args:
+        files: The files of the series (any order).
+        uid: SeriesInstanceUID to read; files of other series are ignored. ``None``: the files must
+            all belong to one series.
+
+    Returns:
+        A 3D volume, shape ``(columns, rows, slices)``, values with each slice's rescale applied, RAS
+        affine in mm; ``meta["tags"]`` holds the patient, study and series tags as strings,
+        ``meta["dicom"]`` the source slices (:class:`~mrisr.io.dicom.source.DicomSource`),
+        ``meta["slice_thickness"]`` the SliceThickness in mm (``None`` when not given).
+
+    Raises:
+        UnreadableFileError: A file that cannot be read (corrupt header, pixel data shorter than the
+            header promises, undecodable pixels, a rescale that is not a number).
+        UnsupportedDataError: No image among the files, several series, colour images, a multi-frame
+            object without per-frame functional groups or holding several stacks, orientations or
+            repeated positions, a constant image.
+        InconsistentGeometryError: Slices that do not form one regular grid (mixed orientation or size,
+            duplicate, missing or unevenly spaced slices).
+    """
+    ordered, step = _ordered_slices(files, uid)
+    first = ordered[0]
+    paths = sorted({Path(f) for f in files})
+    folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
     data = _read_data(ordered)
     where = paths[0] if len(paths) == 1 else folder
     if data.size and float(data.min()) == float(data.max()):
@@ -298,7 +341,7 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
         dtype=dtype,
         fmt="dicom",
         path=folder,
-        meta={"tags": _series_tags(first.ds), "dicom": source},
+        meta={"tags": _series_tags(first.ds), "dicom": source, "slice_thickness": _slice_thickness(first.ds)},
     )
 
 
