@@ -106,7 +106,8 @@ def test_thick_slices_at_any_factor_along_any_axis(
     img = nib.load(tmp_path / "o" / "s_sr.nii.gz")
     assert img.shape == tuple(n * f for n, f in zip(shape, factors, strict=True))
     assert np.allclose(img.affine[:3, 3], _first_fine_centre(affine, factors), atol=1e-5)  # type: ignore[arg-type]
-    assert np.allclose(np.linalg.norm(img.affine[:3, :3], axis=0), [s / f for s, f in zip(spacing, factors)])
+    fine_spacing = [s / f for s, f in zip(spacing, factors, strict=True)]
+    assert np.allclose(np.linalg.norm(img.affine[:3, :3], axis=0), fine_spacing)
     side = json.loads((tmp_path / "o" / "s_sr.json").read_text())
     assert Path(side["checkpoint"]["path"]).name == "srcnn_x1-1-4.pt"  # the nearest trained factor
     assert side["adapt"]["factor"] == factor and side["adapt"]["method"] == "one-axis"
@@ -155,9 +156,7 @@ def test_target_spacing_lands_on_the_target_grid(tmp_path: Path, capsys: pytest.
     shape = (8, 8, 7)
     src = _save(tmp_path / "s.nii.gz", _phantom(shape), affine)
     out = tmp_path / "o"
-    assert main(["enhance", str(src), "--out", str(out), "--target-spacing", "1", *ADAPT]) == 0, (
-        capsys.readouterr().err
-    )
+    assert main(["enhance", str(src), "--out", str(out), "--target-spacing", "1", *ADAPT]) == 0, capsys.readouterr().err
     img = nib.load(out / "s_sr.nii.gz")
     assert img.shape == (32, 32, 15)
     assert np.allclose(np.linalg.norm(img.affine[:3, :3], axis=0), 1.0)
