@@ -75,6 +75,12 @@ class EnhanceOptions:
     command: tuple[str, ...] | None = None
     target_spacing: tuple[float, float, float] | None = None
 
+    def __post_init__(self) -> None:
+        if self.target_spacing is not None and self.scale is None:
+            raise ValueError(
+                "target_spacing needs the scale of the study's group (mrisr.enhance.spacing.plan_target_spacing)"
+            )
+
 
 @dataclass
 class StudyResult:
