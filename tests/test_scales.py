@@ -238,3 +238,49 @@ def test_dicom_slice_thickness_sets_the_adaptation_profile(
     assert main(["enhance", str(tmp_path / "flat"), "--out", str(tmp_path / "p"), "--scale", "1,1,3", *ADAPT]) == 0
     side = json.loads(next((tmp_path / "p").glob("*.json")).read_text())
     assert side["slice_profile"] == [1.0, 1.0, 1.0] and side["adapt"]["blur_width"] is None
+
+
+@pytest.mark.parametrize(
+    ("scale", "arch", "weights", "shape"),
+    [
+        ("2", "espcn", "espcn_x2.pt", (16, 16, 3)),
+        ("3", "espcn", "espcn_x3.pt", (24, 24, 3)),
+        ("2", "srcnn", "srcnn_x2.pt", (16, 16, 3)),
+        ("3", "srcnn", "srcnn_x3.pt", (24, 24, 3)),
+    ],
+)
+def test_in_plane_x2_and_x3_use_their_shipped_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], scale: str, arch: str, weights: str, shape: tuple[int, ...]
+) -> None:
+    affine = _affine((2.0, 2.0, 3.0))
+    src = _save(tmp_path / "s.nii.gz", _phantom((8, 8, 3)), affine)
+    args = ["enhance", str(src), "--out", str(tmp_path / "o"), "--scale", scale, "--arch", arch, *ADAPT]
+    assert main(args) == 0, capsys.readouterr().err
+    img = nib.load(tmp_path / "o" / "s_sr.nii.gz")
+    f = int(scale)
+    assert img.shape == shape
+    assert np.allclose(img.affine[:3, 3], _first_fine_centre(affine, (f, f, 1)), atol=1e-5)
+    side = json.loads((tmp_path / "o" / "s_sr.json").read_text())
+    assert Path(side["checkpoint"]["path"]).name == weights
+    assert side["model"]["name"] == arch and side["adapt"] is None
+    from mrisr.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(Path(side["checkpoint"]["path"])).meta
+    assert meta["scale"] == [f, f, 1] and f"--scale {f}" in meta["training_command"]
+
+
+def test_target_spacing_on_an_epi_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's case, 2 × 2 × 2.2 mm → 1 mm: ESPCN ×2 in-plane, the through-plane SRCNN ×3, then k
+    resampled from 0.733 mm onto 1 mm (6 slices: 13.2 mm hold 13 voxels, 0.1 mm left at each end)."""
+    affine = _affine((2.0, 2.0, 2.2))
+    shape = (12, 12, 6)
+    src = _save(tmp_path / "epi.nii.gz", _phantom(shape), affine)
+    out = tmp_path / "o"
+    assert main(["enhance", str(src), "--out", str(out), "--target-spacing", "1", *ADAPT]) == 0, capsys.readouterr().err
+    img = nib.load(out / "epi_sr.nii.gz")
+    assert img.shape == (24, 24, 13)
+    for idx in [(0, 0, 0), (23, 23, 12), (12, 12, 6)]:
+        got = img.affine[:3, :3] @ np.array(idx, dtype=float) + img.affine[:3, 3]
+        assert np.allclose(got, _expected_target_centre(affine, shape, 1.0, idx), atol=1e-5), idx
+    side = json.loads((out / "epi_sr.json").read_text())
+    assert side["scale"] == [2, 2, 3] and Path(side["checkpoint"]["path"]).name == "espcn_x2.pt"
