@@ -338,7 +338,6 @@ class StudyBatch:
                 del res
             else:
                 out_vol = vol.with_data(sr, fine_affine)
-            del sr
             lr = np.asarray(vol.data, dtype=np.float32)
             in_vol = vol
             consistency, residual = consistency_maps(sr_out, lr, factors, degradation)
