@@ -260,6 +260,18 @@ class StudyBatch:
         if out_fmt == "dicom" and vol.data.ndim == 4:
             raise UnsupportedDataError(study.path, "4D data cannot be written as one DICOM series; use --format nifti")
         out_dtype = np.dtype(opts.dtype) if opts.dtype else default_output_dtype(vol.dtype)
+        if out_fmt == "dicom":
+            from mrisr.io.dicom import check_dicom_grid, dicom_as_written
+
+            check_dicom_grid(vol)  # refining keeps the directions: a sheared grid fails before the SR
+
+            def written(a: np.ndarray) -> np.ndarray:
+                return dicom_as_written(a, vol.dtype)  # a DICOM series has its own 16-bit value rule
+        else:
+
+            def written(a: np.ndarray) -> np.ndarray:
+                return as_written(a, out_dtype)
+
         metrics: dict[str, float] | None = None
         extra_paths: dict[str, str] = {}
         degradation = self.degradation(opts)
@@ -287,9 +299,9 @@ class StudyBatch:
                 progress=progress,
                 spread_out=spread,
             )
-            sr_out = as_written(sr, out_dtype)  # what the file will hold: metrics are of the file
+            sr_out = written(sr)  # what the file will hold: metrics are of the file
             bic = bicubic_frames(lr, ref.shape, float(lr.min()), float(lr.max()))
-            bic_out = as_written(bic, out_dtype)
+            bic_out = written(bic)
 
             metrics = evaluate(
                 sr_out.astype(np.float64),  # a 4D study stays 4D: 3D SSIM filters each frame on its own
@@ -298,6 +310,7 @@ class StudyBatch:
                 scale=max(factors[0], factors[1]),
             )
             out_vol = ref_vol.with_data(sr, ref_vol.affine)
+            sr_affine = ref_vol.affine  # the grid of sr (and of the ensemble spread)
             if opts.save_intermediates:
                 from mrisr.io.nifti import write_nifti
 
@@ -325,8 +338,9 @@ class StudyBatch:
             )
             # The writer stores the float result itself (a scaling for integer types, see
             # mrisr.io.encode_values); the checks below see the values as the file will hold them.
-            sr_out = as_written(sr, out_dtype)
+            sr_out = written(sr)
             fine_affine = refine_affine(vol.affine, factors)
+            sr_affine = fine_affine  # --target-spacing may resample the output, not sr and its spread
             target = opts.target_spacing and target_grid(vol.affine, vol.shape3, opts.target_spacing)
             on_target = target and target[1] == sr.shape[:3] and np.allclose(target[0], fine_affine, atol=1e-9)
             if target and not on_target:
@@ -373,7 +387,7 @@ class StudyBatch:
                 out_vol, staging.path(out_path), out_fmt, out_dtype, description=_description(factors, opts.simulate)
             )
             if spread is not None and uncertainty is not None:
-                write_map(out_vol.with_data(spread, out_vol.affine), staging.path(targets.uncertainty))
+                write_map(out_vol.with_data(spread, sr_affine), staging.path(targets.uncertainty))
                 uncertainty["map"] = _relative(targets.uncertainty, targets.sidecar)
             if opts.save_residual:
                 write_map(in_vol.with_data(residual, in_vol.affine), staging.path(targets.residual))
