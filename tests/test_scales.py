@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mrisr.cli import main
+from mrisr.geometry import refine_affine
 
 ADAPT = ["--adapt-steps", "2", "--no-figure", "--device", "cpu", "--ensemble", "1"]
 
@@ -285,3 +286,19 @@ def test_target_spacing_on_an_epi_grid(tmp_path: Path, capsys: pytest.CaptureFix
         assert np.allclose(got, _expected_target_centre(affine, shape, 1.0, idx), atol=1e-5), idx
     side = json.loads((out / "epi_sr.json").read_text())
     assert side["scale"] == [2, 2, 3] and Path(side["checkpoint"]["path"]).name == "espcn_x2.pt"
+
+
+def test_uncertainty_map_of_a_resampled_study_is_placed_on_its_own_grid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --target-spacing the output is resampled; the ensemble spread is not, so its map carries the
+    integer-factor grid's affine (it took the target grid's before: every voxel misplaced)."""
+    affine = _affine((4.0, 4.0, 2.2))
+    src = _save(tmp_path / "s.nii.gz", _phantom((8, 8, 7)), affine)
+    out = tmp_path / "o"
+    args = ["enhance", str(src), "--out", str(out), "--target-spacing", "1", "--save-uncertainty"]
+    assert main([*args, *ADAPT, "--ensemble", "2"]) == 0, capsys.readouterr().err
+    spread = nib.load(out / "s_uncertainty.nii.gz")
+    assert spread.shape == (32, 32, 21)
+    assert np.allclose(spread.affine, refine_affine(affine, (4, 4, 3)), atol=1e-6)
+    assert np.allclose(nib.load(out / "s_sr.nii.gz").shape, (32, 32, 15))
