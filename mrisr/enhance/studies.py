@@ -284,7 +284,11 @@ class StudyBatch:
             if float(ref.max()) == float(ref.min()):
                 raise UnsupportedDataError(study.path, "a constant image: --simulate has no data range to measure")
             # The low-resolution scan as the input's type would store it (values, not whole units).
-            lr = as_written(degrade_frames(ref, factors, degradation), vol.dtype).astype(np.float32, copy=False)
+            # Within the true scan's value range (bicubic downsampling overshoots: a magnitude scan's
+            # simulated low-resolution copy would hold negative values), then as the input's type
+            # would store it (values, not whole units).
+            lr = np.clip(degrade_frames(ref, factors, degradation), float(ref.min()), float(ref.max()))
+            lr = as_written(lr, vol.dtype).astype(np.float32, copy=False)
             lr_affine = coarsen_affine(ref_vol.affine, factors)
             if spread is not None:
                 spread = np.zeros(ref.shape, dtype=np.float32)
