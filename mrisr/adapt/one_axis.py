@@ -104,6 +104,54 @@ def profile_matrix(n: int, f: int, width: float) -> torch.Tensor:
     return torch.from_numpy((w / w.sum(axis=1, keepdims=True)).astype(np.float32))
 
 
+def profile_width(factors: Sequence[int], profile: Sequence[float] | None) -> float | None:
+    """Width in output voxels of the slice profile of the one refined axis (``thickness / spacing ·
+    F``), or ``None`` when the slices are contiguous, the profile is unknown (NIfTI) or several axes
+    are refined."""
+    refined = [a for a in range(3) if int(factors[a]) > 1]
+    if profile is None or len(refined) != 1 or abs(float(profile[refined[0]]) - 1) <= PROFILE_TOLERANCE:
+        return None
+    return float(profile[refined[0]]) * int(factors[refined[0]])
+
+
+def match_slices(
+    y: np.ndarray, x: np.ndarray, factors: Sequence[int], *, profile: Sequence[float] | None = None
+) -> np.ndarray:
+    """Make ``y`` agree with the thick slices ``x`` it was refined from, in place.
+
+    ``y`` (float32, fine along the one refined axis of ``factors``) gets the smallest change, in the
+    least-squares sense, after which averaging it with the slice profile gives ``x`` back: block
+    means of ``F`` voxels for contiguous slices (``y += repeat(x − blockmean(y))``), else the
+    profile of :func:`profile_matrix` (``y += Pᵀ(PPᵀ)⁻¹(x − Py)``). The true volume is one of those
+    that agree, so, where the profile is right, this never moves the output away from it.
+
+    Args:
+        y: Refined array, shape ``x.shape`` times ``factors`` (one factor above 1).
+        x: The thick-slice array it was refined from, same units.
+        factors: Per-axis refinement (exactly one above 1).
+        profile: Slice thickness over spacing per axis when the header states it (DICOM).
+
+    Returns:
+        ``y``.
+    """
+    (a,) = [ax for ax in range(3) if int(factors[ax]) > 1]
+    f = int(factors[a])
+    n = x.shape[a]
+    if y.shape[a] != n * f:
+        raise ValueError(f"refined axis {a} has {y.shape[a]} voxels, expected {n} × {f}")
+    xm = np.moveaxis(np.asarray(x, dtype=np.float32), a, -1)
+    ym = np.moveaxis(y, a, -1)  # a view: updates land in y
+    width = profile_width(factors, profile)
+    if width is None:
+        residual = xm - ym.reshape(*ym.shape[:-1], n, f).mean(axis=-1)
+        ym += np.repeat(residual, f, axis=-1)
+        return y
+    p = profile_matrix(n * f, f, width).double()
+    lift = (p.T @ torch.linalg.inv(p @ p.T)).float().numpy()  # (n·f, n)
+    ym += (xm - ym @ p.float().numpy().T) @ lift.T
+    return y
+
+
 def _degrade_width(x: torch.Tensor, f: int, mode: str, width: float | None) -> torch.Tensor:
     """Degrade ``x`` ``(N, 1, H, W)`` ×``f`` along W (``profile``: a slice profile ``width`` wide) and
     upsample it back by bicubic interpolation."""
@@ -179,10 +227,8 @@ def adapt_model(
     if not train_sets:
         return model, _rejected("too few planes with signal", cfg, t0, b, f)
     modes = ["bicubic", "box"] if cfg.degradation == "mixed" else [cfg.degradation]
-    refined = [a for a in range(3) if int(factors[a]) > 1]
-    width: float | None = None
-    if profile is not None and len(refined) == 1 and abs(float(profile[refined[0]]) - 1) > PROFILE_TOLERANCE:
-        width = float(profile[refined[0]]) * f
+    width = profile_width(factors, profile)
+    if width is not None:
         modes = ["profile"]
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(cfg.seed)

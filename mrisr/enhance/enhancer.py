@@ -14,6 +14,7 @@ import numpy as np
 from torch import nn
 
 from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, adapt_model, effective_steps, pass_plans
+from mrisr.adapt.one_axis import match_slices, profile_width
 from mrisr.checkpoint import Checkpoint
 from mrisr.enhance.options import DEFAULT_ADAPT, EnhanceOptions, split_stages
 from mrisr.enhance.studies import StudyBatch
@@ -149,6 +150,9 @@ class Enhancer(StudyBatch):
             else:
                 # Rejected: the checkpoint's own network, exactly as without --adapt.
                 adapted["fallback"] = str(self.checkpoint.arch.get("name", "srcnn"))
+        if single and model is not None:
+            adapted = adapted if adapted is not None else {"used": False, "reason": "--no-adapt"}
+            adapted["slice_consistency"] = {"profile_width": profile_width(factors, profile) or float(max(factors))}
         shape = tuple(n * f for n, f in zip(arr.shape[:3], factors, strict=True)) + tuple(arr.shape[3:])
         # A 4D output is filled frame by frame; a 3D one is the SR array itself (no second copy).
         out = np.empty(shape, dtype=np.float32) if arr.ndim == 4 or nm.constant else None
@@ -173,6 +177,10 @@ class Enhancer(StudyBatch):
                 sr = m if n == 0 else np.add(sr, m, out=sr)
             if len(plans) > 1:
                 sr /= np.float32(len(plans))
+            if single and model is not None:
+                # One axis refined by a network: the output's thick-slice averages are made equal to
+                # the input (the slice profile's forward model; docs/beyond.md).
+                match_slices(sr, x, factors, profile=profile)
             if spread_out is not None and second is not None:
                 std = _pooled_std(second, sr, len(plans), nm.scale)
                 if spread_out.ndim == 4:
@@ -183,7 +191,7 @@ class Enhancer(StudyBatch):
             self._check_output(sr)
             nm.invert_(sr)
             # Clamp to this frame's own range, as the bicubic baseline is (overshoot is not signal).
-            lo, hi = float(frame.min()), float(frame.max()) if clamp else np.inf
+            lo, hi = (float(frame.min()), float(frame.max())) if clamp else (-np.inf, np.inf)
             np.clip(sr, lo, hi, out=sr)
             if arr.ndim == 3:
                 out = sr
