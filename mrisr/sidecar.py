@@ -105,6 +105,20 @@ def study_sha256(files: Sequence[Path]) -> str:
     return sha256_files(tuple(files))
 
 
+#: The name of each of a study's files: flat suffix after ``<id>``, BIDS ``desc`` entity, extension,
+#: and whether a BIDS derivative keeps it in ``sub-*/[ses-*/]figures`` (else beside the input's place).
+_NAMES: dict[str, tuple[str, str, str, bool]] = {
+    "output": ("_sr", "sr", ".nii.gz", False),
+    "sidecar": (SIDECAR_SUFFIX.removesuffix(".json"), "sr", ".json", False),
+    "figure": ("_compare", "srcompare", ".png", True),
+    "lowres": ("_lr", "lr", ".nii.gz", False),
+    "bicubic": ("_bicubic", "bicubic", ".nii.gz", False),
+    "mosaic": ("_mosaic", "srmosaic", ".png", True),
+    "uncertainty": ("_uncertainty", "srstd", ".nii.gz", False),
+    "residual": ("_residual", "srresidual", ".nii.gz", False),
+}
+
+
 @dataclass(frozen=True)
 class Targets:
     """Where one study's outputs go.
@@ -129,34 +143,18 @@ class Targets:
 
     @classmethod
     def for_study(cls, out_dir: Path, study: Study, fmt: str) -> Targets:
-        """The targets of ``study`` written as ``fmt`` into ``out_dir``."""
-        if study.bids is not None and fmt == "nifti":
-            folder = out_dir / study.bids.parent
-            figures = figures_folder(out_dir, study.bids)
-
-            def stem(desc: str) -> str:
-                return bids_derivative_stem(study.bids.name, desc)  # type: ignore[union-attr]
-
-            return cls(
-                output=folder / f"{stem('sr')}.nii.gz",
-                sidecar=folder / f"{stem('sr')}.json",
-                figure=figures / f"{stem('srcompare')}.png",
-                lowres=folder / f"{stem('lr')}.nii.gz",
-                bicubic=folder / f"{stem('bicubic')}.nii.gz",
-                mosaic=figures / f"{stem('srmosaic')}.png",
-                uncertainty=folder / f"{stem('srstd')}.nii.gz",
-                residual=folder / f"{stem('srresidual')}.nii.gz",
-            )
-        return cls(
-            output=out_dir / (f"{study.id}_sr" if fmt == "dicom" else f"{study.id}_sr.nii.gz"),
-            sidecar=out_dir / f"{study.id}{SIDECAR_SUFFIX}",
-            figure=out_dir / f"{study.id}_compare.png",
-            lowres=out_dir / f"{study.id}_lr.nii.gz",
-            bicubic=out_dir / f"{study.id}_bicubic.nii.gz",
-            mosaic=out_dir / f"{study.id}_mosaic.png",
-            uncertainty=out_dir / f"{study.id}_uncertainty.nii.gz",
-            residual=out_dir / f"{study.id}_residual.nii.gz",
-        )
+        """The targets of ``study`` written as ``fmt`` into ``out_dir`` (:data:`_NAMES`)."""
+        bids = study.bids if fmt == "nifti" else None
+        paths: dict[str, Path] = {}
+        for key, (suffix, desc, ext, is_figure) in _NAMES.items():
+            if bids is None:
+                paths[key] = out_dir / f"{study.id}{suffix}{ext}"
+            else:
+                folder = figures_folder(out_dir, bids) if is_figure else out_dir / bids.parent
+                paths[key] = folder / f"{bids_derivative_stem(bids.name, desc)}{ext}"
+        if fmt == "dicom":
+            paths["output"] = out_dir / f"{study.id}_sr"  # a series folder
+        return cls(**paths)
 
     @classmethod
     def every_format(cls, out_dir: Path, study: Study) -> list[Targets]:

@@ -112,6 +112,9 @@ def test_library_defaults_are_the_command_lines(tmp_path: Path, identity: Path) 
     assert opts.axis == params["axis"].default and opts.figure == params["figure"].default
     assert opts.fmt == params["fmt"].default and opts.dtype == params["dtype"].default
     assert params["arch"].default == DEFAULT_ARCH
+    # --degradation also sets how the default (one-axis) adaptation degrades.
+    assert EnhanceOptions(out_dir=tmp_path, degradation="box").auto_adapt.degradation == "box"  # type: ignore[union-attr]
+    assert opts.auto_adapt is not None and opts.auto_adapt.degradation == "mixed"
 
 
 class _S:

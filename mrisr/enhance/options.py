@@ -7,7 +7,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -65,7 +65,8 @@ class EnhanceOptions:
         clamp: Clamp SR to the input's value range (``True``) or not at all (``False``).
         adapt: Fine-tune a copy of the network on each study first (:mod:`mrisr.adapt`).
         auto_adapt: Adaptation settings used whenever one axis alone is refined, even without
-            ``adapt``; ``None`` runs the network as it is (``--no-adapt``).
+            ``adapt``; ``None`` runs the network as it is (``--no-adapt``). The default,
+            :data:`DEFAULT_ADAPT`, takes ``degradation`` when that is given (as the CLI does).
         lock_wait: Seconds to wait, after the other studies, for studies whose lock another process
             holds (workers racing on one folder); ``0`` tries them once more and reports the rest.
         save_uncertainty: Compute the ensemble spread and write ``<id>_uncertainty.nii.gz``
@@ -118,6 +119,9 @@ class EnhanceOptions:
                 raise ValueError(f"--degradation must be one of {', '.join(DEGRADATIONS)}, not {self.degradation!r}")
         if self.dtype is not None:
             check_output_dtype(self.dtype)
+        if self.degradation is not None and self.auto_adapt == DEFAULT_ADAPT:
+            # As `mrisr enhance --degradation D` does: the default adaptation degrades the same way.
+            object.__setattr__(self, "auto_adapt", replace(DEFAULT_ADAPT, degradation=self.degradation))
         if self.scale is not None:
             check_factors(as_factors(self.scale))
         if not (math.isfinite(self.lock_wait) and self.lock_wait >= 0):
