@@ -4,14 +4,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, effective_steps
 from mrisr.enhance.arrays import ArraySR
 from mrisr.enhance.maps import consistency as consistency_maps
 from mrisr.enhance.options import EnhanceOptions
@@ -59,6 +61,42 @@ class Batch:
         """The batch of ``opts``: its factors are ``opts.scale``, else the checkpoint's own."""
         factors = opts.scale or arrays.default_factors(opts.axis)
         return cls(arrays, opts, factors, arrays.degradation(opts.degradation), progress, background)
+
+    def request(self, fmt: str) -> dict[str, Any]:
+        """Everything beyond the input that changes a study's outputs written as ``fmt`` (as JSON
+        reads it back): the sidecar's ``request``, which a rerun must match to skip the study
+        (:mod:`mrisr.sidecar`)."""
+        opts, arrays = self.opts, self.arrays
+
+        def resolved(cfg: AdaptConfig | None, steps: int) -> dict[str, Any] | None:
+            return {**asdict(cfg), "steps": steps} if cfg else None
+
+        req = {
+            "scale": list(self.factors),
+            "axis": opts.axis,
+            "adapt": resolved(opts.adapt, effective_steps(opts.adapt, arrays.model)) if opts.adapt else None,
+            # Only one-axis refinement adapts automatically, and only fine-grid networks do that.
+            "auto_adapt": resolved(
+                opts.auto_adapt, (opts.auto_adapt.steps if opts.auto_adapt else None) or STEPS_FINE_GRID
+            ),
+            "ensemble": arrays.run.ensemble,
+            "network": arrays.network,
+            "checkpoint_sha256": arrays.checkpoint.sha256,
+            "format": fmt,
+            "dtype": opts.dtype,  # None: the input's stored type (mrisr.io.default_output_dtype)
+            "clamp": opts.clamp,
+            "simulate": opts.simulate,
+            "degradation": self.degradation,
+            "intermediates": bool(opts.simulate and opts.save_intermediates),
+            "figure": opts.figure,
+        }
+        # Only when asked, so that sidecars written before these options still match a plain rerun.
+        req |= {k: True for k in ("save_uncertainty", "save_residual") if getattr(opts, k)}
+        if arrays.through_plane is not None:
+            req["through_plane_sha256"] = arrays.through_plane.sha256
+        if opts.target_spacing is not None:
+            req["target_spacing"] = list(opts.target_spacing)
+        return dict(json.loads(json.dumps(req)))
 
     def super_resolve(
         self,

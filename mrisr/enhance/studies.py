@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mrisr import __version__
-from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, effective_steps
 from mrisr.bids import derivative_metadata, write_description
 from mrisr.discovery import Study
 from mrisr.enhance import compute
@@ -45,42 +42,6 @@ from mrisr.outputs import Staging, commit_journal, finish_commit, write_volume
 from mrisr.sidecar import Targets, rerun_differences, standing_result, study_sha256
 
 log = logging.getLogger(__name__)
-
-
-def study_request(batch: Batch, fmt: str) -> dict[str, Any]:
-    """Everything beyond the input that changes a study's outputs (as JSON reads it back): the
-    sidecar's ``request``, which a rerun must match to skip the study (:mod:`mrisr.sidecar`)."""
-    opts, arrays = batch.opts, batch.arrays
-
-    def resolved(cfg: AdaptConfig | None, steps: int) -> dict[str, Any] | None:
-        return {**asdict(cfg), "steps": steps} if cfg else None
-
-    req = {
-        "scale": list(batch.factors),
-        "axis": opts.axis,
-        "adapt": resolved(opts.adapt, effective_steps(opts.adapt, arrays.model)) if opts.adapt else None,
-        # Only one-axis refinement adapts automatically, and only fine-grid networks do that.
-        "auto_adapt": resolved(
-            opts.auto_adapt, (opts.auto_adapt.steps if opts.auto_adapt else None) or STEPS_FINE_GRID
-        ),
-        "ensemble": arrays.run.ensemble,
-        "network": arrays.network,
-        "checkpoint_sha256": arrays.checkpoint.sha256,
-        "format": fmt,
-        "dtype": opts.dtype,  # None: the input's stored type (mrisr.io.default_output_dtype)
-        "clamp": opts.clamp,
-        "simulate": opts.simulate,
-        "degradation": batch.degradation,
-        "intermediates": bool(opts.simulate and opts.save_intermediates),
-        "figure": opts.figure,
-    }
-    # Only when asked, so that sidecars written before these options still match a plain rerun.
-    req |= {k: True for k in ("save_uncertainty", "save_residual") if getattr(opts, k)}
-    if arrays.through_plane is not None:
-        req["through_plane_sha256"] = arrays.through_plane.sha256
-    if opts.target_spacing is not None:
-        req["target_spacing"] = list(opts.target_spacing)
-    return dict(json.loads(json.dumps(req)))
 
 
 def process_study(batch: Batch, study: Study, *, loaded: Future[Volume] | None = None) -> StudyResult:
@@ -128,7 +89,7 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
         in_sha = study_sha256(study.files)
         old, old_sidecar = standing_result(opts.out_dir, study, targets)
         if not opts.overwrite and old is not None:
-            diffs = rerun_differences(old, input_sha256=in_sha, request=study_request(batch, out_fmt))
+            diffs = rerun_differences(old, input_sha256=in_sha, request=batch.request(out_fmt))
             if not diffs and old_sidecar == sidecar and out_path.exists():
                 return StudyResult(study, "skipped", sidecar=sidecar, output=out_path)
             # The same request whose output was deleted is simply made again (nothing to protect).
@@ -352,7 +313,7 @@ def _record(
         "target_spacing": list(opts.target_spacing) if opts.target_spacing else None,
         "resampled": made.resampled,
         "slice_profile": list(made.profile) if made.profile else None,
-        "request": study_request(batch, out_fmt),
+        "request": batch.request(out_fmt),
         "mrisr_version": __version__,
         "scale": list(factors),
         "axis": opts.axis,
