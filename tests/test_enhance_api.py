@@ -166,3 +166,23 @@ def test_sidecar_hash_and_skip_rule_match_what_enhance_wrote(tmp_path: Path, ide
     assert main([*args, "--ensemble", "1"]) == 0
     assert (out / "s_sr.json").read_text() == before
     assert json.loads(before)["input"]["sha256"] == side.input_sha256
+
+
+def test_one_study_from_python_without_an_enhancer(tmp_path: Path, identity: Path) -> None:
+    """The one-way pieces alone: ArraySR → Batch → process_study; with no figure thread the figure
+    is drawn in turn (and a rerun of the same batch skips the study)."""
+    from mrisr.enhance import ArraySR
+    from mrisr.enhance.compute import Batch
+    from mrisr.enhance.studies import process_study
+
+    src = tmp_path / "s.nii.gz"
+    nib.save(nib.Nifti1Image(_step(), np.eye(4)), str(src))
+    (study,) = find_studies([src])
+    batch = Batch.of(ArraySR(load_checkpoint(identity), CPU), EnhanceOptions(out_dir=tmp_path / "o"))
+    assert batch.factors == (4, 4, 1) and batch.background is None  # the checkpoint's own scale
+    res = process_study(batch, study)
+    assert res.status == "done", res.error
+    side = json.loads((tmp_path / "o" / "s_sr.json").read_text())
+    assert side["figure"] == "s_compare.png" and (tmp_path / "o" / "s_compare.png").is_file()
+    assert side["request"] == batch.request("nifti")
+    assert process_study(batch, study).status == "skipped"
