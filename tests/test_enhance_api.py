@@ -58,6 +58,8 @@ def test_clamp_false_clamps_neither_end(identity: Path) -> None:
 def test_options_take_a_string_folder_and_check_every_value(tmp_path: Path) -> None:
     opts = EnhanceOptions(out_dir=str(tmp_path / "out"))  # type: ignore[arg-type]
     assert opts.out_dir == tmp_path / "out" and isinstance(opts.out_dir, Path)
+    assert EnhanceOptions(out_dir=tmp_path, scale=[2, 2, 1]).scale == (2, 2, 1)  # type: ignore[arg-type]
+    assert EnhanceOptions(out_dir=tmp_path, scale=4, axis=0).scale == (1, 4, 4)  # type: ignore[arg-type]
     for bad, why in [
         ({"fmt": "png"}, "--format"),
         ({"dtype": "float16"}, "float32 or float64 only"),

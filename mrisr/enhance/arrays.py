@@ -75,10 +75,9 @@ class ArraySR:
 
         A constant array comes out constant; with ``clamp`` (the default) the output stays within each
         frame's value range (so non-negative input gives non-negative output); without it nothing is
-        clamped. With
-        ``adapt``, a copy of the network is first fine-tuned on the (first frame of the) array
-        (:mod:`mrisr.adapt`): a fine-grid network on the axis that voxel ``spacing`` (mm) shows fine
-        enough, a coarse-grid one (ESPCN) in-plane on the slice axis ``axis``. When one axis alone
+        clamped. With ``adapt``, a copy of the network is first fine-tuned on the (first frame of the)
+        array (:mod:`mrisr.adapt`): a fine-grid network on the axis that voxel ``spacing`` (mm) shows
+        fine enough, a coarse-grid one (ESPCN) in-plane on the slice axis ``axis``. When one axis alone
         is refined (thick slices), ``auto_adapt`` is used when ``adapt`` is not, and a rejected
         adaptation gives bicubic interpolation: on held-out EPI the template-trained networks, in-plane
         or through-plane, were worse than bicubic along the slice axis until adapted (docs/beyond.md).

@@ -99,7 +99,7 @@ class EnhanceOptions:
     target_spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        """Check every option; ``out_dir`` becomes a :class:`~pathlib.Path`.
+        """Check every option; ``out_dir`` becomes a :class:`~pathlib.Path`, ``scale`` a tuple.
 
         Raises:
             ValueError: Naming the option that cannot be served.
@@ -122,8 +122,8 @@ class EnhanceOptions:
         if self.degradation is not None and self.auto_adapt == DEFAULT_ADAPT:
             # As `mrisr enhance --degradation D` does: the default adaptation degrades the same way.
             object.__setattr__(self, "auto_adapt", replace(DEFAULT_ADAPT, degradation=self.degradation))
-        if self.scale is not None:
-            check_factors(as_factors(self.scale))
+        if self.scale is not None:  # "4", 4 (the plane of the axis slices) or a list: a tuple of ints
+            object.__setattr__(self, "scale", parse_factors(self.scale, self.axis))
         if not (math.isfinite(self.lock_wait) and self.lock_wait >= 0):
             raise ValueError(f"--lock-wait must be a finite number of seconds >= 0, not {self.lock_wait!r}")
         if self.target_spacing is not None:
