@@ -19,13 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.slow
-def test_snakemake_workflow_runs_locally(tmp_path: Path) -> None:
+def _snakemake() -> Path:
+    """The snakemake of this environment (or the PATH's); skips the test without one."""
     snakemake = BIN / "snakemake"
     if not snakemake.exists():
         snakemake = Path(shutil.which("snakemake") or "")
     if not snakemake.is_file():
         pytest.skip("snakemake is not installed (pip install -e '.[cluster]')")
+    return snakemake
+
+
+@pytest.mark.slow
+def test_snakemake_workflow_runs_locally(tmp_path: Path) -> None:
+    snakemake = _snakemake()
     data = tmp_path / "data"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -83,11 +89,7 @@ def test_snakemake_workflow_runs_locally(tmp_path: Path) -> None:
 def test_snakefile_passes_only_the_settings_it_is_given(tmp_path: Path, scale: int | None, expect: str | None) -> None:
     """A setting left null is not passed, so `mrisr enhance` uses its own default (the checkpoint's
     scale); a set one is (control)."""
-    snakemake = BIN / "snakemake"
-    if not snakemake.exists():
-        snakemake = Path(shutil.which("snakemake") or "")
-    if not snakemake.is_file():
-        pytest.skip("snakemake is not installed (pip install -e '.[cluster]')")
+    snakemake = _snakemake()
     data = tmp_path / "data"
     data.mkdir()
     nib.save(nib.Nifti1Image(np.ones((4, 4, 2), np.int16), np.eye(4)), str(data / "s.nii.gz"))
