@@ -1,13 +1,16 @@
-# Two entry points for a fresh machine: `make demo` and `make test`. Both build .venv idempotently.
+# Two entry points for a fresh machine: `make demo` and `make test`. Both build .venv idempotently:
+# the demo installs mrisr alone; the tests add the test and cluster extras (pytest, ruff, mypy,
+# snakemake and its SLURM plugin) on top, so their stamp implies the demo's.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mrisr-installed
+STAMP_TEST := $(VENV)/.mrisr-installed-test
 TORCH_PIN := torch==2.13.0
 
 .PHONY: demo test lint venv clean
 
-venv: $(STAMP)
+venv: $(STAMP_TEST)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,16 +19,20 @@ $(PY):
 # torch is pinned only when none is importable, so a user's own (GPU) build is kept.
 $(STAMP): pyproject.toml | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test,cluster]'
+	$(PY) -m pip install -q -e .
 	@touch $(STAMP)
+
+$(STAMP_TEST): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,cluster]'
+	@touch $(STAMP_TEST)
 
 demo: $(STAMP)
 	$(VENV)/bin/mrisr demo --out demo-out
 
-test: $(STAMP)
+test: $(STAMP_TEST)
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check mrisr tests examples benchmarks
 	$(VENV)/bin/ruff format --check mrisr tests examples benchmarks
 	$(VENV)/bin/mypy

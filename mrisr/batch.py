@@ -22,7 +22,7 @@ import os
 import signal
 from collections.abc import Iterator, Mapping, Sequence
 from types import FrameType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from mrisr.locks import STALE_AFTER_S, LockError, StudyLock, lock_path, study_lock
 
@@ -33,7 +33,9 @@ __all__ = [
     "StudyLock",
     "lock_path",
     "parse_shard",
+    "resolve_shard",
     "select_shard",
+    "select_studies",
     "shard_from_env",
     "shard_of",
     "study_lock",
@@ -42,6 +44,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+S = TypeVar("S", bound=_HasId)
 
 
 def shard_of(study_id: str, count: int) -> int:
@@ -98,6 +108,49 @@ def select_shard(items: Sequence[T], ids: Sequence[str], shard: tuple[int, int] 
         return list(items)
     index, count = shard
     return [it for it, i in zip(items, ids, strict=True) if shard_of(i, count) == index]
+
+
+def resolve_shard(
+    shard: str | tuple[int, int] | None, *, only: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> tuple[int, int] | None:
+    """The shard a run processes: ``shard`` (``"I/N"`` or ``(I, N)``) when given; else none when
+    ``only`` names studies (an inherited SLURM array environment must not drop them silently); else
+    the SLURM array task's (:func:`shard_from_env`), if any.
+
+    Raises:
+        ValueError: A malformed ``shard`` or SLURM array environment.
+    """
+    if isinstance(shard, str):
+        return parse_shard(shard)
+    if shard is not None:
+        return parse_shard(f"{shard[0]}/{shard[1]}")
+    return None if only else shard_from_env(env)
+
+
+def select_studies(
+    studies: Sequence[S],
+    *,
+    only: Sequence[str] | None = None,
+    shard: str | tuple[int, int] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[S]:
+    """The studies a run processes, in order: those whose ``id`` ``only`` names (all when empty),
+    then those of the shard (:func:`resolve_shard`, which reads the SLURM array environment ``env``,
+    by default ``os.environ``, when neither ``shard`` nor ``only`` is given).
+
+    Raises:
+        ValueError: ``only`` names an id none of ``studies`` has (the message names them), or a
+            malformed shard.
+    """
+    sel = resolve_shard(shard, only=only, env=env)
+    chosen = list(studies)
+    if only:
+        ids = {s.id for s in chosen}
+        unknown = sorted(set(only) - ids)
+        if unknown:
+            raise ValueError(f"no study with id {', '.join(unknown)}")
+        chosen = [s for s in chosen if s.id in set(only)]
+    return select_shard(chosen, [s.id for s in chosen], sel)
 
 
 class StopFlag:

@@ -35,22 +35,23 @@ def example_epi() -> Path | None:
 
 def run_demo(out_dir: Path, *, device: str = "auto") -> tuple[Path, list[StudyResult]]:
     """Run the demo into ``out_dir``; returns the path of the HTML report and the study results."""
-    from mrisr.enhance import EnhanceOptions, Enhancer, resolve_checkpoint
-    from mrisr.inference import DEFAULT_ENSEMBLE, RunOptions, resolve_device
+    from mrisr.enhance import EnhanceOptions, Enhancer, default_run, resolve_checkpoint
     from mrisr.report import build_report
 
     ckpt = resolve_checkpoint(None, (4, 4, 1))
-    enhancer = Enhancer(ckpt, RunOptions(device=resolve_device(device), ensemble=DEFAULT_ENSEMBLE))
     sim_dir = out_dir / "simulate"
-    # The demo always recomputes, so a rerun after an upgrade or a change of defaults never trips on
-    # its own earlier outputs.
-    results = enhancer.enhance(
-        find_studies([T1_SLAB]),
-        EnhanceOptions(out_dir=sim_dir, simulate=True, save_intermediates=True, overwrite=True),
-    )
-    epi = example_epi()
-    if epi is not None:
-        results += enhancer.enhance(find_studies([epi]), EnhanceOptions(out_dir=out_dir / "enhance", overwrite=True))
-    else:
-        log.warning("nibabel's example EPI is not installed; skipping the plain-enhance part of the demo")
+    with Enhancer(ckpt, default_run(device)) as enhancer:
+        # The demo always recomputes, so a rerun after an upgrade or a change of defaults never trips
+        # on its own earlier outputs.
+        results = enhancer.enhance(
+            find_studies([T1_SLAB]),
+            EnhanceOptions(out_dir=sim_dir, simulate=True, save_intermediates=True, overwrite=True),
+        )
+        epi = example_epi()
+        if epi is not None:
+            results += enhancer.enhance(
+                find_studies([epi]), EnhanceOptions(out_dir=out_dir / "enhance", overwrite=True)
+            )
+        else:
+            log.warning("nibabel's example EPI is not installed; skipping the plain-enhance part of the demo")
     return build_report(out_dir).html, results

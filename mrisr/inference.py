@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrisr.defaults import DEFAULT_ENSEMBLE as DEFAULT_ENSEMBLE  # re-exported (older callers)
 from mrisr.transforms import upsample
 
 log = logging.getLogger(__name__)
@@ -120,12 +121,6 @@ def _scaled(s: slice, f: int) -> slice:
     """The fine-grid slice covering the coarse slice ``s`` (``f`` fine voxels per coarse voxel)."""
     return slice(s.start * f, s.stop * f)
 
-
-#: The ensemble of ``mrisr enhance`` and the demo: all eight flips and transposes of every slice. On
-#: the 14 held-out cases of docs/weights.md it lifted the default ESPCN's mean gain over bicubic from
-#: +0.86 to +1.02 dB (every case improved; four views: +0.99 dB), and the whole MNI template ×4 still
-#: took 51 s on the 2-core CPU against 95 s for the SRCNN alone (14 s without the ensemble).
-DEFAULT_ENSEMBLE = 8
 
 View = tuple[bool, bool, bool]
 

@@ -26,6 +26,8 @@ import math
 import numpy as np
 import torch
 
+from mrisr.sidecar import METRIC_KEYS
+
 logger = logging.getLogger(__name__)
 
 WINDOW_SIZE = 11
@@ -34,19 +36,6 @@ K1 = 0.01
 K2 = 0.03
 FOREGROUND_FRACTION = 0.10
 FOREGROUND_PERCENTILE = 99.0
-
-METRIC_KEYS: tuple[str, ...] = (
-    "psnr_bicubic",
-    "psnr_sr",
-    "ssim_bicubic",
-    "ssim_sr",
-    "ssim3d_bicubic",
-    "ssim3d_sr",
-    "psnr_bicubic_masked",
-    "psnr_sr_masked",
-    "ssim_bicubic_masked",
-    "ssim_sr_masked",
-)
 
 
 def _pair(x: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Where and how a study's outputs are written: the flat and the BIDS-derivative layouts.
+"""How a study's outputs are written (their names: :class:`mrisr.sidecar.Targets`).
 
 Every file goes through :func:`mrisr.fsutil.atomic_path`. A study's new outputs are first written
 under temporary names (:class:`Staging`) and then put in place together by a *commit*: a journal
@@ -22,106 +22,11 @@ from typing import Any
 import numpy as np
 
 from mrisr import faults
-from mrisr.bids import figures_folder
-from mrisr.discovery import Study
 from mrisr.errors import OutputBlockedError
 from mrisr.fsutil import remove_path, temp_sibling, write_json_atomic
-from mrisr.io import Volume, nifti_stem
+from mrisr.io import Volume
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Where one study's outputs go.
-
-    Flat layout: ``OUT/<id>_sr.nii.gz`` (or ``OUT/<id>_sr/`` for DICOM), ``OUT/<id>_sr.json``,
-    ``OUT/<id>_compare.png``, ``OUT/<id>_mosaic.png``, ``OUT/<id>_lr.nii.gz``, ``OUT/<id>_bicubic.nii.gz``,
-    ``OUT/<id>_uncertainty.nii.gz``, ``OUT/<id>_residual.nii.gz``. A study of a BIDS
-    dataset written as NIfTI mirrors its place as a BIDS derivative instead:
-    ``OUT/sub-01/anat/sub-01_desc-sr_T1w.nii.gz`` with the sidecar ``..._desc-sr_T1w.json`` and the
-    figures ``OUT/sub-01/figures/sub-01_desc-srcompare_T1w.png`` and ``..._desc-srmosaic_T1w.png``
-    (``sub-*/ses-*/figures`` in a session).
-    """
-
-    output: Path
-    sidecar: Path
-    figure: Path
-    lowres: Path
-    bicubic: Path
-    mosaic: Path
-    uncertainty: Path
-    residual: Path
-
-    @classmethod
-    def for_study(cls, out_dir: Path, study: Study, fmt: str) -> Targets:
-        """The targets of ``study`` written as ``fmt`` into ``out_dir``."""
-        if study.bids is not None and fmt == "nifti":
-            folder = out_dir / study.bids.parent
-            figures = figures_folder(out_dir, study.bids)
-            stem = bids_derivative_stem(study.bids.name, "sr")
-            return cls(
-                output=folder / f"{stem}.nii.gz",
-                sidecar=folder / f"{stem}.json",
-                figure=figures / f"{bids_derivative_stem(study.bids.name, 'srcompare')}.png",
-                lowres=folder / f"{bids_derivative_stem(study.bids.name, 'lr')}.nii.gz",
-                bicubic=folder / f"{bids_derivative_stem(study.bids.name, 'bicubic')}.nii.gz",
-                mosaic=figures / f"{bids_derivative_stem(study.bids.name, 'srmosaic')}.png",
-                uncertainty=folder / f"{bids_derivative_stem(study.bids.name, 'srstd')}.nii.gz",
-                residual=folder / f"{bids_derivative_stem(study.bids.name, 'srresidual')}.nii.gz",
-            )
-        return cls(
-            output=out_dir / (f"{study.id}_sr" if fmt == "dicom" else f"{study.id}_sr.nii.gz"),
-            sidecar=out_dir / f"{study.id}_sr.json",
-            figure=out_dir / f"{study.id}_compare.png",
-            lowres=out_dir / f"{study.id}_lr.nii.gz",
-            bicubic=out_dir / f"{study.id}_bicubic.nii.gz",
-            mosaic=out_dir / f"{study.id}_mosaic.png",
-            uncertainty=out_dir / f"{study.id}_uncertainty.nii.gz",
-            residual=out_dir / f"{study.id}_residual.nii.gz",
-        )
-
-    @classmethod
-    def every_format(cls, out_dir: Path, study: Study) -> list[Targets]:
-        """The targets of ``study`` in each output format (a rerun in another format replaces them)."""
-        return [cls.for_study(out_dir, study, fmt) for fmt in ("nifti", "dicom")]
-
-    def all(self) -> tuple[Path, ...]:
-        """Every target path."""
-        return (self.output, self.sidecar, self.figure, self.lowres, self.bicubic, self.mosaic, self.uncertainty,
-                self.residual)  # fmt: skip
-
-
-def bids_derivative_stem(name: str, desc: str) -> str:
-    """``sub-01_ses-2_T1w.nii.gz`` → ``sub-01_ses-2_desc-<desc>_T1w``.
-
-    An existing ``desc`` is kept in front (``desc-preproc`` → ``desc-preproc<desc>``), so that inputs
-    differing only in their ``desc`` keep distinct outputs.
-    """
-    stem = nifti_stem(name)
-    parts = stem.split("_")
-    old = next((p[len("desc-") :] for p in parts[:-1] if p.startswith("desc-")), "")
-    entities, suffix = [p for p in parts[:-1] if not p.startswith("desc-")], parts[-1]
-    return "_".join([*entities, f"desc-{old}{desc}", suffix])
-
-
-def standing_result(out_dir: Path, study: Study, targets: Targets) -> tuple[dict[str, Any] | None, Path]:
-    """The 'done' sidecar that stands for ``study`` (in ``targets``' place or another format's), and
-    its path (``targets.sidecar`` when none stands)."""
-    places = [targets.sidecar, *(t.sidecar for t in Targets.every_format(out_dir, study))]
-    for path in dict.fromkeys(places):
-        old = read_sidecar(path) if path.exists() else None
-        if old is not None and old.get("status") == "done":
-            return old, path
-    return None, targets.sidecar
-
-
-def read_sidecar(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype, *, description: str | None = None) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from mrisr.checkpoint import save_checkpoint
 from mrisr.cli import main
-from mrisr.enhance import Enhancer
+from mrisr.enhance import ArraySR
 from mrisr.geometry import coarsen_affine, refine_affine, voxel_to_world
 from mrisr.models import SRCNN, SRCNNConfig
 
@@ -49,14 +49,14 @@ def _psnr(test: np.ndarray, ref: np.ndarray) -> float:
 def _capture(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     """Record the in-memory float SR result of each study."""
     seen: list[np.ndarray] = []
-    original = Enhancer.enhance_array
+    original = ArraySR.enhance_array
 
-    def spy(self: Enhancer, *args: Any, **kwargs: Any) -> Any:
+    def spy(self: ArraySR, *args: Any, **kwargs: Any) -> Any:
         out = original(self, *args, **kwargs)
         seen.append(np.array(out[0], dtype=np.float64))
         return out
 
-    monkeypatch.setattr(Enhancer, "enhance_array", spy)
+    monkeypatch.setattr(ArraySR, "enhance_array", spy)
     return seen
 
 

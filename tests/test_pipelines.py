@@ -19,13 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.slow
-def test_snakemake_workflow_runs_locally(tmp_path: Path) -> None:
+def _snakemake() -> Path:
+    """The snakemake of this environment (or the PATH's); skips the test without one."""
     snakemake = BIN / "snakemake"
     if not snakemake.exists():
         snakemake = Path(shutil.which("snakemake") or "")
     if not snakemake.is_file():
         pytest.skip("snakemake is not installed (pip install -e '.[cluster]')")
+    return snakemake
+
+
+@pytest.mark.slow
+def test_snakemake_workflow_runs_locally(tmp_path: Path) -> None:
+    snakemake = _snakemake()
     data = tmp_path / "data"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -77,6 +83,26 @@ def test_snakemake_workflow_runs_locally(tmp_path: Path) -> None:
     for i in range(3):
         side = json.loads((out / f"sub-{i}_T1w_sr.json").read_text())
         assert side["status"] == "done" and side["ensemble"] == 2
+
+
+@pytest.mark.parametrize(("scale", "expect"), [(None, None), (2, "--scale 2")])
+def test_snakefile_passes_only_the_settings_it_is_given(tmp_path: Path, scale: int | None, expect: str | None) -> None:
+    """A setting left null is not passed, so `mrisr enhance` uses its own default (the checkpoint's
+    scale); a set one is (control)."""
+    snakemake = _snakemake()
+    data = tmp_path / "data"
+    data.mkdir()
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 2), np.int16), np.eye(4)), str(data / "s.nii.gz"))
+    config = tmp_path / "cfg.json"
+    cfg = {"input": str(data), "output": str(tmp_path / "out"), "scale": scale, "device": None}
+    config.write_text(json.dumps(cfg | {"mrisr": f"{sys.executable} -m mrisr.cli"}))
+    cmd = [str(snakemake), "-s", str(ROOT / "pipelines" / "Snakefile"), "--configfile", str(config)]
+    dry_run = [*cmd, "-n", "-p", "--cores", "1", "--directory", str(tmp_path)]
+    dry = subprocess.run(dry_run, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    shell = next(line for line in (dry.stdout + dry.stderr).splitlines() if " enhance " in line and "--only s" in line)
+    assert "--device" not in shell and "--checkpoint" not in shell
+    assert ("--scale" not in shell) if expect is None else (expect in shell), shell
 
 
 @pytest.mark.parametrize("script", sorted((ROOT / "pipelines" / "slurm").glob("*.sbatch")), ids=lambda p: p.name)

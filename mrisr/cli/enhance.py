@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 from mrisr.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
 from mrisr.cli.console import QUIET, available_cpus, live, log_line, make_console, output
+from mrisr.defaults import DEFAULT_ARCH, DEFAULT_DEVICE, DEFAULT_ENSEMBLE
 
 
 @app.command()
@@ -42,8 +43,8 @@ def enhance(
     arch: Annotated[
         str,
         typer.Option(help="Shipped network when no --checkpoint: espcn (default: faster, better held out) | srcnn."),
-    ] = "espcn",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    ] = DEFAULT_ARCH,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = DEFAULT_DEVICE,
     axis: Annotated[int, typer.Option(min=0, max=2, help="Slicing axis of the voxel array.")] = 2,
     fmt: Annotated[str, typer.Option("--format", help="Output format: same | nifti | dicom.")] = "same",
     dtype: Annotated[
@@ -73,7 +74,7 @@ def enhance(
     ensemble: Annotated[
         int,
         typer.Option(help="Views averaged per slice: 1 (the network alone), 2, 4 (flips) or 8 (flips and transposes)."),
-    ] = 8,
+    ] = DEFAULT_ENSEMBLE,
     adapt: Annotated[
         bool | None,
         typer.Option(
@@ -120,43 +121,47 @@ def enhance(
 
     Without a terminal (a log file), one timestamped line is written per study as it starts and ends.
     """
-    import numpy as np
+    import dataclasses
+
     import torch
 
     from mrisr.adapt import AdaptConfig
+    from mrisr.batch import StopFlag, resolve_shard, select_studies
     from mrisr.discovery import find_studies
     from mrisr.enhance import EnhanceOptions, Enhancer, parse_factors, resolve_checkpoint, resolve_through_plane
     from mrisr.enhance.spacing import plan_target_spacing
     from mrisr.errors import MrisrError
-    from mrisr.inference import RunOptions, resolve_device
-    from mrisr.transforms import DEGRADATIONS
-
-    if fmt not in ("same", "nifti", "dicom"):
-        raise fail(f"--format must be same, nifti or dicom, not {fmt!r}")
-    if degradation is not None and degradation not in DEGRADATIONS:
-        raise fail(f"--degradation must be one of {', '.join(DEGRADATIONS)}, not {degradation!r}")
-    if dtype is not None:
-        try:
-            out_dtype = np.dtype(dtype)
-        except TypeError:
-            raise fail(f"--dtype {dtype!r} is not a NumPy dtype") from None
-        if out_dtype.kind not in "uif":
-            raise fail(f"--dtype {dtype!r} is not a real integer or floating-point type") from None
-        if out_dtype.kind == "f" and out_dtype.itemsize not in (4, 8):
-            raise fail(f"--dtype {dtype!r}: NIfTI stores float32 or float64 only") from None
-    from mrisr.batch import StopFlag, parse_shard, select_shard, shard_from_env
     from mrisr.geometry import in_plane
+    from mrisr.inference import RunOptions, resolve_device
 
     if target_spacing is not None and scale is not None:
         raise fail("give --scale or --target-spacing, not both")
-    if target_spacing is not None and simulate:
-        raise fail("--simulate degrades by --scale; it does not take --target-spacing")
+    adapt_config = AdaptConfig(steps=adapt_steps, seed=seed, degradation=degradation or "mixed")
     try:
         target = parse_spacing(target_spacing) if target_spacing is not None else None
         factors = parse_factors(scale, axis)
+        # Every option is checked here, before any study is looked at (EnhanceOptions.__post_init__);
+        # the scale of --target-spacing comes from each study's header (one group of studies per scale).
+        base = EnhanceOptions(
+            out_dir=out,
+            scale=factors,
+            axis=axis,
+            fmt=fmt,  # type: ignore[arg-type]
+            dtype=dtype,
+            overwrite=overwrite,
+            simulate=simulate,
+            degradation=degradation,
+            save_intermediates=save_intermediates,
+            figure=figure,
+            adapt=adapt_config if adapt else None,
+            auto_adapt=adapt_config if adapt is None else None,
+            lock_wait=lock_wait,
+            save_uncertainty=save_uncertainty,
+            save_residual=save_residual,
+            command=("mrisr", *state.argv) if state.argv is not None else None,
+        )
         dev = resolve_device(device)
-        # --only names the studies: an inherited SLURM array environment must not drop them silently.
-        shard_sel = parse_shard(shard) if shard is not None else (None if only else shard_from_env())
+        shard_sel = resolve_shard(shard, only=only)
     except ValueError as exc:
         raise fail(str(exc)) from None
     if arch not in ("srcnn", "espcn"):
@@ -169,23 +174,23 @@ def enhance(
         raise fail(str(exc)) from None
     if not studies:
         raise fail(f"no NIfTI or DICOM studies found in {', '.join(map(str, inputs))}")
-    if only:
-        unknown = sorted(set(only) - {s.id for s in studies})
-        if unknown:
-            raise fail(f"no study with id {', '.join(unknown)} in {', '.join(map(str, inputs))}")
-        studies = [s for s in studies if s.id in set(only)]
-    studies = select_shard(studies, [s.id for s in studies], shard_sel)
-    adapt_config = AdaptConfig(steps=adapt_steps, seed=seed, degradation=degradation or "mixed")
+    try:
+        studies = select_studies(studies, only=only, shard=shard_sel)
+    except ValueError as exc:
+        raise fail(f"{exc} in {', '.join(map(str, inputs))}") from None
     try:
         run = RunOptions(device=dev, batch_size=batch_size, amp=amp, ensemble=ensemble)
     except ValueError as exc:
         raise fail(str(exc)) from None
     torch.set_num_threads(threads or available_cpus())
-    # One enhancer per set of factors: with --target-spacing they come from each study's header.
-    jobs: list[tuple[Enhancer, tuple[int, int, int] | None, list[Study]]] = []
+    # One enhancer per set of factors, worked out here once: from --scale or the checkpoint, or with
+    # --target-spacing from each study's header.
+    jobs: list[tuple[Enhancer, EnhanceOptions, list[Study]]] = []
     try:
         if target is None:
-            jobs.append((Enhancer(ckpt, run, through_plane=resolve_through_plane(factors, axis)), factors, studies))
+            job = Enhancer(ckpt, run, through_plane=resolve_through_plane(factors, axis))
+            job_opts = dataclasses.replace(base, scale=factors or job.arrays.default_factors(axis))
+            jobs.append((job, job_opts, studies))
         else:
             groups, unreadable = plan_target_spacing(studies, target)
             if unreadable:  # they fail alone, with their reason, when they are loaded
@@ -193,9 +198,11 @@ def enhance(
                 groups[0][1].extend(s for s, _ in unreadable)
             for group, members in groups:
                 net = resolve_checkpoint(checkpoint, group, arch=arch, axis=axis)
-                jobs.append((Enhancer(net, run, through_plane=resolve_through_plane(group, axis)), group, members))
-        for job, job_factors, _ in jobs:
-            job.check_factors(job_factors or job.default_factors(axis), axis)
+                job = Enhancer(net, run, through_plane=resolve_through_plane(group, axis))
+                jobs.append((job, dataclasses.replace(base, scale=group, target_spacing=target), members))
+        for job, job_opts, _ in jobs:
+            assert job_opts.scale is not None
+            job.arrays.check_factors(job_opts.scale, axis)
     except (ValueError, MrisrError) as exc:
         raise fail(str(exc)) from None
     from mrisr.fsutil import check_writable_folder
@@ -210,29 +217,11 @@ def enhance(
         results: list[StudyResult] = []
         try:
             with stop.abandonable():
-                for job, job_factors, members in jobs:
+                for job, job_opts, members in jobs:
                     if stop:
                         break
-                    opts = EnhanceOptions(
-                        out_dir=out,
-                        scale=job_factors,
-                        axis=axis,
-                        fmt=fmt,  # type: ignore[arg-type]
-                        dtype=dtype,
-                        overwrite=overwrite,
-                        simulate=simulate,
-                        degradation=degradation,
-                        save_intermediates=save_intermediates,
-                        figure=figure,
-                        adapt=adapt_config if adapt else None,
-                        auto_adapt=adapt_config if adapt is None else None,
-                        lock_wait=lock_wait,
-                        save_uncertainty=save_uncertainty,
-                        save_residual=save_residual,
-                        target_spacing=target,
-                        command=("mrisr", *state.argv) if state.argv is not None else None,
-                    )
-                    _run_with_progress(job, members, opts, stop, results)
+                    with job:
+                        _run_with_progress(job, members, job_opts, stop, results)
         except KeyboardInterrupt:  # a second signal: the current study was abandoned
             pass
         except MrisrError as exc:  # the output folder itself failed (lock files cannot be created)

@@ -10,18 +10,24 @@ With ``simulate=True`` each input is a high-resolution *reference*: it is degrad
 super-resolved back onto its own grid, and PSNR/SSIM of SR and of bicubic against it go into the
 sidecar.
 
-The package: :mod:`~mrisr.enhance.options` (requests, results, checkpoint and factors),
-:mod:`~mrisr.enhance.studies` (whole studies, outputs, sidecars) and
-:mod:`~mrisr.enhance.enhancer` (:class:`Enhancer`, arrays).
+The package, one way from the top: :mod:`~mrisr.enhance.enhancer` (:class:`Enhancer`, the batch
+loop) → :mod:`~mrisr.enhance.studies` (one whole study: lock, skip rule, outputs, sidecar) →
+:mod:`~mrisr.enhance.compute` (one study's arrays: simulate or enhance) →
+:mod:`~mrisr.enhance.arrays` (:class:`ArraySR`: arrays through the network). What is asked and the
+defaults (the same for Python and ``mrisr enhance``) are in :mod:`~mrisr.enhance.options`; the
+sidecar contract is :mod:`mrisr.sidecar`.
 """
 
+from mrisr.enhance.arrays import ArraySR
 from mrisr.enhance.enhancer import Enhancer
 from mrisr.enhance.options import (
     DEFAULT_ADAPT,
     DEFAULT_ARCH,
+    DEFAULT_DEVICE,
     EnhanceOptions,
     OutFormat,
     StudyResult,
+    default_run,
     parse_factors,
     resolve_checkpoint,
     resolve_through_plane,
@@ -31,10 +37,13 @@ from mrisr.enhance.options import (
 __all__ = [
     "DEFAULT_ADAPT",
     "DEFAULT_ARCH",
+    "DEFAULT_DEVICE",
+    "ArraySR",
     "EnhanceOptions",
     "Enhancer",
     "OutFormat",
     "StudyResult",
+    "default_run",
     "parse_factors",
     "resolve_checkpoint",
     "resolve_through_plane",

@@ -1,38 +1,49 @@
-"""The :class:`Enhancer`: one network, loaded once, that super-resolves arrays (with per-study
-adaptation when asked) and, through :class:`~mrisr.enhance.studies.StudyBatch`, whole studies."""
+"""The :class:`Enhancer`: the batch loop over studies, with one network loaded once for all of them.
+
+The flow is one way: :class:`Enhancer` builds one :class:`~mrisr.enhance.arrays.ArraySR` (the array
+level) and, per batch, one :class:`~mrisr.enhance.compute.Batch` (options and factors, worked out
+once), and calls :func:`~mrisr.enhance.studies.process_study` for each study.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
 from typing import Any
 
 import numpy as np
-from torch import nn
 
-from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, adapt_model, effective_steps, pass_plans
-from mrisr.adapt.one_axis import match_slices, profile_width
 from mrisr.checkpoint import Checkpoint
-from mrisr.enhance.options import DEFAULT_ADAPT, EnhanceOptions, split_stages
-from mrisr.enhance.studies import StudyBatch
-from mrisr.errors import NonFiniteOutputError
-from mrisr.frames import frames_of
-from mrisr.geometry import in_plane
-from mrisr.inference import RunOptions, count_slices, resolve_device, super_resolve_array
-from mrisr.transforms import Normalization, fit_normalization
+from mrisr.discovery import Study
+from mrisr.enhance.arrays import ArraySR
+from mrisr.enhance.compute import Batch
+from mrisr.enhance.options import EnhanceOptions, StudyResult
+from mrisr.enhance.studies import process_study
+from mrisr.inference import RunOptions
+from mrisr.io import Volume
+from mrisr.transforms import Normalization
 
 log = logging.getLogger(__name__)
 
+#: How often a study locked by another process is tried again while waiting for it (``lock_wait``).
+LOCK_POLL_S = 1.0
 
-class Enhancer(StudyBatch):
+
+class Enhancer:
     """Super-resolves studies with one network, loaded once for all of them.
+
+    Use it as a context manager, or call :meth:`close`, to end its figure thread::
+
+        with Enhancer(resolve_checkpoint(None, (4, 4, 1))) as enhancer:
+            results = enhancer.enhance(find_studies(["scans/"]), EnhanceOptions(out_dir="out"))
 
     Args:
         checkpoint: The network and its metadata (the in-plane stage when ``through_plane`` is given).
-        run: Device and batching options.
+        run: Device and batching options; ``None``: those of ``mrisr enhance``
+            (:func:`~mrisr.enhance.options.default_run`: the first GPU, else the CPU; 8 views).
         through_plane: A one-axis network for the second stage of scales that refine both the plane
             of the slices and the slice axis (``2,2,5``; :func:`~mrisr.enhance.options.split_stages`).
     """
@@ -40,285 +51,111 @@ class Enhancer(StudyBatch):
     def __init__(
         self, checkpoint: Checkpoint, run: RunOptions | None = None, *, through_plane: Checkpoint | None = None
     ) -> None:
-        self.checkpoint = checkpoint
-        self.run = run or RunOptions(device=resolve_device("auto"))
-        self.model = checkpoint.build()
-        self.through_plane = through_plane
-        self._second = Enhancer(through_plane, self.run) if through_plane is not None else None
-        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrisr-figure")
+        self.arrays = ArraySR(checkpoint, run, through_plane=through_plane)
+        self._background: ThreadPoolExecutor | None = None
 
-    # -- arrays -------------------------------------------------------------------------------------
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """The network's checkpoint (the in-plane stage's with two stages)."""
+        return self.arrays.checkpoint
+
+    @property
+    def run(self) -> RunOptions:
+        """Device and batching options."""
+        return self.arrays.run
+
+    @property
+    def through_plane(self) -> Checkpoint | None:
+        """The one-axis network of a second stage, if any."""
+        return self.arrays.through_plane
+
     def enhance_array(
-        self,
-        data: np.ndarray,
-        factors: tuple[int, int, int],
-        *,
-        axis: int = 2,
-        norm: Normalization | None = None,
-        clamp: bool = True,
-        adapt: AdaptConfig | None = None,
-        auto_adapt: AdaptConfig | None = DEFAULT_ADAPT,
-        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-        profile: tuple[float, float, float] | None = None,
-        progress: Callable[[int], None] | None = None,
-        spread_out: np.ndarray | None = None,
+        self, data: np.ndarray, factors: tuple[int, int, int], **kwargs: Any
     ) -> tuple[np.ndarray, Normalization, dict[str, Any] | None]:
-        """Super-resolve a 3D or 4D array in physical units.
+        """:meth:`ArraySR.enhance_array <mrisr.enhance.arrays.ArraySR.enhance_array>` of this network."""
+        return self.arrays.enhance_array(data, factors, **kwargs)
 
-        With a ``through_plane`` network, factors that refine both the plane of the ``axis`` slices
-        and ``axis`` itself run in two stages: the in-plane network first, then the one-axis network
-        (adapted to the study, whose in-plane axes are then fine) along ``axis``; the returned
-        adaptation record is the second stage's, with the first stage's under ``in_plane``.
-        ``profile`` is the slice thickness over the spacing per axis when the header states it
-        (DICOM); one-axis adaptation then degrades with that slice profile (:mod:`mrisr.adapt`).
+    def close(self) -> None:
+        """End the figure thread (after the figure it draws); the enhancer may still be used after it."""
+        if self._background is not None:
+            self._background.shutdown(wait=True)
+            self._background = None
 
-        A constant array comes out constant; non-negative input gives non-negative output. With
-        ``adapt``, a copy of the network is first fine-tuned on the (first frame of the) array
-        (:mod:`mrisr.adapt`): a fine-grid network on the axis that voxel ``spacing`` (mm) shows fine
-        enough, a coarse-grid one (ESPCN) in-plane on the slice axis ``axis``. When one axis alone
-        is refined (thick slices), ``auto_adapt`` is used when ``adapt`` is not, and a rejected
-        adaptation gives bicubic interpolation: on held-out EPI the template-trained networks, in-plane
-        or through-plane, were worse than bicubic along the slice axis until adapted (docs/beyond.md).
+    def __enter__(self) -> Enhancer:
+        return self
 
-        ``spread_out`` (float32, the output's shape), when given, receives the ensemble spread: per
-        voxel, the standard deviation in physical units of the views' outputs before they are
-        averaged (pooled over the pass plans when several are averaged; zeros when no network ran).
-        Without it no extra memory or time is spent.
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
-        Returns:
-            Float32 SR array, the normalisation used, and what adaptation did (``None`` without it).
+    def _figures(self) -> ThreadPoolExecutor:
+        if self._background is None:
+            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrisr-figure")
+        return self._background
+
+    def batch(self, opts: EnhanceOptions, *, progress: Callable[[int], None] | None = None) -> Batch:
+        """The :class:`~mrisr.enhance.compute.Batch` of ``opts`` (factors worked out once)."""
+        return Batch.of(self.arrays, opts, progress=progress, background=self._figures() if opts.figure else None)
+
+    def process(self, study: Study, opts: EnhanceOptions) -> StudyResult:
+        """Enhance one study (:func:`~mrisr.enhance.studies.process_study`); never raises for a bad study."""
+        return process_study(self.batch(opts), study)
+
+    def enhance(
+        self,
+        studies: Sequence[Study],
+        opts: EnhanceOptions,
+        *,
+        on_start: Callable[[Study, int], None] | None = None,
+        on_slices: Callable[[int], None] | None = None,
+        on_done: Callable[[StudyResult], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[StudyResult]:
+        """Enhance ``studies`` in order; bad studies fail alone and the batch goes on.
+
+        The next study is read by a background thread while the current one computes. When
+        ``should_stop`` turns true (SIGTERM/SIGINT) the loop stops after the current study.
         """
-        arr = np.asarray(data)
-        nm = norm or fit_normalization(arr)
-        plane, through = split_stages(factors, axis)
-        if self._second is not None and max(through) > 1:
-            first, _, adapted_in = self.enhance_array(
-                arr, plane, axis=axis, norm=nm, clamp=clamp, adapt=adapt, auto_adapt=None, spacing=spacing,
-                progress=progress,
-            )  # fmt: skip
-            fine = (spacing[0] / plane[0], spacing[1] / plane[1], spacing[2] / plane[2])
-            sr2, _, adapted2 = self._second.enhance_array(
-                first,
-                through,
-                axis=axis,
-                norm=nm,
-                clamp=clamp,
-                adapt=None,
-                auto_adapt=auto_adapt,
-                spacing=fine,
-                profile=profile,
-                progress=progress,
-                spread_out=spread_out,
-            )  # fmt: skip  (the spread is the through-plane stage's, the last one run)
-            del first
-            stages = dict(adapted2) if adapted2 is not None else {"used": False, "reason": "--no-adapt"}
-            return sr2, nm, {**stages, "stage": "through-plane", "in_plane": adapted_in}
-        frames = frames_of(arr)
-        model: nn.Module | None = self.model
-        adapted: dict[str, Any] | None = None
-        plans: list[list[tuple[int, tuple[int, int]]] | None] = [None]  # None: the usual passes of ``axis``
-        single = sum(f > 1 for f in factors) == 1
-        trained = self.checkpoint.scale
-        one_axis_net = single and trained is not None and sum(f > 1 for f in trained) == 1
-        if one_axis_net:
-            # A network trained for one axis: the mean over both planes that contain it (as adapted).
-            plans = list(pass_plans(factors, spacing))
-        if single and adapt is None:
-            adapt = auto_adapt
-            if adapt is None and not one_axis_net:
-                log.warning(
-                    "--no-adapt: a network not trained for one-axis blur refines one axis (often worse than bicubic)"
-                )
-        if adapt is not None and not nm.constant:
-            adapted_net, info = adapt_model(
-                self.model, nm.apply(frames[0]), factors, spacing, config=adapt, device=self.run.device, axis=axis,
-                profile=profile,
-            )  # fmt: skip
-            adapted = {**info.to_dict(), "config": asdict(adapt)}
-            if info.used and info.method == "coarse-grid":
-                model = adapted_net  # the usual in-plane passes (and ensemble), with the tuned first layer
-            elif info.used:
-                model, own = adapted_net, pass_plans(factors, spacing)
-                # These replace --axis; the outputs of several plans are averaged.
-                adapted["passes"] = [[[cut, list(fs)] for cut, fs in plan] for plan in own]
-                plans = list(own)
-            elif single:
-                # Rejected: the study could not teach the network; unadapted, it can be worse than
-                # interpolation along one axis (held-out EPI), so interpolate.
-                model, plans = None, [None]
-                adapted["fallback"] = "bicubic"
-            else:
-                # Rejected: the checkpoint's own network, exactly as without --adapt.
-                adapted["fallback"] = str(self.checkpoint.arch.get("name", "srcnn"))
-        if single and model is not None:
-            adapted = adapted if adapted is not None else {"used": False, "reason": "--no-adapt"}
-            adapted["slice_consistency"] = {"profile_width": profile_width(factors, profile) or float(max(factors))}
-        shape = tuple(n * f for n, f in zip(arr.shape[:3], factors, strict=True)) + tuple(arr.shape[3:])
-        # A 4D output is filled frame by frame; a 3D one is the SR array itself (no second copy).
-        out = np.empty(shape, dtype=np.float32) if arr.ndim == 4 or nm.constant else None
-        for t, frame in enumerate(frames):
-            if nm.constant:
-                assert out is not None
-                out[...] = nm.data_min
-                if progress is not None:
-                    progress(count_slices(frame.shape, factors, axis))
-                continue
-            x = nm.apply(frame)
-            var = None if spread_out is None else np.empty(spread_out.shape[:3], dtype=np.float32)
-            second: np.ndarray | None = None  # sum over plans of E[y²] (only for the spread)
-            sr = np.zeros(0, dtype=np.float32)
-            for n, plan in enumerate(plans):
-                m = super_resolve_array(
-                    model, x, factors, axis=axis, opts=self.run, progress=progress, passes=plan, variance_out=var
-                )
-                if var is not None:
-                    var += m * m
-                    second = var.copy() if second is None else np.add(second, var, out=second)
-                sr = m if n == 0 else np.add(sr, m, out=sr)
-            if len(plans) > 1:
-                sr /= np.float32(len(plans))
-            if single and model is not None:
-                # One axis refined by a network: the output's thick-slice averages are made equal to
-                # the input (the slice profile's forward model; docs/beyond.md).
-                match_slices(sr, x, factors, profile=profile)
-            if spread_out is not None and second is not None:
-                std = _pooled_std(second, sr, len(plans), nm.scale)
-                if spread_out.ndim == 4:
-                    spread_out[..., t] = std
-                else:
-                    spread_out[...] = std
-            del x
-            self._check_output(sr)
-            nm.invert_(sr)
-            # Clamp to this frame's own range, as the bicubic baseline is (overshoot is not signal).
-            lo, hi = (float(frame.min()), float(frame.max())) if clamp else (-np.inf, np.inf)
-            np.clip(sr, lo, hi, out=sr)
-            if arr.ndim == 3:
-                out = sr
-            else:
-                assert out is not None
-                out[..., t] = sr
-            del sr
-        assert out is not None
-        return out, nm, adapted
+        opts.out_dir.mkdir(parents=True, exist_ok=True)
+        batch = self.batch(opts, progress=on_slices)
+        results: list[StudyResult] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrisr-read") as pool:
+            nxt: Future[Volume] | None = pool.submit(studies[0].load) if studies else None
+            if batch.background is not None:  # matplotlib's import (about a second) overlaps with the first study
+                from mrisr import figures
 
-    def _check_output(self, sr: np.ndarray) -> None:
-        """Refuse a network output with NaN/Inf values: clamping would turn them into a plausible-looking
-        but made-up image (NaN becomes the minimum, infinity the maximum).
-
-        Raises:
-            NonFiniteOutputError: Naming the checkpoint and how many values are not finite.
-        """
-        flat = sr.reshape(-1)
-        step = 1 << 22  # in blocks: no volume-sized mask next to the output
-        bad = sum(int(np.count_nonzero(~np.isfinite(flat[i : i + step]))) for i in range(0, flat.size, step))
-        if bad:
-            raise NonFiniteOutputError(
-                self.checkpoint.path,
-                f"the network gave {bad} NaN/Inf values of {sr.size} (its weights overflow on this input)",
-            )
-
-    def degradation(self, opts: EnhanceOptions) -> str:
-        """The degradation of ``--simulate`` and of the consistency check: ``opts``', else the
-        checkpoint's (``mixed`` training counts as ``bicubic``)."""
-        degradation = opts.degradation or str(self.checkpoint.meta.get("degradation", "bicubic"))
-        return "bicubic" if degradation == "mixed" else degradation
-
-    def _request(self, opts: EnhanceOptions, factors: tuple[int, int, int], fmt: str) -> dict[str, Any]:
-        """Everything beyond the input that changes a study's outputs (as JSON reads it back): a
-        rerun skips a study only when this matches its sidecar's, and names what differs otherwise."""
-
-        def resolved(cfg: AdaptConfig | None, steps: int) -> dict[str, Any] | None:
-            return {**asdict(cfg), "steps": steps} if cfg else None
-
-        req = {
-            "scale": list(factors),
-            "axis": opts.axis,
-            "adapt": resolved(opts.adapt, effective_steps(opts.adapt, self.model)) if opts.adapt else None,
-            # Only one-axis refinement adapts automatically, and only fine-grid networks do that.
-            "auto_adapt": resolved(
-                opts.auto_adapt, (opts.auto_adapt.steps if opts.auto_adapt else None) or STEPS_FINE_GRID
-            ),
-            "ensemble": self.run.ensemble,
-            "network": str(self.checkpoint.arch.get("name", "srcnn")),
-            "checkpoint_sha256": self.checkpoint.sha256,
-            "format": fmt,
-            "dtype": opts.dtype,  # None: the input's stored type (mrisr.io.default_output_dtype)
-            "clamp": opts.clamp,
-            "simulate": opts.simulate,
-            "degradation": self.degradation(opts),
-            "intermediates": bool(opts.simulate and opts.save_intermediates),
-            "figure": opts.figure,
-        }
-        # Only when asked, so that sidecars written before these options still match a plain rerun.
-        req |= {k: True for k in ("save_uncertainty", "save_residual") if getattr(opts, k)}
-        if self.through_plane is not None:
-            req["through_plane_sha256"] = self.through_plane.sha256
-        if opts.target_spacing is not None:
-            req["target_spacing"] = list(opts.target_spacing)
-        return dict(json.loads(json.dumps(req)))
-
-    def _request_differences(
-        self, old: Any, opts: EnhanceOptions, factors: tuple[int, int, int], fmt: str
-    ) -> list[str]:
-        """What a sidecar's ``request`` asked differently from ``opts``, as ``key: old → new`` (sidecars
-        of mrisr before the in-plane ESPCN adaptation also carry ``adapt_base_sha256``, null when
-        ``--adapt`` was off; a key an older sidecar lacks is ``not recorded``)."""
-        if not isinstance(old, dict):
-            return ["request: not recorded"]
-        if "adapt_base_sha256" in old and old["adapt_base_sha256"] is None:
-            old = {k: v for k, v in old.items() if k != "adapt_base_sha256"}
-        new = self._request(opts, factors, fmt)
-        missing = object()
-
-        def show(value: Any) -> str:
-            text = "not recorded" if value is missing else json.dumps(value, separators=(",", ":"))
-            return text if len(text) <= 40 else text[:37] + "..."
-
-        keys = [*new, *(k for k in old if k not in new)]
-        return [
-            f"{k}: {show(old.get(k, missing))} → {show(new.get(k, missing))}"
-            for k in keys
-            if old.get(k, missing) != new.get(k, missing)
-        ]
-
-    def check_factors(self, factors: tuple[int, int, int], axis: int = 2) -> None:
-        """Refuse, before any study is read, factors that this network cannot produce.
-
-        Raises:
-            CheckpointError: A coarse-grid network (ESPCN) asked for passes other than its own factors.
-        """
-        from mrisr.errors import CheckpointError
-        from mrisr.inference import plan_passes
-
-        if getattr(self.model, "input_space", "hr") != "lr":
-            return
-        if self._second is not None:
-            factors = split_stages(factors, axis)[0]  # the in-plane stage is this network's
-        own = tuple(self.checkpoint.arch.get("factors", ()))
-        bad = [fs for _, fs in plan_passes(factors, axis) if tuple(fs) != own]
-        if bad:
-            raise CheckpointError(
-                self.checkpoint.path,
-                f"this coarse-grid network refines slices by {own} only; scale {factors} with --axis {axis} "
-                f"needs {bad[0]} (use --arch srcnn, or a scale refining the plane of the --axis slices)",
-            )
-
-    def default_factors(self, axis: int = 2) -> tuple[int, int, int]:
-        """The checkpoint's scale, turned to refine the plane of slices cut across ``axis``."""
-        scale = self.checkpoint.scale or (4, 4, 1)
-        refined = [f for f in scale if f > 1]
-        if len(refined) == 2 and refined[0] == refined[1]:
-            return in_plane(refined[0], axis)
-        return scale
-
-
-def _pooled_std(second: np.ndarray, mean: np.ndarray, n: int, scale: float) -> np.ndarray:
-    """``sqrt(second / n − mean²) · scale``, in place in ``second``: the spread of every view of every
-    plan (``second``: the sum over plans of the views' mean square), in physical units."""
-    second /= np.float32(n)
-    second -= mean * mean
-    np.clip(second, 0.0, None, out=second)
-    np.sqrt(second, out=second)
-    second *= np.float32(scale)
-    return second
+                batch.background.submit(figures.preload)
+            for n, study in enumerate(studies):
+                current = nxt
+                nxt = pool.submit(studies[n + 1].load) if n + 1 < len(studies) else None
+                if should_stop is not None and should_stop():
+                    break
+                if on_start is not None:
+                    on_start(study, n)
+                res = process_study(batch, study, loaded=current)
+                results.append(res)
+                if on_done is not None and res.status != "locked":
+                    on_done(res)
+            if nxt is not None:
+                nxt.cancel()
+        # Studies another process held are tried again at the end, for up to opts.lock_wait seconds:
+        # a lock released meanwhile (a racing worker that finished the study) gives the usual
+        # result, usually 'skipped'.
+        deadline = time.monotonic() + opts.lock_wait
+        retried = [k for k, res in enumerate(results) if res.status == "locked"]
+        pending = list(retried)
+        while pending:
+            for k in list(pending):
+                if should_stop is not None and should_stop():
+                    break
+                results[k] = process_study(batch, results[k].study)
+                if results[k].status != "locked":
+                    pending.remove(k)
+            if not pending or time.monotonic() >= deadline or (should_stop is not None and should_stop()):
+                break
+            time.sleep(min(LOCK_POLL_S, max(0.0, deadline - time.monotonic())))
+        if on_done is not None:
+            for k in retried:
+                on_done(results[k])
+        return results

@@ -4,31 +4,53 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from mrisr.adapt import AdaptConfig
 from mrisr.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint
+from mrisr.defaults import DEFAULT_ARCH, DEFAULT_DEVICE, DEFAULT_ENSEMBLE
 from mrisr.discovery import Study
 from mrisr.geometry import as_factors, in_plane
+
+if TYPE_CHECKING:
+    from mrisr.inference import RunOptions
 
 log = logging.getLogger(__name__)
 
 OutFormat = Literal["same", "nifti", "dicom"]
+OUT_FORMATS: tuple[str, ...] = ("same", "nifti", "dicom")
 
 
 #: Adaptation settings used for thick slices when none are given.
 DEFAULT_ADAPT = AdaptConfig()
 
 
+def default_run(device: str = DEFAULT_DEVICE) -> RunOptions:
+    """How ``mrisr enhance`` runs the network by default: on ``device``
+    (:func:`mrisr.inference.resolve_device`), with the :data:`~mrisr.defaults.DEFAULT_ENSEMBLE` views.
+
+    Raises:
+        ValueError: An unknown or unavailable device.
+    """
+    from mrisr.inference import RunOptions, resolve_device
+
+    return RunOptions(device=resolve_device(device), ensemble=DEFAULT_ENSEMBLE)
+
+
 @dataclass(frozen=True)
 class EnhanceOptions:
     """What to produce for each study.
 
+    Every value is checked when the options are made (:class:`ValueError` naming it), so that a bad
+    request fails before any study is read, from Python as from the command line.
+
     Attributes:
-        out_dir: Output folder.
+        out_dir: Output folder (a string or path-like is taken as a :class:`~pathlib.Path`).
         scale: Per-axis integer factors; ``None`` takes the checkpoint's.
         axis: Slicing axis (slices are cut across it; its plane is upscaled).
         fmt: Output format: ``same`` as the input, ``nifti`` or ``dicom``.
@@ -40,10 +62,11 @@ class EnhanceOptions:
         degradation: Degradation for ``simulate`` (default: the checkpoint's).
         save_intermediates: With ``simulate``, also write the LR and bicubic volumes.
         figure: Write the ``<id>_compare.png`` figure.
-        clamp: Clamp SR to the input's value range (``True``) or only to its minimum (``False``).
+        clamp: Clamp SR to the input's value range (``True``) or not at all (``False``).
         adapt: Fine-tune a copy of the network on each study first (:mod:`mrisr.adapt`).
         auto_adapt: Adaptation settings used whenever one axis alone is refined, even without
-            ``adapt``; ``None`` runs the network as it is (``--no-adapt``).
+            ``adapt``; ``None`` runs the network as it is (``--no-adapt``). The default,
+            :data:`DEFAULT_ADAPT`, takes ``degradation`` when that is given (as the CLI does).
         lock_wait: Seconds to wait, after the other studies, for studies whose lock another process
             holds (workers racing on one folder); ``0`` tries them once more and reports the rest.
         save_uncertainty: Compute the ensemble spread and write ``<id>_uncertainty.nii.gz``
@@ -76,10 +99,40 @@ class EnhanceOptions:
     target_spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.target_spacing is not None and self.scale is None:
-            raise ValueError(
-                "target_spacing needs the scale of the study's group (mrisr.enhance.spacing.plan_target_spacing)"
-            )
+        """Check every option; ``out_dir`` becomes a :class:`~pathlib.Path`, ``scale`` a tuple.
+
+        Raises:
+            ValueError: Naming the option that cannot be served.
+        """
+        if not isinstance(self.out_dir, Path):
+            if not isinstance(self.out_dir, (str, os.PathLike)):
+                raise ValueError(f"out_dir must be a path, not {type(self.out_dir).__name__}")
+            object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if self.fmt not in OUT_FORMATS:
+            raise ValueError(f"--format must be same, nifti or dicom, not {self.fmt!r}")
+        if self.axis not in (0, 1, 2):
+            raise ValueError(f"--axis must be 0, 1 or 2, not {self.axis!r}")
+        if self.degradation is not None:
+            from mrisr.transforms import DEGRADATIONS
+
+            if self.degradation not in DEGRADATIONS:
+                raise ValueError(f"--degradation must be one of {', '.join(DEGRADATIONS)}, not {self.degradation!r}")
+        if self.dtype is not None:
+            check_output_dtype(self.dtype)
+        if self.degradation is not None and self.auto_adapt == DEFAULT_ADAPT:
+            # As `mrisr enhance --degradation D` does: the default adaptation degrades the same way.
+            object.__setattr__(self, "auto_adapt", replace(DEFAULT_ADAPT, degradation=self.degradation))
+        if self.scale is not None:  # "4", 4 (the plane of the axis slices) or a list: a tuple of ints
+            object.__setattr__(self, "scale", parse_factors(self.scale, self.axis))
+        if not (math.isfinite(self.lock_wait) and self.lock_wait >= 0):
+            raise ValueError(f"--lock-wait must be a finite number of seconds >= 0, not {self.lock_wait!r}")
+        if self.target_spacing is not None:
+            if self.simulate:
+                raise ValueError("--simulate degrades by --scale; it does not take --target-spacing")
+            if self.scale is None:
+                raise ValueError(
+                    "target_spacing needs the scale of the study's group (mrisr.enhance.spacing.plan_target_spacing)"
+                )
 
 
 @dataclass
@@ -103,11 +156,6 @@ class StudyResult:
     output_from: str | None = None
     fallback: str | None = None
     note: str | None = None
-
-
-#: The shipped network used when no checkpoint is given: ESPCN, faster (5× fewer operations) and
-#: better than SRCNN on every held-out contrast measured (docs/weights.md); SRCNN with ``arch="srcnn"``.
-DEFAULT_ARCH = "espcn"
 
 
 def split_stages(factors: tuple[int, int, int], axis: int = 2) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -228,6 +276,25 @@ def parse_factors(scale: str | int | Sequence[int] | None, axis: int = 2) -> tup
     else:
         factors = as_factors(scale)
     return check_factors(factors)
+
+
+def check_output_dtype(dtype: str) -> None:
+    """Refuse an on-disk output type that mrisr cannot write.
+
+    Raises:
+        ValueError: Not a NumPy dtype, not a real integer or floating-point type, or a float type
+            that NIfTI does not store (only float32 and float64).
+    """
+    import numpy as np
+
+    try:
+        out_dtype = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"--dtype {dtype!r} is not a NumPy dtype") from None
+    if out_dtype.kind not in "uif":
+        raise ValueError(f"--dtype {dtype!r} is not a real integer or floating-point type")
+    if out_dtype.kind == "f" and out_dtype.itemsize not in (4, 8):
+        raise ValueError(f"--dtype {dtype!r}: NIfTI stores float32 or float64 only")
 
 
 def check_factors(factors: tuple[int, int, int]) -> tuple[int, int, int]:

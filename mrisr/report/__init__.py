@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,24 +38,10 @@ from mrisr.fsutil import write_json_atomic, write_text_atomic
 from mrisr.report import links
 from mrisr.report.cohort import finite, flag_outliers, mean_sd, natural_key
 from mrisr.report.columns import COLUMN_LIST
+from mrisr.sidecar import METRIC_KEYS, SIDECAR_SUFFIX, is_sidecar_name, load_sidecar, study_from_name
 
 logger = logging.getLogger(__name__)
 
-SIDECAR_SUFFIX = "_sr.json"
-#: Sidecars of studies written as BIDS derivatives: ``sub-01_desc-sr_T1w.json``,
-#: ``sub-01_desc-preprocsr_T1w.json`` (an input's own ``desc`` is kept in front of ``sr``).
-BIDS_SIDECAR = re.compile(r"_desc-[A-Za-z0-9]*sr_[A-Za-z0-9]+\.json$")
-
-
-def is_sidecar_name(name: str) -> bool:
-    """True for ``<id>_sr.json`` and for BIDS derivative sidecars ``..._desc-[<old>]sr_<suffix>.json``."""
-    return name.endswith(SIDECAR_SUFFIX) or BIDS_SIDECAR.search(name) is not None
-
-
-METRICS: tuple[str, ...] = (
-    "psnr_bicubic", "psnr_sr", "ssim_bicubic", "ssim_sr", "ssim3d_bicubic", "ssim3d_sr",
-    "psnr_bicubic_masked", "psnr_sr_masked", "ssim_bicubic_masked", "ssim_sr_masked",
-)  # fmt: skip
 COLUMNS: tuple[str, ...] = tuple(c.key for c in COLUMN_LIST)
 NUMERIC: frozenset[str] = frozenset(c.key for c in COLUMN_LIST if c.numeric)
 #: Files a sidecar may name, linked from the study page: sidecar key path → label.
@@ -147,10 +131,6 @@ def _get(data: Any, keys: Iterable[str]) -> Any:
     return data
 
 
-#: Largest sidecar read (bytes): mrisr writes a few KB; a bigger file is not one of its sidecars.
-MAX_SIDECAR_BYTES = 16 << 20
-
-
 def _text(v: Any, limit: int = 2000) -> str | None:
     """A string from a sidecar as one clean line (``None`` for anything that is not a string): no
     lone surrogates (file names that are not UTF-8 could not be written into the UTF-8 report)."""
@@ -162,29 +142,18 @@ def _text(v: Any, limit: int = 2000) -> str | None:
 
 
 def _load_sidecar(path: Path, out_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """``(data, None)`` for a readable sidecar, else ``(None, reason)``: a link out of ``out_dir``,
-    too large, not UTF-8, not JSON, nested too deeply for the parser, or not a JSON object."""
+    """``(data, None)`` for a readable sidecar, else ``(None, reason)``: a link out of ``out_dir``, or
+    what :func:`mrisr.sidecar.load_sidecar` refuses."""
     if links.inside(out_dir, path) is None:
         return None, f"unreadable sidecar: a link to a file outside the output folder {out_dir}"
-    try:
-        size = path.stat().st_size
-        if size > MAX_SIDECAR_BYTES:
-            return None, f"unreadable sidecar: {size} bytes (more than {MAX_SIDECAR_BYTES}; not an mrisr sidecar)"
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"unreadable sidecar: {' '.join(str(exc).split())[:300]}"
-    except RecursionError:
-        return None, "unreadable sidecar: JSON nested too deeply"
-    if not isinstance(data, dict):
-        return None, "invalid sidecar: not a JSON object"
-    return data, None
+    return load_sidecar(path)
 
 
 def _row_from_sidecar(path: Path, root: Path) -> dict[str, Any]:
     """One report row; an unreadable or invalid sidecar gives a failed row naming the reason."""
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     name = _text(path.name) or ""
-    row["study"] = name[: -len(SIDECAR_SUFFIX)] if name.endswith(SIDECAR_SUFFIX) else Path(name).stem
+    row["study"] = study_from_name(name)
     row["sidecar"] = _text(_rel(path, root))
     row["status"] = "failed"
     row.update(_files=[], _prov={}, _output_link=None, _figure_link=None, _mosaic_link=None)
@@ -225,7 +194,7 @@ def _fill_row(row: dict[str, Any], data: dict[str, Any], path: Path, root: Path)
         row[f"_{key}_link"] = lk
     metrics = data.get("metrics")
     if isinstance(metrics, dict):
-        for k in METRICS:
+        for k in METRIC_KEYS:
             row[k] = _num(metrics.get(k))
     row["psnr_lr"] = _num(_get(data, ("consistency", "psnr_lr")))
     row["residual_rms_head"] = _num(_get(data, ("consistency", "residual_rms_head")))
