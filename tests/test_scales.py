@@ -200,7 +200,7 @@ def test_console_says_when_a_study_fell_back_to_bicubic(tmp_path: Path, capsys: 
     # Without a terminal the study's one log line carries the note (at a terminal: a `note:` line).
     lines = [line for line in err.splitlines() if " done tiny " in f" {line} "]
     assert len(lines) == 1, err
-    assert "by bicubic (bicubic along axis 2: adaptation rejected (" in lines[0]
+    assert "by bicubic (slice-consistent bicubic along axis 2: adaptation rejected (" in lines[0]
     assert side["adapt"]["reason"] in lines[0]
     assert f"({side['note']})" in lines[0]
 

@@ -286,7 +286,7 @@ def note(adapted: dict[str, Any] | None, factors: Sequence[int], axis: int) -> s
         reason = str(adapted.get("reason"))
         if adapted.get("fallback") == "bicubic":
             where = ", ".join(map(str, refined))
-            notes.append(f"bicubic along axis {where}: adaptation rejected ({reason})")
+            notes.append(f"slice-consistent bicubic along axis {where}: adaptation rejected ({reason})")
         elif adapted.get("fallback") is not None:
             notes.append(f"adaptation rejected ({reason}); the unadapted {adapted['fallback']} ran")
         elif adapted.get("reason") == "--no-adapt" and adapted.get("stage") == "through-plane":
