@@ -19,14 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mrisr import faults
 from mrisr.bids import figures_folder
 from mrisr.discovery import Study
 from mrisr.errors import OutputBlockedError
 from mrisr.fsutil import remove_path, temp_sibling, write_json_atomic
-from mrisr.io import Volume, nifti_stem
+from mrisr.io import nifti_stem
 
 log = logging.getLogger(__name__)
 
@@ -122,21 +120,6 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
-
-
-def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype, *, description: str | None = None) -> None:
-    """Write ``vol`` to ``path`` as NIfTI (a file) or DICOM (a series folder), replacing it atomically.
-
-    ``description`` goes into a NIfTI header's ``descrip``.
-    """
-    if fmt == "dicom":
-        from mrisr.io.dicom import write_dicom_series
-
-        write_dicom_series(vol, path)
-    else:
-        from mrisr.io.nifti import write_nifti
-
-        write_nifti(vol, path, dtype=dtype, description=description)
 
 
 def commit_journal(out_dir: Path, study_id: str) -> Path:

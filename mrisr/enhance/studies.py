@@ -36,7 +36,7 @@ from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames
 from mrisr.fsutil import remove_temporaries, sha256_files, write_json_atomic
 from mrisr.geometry import coarsen_affine, refine_affine, target_grid, voxel_spacing
 from mrisr.inference import RunOptions
-from mrisr.io import Volume, as_written, check_finite, default_output_dtype
+from mrisr.io import Volume, as_written, check_finite, default_output_dtype, write_volume
 from mrisr.io.nifti_header import warn_if_orientation_unknown
 from mrisr.locks import study_lock
 from mrisr.metrics import evaluate
@@ -46,7 +46,6 @@ from mrisr.outputs import (
     commit_journal,
     finish_commit,
     standing_result,
-    write_volume,
 )
 from mrisr.resample import resample_to_grid
 from mrisr.transforms import Normalization
