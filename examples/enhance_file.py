@@ -17,10 +17,11 @@ import nibabel as nib
 import numpy as np
 
 from mrisr.demo import example_epi
+from mrisr.device import resolve_device
 from mrisr.discovery import find_studies
 from mrisr.enhance import EnhanceOptions, Enhancer, resolve_checkpoint
 from mrisr.geometry import fov_corner_world
-from mrisr.inference import DEFAULT_ENSEMBLE, RunOptions, resolve_device
+from mrisr.inference import DEFAULT_ENSEMBLE, RunOptions
 
 
 def main(src: Path, out: Path) -> int:

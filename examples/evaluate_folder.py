@@ -14,9 +14,10 @@ import tempfile
 from pathlib import Path
 
 from mrisr.demo import T1_SLAB
+from mrisr.device import resolve_device
 from mrisr.discovery import find_studies
 from mrisr.enhance import EnhanceOptions, Enhancer, resolve_checkpoint
-from mrisr.inference import DEFAULT_ENSEMBLE, RunOptions, resolve_device
+from mrisr.inference import DEFAULT_ENSEMBLE, RunOptions
 from mrisr.report import build_report
 
 

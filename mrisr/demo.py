@@ -35,8 +35,9 @@ def example_epi() -> Path | None:
 
 def run_demo(out_dir: Path, *, device: str = "auto") -> tuple[Path, list[StudyResult]]:
     """Run the demo into ``out_dir``; returns the path of the HTML report and the study results."""
+    from mrisr.device import resolve_device
     from mrisr.enhance import EnhanceOptions, Enhancer, resolve_checkpoint
-    from mrisr.inference import DEFAULT_ENSEMBLE, RunOptions, resolve_device
+    from mrisr.inference import DEFAULT_ENSEMBLE, RunOptions
     from mrisr.report import build_report
 
     ckpt = resolve_checkpoint(None, (4, 4, 1))

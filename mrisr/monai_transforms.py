@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Transform
 
-from mrisr.transforms import degrade_and_upsample, fit_normalization
+from mrisr.degradation import degrade_and_upsample
+from mrisr.transforms import fit_normalization
 
 
 class NormalizeIntensity(Transform):

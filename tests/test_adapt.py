@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from mrisr.adapt import AdaptConfig, adapt_model, axis_passes, donor_axis, pass_plans
+from mrisr.adapt import AdaptConfig, adapt_model, donor_axis
 from mrisr.checkpoint import save_checkpoint
 from mrisr.cli import main
+from mrisr.degradation import degrade_volume
 from mrisr.demo import T1_SLAB
 from mrisr.geometry import coarsen_affine
 from mrisr.inference import super_resolve_array
 from mrisr.models import SRCNN, SRCNNConfig
-from mrisr.transforms import degrade_volume, fit_normalization
+from mrisr.passes import axis_passes, pass_plans
+from mrisr.transforms import fit_normalization
 
 
 def _blocks(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:

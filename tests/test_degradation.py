@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrisr.training import degrade_patch
-from mrisr.transforms import degrade_volume, downsample, kspace_indices
+from mrisr.degradation import degrade_and_upsample, degrade_volume, downsample, kspace_indices
 
 
 def _ramp(h: int, w: int) -> torch.Tensor:
@@ -94,10 +93,10 @@ def test_degrade_volume_crops_and_keeps_axis2() -> None:
 @pytest.mark.parametrize("mode", ["bicubic", "box", "kspace"])
 def test_degrade_patch_returns_input_on_the_fine_grid(mode: str) -> None:
     hr = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(2))
-    x = degrade_patch(hr, 4, mode)
+    x = degrade_and_upsample(hr, (4, 4), mode)
     assert x.shape == hr.shape
     # A constant patch stays constant through degradation and bicubic upsampling.
-    c = degrade_patch(torch.full((1, 1, 16, 16), 0.7), 4, mode)
+    c = degrade_and_upsample(torch.full((1, 1, 16, 16), 0.7), (4, 4), mode)
     torch.testing.assert_close(c, torch.full_like(c, 0.7), atol=1e-5, rtol=0)
     # The degraded input has lost detail: it is not the HR patch.
     assert float((x - hr).abs().mean()) > 0.05

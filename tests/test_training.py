@@ -17,11 +17,11 @@ import torch
 
 from mrisr.checkpoint import load_checkpoint
 from mrisr.cli import main
+from mrisr.degradation import degrade_and_upsample, degrade_volume, upsample_volume
 from mrisr.models import SRCNN, SRCNNConfig
-from mrisr.training import Callbacks, PatchDataset, TrainConfig, degrade_patch, split_studies, train, validate
+from mrisr.training import Callbacks, PatchDataset, TrainConfig, split_studies, train, validate
 from mrisr.training.data import SLAB_GAP, Piece, Split, build_pieces, head_mask, slab_for
 from mrisr.training.loop import ssim_loss
-from mrisr.transforms import degrade_volume, upsample_volume
 
 TINY_MODEL = SRCNNConfig(kernel_sizes=(3, 1, 3), filters=(4, 4), residual=True)
 
@@ -248,7 +248,7 @@ def test_patch_pairs_are_seeded_and_input_is_degraded_target() -> None:
     ds.epoch = 1
     assert not torch.equal(ds[3]["target"], a["target"])
     assert a["target"].shape == (1, 12, 12)
-    torch.testing.assert_close(a["input"], degrade_patch(a["target"][None], 2, "box")[0])
+    torch.testing.assert_close(a["input"], degrade_and_upsample(a["target"][None], (2, 2), "box")[0])
 
 
 def test_patches_are_centred_on_the_foreground() -> None:
@@ -402,7 +402,6 @@ def test_shipped_x4_weights() -> None:
 
 
 def test_through_plane_patches_are_degraded_along_one_axis_only() -> None:
-    from mrisr.transforms import degrade_and_upsample
 
     vol = _phantom((24, 24, 12), 6).astype(np.float32) / 500
     cfg = _cfg(degradation="box", patch_size=12, invert_prob=0.0, through_plane=True)

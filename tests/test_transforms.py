@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from mrisr.degradation import downsample, upsample
 from mrisr.monai_transforms import Degraded, NormalizeIntensity, NormalizeIntensityd
-from mrisr.transforms import downsample, fit_normalization, upsample
+from mrisr.transforms import fit_normalization
 
 
 def test_normalization_maps_foreground_percentile_to_one_and_inverts() -> None:

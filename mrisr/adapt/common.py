@@ -20,8 +20,6 @@ log = logging.getLogger(__name__)
 STEPS_FINE_GRID = 300
 STEPS_COARSE_GRID = 1000
 
-Passes = list[tuple[int, tuple[int, int]]]
-
 
 @dataclass(frozen=True)
 class AdaptConfig:

@@ -124,12 +124,13 @@ def enhance(
     import torch
 
     from mrisr.adapt import AdaptConfig
+    from mrisr.degradation import DEGRADATIONS
+    from mrisr.device import resolve_device
     from mrisr.discovery import find_studies
     from mrisr.enhance import EnhanceOptions, Enhancer, parse_factors, resolve_checkpoint, resolve_through_plane
     from mrisr.enhance.spacing import plan_target_spacing
     from mrisr.errors import MrisrError
-    from mrisr.inference import RunOptions, resolve_device
-    from mrisr.transforms import DEGRADATIONS
+    from mrisr.inference import RunOptions
 
     if fmt not in ("same", "nifti", "dicom"):
         raise fail(f"--format must be same, nifti or dicom, not {fmt!r}")

@@ -13,14 +13,16 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, adapt_model, effective_steps, pass_plans
+from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, adapt_model, effective_steps
 from mrisr.checkpoint import Checkpoint
+from mrisr.device import resolve_device
 from mrisr.enhance.options import DEFAULT_ADAPT, EnhanceOptions, split_stages
 from mrisr.enhance.studies import StudyBatch
 from mrisr.errors import NonFiniteOutputError
 from mrisr.frames import frames_of
 from mrisr.geometry import in_plane
-from mrisr.inference import RunOptions, count_slices, resolve_device, super_resolve_array
+from mrisr.inference import RunOptions, super_resolve_array
+from mrisr.passes import count_slices, pass_plans
 from mrisr.transforms import Normalization, fit_normalization
 
 log = logging.getLogger(__name__)
@@ -281,7 +283,7 @@ class Enhancer(StudyBatch):
             CheckpointError: A coarse-grid network (ESPCN) asked for passes other than its own factors.
         """
         from mrisr.errors import CheckpointError
-        from mrisr.inference import plan_passes
+        from mrisr.passes import plan_passes
 
         if getattr(self.model, "input_space", "hr") != "lr":
             return

@@ -18,6 +18,7 @@ import numpy as np
 from mrisr import __version__
 from mrisr.bids import derivative_metadata, write_description
 from mrisr.checkpoint import Checkpoint
+from mrisr.degradation import bicubic_frames, crop_to_multiple, degrade_frames
 from mrisr.discovery import Study
 from mrisr.enhance.maps import consistency as consistency_maps
 from mrisr.enhance.maps import draw_figures, write_map
@@ -32,7 +33,6 @@ from mrisr.errors import (
     UnsupportedDataError,
     plain_numbers,
 )
-from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames
 from mrisr.fsutil import remove_temporaries, sha256_files, write_json_atomic
 from mrisr.geometry import coarsen_affine, refine_affine, target_grid, voxel_spacing
 from mrisr.inference import RunOptions

@@ -5,19 +5,17 @@ Use :func:`train` with a :class:`TrainConfig`; ``mrisr train`` is a thin wrapper
 (optimisation, validation, checkpoints, resume, DDP) in :mod:`mrisr.training.loop`.
 """
 
-from mrisr.training.config import LOSSES, TRAIN_DEGRADATIONS, TrainConfig
-from mrisr.training.data import PatchDataset, Split, degrade_patch, split_studies
+from mrisr.training.config import LOSSES, TrainConfig
+from mrisr.training.data import PatchDataset, Split, split_studies
 from mrisr.training.loop import Callbacks, TrainResult, train, validate
 
 __all__ = [
     "LOSSES",
-    "TRAIN_DEGRADATIONS",
     "Callbacks",
     "PatchDataset",
     "Split",
     "TrainConfig",
     "TrainResult",
-    "degrade_patch",
     "split_studies",
     "train",
     "validate",

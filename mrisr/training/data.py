@@ -31,12 +31,13 @@ from monai.transforms import (
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
+from mrisr.degradation import degrade_and_upsample, downsample, draw_mode
 from mrisr.discovery import Study
 from mrisr.errors import MrisrError
 from mrisr.fsutil import atomic_path, sha256_file
 from mrisr.io import check_finite
 from mrisr.training.config import TrainConfig
-from mrisr.transforms import degrade_and_upsample, downsample, fit_normalization
+from mrisr.transforms import fit_normalization, foreground_threshold
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,6 @@ def head_mask(x: np.ndarray, threshold: float) -> np.ndarray:
     rows = np.maximum.accumulate(fg, axis=1) & np.maximum.accumulate(fg[:, ::-1], axis=1)[:, ::-1]
     cols = np.maximum.accumulate(fg, axis=0) & np.maximum.accumulate(fg[::-1], axis=0)[::-1]
     return rows & cols
-
-
-def foreground_threshold(x: np.ndarray) -> float:
-    """Foreground threshold in the units of ``x``: 5 % of the 99.9th percentile (as the normalisation)."""
-    return 0.05 * float(np.percentile(x, 99.9))
 
 
 def training_axes(spacing: Sequence[float], axes: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -220,11 +216,6 @@ def write_split(path: Path, split: Split, seed: int) -> None:
         tmp.write_text(json.dumps(split.to_dict(seed), indent=2) + "\n")
 
 
-def degrade_patch(hr: torch.Tensor, scale: int, mode: str) -> torch.Tensor:
-    """Network input for a high-resolution patch ``(N, 1, P, P)``: degrade by ``scale``, bicubic back."""
-    return degrade_and_upsample(hr, (scale, scale), mode)
-
-
 class PatchDataset(Dataset):
     """Random degraded/high-resolution patch pairs; item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``.
 
@@ -293,14 +284,12 @@ class PatchDataset(Dataset):
         if cfg.augment:
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
             t = convert_to_tensor(self.augment(t), dtype=torch.float32, track_meta=False)
-        mode = cfg.degradation
-        if mode == "mixed":
-            mode = "bicubic" if rng.random() < 0.5 else "box"
+        mode = draw_mode(cfg.degradation, rng)
         if getattr(cfg.model, "name", "srcnn") == "espcn":  # a low-resolution-grid network sees the LR patch
             x = downsample(t[None], (cfg.scale, cfg.scale), mode)[0]
         elif cfg.through_plane:  # one axis: the thick one is the rows or the columns, half the time each
             f = (1, cfg.scale) if rng.random() < 0.5 else (cfg.scale, 1)
             x = degrade_and_upsample(t[None], f, mode)[0]
         else:
-            x = degrade_patch(t[None], cfg.scale, mode)[0]
+            x = degrade_and_upsample(t[None], (cfg.scale, cfg.scale), mode)[0]
         return {"input": x.contiguous(), "target": t.contiguous()}

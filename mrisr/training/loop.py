@@ -35,9 +35,11 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from mrisr.checkpoint import load_checkpoint, save_checkpoint
+from mrisr.degradation import crop_array_to_multiple, degrade_volume, evaluation_mode, upsample_volume
+from mrisr.device import resolve_device
 from mrisr.discovery import Study, find_studies
 from mrisr.fsutil import atomic_path
-from mrisr.inference import resolve_device, super_resolve_array
+from mrisr.inference import super_resolve_array
 from mrisr.metrics import psnr, ssim
 from mrisr.models import build_model
 from mrisr.training.config import TrainConfig
@@ -50,7 +52,7 @@ from mrisr.training.data import (
     split_studies,
     write_split,
 )
-from mrisr.transforms import degrade_volume, upsample_volume
+from mrisr.transforms import normalization_method
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,7 @@ def validate(
     """Mean PSNR/SSIM of SR and of clamped bicubic over whole normalised validation volumes.
 
     ``scale`` is ``s`` (in-plane, ``(s, s, 1)``) or per-axis factors. Each volume is cropped to a
-    multiple of the factors, degraded by ``mode`` (:func:`mrisr.transforms.degrade_volume`), and
+    multiple of the factors, degraded by ``mode`` (:func:`mrisr.degradation.degrade_volume`), and
     super-resolved with :func:`mrisr.inference.super_resolve_array` (bicubic, then the network, slice
     by slice across ``axis``). The bicubic baseline is clamped to the low-resolution value range.
     Metrics use the high-resolution volume's range as peak (:mod:`mrisr.metrics`).
@@ -170,7 +172,7 @@ def validate(
     rows: list[tuple[float, float, float, float]] = []
     was_training = model.training
     for _, hr in volumes:
-        hr = hr[tuple(slice(0, n - n % f) for n, f in zip(hr.shape, factors, strict=True))]
+        hr = crop_array_to_multiple(hr, factors)
         lr = degrade_volume(hr, factors, mode)
         bic = np.clip(upsample_volume(lr, hr.shape), float(lr.min()), float(lr.max()))
         sr = super_resolve_array(model, lr, factors, axis=axis, device=device)  # type: ignore[arg-type]
@@ -416,7 +418,7 @@ def train(
     if main:
         write_split(out / "split.json", split, cfg.seed)
     pieces, val_volumes = build_pieces(loaded, split, cfg)
-    val_mode = "bicubic" if cfg.degradation == "mixed" else cfg.degradation
+    val_mode = evaluation_mode(cfg.degradation)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.to_dict()).to(device)
@@ -459,7 +461,7 @@ def train(
     def meta(extra: dict[str, Any]) -> dict[str, Any]:
         return {
             "scale": list(cfg.factors),
-            "normalization": {"method": "percentile", "upper_percentile": 99.5, "lower_percentile": 0.5},
+            "normalization": normalization_method(),
             "degradation": cfg.degradation,
             "training_data": _training_data(loaded, studies, split.train),
             "validation_data": list(split.val) or ([v[0] for v in val_volumes] if split.slab else []),
