@@ -169,13 +169,49 @@ class Piece:
     threshold: float
 
 
-def load_studies(studies: Sequence[Study], workers: int = 0) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Load and normalise studies once (a MONAI ``CacheDataset``).
+@dataclass(frozen=True)
+class LoadedStudy:
+    """A study loaded and normalised for training.
 
-    Returns:
-        ``(loaded, errors)``: the usable studies keyed by id, and one ``path: reason`` line per study
-        that could not be used.
+    Attributes:
+        study: The study.
+        frames: Its normalised frames, float32 arrays ``(i, j, k)``.
+        spacing: Voxel size in mm along ``(i, j, k)``.
+        normalization: The fitted normalisation (:meth:`mrisr.transforms.Normalization.to_dict`).
+        sha256: SHA-256 of the file, or for a DICOM series of the sorted digests of its files.
     """
+
+    study: Study
+    frames: tuple[np.ndarray, ...]
+    spacing: tuple[float, float, float]
+    normalization: dict[str, Any]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The studies of a run, loaded.
+
+    Attributes:
+        studies: The usable studies by id, in the order they were found.
+        errors: One ``path: reason`` line per study that cannot be used.
+    """
+
+    studies: dict[str, LoadedStudy]
+    errors: tuple[str, ...] = ()
+
+    def without(self, reasons: dict[str, str]) -> TrainingData:
+        """These data less the studies ``reasons`` names (by id), whose reasons join :attr:`errors`."""
+        kept = {sid: item for sid, item in self.studies.items() if sid not in reasons}
+        return TrainingData(kept, (*self.errors, *reasons.values()))
+
+    def records(self, ids: Sequence[str]) -> list[dict[str, str]]:
+        """What a checkpoint records of the studies ``ids``: ``{"id", "file", "sha256"}`` each."""
+        return [{"id": i, "file": self.studies[i].study.path.name, "sha256": self.studies[i].sha256} for i in ids]
+
+
+def load_studies(studies: Sequence[Study], workers: int = 0) -> TrainingData:
+    """Load and normalise studies once (a MONAI ``CacheDataset``)."""
     ds = CacheDataset(
         data=[{"study": s, "id": s.id} for s in studies],
         transform=LoadNormalized(),
@@ -184,29 +220,41 @@ def load_studies(studies: Sequence[Study], workers: int = 0) -> tuple[dict[str, 
         copy_cache=False,
     )
     items = [ds[i] for i in range(len(ds))]
-    return {it["id"]: it for it in items if "error" not in it}, [it["error"] for it in items if "error" in it]
+    loaded = {
+        it["id"]: LoadedStudy(
+            study=it["study"],
+            frames=tuple(it["frames"]),
+            spacing=it["spacing"],
+            normalization=it["normalization"],
+            sha256=it["sha256"],
+        )
+        for it in items
+        if "error" not in it
+    }
+    return TrainingData(loaded, tuple(it["error"] for it in items if "error" in it))
 
 
 def build_pieces(
-    loaded: dict[str, dict[str, Any]], split: Split, cfg: TrainConfig
+    loaded: TrainingData, split: Split, cfg: TrainConfig
 ) -> tuple[list[Piece], list[tuple[str, np.ndarray]]]:
     """Training pieces and validation volumes ``(name, array)`` for a split."""
     pieces: list[Piece] = []
     val: list[tuple[str, np.ndarray]] = []
     for sid in split.train:
-        item = loaded[sid]
-        axes = training_axes(item["spacing"], cfg.axes)
-        for t, frame in enumerate(item["frames"]):
+        item = loaded.studies[sid]
+        axes = training_axes(item.spacing, cfg.axes)
+        for t, frame in enumerate(item.frames):
             parts = [frame]
             if split.slab is not None:
                 a, b = split.slab
                 parts = [p for p in (frame[:, :, : a - SLAB_GAP], frame[:, :, b + SLAB_GAP :]) if p.shape[2] > 0]
-                val.append((f"{sid}[slab {a}:{b}]" + (f"[{t}]" if len(item["frames"]) > 1 else ""), frame[:, :, a:b]))
+                val.append((f"{sid}[slab {a}:{b}]" + (f"[{t}]" if len(item.frames) > 1 else ""), frame[:, :, a:b]))
             for p in parts:
                 pieces.append(Piece(np.ascontiguousarray(p), axes, foreground_threshold(frame)))
     for sid in split.val:
-        for t, frame in enumerate(loaded[sid]["frames"]):
-            val.append((sid + (f"[{t}]" if len(loaded[sid]["frames"]) > 1 else ""), frame))
+        frames = loaded.studies[sid].frames
+        for t, frame in enumerate(frames):
+            val.append((sid + (f"[{t}]" if len(frames) > 1 else ""), frame))
     return pieces, val
 
 
