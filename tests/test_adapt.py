@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrisr.adapt import AdaptConfig, adapt_model, donor_axis
+from mrisr.adapt import ACCEPT_RATIO, AdaptConfig, adapt_model, donor_axis
 from mrisr.checkpoint import save_checkpoint
 from mrisr.cli import main
 from mrisr.degradation import degrade_volume
@@ -254,7 +254,11 @@ def test_enhance_adapt_records_what_was_adapted(tmp_path: Path) -> None:
     side = json.loads((out / "s_sr.json").read_text())
     assert side["adapt"]["steps"] == 20 and side["adapt"]["config"]["seed"] == 0
     assert side["adapt"]["donor_axis"] == 0
-    assert side["adapt"]["val_mse_after"] <= side["adapt"]["val_mse_before"]
+    rec = side["adapt"]
+    # 20 steps from an out-of-domain start: the held-out error falls well below where it started,
+    # and the network is used exactly when it beats bicubic by the acceptance margin.
+    assert rec["best_step"] > 0 and rec["val_mse_after"] < 0.5 * rec["val_mse_before"], rec
+    assert rec["used"] == (rec["val_mse_after"] < ACCEPT_RATIO * rec["val_mse_bicubic"]), rec
     assert nib.load(out / "s_sr.nii.gz").shape == (48, 48, 48)
 
 

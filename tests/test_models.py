@@ -178,3 +178,17 @@ def test_ensemble_never_writes_into_its_input() -> None:
     keep = x.clone()
     torch.testing.assert_close(SliceRunner(Same(), RunOptions(ensemble=8, channels_last=False))(x), keep)
     torch.testing.assert_close(x, keep)
+
+
+def test_batches_are_sized_to_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrisr.inference import _batch_size
+
+    # 100×100 output pixels × 400 bytes = 4e6 bytes a slice; the CPU budget is 512 MiB: 134 slices.
+    assert _batch_size(RunOptions(), 100 * 100) == 134
+    assert _batch_size(RunOptions(batch_size=7), 100 * 100) == 7
+    free = {"bytes": 0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * 10**9))
+    cuda = RunOptions(device=torch.device("cuda"))
+    for free_bytes, want in ((10**9, 125), (10**12, 1024), (10**6, 1)):  # half the free memory; 1..1024
+        free["bytes"] = free_bytes
+        assert _batch_size(cuda, 100 * 100) == want, free_bytes
