@@ -473,3 +473,20 @@ def test_through_plane_run_makes_a_one_axis_checkpoint_enhance_uses(studies: Pat
     img = nib.load(out / "thick_sr.nii.gz")
     assert img.shape == (12, 12, 8)
     np.testing.assert_allclose(img.affine[:3, 3], [0.0, 0.0, -0.5], atol=1e-6)  # voxel-centre convention
+
+
+def test_training_normalisation_is_the_plain_rule_per_frame(tmp_path: Path) -> None:
+    """The MONAI transform in the data path gives the numbers of ``fit_normalization`` bit for bit, for
+    every frame of a 4D study (fitted once to the whole series)."""
+    from mrisr.training.data import LoadNormalized
+    from mrisr.transforms import fit_normalization
+
+    rng = np.random.default_rng(5)
+    data = (rng.random((10, 9, 4, 3)) * 800 - 100).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "dwi.nii.gz")
+    out = LoadNormalized()({"study": Study(id="dwi", fmt="nifti", path=tmp_path / "dwi.nii.gz")})
+    plain = fit_normalization(data.astype(np.float32))
+    assert len(out["frames"]) == 3 and out["normalization"] == plain.to_dict()
+    for t, frame in enumerate(out["frames"]):
+        assert frame.dtype == np.float32 and frame.flags.c_contiguous
+        np.testing.assert_array_equal(frame, plain.apply(data[..., t]))

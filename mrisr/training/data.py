@@ -1,7 +1,8 @@
 """Training data: the study split, normalised volumes, and random degraded patch pairs.
 
 Studies are split, never slices. Every volume is normalised with
-:func:`mrisr.transforms.fit_normalization`, the rule inference applies. Each training sample is drawn
+:class:`mrisr.monai_transforms.PercentileNormalized` (:func:`mrisr.transforms.fit_normalization`, the
+rule inference applies). Each training sample is drawn
 from its own random generator seeded by ``(seed, epoch, index)``, so the patches do not depend on the
 number of workers or processes, and a resumed run sees the patches an uninterrupted run would.
 """
@@ -36,8 +37,9 @@ from mrisr.discovery import Study
 from mrisr.errors import MrisrError
 from mrisr.fsutil import atomic_path, sha256_file
 from mrisr.io import check_finite
+from mrisr.monai_transforms import PercentileNormalized
 from mrisr.training.config import TrainConfig
-from mrisr.transforms import fit_normalization, foreground_threshold
+from mrisr.transforms import foreground_threshold
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,9 @@ class LoadNormalized(Transform):
     (``path: reason``, one line) instead, so that one bad file does not stop the others.
     """
 
+    def __init__(self) -> None:
+        self.normalize = PercentileNormalized(["image"])
+
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         study: Study = data["study"]
         try:
@@ -146,8 +151,9 @@ class LoadNormalized(Transform):
             check_finite(arr, study.path)  # on the float32 copy: huge float64 values become inf there
         except (MrisrError, OSError) as exc:
             return {**data, "error": str(exc)}
-        norm = fit_normalization(arr)
-        frames = [norm.apply(vol.frame(t)) for t in range(vol.n_frames)]
+        d = self.normalize({"image": arr})
+        norm, image = self.normalize.normalization(d, "image"), d["image"]
+        frames = [np.ascontiguousarray(image[..., t]) if image.ndim == 4 else image for t in range(vol.n_frames)]
         # One file: its SHA-256. A DICOM series: the SHA-256 of its files' sorted SHA-256 digests.
         digests = sorted(sha256_file(f) for f in study.files)
         digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
