@@ -27,6 +27,10 @@ Every reader returns, and every writer takes, a :class:`Volume`:
     :class:`mrisr.io.dicom.DicomSource`: the source slices' headers, from which a derived series is made).
 
 Anything that changes a grid (see :mod:`mrisr.geometry`) returns the new affine with the new array.
+
+:func:`read_volume` and :func:`write_volume` are the one dispatch between the formats. This package
+knows files, series and volumes, never studies: naming and grouping inputs into studies is
+:mod:`mrisr.discovery`'s, which imports from here (never the reverse).
 """
 
 from __future__ import annotations
