@@ -1,7 +1,8 @@
 """Inference: super-resolve normalised volumes slice by slice, on the GPU or the CPU.
 
 The core, :func:`super_resolve_array`, takes a normalised 3D low-resolution array and returns the
-normalised array on the refined grid. Slices are cut across ``axis``, upsampled by bicubic
+normalised array on the refined grid. Slices are cut across ``axis`` (the MONAI transform
+:class:`mrisr.monai_transforms.SliceStack`, which training uses too), upsampled by bicubic
 interpolation to the target size (a coarse-grid network such as ESPCN takes the slices as they are
 and upsamples them itself), passed through the network in batches (and, when a slice is too
 large for the memory budget, in overlapping tiles whose halo covers the network's receptive field, so
@@ -238,8 +239,11 @@ def _plane_pass(
     ``variance_out`` (the output's shape, float32), when given, receives the variance of the
     ensemble views per voxel (zeros without a network).
     """
-    var_moved = None if variance_out is None else np.moveaxis(variance_out, slice_axis, 0)
-    moved = np.moveaxis(x, slice_axis, 0)
+    from mrisr.monai_transforms import SliceStack  # MONAI: imported when the first slices are cut
+
+    slices = SliceStack(slice_axis)
+    var_moved = None if variance_out is None else slices(variance_out)  # a view: written in place
+    moved = slices(x)
     n, h, w = moved.shape
     oh, ow = h * factors[0], w * factors[1]
     out = np.empty((n, oh, ow), dtype=np.float32)
@@ -261,7 +265,7 @@ def _plane_pass(
             var_moved[start:stop] = 0.0 if var is None else var[:, 0].numpy()
         if progress is not None:
             progress(stop - start)
-    return np.moveaxis(out, 0, slice_axis)
+    return slices.inverse(out)
 
 
 def _apply(

@@ -1,10 +1,12 @@
 """MONAI transforms of mrisr's data path: the percentile normalisation of :mod:`mrisr.transforms`
 (:class:`PercentileNormalize`, invertible in its dictionary form :class:`PercentileNormalized`) and
-the degradation of :mod:`mrisr.degradation` (:class:`Degrade`, :class:`Degraded`), each an array
-transform with a thin dictionary wrapper.
+the slicing of a volume into 2D slices (:class:`SliceStack`, invertible), and the degradation of
+:mod:`mrisr.degradation` (:class:`Degrade`, :class:`Degraded`), each an array transform with a thin
+dictionary wrapper. Training and inference use the same classes.
 
-The numbers are those of the plain functions, bit for bit; importing MONAI costs about 1 s a process
-(docs/performance.md), so inference, which needs none of it, does not import this module.
+The numbers are those of the plain functions, bit for bit. Importing MONAI costs about 1.3 s a
+process (docs/performance.md): import this module inside the functions that need it, never at the
+top of a module the CLI loads for ``--help``.
 """
 
 from __future__ import annotations
@@ -80,6 +82,48 @@ class PercentileNormalized(MapTransform, InvertibleTransform):
         for key in self.key_iterator(d):
             info = self.pop_transform(d, key)
             d[key] = Normalization(**info[TraceKeys.EXTRA_INFO]["normalization"]).invert(d[key])
+        return d
+
+
+class SliceStack(InvertibleTransform):
+    """Array transform: a 3D array ``(i, j, k)`` as the stack of its 2D slices cut across ``axis``,
+    shape ``(n, h, w)`` with the other two axes in increasing order.
+
+    The stack is a view (``np.moveaxis``): writing into it writes into the array. :meth:`inverse` puts
+    a stack of (possibly refined) slices back in the array's axis order. Inference cuts the slices it
+    super-resolves with it (:func:`mrisr.inference.super_resolve_array`), training the slices it
+    draws patches from (:class:`mrisr.training.data.PatchDataset`).
+    """
+
+    def __init__(self, axis: int) -> None:
+        if axis not in (0, 1, 2):
+            raise ValueError(f"a slice axis is 0, 1 or 2, not {axis}")
+        self.axis = axis
+
+    def __call__(self, data: np.ndarray) -> np.ndarray:
+        return np.moveaxis(data, self.axis, 0)
+
+    def inverse(self, data: np.ndarray) -> np.ndarray:
+        return np.moveaxis(data, 0, self.axis)
+
+
+class SliceStackd(MapTransform, InvertibleTransform):
+    """Dictionary form of :class:`SliceStack` (the same ``axis`` for every key)."""
+
+    def __init__(self, keys: Sequence[Hashable], axis: int) -> None:
+        super().__init__(keys)
+        self.t = SliceStack(axis)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.t(d[key])
+        return d
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.t.inverse(d[key])
         return d
 
 

@@ -73,5 +73,50 @@ def test_mrisr_transform_names_do_not_clash_with_monai() -> None:
     names = {
         n for n in vars(ours) if isinstance(getattr(ours, n), type) and getattr(ours, n).__module__ == ours.__name__
     }
-    assert names == {"Degrade", "Degraded", "PercentileNormalize", "PercentileNormalized"}
+    assert names == {"Degrade", "Degraded", "PercentileNormalize", "PercentileNormalized", "SliceStack", "SliceStackd"}
     assert not names & set(dir(monai.transforms))
+
+
+def test_slice_stack_is_a_view_and_inverts() -> None:
+    from mrisr.monai_transforms import SliceStack, SliceStackd
+
+    x = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    for axis in (0, 1, 2):
+        t = SliceStack(axis)
+        stack = t(x)
+        others = [n for a, n in enumerate(x.shape) if a != axis]
+        assert stack.shape == (x.shape[axis], *others)
+        np.testing.assert_array_equal(stack[3], np.take(x, 3, axis=axis))  # slice 3 across the axis
+        assert np.shares_memory(stack, x)
+        np.testing.assert_array_equal(t.inverse(stack), x)
+    refined = SliceStack(1).inverse(np.zeros((5, 8, 12), np.float32))  # refined slices go back in place
+    assert refined.shape == (8, 5, 12)
+    d = SliceStackd(["img"], 2)({"img": x, "other": 1})
+    assert d["img"].shape == (6, 4, 5) and d["other"] == 1
+    np.testing.assert_array_equal(SliceStackd(["img"], 2).inverse(d)["img"], x)
+    with pytest.raises(ValueError, match="0, 1 or 2"):
+        SliceStack(3)
+
+
+def test_inference_and_training_cut_slices_with_the_same_transform(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrisr.inference import super_resolve_array
+    from mrisr.monai_transforms import SliceStack
+    from mrisr.training import PatchDataset, TrainConfig
+    from mrisr.training.data import Piece
+
+    axes: list[int] = []
+    real = SliceStack.__call__
+
+    def counting(self: SliceStack, data: np.ndarray) -> np.ndarray:
+        axes.append(self.axis)
+        return real(self, data)
+
+    monkeypatch.setattr(SliceStack, "__call__", counting)
+    x = np.random.default_rng(0).random((6, 5, 4)).astype(np.float32)
+    super_resolve_array(None, x, (2, 2, 1), axis=2)
+    assert axes == [2]
+    axes.clear()
+    cfg = TrainConfig(scale=2, patch_size=4, augment=False, device="cpu")
+    ds = PatchDataset([Piece(x, (0,), 0.1)], cfg, length=2)
+    ds[0]
+    assert axes and set(axes) == {0}

@@ -37,7 +37,7 @@ from mrisr.discovery import Study
 from mrisr.errors import MrisrError
 from mrisr.fsutil import atomic_path, sha256_file
 from mrisr.io import check_finite
-from mrisr.monai_transforms import PercentileNormalized
+from mrisr.monai_transforms import PercentileNormalized, SliceStack
 from mrisr.training.config import TrainConfig
 from mrisr.transforms import foreground_threshold
 
@@ -287,7 +287,7 @@ class PatchDataset(Dataset):
         self.slices: list[tuple[int, int, int]] = []
         for pi, piece in enumerate(pieces):
             for axis in piece.axes:
-                counts = (np.moveaxis(piece.data, axis, 0) > piece.threshold).reshape(piece.data.shape[axis], -1)
+                counts = (SliceStack(axis)(piece.data) > piece.threshold).reshape(piece.data.shape[axis], -1)
                 frac = counts.mean(axis=1)
                 good = np.flatnonzero(frac >= 0.02)
                 if good.size == 0:
@@ -311,7 +311,7 @@ class PatchDataset(Dataset):
     def _crop(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         pi, axis, k = self.slices[int(rng.integers(len(self.slices)))]
         piece = self.pieces[pi]
-        img = np.take(piece.data, k, axis=axis)
+        img = SliceStack(axis)(piece.data)[k]
         p = self.cfg.hr_patch
         pad = [(0, max(0, p - img.shape[0])), (0, max(0, p - img.shape[1]))]
         if pad[0][1] or pad[1][1]:
