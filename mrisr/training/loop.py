@@ -161,7 +161,7 @@ def _resumable(out: Path, cfg: TrainConfig, loaded: TrainingData, split: Split) 
     ck = load_checkpoint(out / "last.pt")
     if ck.train_state is None:
         raise FileNotFoundError(f"{out / 'last.pt'} holds no training state to resume from")
-    check_resume(ck.meta, cfg, loaded.records(split.train), loaded.records(split.val), out / "last.pt")
+    check_resume(ck.meta, cfg, loaded.records(split.train), val_data=loaded.records(split.val), path=out / "last.pt")
     return ck
 
 
@@ -259,7 +259,7 @@ def train(
         cb.on_start(run.step, max_steps)
 
     def save(path: Path, train_state: dict[str, Any] | None = None) -> None:
-        meta = run_meta(run, loaded, split, val_names, device_name)
+        meta = run_meta(run, loaded, split, val_names=val_names, device=device_name)
         save_checkpoint(path, run.model, arch, meta, train_state=train_state)
 
     net.train()

@@ -96,6 +96,7 @@ def check_resume(
     meta: dict[str, Any],
     cfg: TrainConfig,
     data: list[dict[str, str]],
+    *,
     val_data: list[dict[str, str]],
     path: Path,
 ) -> None:
@@ -195,8 +196,16 @@ class RunState:
         }
 
 
-def run_meta(run: RunState, loaded: TrainingData, split: Split, val_names: list[str], device: str) -> dict[str, Any]:
-    """The checkpoint metadata of a run (its provenance: settings, studies, progress)."""
+def run_meta(run: RunState, loaded: TrainingData, split: Split, *, val_names: list[str], device: str) -> dict[str, Any]:
+    """The checkpoint metadata of a run (its provenance: settings, studies, progress).
+
+    Args:
+        run: The run's state now.
+        loaded: Its studies.
+        split: Which of them train and which validate.
+        val_names: Names of the validation volumes (the held-out slab of a single study).
+        device: The device, as recorded (``cpu``, ``cuda``, ``cuda x4`` under DDP).
+    """
     cfg = run.cfg
     return {
         "scale": list(cfg.factors),
