@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mrisr.adapt import ACCEPT_RATIO, AdaptConfig, adapt_model, donor_axis
 from mrisr.checkpoint import save_checkpoint
@@ -208,16 +209,26 @@ def test_one_axis_plans_cut_both_planes_that_contain_the_refined_axis() -> None:
     assert pass_plans((1, 4, 1), (1.0, 4.0, 1.0)) == [[(2, (1, 4))], [(0, (4, 1))]]
     assert pass_plans((4, 4, 1), (8.0, 8.0, 2.0)) == [axis_passes((4, 4, 1), (8.0, 8.0, 2.0))]
     x = np.random.default_rng(0).random((5, 6, 7), dtype=np.float32)
+    # Without a network each plan is bicubic along the refined axis alone, whichever plane it cuts.
+    line = torch.from_numpy(np.moveaxis(x, 1, 2).reshape(35, 1, 1, 6))
+    want = F.interpolate(line, size=(1, 24), mode="bicubic", align_corners=False).numpy().reshape(5, 7, 24)
     for plan in pass_plans((1, 4, 1), (1.0, 4.0, 1.0)):  # each plan alone lands on the fine grid
-        assert super_resolve_array(None, x, (1, 4, 1), passes=plan).shape == (5, 24, 7)
+        out = super_resolve_array(None, x, (1, 4, 1), passes=plan)
+        assert out.shape == (5, 24, 7)
+        np.testing.assert_allclose(out, np.moveaxis(want, 2, 1), atol=1e-5)
 
 
 def test_axis_passes_refine_each_axis_once() -> None:
     assert axis_passes((1, 1, 4), (1.0, 1.0, 4.0)) == [(1, (1, 4))]
     two = axis_passes((4, 4, 1), (8.0, 8.0, 2.0))
     assert len(two) == 2
-    x = np.zeros((5, 6, 7), np.float32)
-    assert super_resolve_array(None, x, (4, 4, 1), passes=two).shape == (20, 24, 7)
+    x = np.random.default_rng(1).random((5, 6, 7), dtype=np.float32)
+    out = super_resolve_array(None, x, (4, 4, 1), passes=two)
+    assert out.shape == (20, 24, 7)
+    # Two one-axis bicubic passes are the separable 2D bicubic of each slice across axis 2.
+    planes = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, 2, 0)))[:, None]
+    want = F.interpolate(planes, size=(20, 24), mode="bicubic", align_corners=False)[:, 0].numpy()
+    np.testing.assert_allclose(out, np.moveaxis(want, 0, 2), atol=1e-5)
 
 
 @pytest.mark.parametrize(
