@@ -25,13 +25,13 @@ import numpy as np
 from _common import mrisr_command, synthetic_study
 
 from mrisr.geometry import refine_affine
-from mrisr.io import load_volume
+from mrisr.io import read_volume
 from mrisr.io.nifti import write_nifti
 
 
 def _floor(src: Path, out: Path) -> float:
     t0 = time.perf_counter()
-    vol = load_volume(src)
+    vol = read_volume(src)
     factors = (4, 4, 1)
     data = np.asarray(vol.data, dtype=np.float32)
     big = np.repeat(np.repeat(data, 4, axis=0), 4, axis=1)  # the output's size and (roughly) its content

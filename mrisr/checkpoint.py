@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from mrisr import __version__
+from mrisr.degradation import TRAIN_DEGRADATIONS
 from mrisr.errors import CheckpointError
 from mrisr.fsutil import atomic_path
 from mrisr.models import build_model
@@ -53,7 +54,6 @@ MAX_FILTERS = 1024
 MAX_LAYERS = 16
 MAX_FACTOR = 16
 PADDING_MODES = ("replicate", "reflect", "zeros")
-DEGRADATION_NAMES = ("bicubic", "box", "kspace", "mixed")
 
 
 @dataclass
@@ -224,8 +224,8 @@ def _meta_problem(meta: dict[str, Any]) -> str | None:
         if not all(1 <= f <= MAX_FACTOR for f in scale):
             return f"meta scale {list(scale)} out of bounds (integers 1 to {MAX_FACTOR})"
     degradation = meta.get("degradation")
-    if degradation is not None and degradation not in DEGRADATION_NAMES:
-        return f"meta degradation {_short(degradation)} is not one of {', '.join(DEGRADATION_NAMES)}"
+    if degradation is not None and degradation not in TRAIN_DEGRADATIONS:
+        return f"meta degradation {_short(degradation)} is not one of {', '.join(TRAIN_DEGRADATIONS)}"
     for key in ("normalization", "best_val", "train_config"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             return f"meta {key} is a {type(meta[key]).__name__}, not a dictionary"

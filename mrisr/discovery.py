@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mrisr.errors import UnreadableFileError
 from mrisr.io import Format, Volume, is_nifti_path, nifti_stem
+from mrisr.io.walk import DEFAULT_MAX_DEPTH, path_kind, walk_files
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_DEPTH = 12
 #: Folders of a BIDS dataset that hold no raw data (derivatives are never enhanced again).
 BIDS_SKIP = ("derivatives", "sourcedata", "code")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -99,85 +98,41 @@ def short_hash(text: str, n: int = 8) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:n]
 
 
-def _walk(
-    root: Path, max_depth: int, problems: list[tuple[Path, str]], skip: frozenset[Path] = frozenset()
-) -> Iterable[Path]:
-    """Files under ``root`` in sorted order.
+def group_dicom_series(
+    files: list[tuple[Path, Path]], broken: list[tuple[Path, str, str | None]] | None = None
+) -> list[Study]:
+    """Group DICOM files into studies, one per series (:func:`mrisr.io.dicom.series.group_series`).
 
-    Symbolic links to files are followed wherever they point; links to folders outside ``root`` and
-    loops are not followed, nor folders in ``skip`` (resolved paths). Folders that cannot be listed
-    and broken links are added to ``problems`` (a missing file must not go unnoticed: it may be a
-    slice of a series)."""
-    real_root = root.resolve()
-    seen: set[Path] = set()
+    Args:
+        files: Pairs ``(file, root)``: a candidate file and the input folder it was found under.
+        broken: Collects ``(file, reason, series_uid)`` for files that cannot be used (see
+            :func:`~mrisr.io.dicom.series.group_series`).
 
-    def visit(folder: Path, depth: int) -> Iterable[Path]:
-        real = folder.resolve()
-        if real in skip:
-            log.info("skipping %s: the output folder", folder)
-            return
-        if real in seen:
-            log.info("skipping %s: symlink loop", folder)
-            return
-        seen.add(real)
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            problems.append((folder, f"cannot list the folder ({exc.strerror or exc})"))
-            return
-        for entry in entries:
-            p = Path(entry.path)
-            if entry.name.startswith("."):
-                if is_nifti_path(p) or entry.name.lower().endswith(".dcm"):
-                    log.warning("not searched: %s is hidden (a name starting with '.'); rename it to use it", p)
-                else:
-                    log.debug("skipping hidden %s", p)
-                continue
-            if entry.is_symlink():
-                try:
-                    target = p.resolve(strict=True)
-                except (OSError, RuntimeError):
-                    problems.append((p, "broken symbolic link (its target does not exist or loops)"))
-                    continue
-                if target.is_dir() and not target.is_relative_to(real_root):
-                    log.warning("not searching %s: a link to a folder outside %s", p, root)
-                    continue
-            if entry.is_dir():
-                if depth >= max_depth:
-                    log.warning(
-                        "not searched: %s is more than %d folder levels below %s (the depth cap; "
-                        "give that folder as an input to search it)",
-                        p,
-                        max_depth,
-                        root,
-                    )
-                    continue
-                yield from visit(p, depth + 1)
-            elif entry.is_file():
-                yield p
-            else:  # never opened: reading a FIFO would block the batch
-                log.warning("not searched: %s is %s, not a regular file", p, _kind(p))
+    Returns:
+        One study per series, sorted by id. ``Study.path`` is the deepest folder holding all the
+        series' files; ``Study.files`` are sorted by path. The id joins the folder name, the
+        SeriesNumber and the SeriesDescription, sanitised, and a short hash of the UID.
+    """
+    from mrisr.io.dicom.series import group_series
 
-    yield from visit(root, 0)
-
-
-def _kind(path: Path) -> str:
-    """What a path that is neither a folder nor a regular file is (``stat``, never ``open``)."""
-    import stat
-
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return "unreadable"
-    for test, name in (
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name + (" (through a symbolic link)" if path.is_symlink() else "")
-    return "not a regular file"
+    studies: list[Study] = []
+    for series in group_series(files, broken):
+        folder = series.folder
+        # Slices in sibling folders given relatively ("a", "b") have the common folder "": name the
+        # folder they are in, not nothing (the id would be only the series number and a hash).
+        label = "_".join(s for s in (folder.name or folder.resolve().name, series.number, series.description) if s)
+        studies.append(
+            Study(
+                id=f"{sanitize_id(label, max_len=80)}_{short_hash(series.key)}",
+                fmt="dicom",
+                path=folder,
+                files=series.files,
+                series_uid=series.series_uid,
+                description=series.description,
+            )
+        )
+    studies.sort(key=lambda s: s.id)
+    return studies
 
 
 def _nifti_ids(paths: Sequence[Path], roots: dict[Path, Path]) -> dict[Path, str]:
@@ -210,7 +165,10 @@ def is_bids_root(folder: Path) -> bool:
 
 
 def find_studies(
-    inputs: Sequence[str | Path], *, max_depth: int = DEFAULT_MAX_DEPTH, exclude: Sequence[str | Path] = ()
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    exclude: Sequence[str | Path] = (),
 ) -> list[Study]:
     """Find the studies under files and folders.
 
@@ -221,7 +179,7 @@ def find_studies(
     series would be incomplete); a broken file that taints no series is a study of its own.
 
     Args:
-        inputs: Files (NIfTI, DICOM) and folders to search.
+        inputs: Files (NIfTI, DICOM) and folders to search, or one of them.
         max_depth: Folder levels to descend below each input folder.
         exclude: Folders not to descend into (the output folder, when it lies inside an input).
 
@@ -237,15 +195,15 @@ def find_studies(
     others: list[tuple[Path, Path]] = []
     problems: list[tuple[Path, str, Path, str | None]] = []
     skip = frozenset(Path(e).resolve() for e in exclude)
-    for raw in inputs:
+    for raw in [inputs] if isinstance(inputs, str | Path) else inputs:
         inp = Path(raw)
         if not inp.exists():
             raise FileNotFoundError(f"{inp}: no such file or folder")
         found: list[tuple[Path, str]] = []
         if not inp.is_file() and not inp.is_dir():  # never opened: a FIFO would block
-            problems.append((inp, f"{_kind(inp)}, not a file or folder of studies", inp.parent, None))
+            problems.append((inp, f"{path_kind(inp)}, not a file or folder of studies", inp.parent, None))
             continue
-        files = [inp] if inp.is_file() else list(_walk(inp, max_depth, found, skip))
+        files = [inp] if inp.is_file() else list(walk_files(inp, max_depth=max_depth, problems=found, skip=skip))
         root = inp.parent if inp.is_file() else inp
         problems += [(p, why, root, None) for p, why in found]
         if inp.is_dir() and is_bids_root(inp):
@@ -278,8 +236,6 @@ def find_studies(
         for p in nifti
     ]
     if others:
-        from mrisr.io.dicom import group_dicom_series
-
         broken: list[tuple[Path, str, str | None]] = []
         studies.extend(group_dicom_series(others, broken))
         root_of = dict(others)

@@ -88,7 +88,7 @@ def _bicubic_plane(lowres: np.ndarray, factors: tuple[int, int, int], vox_axis: 
     Only a slab of ±3 input slices is interpolated: the cubic kernel reaches 2 input voxels, so the
     slice equals that of the whole volume's interpolation. Returns a 3D array, 1 voxel thick.
     """
-    from mrisr.transforms import upsample_volume
+    from mrisr.degradation import upsample_volume
 
     f = int(factors[vox_axis])
     lo_idx = hr_index // f

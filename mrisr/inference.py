@@ -1,7 +1,8 @@
 """Inference: super-resolve normalised volumes slice by slice, on the GPU or the CPU.
 
 The core, :func:`super_resolve_array`, takes a normalised 3D low-resolution array and returns the
-normalised array on the refined grid. Slices are cut across ``axis``, upsampled by bicubic
+normalised array on the refined grid. Slices are cut across ``axis`` (the MONAI transform
+:class:`mrisr.monai_transforms.SliceStack`, which training uses too), upsampled by bicubic
 interpolation to the target size (a coarse-grid network such as ESPCN takes the slices as they are
 and upsamples them itself), passed through the network in batches (and, when a slice is too
 large for the memory budget, in overlapping tiles whose halo covers the network's receptive field, so
@@ -21,7 +22,9 @@ import torch
 from torch import nn
 
 from mrisr.defaults import DEFAULT_ENSEMBLE as DEFAULT_ENSEMBLE  # re-exported (older callers)
-from mrisr.transforms import upsample
+from mrisr.degradation import upsample
+from mrisr.device import resolve_device
+from mrisr.passes import Passes, plan_passes
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +32,6 @@ log = logging.getLogger(__name__)
 #: plus input and bicubic copies), used to size batches.
 BYTES_PER_PIXEL = 4 * (64 + 32 + 4)
 CPU_BUDGET_BYTES = 512 * 2**20
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → the first CUDA GPU when one is available, else the CPU.
-
-    Raises:
-        ValueError: Not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, or a CUDA device this machine lacks.
-    """
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
 
 
 def receptive_radius(model: nn.Module) -> int:
@@ -254,8 +234,11 @@ def _plane_pass(
     ``variance_out`` (the output's shape, float32), when given, receives the variance of the
     ensemble views per voxel (zeros without a network).
     """
-    var_moved = None if variance_out is None else np.moveaxis(variance_out, slice_axis, 0)
-    moved = np.moveaxis(x, slice_axis, 0)
+    from mrisr.monai_transforms import SliceStack  # MONAI: imported when the first slices are cut
+
+    slices = SliceStack(slice_axis)
+    var_moved = None if variance_out is None else slices(variance_out)  # a view: written in place
+    moved = slices(x)
     n, h, w = moved.shape
     oh, ow = h * factors[0], w * factors[1]
     out = np.empty((n, oh, ow), dtype=np.float32)
@@ -277,7 +260,7 @@ def _plane_pass(
             var_moved[start:stop] = 0.0 if var is None else var[:, 0].numpy()
         if progress is not None:
             progress(stop - start)
-    return np.moveaxis(out, 0, slice_axis)
+    return slices.inverse(out)
 
 
 def _apply(
@@ -287,37 +270,6 @@ def _apply(
     if variance:
         return runner.mean_and_variance(x, symmetric=symmetric)
     return runner(x, symmetric=symmetric), None
-
-
-def plan_passes(factors: tuple[int, int, int], axis: int) -> list[tuple[int, tuple[int, int]]]:
-    """Passes needed for per-axis ``factors``: ``[(slice_axis, (f_a, f_b)), ...]``.
-
-    The first pass cuts slices across ``axis`` and upscales the other two axes. A factor along
-    ``axis`` itself (through-plane super-resolution) needs a second pass that cuts across another
-    axis; when only ``axis`` has a factor > 1, a single pass across another axis is used.
-    """
-    others = [a for a in range(3) if a != axis]
-    passes: list[tuple[int, tuple[int, int]]] = []
-    if factors[others[0]] > 1 or factors[others[1]] > 1:
-        passes.append((axis, (factors[others[0]], factors[others[1]])))
-    if factors[axis] > 1:
-        # Cut across the first of the other two axes (already refined by the first pass); refine `axis` only.
-        cut = others[0]
-        rest = [a for a in range(3) if a != cut]
-        passes.append((cut, tuple(factors[a] if a == axis else 1 for a in rest)))  # type: ignore[arg-type]
-    return passes
-
-
-def count_slices(shape: tuple[int, ...], factors: tuple[int, int, int], axis: int) -> int:
-    """How many slices :func:`super_resolve_array` will process (for progress bars)."""
-    total = 0
-    cur = list(shape[:3])
-    for cut, fs in plan_passes(factors, axis):
-        total += cur[cut]
-        rest = [a for a in range(3) if a != cut]
-        for a, f in zip(rest, fs, strict=True):
-            cur[a] *= f
-    return total
 
 
 def super_resolve_array(
@@ -330,7 +282,7 @@ def super_resolve_array(
     batch_size: int | None = None,
     opts: RunOptions | None = None,
     progress: Callable[[int], None] | None = None,
-    passes: list[tuple[int, tuple[int, int]]] | None = None,
+    passes: Passes | None = None,
     variance_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Super-resolve a normalised 3D array.
@@ -344,7 +296,7 @@ def super_resolve_array(
         batch_size: Slices per batch (ignored when ``opts`` is given).
         opts: Full run options.
         progress: Called with the number of slices done after each batch.
-        passes: ``[(slice_axis, (f_a, f_b)), ...]`` to run instead of :func:`plan_passes`
+        passes: ``[(slice_axis, (f_a, f_b)), ...]`` to run instead of :func:`mrisr.passes.plan_passes`
             (one-axis passes for a network adapted to one-axis degradation).
         variance_out: Float32 array of the output's shape that receives, per voxel, the variance of
             the ensemble views of the last pass (the spread that the ensemble averages away;

@@ -19,29 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mrisr import faults
 from mrisr.errors import OutputBlockedError
 from mrisr.fsutil import remove_path, temp_sibling, write_json_atomic
-from mrisr.io import Volume
 
 log = logging.getLogger(__name__)
-
-
-def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype, *, description: str | None = None) -> None:
-    """Write ``vol`` to ``path`` as NIfTI (a file) or DICOM (a series folder), replacing it atomically.
-
-    ``description`` goes into a NIfTI header's ``descrip``.
-    """
-    if fmt == "dicom":
-        from mrisr.io.dicom import write_dicom_series
-
-        write_dicom_series(vol, path)
-    else:
-        from mrisr.io.nifti import write_nifti
-
-        write_nifti(vol, path, dtype=dtype, description=description)
 
 
 def commit_journal(out_dir: Path, study_id: str) -> Path:

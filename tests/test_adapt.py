@@ -9,16 +9,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from mrisr.adapt import AdaptConfig, adapt_model, axis_passes, donor_axis, pass_plans
+from mrisr.adapt import ACCEPT_RATIO, AdaptConfig, adapt_model, donor_axis
 from mrisr.adapt.one_axis import match_slices
 from mrisr.checkpoint import save_checkpoint
 from mrisr.cli import main
+from mrisr.degradation import degrade_volume
 from mrisr.demo import T1_SLAB
 from mrisr.geometry import coarsen_affine
 from mrisr.inference import super_resolve_array
 from mrisr.models import SRCNN, SRCNNConfig
-from mrisr.transforms import degrade_volume, fit_normalization
+from mrisr.passes import axis_passes, pass_plans
+from mrisr.transforms import fit_normalization
 
 
 def _blocks(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -207,16 +210,26 @@ def test_one_axis_plans_cut_both_planes_that_contain_the_refined_axis() -> None:
     assert pass_plans((1, 4, 1), (1.0, 4.0, 1.0)) == [[(2, (1, 4))], [(0, (4, 1))]]
     assert pass_plans((4, 4, 1), (8.0, 8.0, 2.0)) == [axis_passes((4, 4, 1), (8.0, 8.0, 2.0))]
     x = np.random.default_rng(0).random((5, 6, 7), dtype=np.float32)
+    # Without a network each plan is bicubic along the refined axis alone, whichever plane it cuts.
+    line = torch.from_numpy(np.moveaxis(x, 1, 2).reshape(35, 1, 1, 6))
+    want = F.interpolate(line, size=(1, 24), mode="bicubic", align_corners=False).numpy().reshape(5, 7, 24)
     for plan in pass_plans((1, 4, 1), (1.0, 4.0, 1.0)):  # each plan alone lands on the fine grid
-        assert super_resolve_array(None, x, (1, 4, 1), passes=plan).shape == (5, 24, 7)
+        out = super_resolve_array(None, x, (1, 4, 1), passes=plan)
+        assert out.shape == (5, 24, 7)
+        np.testing.assert_allclose(out, np.moveaxis(want, 2, 1), atol=1e-5)
 
 
 def test_axis_passes_refine_each_axis_once() -> None:
     assert axis_passes((1, 1, 4), (1.0, 1.0, 4.0)) == [(1, (1, 4))]
     two = axis_passes((4, 4, 1), (8.0, 8.0, 2.0))
     assert len(two) == 2
-    x = np.zeros((5, 6, 7), np.float32)
-    assert super_resolve_array(None, x, (4, 4, 1), passes=two).shape == (20, 24, 7)
+    x = np.random.default_rng(1).random((5, 6, 7), dtype=np.float32)
+    out = super_resolve_array(None, x, (4, 4, 1), passes=two)
+    assert out.shape == (20, 24, 7)
+    # Two one-axis bicubic passes are the separable 2D bicubic of each slice across axis 2.
+    planes = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, 2, 0)))[:, None]
+    want = F.interpolate(planes, size=(20, 24), mode="bicubic", align_corners=False)[:, 0].numpy()
+    np.testing.assert_allclose(out, np.moveaxis(want, 0, 2), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -253,7 +266,11 @@ def test_enhance_adapt_records_what_was_adapted(tmp_path: Path) -> None:
     side = json.loads((out / "s_sr.json").read_text())
     assert side["adapt"]["steps"] == 20 and side["adapt"]["config"]["seed"] == 0
     assert side["adapt"]["donor_axis"] == 0
-    assert side["adapt"]["val_mse_after"] <= side["adapt"]["val_mse_before"]
+    rec = side["adapt"]
+    # 20 steps from an out-of-domain start: the held-out error falls well below where it started,
+    # and the network is used exactly when it beats bicubic by the acceptance margin.
+    assert rec["best_step"] > 0 and rec["val_mse_after"] < 0.5 * rec["val_mse_before"], rec
+    assert rec["used"] == (rec["val_mse_after"] < ACCEPT_RATIO * rec["val_mse_bicubic"]), rec
     assert nib.load(out / "s_sr.nii.gz").shape == (48, 48, 48)
 
 

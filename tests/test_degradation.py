@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from mrisr.training import degrade_patch
-from mrisr.transforms import degrade_volume, downsample, kspace_indices
+from mrisr.degradation import (
+    degrade_and_upsample,
+    degrade_volume,
+    downsample,
+    draw_mode,
+    evaluation_mode,
+    kspace_indices,
+    modes_of,
+)
 
 
 def _ramp(h: int, w: int) -> torch.Tensor:
@@ -94,10 +101,53 @@ def test_degrade_volume_crops_and_keeps_axis2() -> None:
 @pytest.mark.parametrize("mode", ["bicubic", "box", "kspace"])
 def test_degrade_patch_returns_input_on_the_fine_grid(mode: str) -> None:
     hr = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(2))
-    x = degrade_patch(hr, 4, mode)
+    x = degrade_and_upsample(hr, (4, 4), mode)
     assert x.shape == hr.shape
     # A constant patch stays constant through degradation and bicubic upsampling.
-    c = degrade_patch(torch.full((1, 1, 16, 16), 0.7), 4, mode)
+    c = degrade_and_upsample(torch.full((1, 1, 16, 16), 0.7), (4, 4), mode)
     torch.testing.assert_close(c, torch.full_like(c, 0.7), atol=1e-5, rtol=0)
     # The degraded input has lost detail: it is not the HR patch.
     assert float((x - hr).abs().mean()) > 0.05
+
+
+def test_box_degradation_of_a_volume_is_its_block_means() -> None:
+    x = np.random.default_rng(3).random((10, 9, 5)).astype(np.float32)
+    y = degrade_volume(x, (4, 4, 1), "box")
+    want = x[:8, :8].reshape(2, 4, 2, 4, 5).mean(axis=(1, 3))  # cropped to 8×8, then 4×4 blocks
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+    thick = degrade_volume(x, (1, 3, 5), "box")  # two axes: blocks of 1×3×5
+    np.testing.assert_allclose(thick, x[:, :9].reshape(10, 3, 3, 1, 5).mean(axis=(2, 4)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "box", "kspace"])
+def test_one_axis_degradation_works_along_that_axis_alone(mode: str) -> None:
+    x = np.random.default_rng(4).random((6, 5, 16)).astype(np.float32)
+    y = degrade_volume(x, (1, 1, 4), mode)
+    assert y.shape == (6, 5, 4)
+    # Each line along axis 2 is degraded on its own: one line alone gives the same values...
+    alone = degrade_volume(x[2:3, 3:4], (1, 1, 4), mode)
+    np.testing.assert_allclose(y[2:3, 3:4], alone, atol=1e-6)
+    # ...and the means over the axes left alone commute with the degradation (a linear map per line).
+    np.testing.assert_allclose(
+        y.mean(axis=(0, 1)), degrade_volume(x.mean(axis=(0, 1), keepdims=True), (1, 1, 4), mode)[0, 0], atol=1e-5
+    )
+    if mode == "box":
+        np.testing.assert_allclose(y, x.reshape(6, 5, 4, 4).mean(axis=3), rtol=1e-6)
+    if mode == "bicubic":  # torch's antialiased bicubic along one axis, called directly
+        line = torch.from_numpy(x.reshape(30, 1, 1, 16))
+        want = torch.nn.functional.interpolate(line, size=(1, 4), mode="bicubic", antialias=True, align_corners=False)
+        np.testing.assert_allclose(y, want.numpy().reshape(6, 5, 4), atol=1e-6)
+
+
+def test_mixed_is_bicubic_or_box_and_counts_as_bicubic() -> None:
+    assert modes_of("mixed") == ("bicubic", "box") and modes_of("kspace") == ("kspace",)
+    assert evaluation_mode("mixed") == "bicubic" and evaluation_mode("box") == "box"
+    rng = np.random.default_rng(0)
+    drawn = [draw_mode("mixed", rng) for _ in range(400)]
+    assert set(drawn) == {"bicubic", "box"} and 150 < drawn.count("box") < 250
+    # One draw per mixed patch and none otherwise: the generators of the patch pipeline stay in step.
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    assert draw_mode("box", a) == "box" and a.random() == b.random()
+    draw_mode("mixed", a)
+    b.random()
+    assert a.random() == b.random()

@@ -38,6 +38,14 @@ def test_finds_nifti_sorted_by_id_and_skips_hidden_and_non_images(nifti_tree: Pa
     assert studies[2].load().shape3 == (6, 5, 4)
 
 
+def test_one_path_or_str_is_one_input(nifti_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(nifti_tree)
+    by_str = find_studies("b.nii.gz")  # not the characters "b", ".", "n", ...
+    assert [(s.id, s.path) for s in by_str] == [("b", Path("b.nii.gz"))]
+    assert find_studies(Path("b.nii.gz")) == by_str == find_studies(["b.nii.gz"])
+    assert [s.id for s in find_studies(str(nifti_tree))] == ["a", "b", "c"]  # one folder given as a str
+
+
 def test_same_file_given_twice_is_one_study(nifti_tree: Path) -> None:
     studies = find_studies([nifti_tree / "a.nii", nifti_tree / "a.nii", nifti_tree])
     assert [s.id for s in studies] == ["a", "b", "c"]
@@ -180,8 +188,8 @@ def test_unreadable_files_and_folders_are_problem_studies(
 ) -> None:
     import builtins
 
-    import mrisr.discovery as discovery
     import mrisr.io.dicom.common as common
+    import mrisr.io.walk as walk
 
     files = axial_series("data/ser", [0.0, 2.0, 4.0])
     locked_dir = tmp_path / "data" / "locked"
@@ -199,7 +207,7 @@ def test_unreadable_files_and_folders_are_problem_studies(
         return real_scandir(path)  # type: ignore[arg-type]
 
     monkeypatch.setattr(common, "open", no_read, raising=False)
-    monkeypatch.setattr(discovery.os, "scandir", no_list)
+    monkeypatch.setattr(walk.os, "scandir", no_list)
     studies = {s.id: s for s in find_studies([tmp_path / "data"])}
     problems = {s.id: s.problem for s in studies.values() if s.problem}
     assert len(studies) == 2 and len(problems) == 2, studies

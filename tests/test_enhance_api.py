@@ -16,10 +16,11 @@ import torch
 from mrisr.checkpoint import load_checkpoint, save_checkpoint
 from mrisr.cli import main
 from mrisr.cli.enhance import enhance as enhance_command
+from mrisr.device import resolve_device
 from mrisr.discovery import find_studies
 from mrisr.enhance import EnhanceOptions, Enhancer
 from mrisr.fsutil import sha256_file
-from mrisr.inference import RunOptions, resolve_device
+from mrisr.inference import RunOptions
 from mrisr.models import SRCNN, SRCNNConfig
 
 CPU = RunOptions(device=torch.device("cpu"))
@@ -188,3 +189,19 @@ def test_one_study_from_python_without_an_enhancer(tmp_path: Path, identity: Pat
     assert side["figure"] == "s_compare.png" and (tmp_path / "o" / "s_compare.png").is_file()
     assert side["request"] == batch.request("nifti")
     assert process_study(batch, study).status == "skipped"
+
+
+@pytest.mark.parametrize("scale", [4, "4", [4], np.int64(4)])
+def test_one_factor_refines_the_plane_of_the_axis_slices_in_every_form(scale: object) -> None:
+    assert EnhanceOptions(out_dir="o", scale=scale, axis=0).scale == (1, 4, 4)  # type: ignore[arg-type]
+
+
+def test_lock_wait_may_be_infinite_but_not_nan() -> None:
+    assert EnhanceOptions(out_dir="o", lock_wait=float("inf")).lock_wait == float("inf")
+    with pytest.raises(ValueError, match="lock-wait"):
+        EnhanceOptions(out_dir="o", lock_wait=float("nan"))
+
+
+def test_simulate_with_target_spacing_is_refused_before_studies_are_read(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"  # never looked at: the options are refused first
+    assert main(["enhance", str(missing), "--out", str(tmp_path / "o"), "--simulate", "--target-spacing", "1"]) == 2

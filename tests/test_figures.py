@@ -122,8 +122,8 @@ def test_compare_figure_with_reference(tmp_path) -> None:
 
 
 def test_bicubic_plane_equals_the_whole_volume_interpolation(tmp_path) -> None:
+    from mrisr.degradation import upsample_volume
     from mrisr.figures import _bicubic_plane
-    from mrisr.transforms import upsample_volume
 
     rng = np.random.default_rng(3)
     lr = rng.random((5, 6, 9)).astype(np.float32)

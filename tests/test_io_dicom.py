@@ -12,11 +12,12 @@ import numpy as np
 import pydicom
 import pytest
 
+from mrisr.discovery import find_studies, group_dicom_series
 from mrisr.errors import InconsistentGeometryError, UnreadableFileError, UnsupportedDataError
 from mrisr.fsutil import TMP_MARK
 from mrisr.geometry import corner_world
-from mrisr.io import Volume, load_volume
-from mrisr.io.dicom import group_dicom_series, read_dicom_path, read_dicom_series, write_dicom_series
+from mrisr.io import Volume, read_volume
+from mrisr.io.dicom import read_dicom_path, read_dicom_series, write_dicom_series
 from mrisr.io.nifti import read_nifti, write_nifti
 
 GridMaker = Callable[[str], tuple[np.ndarray, np.ndarray]]
@@ -233,9 +234,9 @@ def test_two_interleaved_series_in_one_folder_are_two_studies(axial_series: Seri
         read_dicom_path(tmp_path / "mixed")
     with pytest.raises(UnsupportedDataError, match="2 series"):
         read_dicom_series(a + b)
-    one = read_dicom_path(b[1])  # one file: its whole series
-    assert one.shape3 == (5, 4, 3)
-    np.testing.assert_allclose(one.affine[2, 3], 1.0)
+    one = read_dicom_path(b[1])  # one file: that file alone, as `mrisr enhance FILE` reads it
+    assert one.shape3 == (5, 4, 1)
+    np.testing.assert_allclose(one.affine[2, 3], 3.0)
 
 
 @pytest.mark.parametrize(
@@ -281,8 +282,37 @@ def test_hostile_tags_give_a_safe_study_id(axial_series: SeriesMaker, tmp_path: 
 
 def test_load_volume_reads_a_dicom_folder(axial_series: SeriesMaker, tmp_path: Path) -> None:
     axial_series("ax", [0.0, 2.0, 4.0])
-    vol = load_volume(tmp_path / "ax")
+    vol = read_volume(tmp_path / "ax")
     assert vol.fmt == "dicom" and vol.shape3 == (5, 4, 3)
+
+
+def test_read_volume_of_one_dicom_file_reads_what_the_cli_reads(axial_series: SeriesMaker, tmp_path: Path) -> None:
+    files = axial_series("ax", [0.0, 2.0, 4.0])
+    vol = read_volume(files[1])
+    (study,) = find_studies([files[1]])  # what `mrisr enhance FILE` processes
+    via_cli = study.load()
+    assert vol.shape3 == via_cli.shape3 == (5, 4, 1)  # the file alone, not its folder's series
+    np.testing.assert_array_equal(vol.data, via_cli.data)
+    np.testing.assert_array_equal(vol.affine, via_cli.affine)
+    np.testing.assert_array_equal(vol.data[:, :, 0], pydicom.dcmread(files[1]).pixel_array.T)
+    np.testing.assert_allclose(vol.affine[2, 3], 2.0)
+    control = read_volume(tmp_path / "ax")  # the folder: the whole series
+    assert control.shape3 == (5, 4, 3)
+    np.testing.assert_array_equal(control.data[:, :, 1], vol.data[:, :, 0])
+
+
+def test_io_imports_nothing_of_studies(axial_series: SeriesMaker, tmp_path: Path) -> None:
+    import subprocess
+
+    axial_series("ax", [0.0, 2.0, 4.0])
+    code = (
+        "import sys; from mrisr.io import read_volume; import mrisr.io.dicom, mrisr.io.nifti, mrisr.io.walk; "
+        f"v = read_volume({str(tmp_path / 'ax')!r}); assert v.shape3 == (5, 4, 3); "
+        "print(sorted(m for m in sys.modules if m.startswith('mrisr.') and not m.startswith('mrisr.io')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "mrisr.discovery" not in out and "mrisr.io" not in out, out
+    assert "mrisr.errors" in out  # control: the list is of the mrisr modules loaded
 
 
 def test_non_dicom_file_in_an_explicit_file_list(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from dicom_helpers import PHILIPS_MPRAGE, enhanced_mr, needs_dciodvfy, new_error
 
 from mrisr.errors import UnsupportedDataError
 from mrisr.geometry import corner_world, refine_affine
-from mrisr.io import load_volume
+from mrisr.io import read_volume
 from mrisr.io.dicom import LPS_TO_RAS, read_dicom_path, write_dicom_series
 
 # rows along a unit vector tilted in x/y, columns perpendicular to it (an oblique plane)
@@ -42,7 +42,7 @@ def test_voxels_lie_at_the_positions_of_their_frames(tmp_path: Path, rng: np.ran
         slopes=slopes,
         shared_geometry=shared,
     )
-    vol = load_volume(path)
+    vol = read_volume(path)
     assert vol.shape3 == (10, 12, 5)  # (columns, rows, frames)
     for f, k in enumerate(order):
         ras = vol.affine @ np.array([0.0, 0.0, float(k), 1.0])

@@ -14,7 +14,7 @@ import pytest
 from mrisr.errors import UnreadableFileError
 from mrisr.fsutil import TMP_MARK
 from mrisr.geometry import corner_world
-from mrisr.io import Volume, load_volume
+from mrisr.io import Volume, read_volume
 from mrisr.io.nifti import read_nifti, write_nifti
 
 GridMaker = Callable[[str], tuple[np.ndarray, np.ndarray]]
@@ -131,7 +131,7 @@ def test_written_values_keep_a_real_result_to_60_db(
 
 def test_load_volume_dispatches_on_suffix(grid_volume: GridMaker, write_nifti_file: Callable[..., Path]) -> None:
     data, affine = grid_volume("lps")
-    vol = load_volume(write_nifti_file("x.NII.GZ", data, affine))
+    vol = read_volume(write_nifti_file("x.NII.GZ", data, affine))
     np.testing.assert_array_equal(vol.data, data)
 
 

@@ -178,3 +178,40 @@ def test_ensemble_never_writes_into_its_input() -> None:
     keep = x.clone()
     torch.testing.assert_close(SliceRunner(Same(), RunOptions(ensemble=8, channels_last=False))(x), keep)
     torch.testing.assert_close(x, keep)
+
+
+def test_batches_are_sized_to_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrisr.inference import _batch_size
+
+    # 100×100 output pixels × 400 bytes = 4e6 bytes a slice; the CPU budget is 512 MiB: 134 slices.
+    assert _batch_size(RunOptions(), 100 * 100) == 134
+    assert _batch_size(RunOptions(batch_size=7), 100 * 100) == 7
+    free = {"bytes": 0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * 10**9))
+    cuda = RunOptions(device=torch.device("cuda"))
+    for free_bytes, want in ((10**9, 125), (10**12, 1024), (10**6, 1)):  # half the free memory; 1..1024
+        free["bytes"] = free_bytes
+        assert _batch_size(cuda, 100 * 100) == want, free_bytes
+
+
+@pytest.mark.parametrize(
+    ("axis", "total", "voxels"),
+    [
+        (2, 396.8051397046074, (-0.09650491923093796, 0.3803552985191345, 0.524423360824585)),
+        (0, 396.4735086597502, (-0.06760905683040619, 0.44136691093444824, 0.5622831583023071)),
+    ],
+)
+def test_super_resolved_values_are_pinned(axis: int, total: float, voxels: tuple[float, float, float]) -> None:
+    """The shipped x2 SRCNN on a seeded array, pinned before the slicing became a MONAI transform."""
+    from mrisr.checkpoint import shipped_checkpoint
+
+    path = shipped_checkpoint((2, 2, 1), arch="srcnn")
+    assert path is not None
+    ck = load_checkpoint(path)
+    model = ck.build()
+    model.load_state_dict(ck.state_dict)
+    x = np.random.default_rng(11).random((7, 6, 5)).astype(np.float32)
+    y = super_resolve_array(model, x, (2, 2, 1), axis=axis, opts=RunOptions(ensemble=2))
+    assert y.shape == (14, 12, 5) and y.dtype == np.float32
+    assert float(y.astype(np.float64).sum()) == pytest.approx(total, abs=1e-3)
+    np.testing.assert_allclose([y[0, 0, 0], y[5, 7, 3], y[13, 11, 4]], voxels, atol=1e-5)

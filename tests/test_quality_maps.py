@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mrisr.cli import main
+from mrisr.degradation import degrade_frames
 from mrisr.enhance.maps import output_label
-from mrisr.frames import degrade_frames
 from mrisr.geometry import refine_affine
 from mrisr.inference import RunOptions, SliceRunner, _unview, _view, ensemble_views, super_resolve_array
 from mrisr.models import SRCNN, SRCNNConfig

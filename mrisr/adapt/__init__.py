@@ -10,7 +10,7 @@ factor and the network learns to undo that. Typical cases:
 - **coarse in-plane, fine slices** (``--scale 4`` on 4×4×1 mm, e.g. a study acquired or degraded
   in-plane): the fine slice axis is the donor and the network refines axes 0 and 1 in turn.
 
-The adapted network works one axis at a time (:func:`axis_passes`). Part of the donor planes is held
+The adapted network works one axis at a time (:func:`mrisr.passes.axis_passes`). Part of the donor planes is held
 out: the weights with the lowest held-out error are kept, and the adaptation is *rejected* (the
 original network and its usual passes are used) when it does not beat bicubic interpolation on the
 held-out planes by a margin, or when no donor axis exists. Everything is seeded: on the CPU a given
@@ -22,7 +22,7 @@ slices coarsened ×2, or, for small slices, on planes that contain the slice axi
 need no finer truth than the study holds (see there).
 
 The package: :mod:`~mrisr.adapt.common` (settings, result, fitting loop),
-:mod:`~mrisr.adapt.one_axis` (donor-axis adaptation, axis passes, :func:`adapt_model`) and
+:mod:`~mrisr.adapt.one_axis` (donor-axis adaptation, :func:`adapt_model`) and
 :mod:`~mrisr.adapt.coarse_grid` (:func:`adapt_coarse_grid`).
 """
 
@@ -34,15 +34,13 @@ from mrisr.adapt.coarse_grid import (
     COARSE_MIN_BLOCKS,
     adapt_coarse_grid,
 )
-from mrisr.adapt.common import STEPS_COARSE_GRID, STEPS_FINE_GRID, AdaptConfig, AdaptResult, Passes, effective_steps
+from mrisr.adapt.common import STEPS_COARSE_GRID, STEPS_FINE_GRID, AdaptConfig, AdaptResult, effective_steps
 from mrisr.adapt.one_axis import (
     ACCEPT_RATIO,
     ACCEPT_RATIO_TWO_AXES,
     DONOR_TOLERANCE,
     adapt_model,
-    axis_passes,
     donor_axis,
-    pass_plans,
 )
 
 __all__ = [
@@ -58,11 +56,8 @@ __all__ = [
     "STEPS_FINE_GRID",
     "AdaptConfig",
     "AdaptResult",
-    "Passes",
     "adapt_coarse_grid",
     "adapt_model",
-    "axis_passes",
     "donor_axis",
     "effective_steps",
-    "pass_plans",
 ]

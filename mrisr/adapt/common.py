@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrisr.degradation import MIXED
+
 log = logging.getLogger(__name__)
 
 #: Default steps of the fine-grid (one-axis) and coarse-grid (in-plane) adaptations.
 STEPS_FINE_GRID = 300
 STEPS_COARSE_GRID = 1000
-
-Passes = list[tuple[int, tuple[int, int]]]
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class AdaptConfig:
     patch_size: int = 48
     val_every: int = 20
     val_share: float = 0.2
-    degradation: str = "mixed"
+    degradation: str = MIXED
     seed: int = 0
 
 

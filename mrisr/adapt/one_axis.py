@@ -1,5 +1,6 @@
-"""One-axis adaptation of a fine-grid network (SRCNN) from a donor axis, and the passes that
-refine a study one axis at a time; :func:`adapt_model` is the entry point for every network."""
+"""One-axis adaptation of a fine-grid network (SRCNN) from a donor axis (the passes that then refine
+a study one axis at a time are :func:`mrisr.passes.pass_plans`); :func:`adapt_model` is the entry
+point for every network."""
 
 from __future__ import annotations
 
@@ -16,14 +17,13 @@ from mrisr.adapt.coarse_grid import adapt_coarse_grid
 from mrisr.adapt.common import (
     AdaptConfig,
     AdaptResult,
-    Passes,
     _fit,
     _rejected,
     _split_planes,
     _working_copy,
     effective_steps,
 )
-from mrisr.transforms import degrade_and_upsample, upsample
+from mrisr.degradation import degrade_and_upsample, modes_of, upsample
 
 log = logging.getLogger(__name__)
 
@@ -44,44 +44,6 @@ def donor_axis(spacing: Sequence[float], factors: Sequence[int]) -> int | None:
         return None
     candidates = [b for b in range(3) if factors[b] == 1 and spacing[b] <= DONOR_TOLERANCE * min(targets)]
     return min(candidates, key=lambda b: spacing[b]) if candidates else None
-
-
-def axis_passes(factors: Sequence[int], spacing: Sequence[float]) -> Passes:
-    """One-axis passes for an adapted network: each refined axis in turn, coarsest first.
-
-    Each pass cuts slices across an axis other than the refined one, preferring planes whose other
-    axis is still coarse (as in the adaptation planes).
-    """
-    passes: Passes = []
-    cur = [float(s) for s in spacing]
-    for a in sorted((a for a in range(3) if factors[a] > 1), key=lambda a: -spacing[a]):
-        others = [o for o in range(3) if o != a]
-        other = max(others, key=lambda o: cur[o])  # the in-plane partner: the coarsest other axis
-        cut = next(o for o in others if o != other)
-        plane = [ax for ax in range(3) if ax != cut]
-        passes.append((cut, (factors[a] if plane[0] == a else 1, factors[a] if plane[1] == a else 1)))
-        cur[a] /= factors[a]
-    return passes
-
-
-def pass_plans(factors: Sequence[int], spacing: Sequence[float]) -> list[Passes]:
-    """The plans whose outputs are averaged for an adapted network.
-
-    One refined axis: both planes that contain it (slices cut across each of the two other axes),
-    as SMORE combines its two orthogonal directions — on held-out thick-slice scans the mean gained
-    0.04–0.15 dB over the better single direction (docs/beyond.md). Two refined axes: the single
-    plan of :func:`axis_passes`.
-    """
-    first = axis_passes(factors, spacing)
-    refined = [a for a in range(3) if factors[a] > 1]
-    if len(refined) != 1:
-        return [first]
-    a, f = refined[0], int(factors[refined[0]])
-    plans = [first]
-    for cut in (c for c in range(3) if c != a and c != first[0][0]):
-        plane = [ax for ax in range(3) if ax != cut]
-        plans.append([(cut, (f if plane[0] == a else 1, f if plane[1] == a else 1))])
-    return plans
 
 
 #: A slice profile within this share of the slice spacing is treated as contiguous slices.
@@ -226,7 +188,7 @@ def adapt_model(
     train_sets, val_sets = _split_planes(stacks, cfg.val_share)
     if not train_sets:
         return model, _rejected("too few planes with signal", cfg, t0, b, f)
-    modes = ["bicubic", "box"] if cfg.degradation == "mixed" else [cfg.degradation]
+    modes = list(modes_of(cfg.degradation))
     width = profile_width(factors, profile)
     if width is not None:
         modes = ["profile"]

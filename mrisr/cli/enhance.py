@@ -127,16 +127,20 @@ def enhance(
 
     from mrisr.adapt import AdaptConfig
     from mrisr.batch import StopFlag, resolve_shard, select_studies
+    from mrisr.degradation import MIXED
+    from mrisr.device import resolve_device
     from mrisr.discovery import find_studies
     from mrisr.enhance import EnhanceOptions, Enhancer, parse_factors, resolve_checkpoint, resolve_through_plane
     from mrisr.enhance.spacing import plan_target_spacing
     from mrisr.errors import MrisrError
     from mrisr.geometry import in_plane
-    from mrisr.inference import RunOptions, resolve_device
+    from mrisr.inference import RunOptions
 
     if target_spacing is not None and scale is not None:
         raise fail("give --scale or --target-spacing, not both")
-    adapt_config = AdaptConfig(steps=adapt_steps, seed=seed, degradation=degradation or "mixed")
+    if target_spacing is not None and simulate:  # before any header is read (the groups need headers)
+        raise fail("--simulate degrades by --scale; it does not take --target-spacing")
+    adapt_config = AdaptConfig(steps=adapt_steps, seed=seed, degradation=degradation or MIXED)
     try:
         target = parse_spacing(target_spacing) if target_spacing is not None else None
         factors = parse_factors(scale, axis)

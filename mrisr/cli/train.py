@@ -75,8 +75,8 @@ def train(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from mrisr.batch import StopFlag
+    from mrisr.device import resolve_device
     from mrisr.errors import MrisrError
-    from mrisr.inference import resolve_device
     from mrisr.models import ESPCNConfig, SRCNNConfig
 
     torch.set_num_threads(threads or available_cpus())

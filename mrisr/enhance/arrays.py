@@ -12,14 +12,16 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from mrisr.adapt import AdaptConfig, adapt_model, pass_plans
+from mrisr.adapt import AdaptConfig, adapt_model
 from mrisr.adapt.one_axis import match_slices, profile_width
 from mrisr.checkpoint import Checkpoint
+from mrisr.degradation import evaluation_mode
 from mrisr.enhance.options import DEFAULT_ADAPT, default_run, split_stages
 from mrisr.errors import NonFiniteOutputError
 from mrisr.frames import frames_of
 from mrisr.geometry import in_plane
-from mrisr.inference import RunOptions, count_slices, super_resolve_array
+from mrisr.inference import RunOptions, super_resolve_array
+from mrisr.passes import count_slices, pass_plans
 from mrisr.transforms import Normalization, fit_normalization
 
 log = logging.getLogger(__name__)
@@ -226,7 +228,7 @@ class ArraySR:
         """The degradation of ``--simulate`` and of the consistency check: ``requested``, else the
         checkpoint's (``mixed`` training counts as ``bicubic``)."""
         degradation = requested or str(self.checkpoint.meta.get("degradation", "bicubic"))
-        return "bicubic" if degradation == "mixed" else degradation
+        return evaluation_mode(degradation)
 
     def check_factors(self, factors: tuple[int, int, int], axis: int = 2) -> None:
         """Refuse, before any study is read, factors that this network cannot produce.

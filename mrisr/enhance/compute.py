@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, effective_steps
+from mrisr.degradation import bicubic_frames, crop_to_multiple, degrade_frames
 from mrisr.enhance.arrays import ArraySR
 from mrisr.enhance.maps import consistency as consistency_maps
 from mrisr.enhance.options import EnhanceOptions
 from mrisr.enhance.spacing import slice_profile
 from mrisr.errors import UnsupportedDataError
-from mrisr.frames import bicubic_frames, crop_to_multiple, degrade_frames
 from mrisr.geometry import coarsen_affine, refine_affine, target_grid, voxel_spacing
 from mrisr.io import Volume, as_written
 from mrisr.metrics import evaluate

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mrisr.frames import degrade_frames, first_frame
+from mrisr.degradation import degrade_frames
+from mrisr.frames import first_frame
 from mrisr.io import Volume
 from mrisr.metrics import foreground_mask, psnr
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+
 from mrisr.adapt import AdaptConfig
 from mrisr.checkpoint import Checkpoint, load_checkpoint, shipped_checkpoint
 from mrisr.defaults import DEFAULT_ARCH, DEFAULT_DEVICE, DEFAULT_ENSEMBLE
@@ -32,12 +34,13 @@ DEFAULT_ADAPT = AdaptConfig()
 
 def default_run(device: str = DEFAULT_DEVICE) -> RunOptions:
     """How ``mrisr enhance`` runs the network by default: on ``device``
-    (:func:`mrisr.inference.resolve_device`), with the :data:`~mrisr.defaults.DEFAULT_ENSEMBLE` views.
+    (:func:`mrisr.device.resolve_device`), with the :data:`~mrisr.defaults.DEFAULT_ENSEMBLE` views.
 
     Raises:
         ValueError: An unknown or unavailable device.
     """
-    from mrisr.inference import RunOptions, resolve_device
+    from mrisr.device import resolve_device
+    from mrisr.inference import RunOptions
 
     return RunOptions(device=resolve_device(device), ensemble=DEFAULT_ENSEMBLE)
 
@@ -113,7 +116,7 @@ class EnhanceOptions:
         if self.axis not in (0, 1, 2):
             raise ValueError(f"--axis must be 0, 1 or 2, not {self.axis!r}")
         if self.degradation is not None:
-            from mrisr.transforms import DEGRADATIONS
+            from mrisr.degradation import DEGRADATIONS
 
             if self.degradation not in DEGRADATIONS:
                 raise ValueError(f"--degradation must be one of {', '.join(DEGRADATIONS)}, not {self.degradation!r}")
@@ -124,8 +127,8 @@ class EnhanceOptions:
             object.__setattr__(self, "auto_adapt", replace(DEFAULT_ADAPT, degradation=self.degradation))
         if self.scale is not None:  # "4", 4 (the plane of the axis slices) or a list: a tuple of ints
             object.__setattr__(self, "scale", parse_factors(self.scale, self.axis))
-        if not (math.isfinite(self.lock_wait) and self.lock_wait >= 0):
-            raise ValueError(f"--lock-wait must be a finite number of seconds >= 0, not {self.lock_wait!r}")
+        if math.isnan(self.lock_wait) or self.lock_wait < 0:  # inf: wait as long as the lock is held
+            raise ValueError(f"--lock-wait must be a number of seconds >= 0, not {self.lock_wait!r}")
         if self.target_spacing is not None:
             if self.simulate:
                 raise ValueError("--simulate degrades by --scale; it does not take --target-spacing")
@@ -271,8 +274,10 @@ def parse_factors(scale: str | int | Sequence[int] | None, axis: int = 2) -> tup
             from mrisr.geometry import parse_scale
 
             factors = parse_scale(scale)
-    elif isinstance(scale, int):
-        factors = as_factors(in_plane(scale, axis))
+    elif isinstance(scale, int | np.integer):
+        factors = as_factors(in_plane(int(scale), axis))
+    elif len(scale) == 1:
+        factors = as_factors(in_plane(int(scale[0]), axis))
     else:
         factors = as_factors(scale)
     return check_factors(factors)

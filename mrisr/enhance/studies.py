@@ -35,10 +35,10 @@ from mrisr.errors import (
 )
 from mrisr.fsutil import remove_temporaries, write_json_atomic
 from mrisr.geometry import voxel_spacing
-from mrisr.io import Volume, as_written, check_finite, default_output_dtype
+from mrisr.io import Volume, as_written, check_finite, default_output_dtype, write_volume
 from mrisr.io.nifti_header import warn_if_orientation_unknown
 from mrisr.locks import study_lock
-from mrisr.outputs import Staging, commit_journal, finish_commit, write_volume
+from mrisr.outputs import Staging, commit_journal, finish_commit
 from mrisr.sidecar import Targets, rerun_differences, standing_result, study_sha256
 
 log = logging.getLogger(__name__)

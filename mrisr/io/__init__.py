@@ -27,6 +27,10 @@ Every reader returns, and every writer takes, a :class:`Volume`:
     :class:`mrisr.io.dicom.DicomSource`: the source slices' headers, from which a derived series is made).
 
 Anything that changes a grid (see :mod:`mrisr.geometry`) returns the new affine with the new array.
+
+:func:`read_volume` and :func:`write_volume` are the one dispatch between the formats. This package
+knows files, series and volumes, never studies: naming and grouping inputs into studies is
+:mod:`mrisr.discovery`'s, which imports from here (never the reverse).
 """
 
 from __future__ import annotations
@@ -103,11 +107,18 @@ def nifti_stem(path: str | Path) -> str:
     return name
 
 
-def load_volume(path: str | Path) -> Volume:
-    """Load a NIfTI file, or a DICOM series (a folder, or one file of the series).
+def read_volume(path: str | Path) -> Volume:
+    """Read a NIfTI file, or a DICOM series: a folder holding one series, or one DICOM file alone
+    (as ``mrisr enhance FILE`` reads it).
 
     For folders holding several series use :func:`mrisr.discovery.find_studies` and
-    :func:`mrisr.io.dicom.read_dicom_series` with the file list of one series.
+    :meth:`mrisr.discovery.Study.load`, or :func:`mrisr.io.dicom.read_dicom_series` with the file
+    list of one series.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnreadableFileError, UnsupportedDataError, InconsistentGeometryError: See
+            :func:`mrisr.io.nifti.read_nifti` and :func:`mrisr.io.dicom.read_dicom_path`.
     """
     p = Path(path)
     if is_nifti_path(p):
@@ -117,6 +128,27 @@ def load_volume(path: str | Path) -> Volume:
     from mrisr.io.dicom import read_dicom_path
 
     return read_dicom_path(p)
+
+
+def write_volume(vol: Volume, path: Path, fmt: str, dtype: np.dtype, *, description: str | None = None) -> None:
+    """Write ``vol`` to ``path`` as NIfTI (a file) or DICOM (a series folder), replacing it atomically.
+
+    Args:
+        vol: The volume (see the module docstring).
+        path: The ``.nii``/``.nii.gz`` file, or the folder of the DICOM series.
+        fmt: ``"nifti"`` or ``"dicom"``.
+        dtype: On-disk type of a NIfTI file (a DICOM series takes its source's, see
+            :func:`mrisr.io.dicom.write_dicom_series`).
+        description: Goes into a NIfTI header's ``descrip``.
+    """
+    if fmt == "dicom":
+        from mrisr.io.dicom import write_dicom_series
+
+        write_dicom_series(vol, path)
+    else:
+        from mrisr.io.nifti import write_nifti
+
+        write_nifti(vol, path, dtype=dtype, description=description)
 
 
 def check_finite(data: np.ndarray, path: str | Path | None) -> None:

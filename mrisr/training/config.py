@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mrisr.degradation import TRAIN_DEGRADATIONS
 from mrisr.models import ESPCNConfig, SRCNNConfig
 
-TRAIN_DEGRADATIONS: tuple[str, ...] = ("bicubic", "box", "kspace", "mixed")
 LOSSES: tuple[str, ...] = ("mse", "l1", "ssim")
 
 

@@ -1,7 +1,8 @@
 """Training data: the study split, normalised volumes, and random degraded patch pairs.
 
 Studies are split, never slices. Every volume is normalised with
-:func:`mrisr.transforms.fit_normalization`, the rule inference applies. Each training sample is drawn
+:class:`mrisr.monai_transforms.PercentileNormalized` (:func:`mrisr.transforms.fit_normalization`, the
+rule inference applies). Each training sample is drawn
 from its own random generator seeded by ``(seed, epoch, index)``, so the patches do not depend on the
 number of workers or processes, and a resumed run sees the patches an uninterrupted run would.
 """
@@ -31,12 +32,14 @@ from monai.transforms import (
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
+from mrisr.degradation import degrade_and_upsample, downsample, draw_mode
 from mrisr.discovery import Study
 from mrisr.errors import MrisrError
 from mrisr.fsutil import atomic_path, sha256_file
 from mrisr.io import check_finite
+from mrisr.monai_transforms import PercentileNormalized, SliceStack
 from mrisr.training.config import TrainConfig
-from mrisr.transforms import degrade_and_upsample, downsample, fit_normalization
+from mrisr.transforms import foreground_threshold
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +123,6 @@ def head_mask(x: np.ndarray, threshold: float) -> np.ndarray:
     return rows & cols
 
 
-def foreground_threshold(x: np.ndarray) -> float:
-    """Foreground threshold in the units of ``x``: 5 % of the 99.9th percentile (as the normalisation)."""
-    return 0.05 * float(np.percentile(x, 99.9))
-
-
 def training_axes(spacing: Sequence[float], axes: tuple[int, ...] | None) -> tuple[int, ...]:
     """Slice axes for a volume: ``axes`` if given, all three when near-isotropic, else axis 2."""
     if axes is not None:
@@ -142,6 +140,9 @@ class LoadNormalized(Transform):
     (``path: reason``, one line) instead, so that one bad file does not stop the others.
     """
 
+    def __init__(self) -> None:
+        self.normalize = PercentileNormalized(["image"])
+
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         study: Study = data["study"]
         try:
@@ -150,8 +151,9 @@ class LoadNormalized(Transform):
             check_finite(arr, study.path)  # on the float32 copy: huge float64 values become inf there
         except (MrisrError, OSError) as exc:
             return {**data, "error": str(exc)}
-        norm = fit_normalization(arr)
-        frames = [norm.apply(vol.frame(t)) for t in range(vol.n_frames)]
+        d = self.normalize({"image": arr})
+        norm, image = self.normalize.normalization(d, "image"), d["image"]
+        frames = [np.ascontiguousarray(image[..., t]) if image.ndim == 4 else image for t in range(vol.n_frames)]
         # One file: its SHA-256. A DICOM series: the SHA-256 of its files' sorted SHA-256 digests.
         digests = sorted(sha256_file(f) for f in study.files)
         digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
@@ -173,13 +175,49 @@ class Piece:
     threshold: float
 
 
-def load_studies(studies: Sequence[Study], workers: int = 0) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Load and normalise studies once (a MONAI ``CacheDataset``).
+@dataclass(frozen=True)
+class LoadedStudy:
+    """A study loaded and normalised for training.
 
-    Returns:
-        ``(loaded, errors)``: the usable studies keyed by id, and one ``path: reason`` line per study
-        that could not be used.
+    Attributes:
+        study: The study.
+        frames: Its normalised frames, float32 arrays ``(i, j, k)``.
+        spacing: Voxel size in mm along ``(i, j, k)``.
+        normalization: The fitted normalisation (:meth:`mrisr.transforms.Normalization.to_dict`).
+        sha256: SHA-256 of the file, or for a DICOM series of the sorted digests of its files.
     """
+
+    study: Study
+    frames: tuple[np.ndarray, ...]
+    spacing: tuple[float, float, float]
+    normalization: dict[str, Any]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The studies of a run, loaded.
+
+    Attributes:
+        studies: The usable studies by id, in the order they were found.
+        errors: One ``path: reason`` line per study that cannot be used.
+    """
+
+    studies: dict[str, LoadedStudy]
+    errors: tuple[str, ...] = ()
+
+    def without(self, reasons: dict[str, str]) -> TrainingData:
+        """These data less the studies ``reasons`` names (by id), whose reasons join :attr:`errors`."""
+        kept = {sid: item for sid, item in self.studies.items() if sid not in reasons}
+        return TrainingData(kept, (*self.errors, *reasons.values()))
+
+    def records(self, ids: Sequence[str]) -> list[dict[str, str]]:
+        """What a checkpoint records of the studies ``ids``: ``{"id", "file", "sha256"}`` each."""
+        return [{"id": i, "file": self.studies[i].study.path.name, "sha256": self.studies[i].sha256} for i in ids]
+
+
+def load_studies(studies: Sequence[Study], workers: int = 0) -> TrainingData:
+    """Load and normalise studies once (a MONAI ``CacheDataset``)."""
     ds = CacheDataset(
         data=[{"study": s, "id": s.id} for s in studies],
         transform=LoadNormalized(),
@@ -188,29 +226,41 @@ def load_studies(studies: Sequence[Study], workers: int = 0) -> tuple[dict[str, 
         copy_cache=False,
     )
     items = [ds[i] for i in range(len(ds))]
-    return {it["id"]: it for it in items if "error" not in it}, [it["error"] for it in items if "error" in it]
+    loaded = {
+        it["id"]: LoadedStudy(
+            study=it["study"],
+            frames=tuple(it["frames"]),
+            spacing=it["spacing"],
+            normalization=it["normalization"],
+            sha256=it["sha256"],
+        )
+        for it in items
+        if "error" not in it
+    }
+    return TrainingData(loaded, tuple(it["error"] for it in items if "error" in it))
 
 
 def build_pieces(
-    loaded: dict[str, dict[str, Any]], split: Split, cfg: TrainConfig
+    loaded: TrainingData, split: Split, cfg: TrainConfig
 ) -> tuple[list[Piece], list[tuple[str, np.ndarray]]]:
     """Training pieces and validation volumes ``(name, array)`` for a split."""
     pieces: list[Piece] = []
     val: list[tuple[str, np.ndarray]] = []
     for sid in split.train:
-        item = loaded[sid]
-        axes = training_axes(item["spacing"], cfg.axes)
-        for t, frame in enumerate(item["frames"]):
+        item = loaded.studies[sid]
+        axes = training_axes(item.spacing, cfg.axes)
+        for t, frame in enumerate(item.frames):
             parts = [frame]
             if split.slab is not None:
                 a, b = split.slab
                 parts = [p for p in (frame[:, :, : a - SLAB_GAP], frame[:, :, b + SLAB_GAP :]) if p.shape[2] > 0]
-                val.append((f"{sid}[slab {a}:{b}]" + (f"[{t}]" if len(item["frames"]) > 1 else ""), frame[:, :, a:b]))
+                val.append((f"{sid}[slab {a}:{b}]" + (f"[{t}]" if len(item.frames) > 1 else ""), frame[:, :, a:b]))
             for p in parts:
                 pieces.append(Piece(np.ascontiguousarray(p), axes, foreground_threshold(frame)))
     for sid in split.val:
-        for t, frame in enumerate(loaded[sid]["frames"]):
-            val.append((sid + (f"[{t}]" if len(loaded[sid]["frames"]) > 1 else ""), frame))
+        frames = loaded.studies[sid].frames
+        for t, frame in enumerate(frames):
+            val.append((sid + (f"[{t}]" if len(frames) > 1 else ""), frame))
     return pieces, val
 
 
@@ -218,11 +268,6 @@ def write_split(path: Path, split: Split, seed: int) -> None:
     """Write ``split.json`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(split.to_dict(seed), indent=2) + "\n")
-
-
-def degrade_patch(hr: torch.Tensor, scale: int, mode: str) -> torch.Tensor:
-    """Network input for a high-resolution patch ``(N, 1, P, P)``: degrade by ``scale``, bicubic back."""
-    return degrade_and_upsample(hr, (scale, scale), mode)
 
 
 class PatchDataset(Dataset):
@@ -242,7 +287,7 @@ class PatchDataset(Dataset):
         self.slices: list[tuple[int, int, int]] = []
         for pi, piece in enumerate(pieces):
             for axis in piece.axes:
-                counts = (np.moveaxis(piece.data, axis, 0) > piece.threshold).reshape(piece.data.shape[axis], -1)
+                counts = (SliceStack(axis)(piece.data) > piece.threshold).reshape(piece.data.shape[axis], -1)
                 frac = counts.mean(axis=1)
                 good = np.flatnonzero(frac >= 0.02)
                 if good.size == 0:
@@ -266,7 +311,7 @@ class PatchDataset(Dataset):
     def _crop(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         pi, axis, k = self.slices[int(rng.integers(len(self.slices)))]
         piece = self.pieces[pi]
-        img = np.take(piece.data, k, axis=axis)
+        img = SliceStack(axis)(piece.data)[k]
         p = self.cfg.hr_patch
         pad = [(0, max(0, p - img.shape[0])), (0, max(0, p - img.shape[1]))]
         if pad[0][1] or pad[1][1]:
@@ -293,14 +338,12 @@ class PatchDataset(Dataset):
         if cfg.augment:
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
             t = convert_to_tensor(self.augment(t), dtype=torch.float32, track_meta=False)
-        mode = cfg.degradation
-        if mode == "mixed":
-            mode = "bicubic" if rng.random() < 0.5 else "box"
+        mode = draw_mode(cfg.degradation, rng)
         if getattr(cfg.model, "name", "srcnn") == "espcn":  # a low-resolution-grid network sees the LR patch
             x = downsample(t[None], (cfg.scale, cfg.scale), mode)[0]
         elif cfg.through_plane:  # one axis: the thick one is the rows or the columns, half the time each
             f = (1, cfg.scale) if rng.random() < 0.5 else (cfg.scale, 1)
             x = degrade_and_upsample(t[None], f, mode)[0]
         else:
-            x = degrade_patch(t[None], cfg.scale, mode)[0]
+            x = degrade_and_upsample(t[None], (cfg.scale, cfg.scale), mode)[0]
         return {"input": x.contiguous(), "target": t.contiguous()}

@@ -28,16 +28,17 @@ Voxel axes of a series read here:
 
 from mrisr.io.dicom.common import LPS_TO_RAS
 from mrisr.io.dicom.read import read_dicom_path, read_dicom_series
-from mrisr.io.dicom.series import group_dicom_series
+from mrisr.io.dicom.series import DicomSeries, group_series
 from mrisr.io.dicom.source import DicomSource
 from mrisr.io.dicom.write import check_dicom_grid, dicom_as_written, write_dicom_series
 
 __all__ = [
     "LPS_TO_RAS",
+    "DicomSeries",
     "DicomSource",
     "check_dicom_grid",
     "dicom_as_written",
-    "group_dicom_series",
+    "group_series",
     "read_dicom_path",
     "read_dicom_series",
     "write_dicom_series",

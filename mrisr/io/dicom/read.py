@@ -394,7 +394,9 @@ def _source_slice(s: _Slice) -> SourceSlice:
 
 def read_dicom_path(path: Path) -> Volume:
     """Read the DICOM series at ``path``: a folder holding exactly one image series (searched
-    recursively), or one file (its series among the files of its folder).
+    recursively, as :func:`mrisr.discovery.find_studies` searches it), or one file (that file alone,
+    as ``mrisr enhance FILE`` reads it; give the folder, or :func:`read_dicom_series` the files, for
+    its whole series).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -404,27 +406,17 @@ def read_dicom_path(path: Path) -> Volume:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder")
-    if p.is_dir():
-        from mrisr.discovery import find_studies
+    if not p.is_dir():
+        return read_dicom_series([p])
+    from mrisr.io import is_nifti_path
+    from mrisr.io.dicom.series import group_series
+    from mrisr.io.walk import walk_files
 
-        studies = [s for s in find_studies([p]) if s.fmt == "dicom"]
-        if len(studies) != 1:
-            ids = ", ".join(s.id for s in studies)
-            raise UnsupportedDataError(
-                p,
-                f"{len(studies)} DICOM image series in the folder (need exactly one)" + (f": {ids}" if ids else ""),
-            )
-        return read_dicom_series(list(studies[0].files), uid=studies[0].series_uid)
-    ds = _read_header(p)
-    if ds is None:
-        raise UnreadableFileError(p, "not a DICOM file")
-    why = _image_header(p, ds)
-    if why is not None:
-        raise UnsupportedDataError(p, why)
-    siblings = [(f, p.parent) for f in sorted(p.parent.iterdir()) if f.is_file() and not f.name.startswith(".")]
-    from mrisr.io.dicom.series import group_dicom_series
-
-    for study in group_dicom_series(siblings):
-        if p in study.files:
-            return read_dicom_series(list(study.files), uid=study.series_uid)
-    raise UnsupportedDataError(p, "file not found among the series of its folder")
+    series = group_series([(f, p) for f in walk_files(p) if not is_nifti_path(f)])
+    if len(series) != 1:
+        names = ", ".join(f"{s.folder} {s.number} {s.description}".strip() for s in series)
+        raise UnsupportedDataError(
+            p,
+            f"{len(series)} DICOM image series in the folder (need exactly one)" + (f": {names}" if names else ""),
+        )
+    return read_dicom_series(list(series[0].files), uid=series[0].series_uid)

@@ -1,25 +1,44 @@
-"""Grouping DICOM files into series: one study per SeriesInstanceUID."""
+"""Grouping DICOM files into series, one per SeriesInstanceUID (what a series is named and how it
+becomes a study is :mod:`mrisr.discovery`'s business)."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mrisr.errors import UnreadableFileError
-
-if TYPE_CHECKING:
-    from mrisr.discovery import Study
 from mrisr.io.dicom.common import _Header, _image_header, _read_header, _suspect_non_dicom, _tag_str
 
 log = logging.getLogger(__name__)
 
 
-def group_dicom_series(
+@dataclass(frozen=True)
+class DicomSeries:
+    """The files of one DICOM image series.
+
+    Attributes:
+        key: The SeriesInstanceUID, or ``no-uid:<folder>`` for files that name none.
+        series_uid: SeriesInstanceUID (``None`` when the files name none).
+        folder: The deepest folder holding all the series' files.
+        files: The files, sorted by path.
+        number: SeriesNumber of the first file (``""`` when absent).
+        description: SeriesDescription of the first file (``""`` when absent).
+    """
+
+    key: str
+    series_uid: str | None
+    folder: Path
+    files: tuple[Path, ...]
+    number: str
+    description: str
+
+
+def group_series(
     files: list[tuple[Path, Path]], broken: list[tuple[Path, str, str | None]] | None = None
-) -> list[Study]:
-    """Group DICOM files into series, one :class:`~mrisr.discovery.Study` per SeriesInstanceUID.
+) -> list[DicomSeries]:
+    """Group DICOM files into series, one per SeriesInstanceUID.
 
     Files that are not DICOM, DICOMDIR indexes and objects without pixel data (structure sets,
     reports, presentation states) are skipped with a log line. Files that cannot be read, DICOM
@@ -33,12 +52,8 @@ def group_dicom_series(
             names its series, else ``None``).
 
     Returns:
-        One study per series, sorted by id. ``Study.path`` is the deepest folder holding all the
-        series' files; ``Study.files`` are sorted by path. The id joins the folder name, the
-        SeriesNumber and the SeriesDescription, sanitised, and a short hash of the UID.
+        One record per series, in the order their first files were given.
     """
-    from mrisr.discovery import Study, sanitize_id, short_hash
-
     groups: dict[str, list[_Header]] = {}
     for path, root in files:
         path = Path(path)
@@ -71,25 +86,20 @@ def group_dicom_series(
                 number=_tag_str(ds, "SeriesNumber"),
             )
         )
-    studies: list[Study] = []
+    series: list[DicomSeries] = []
     for key, members in groups.items():
         paths = sorted({m.path for m in members})
         folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
         first = members[0]
-        # Slices in sibling folders given relatively ("a", "b") have the common folder "": name the
-        # folder they are in, not nothing (the id would be only the series number and a hash).
-        label = "_".join(s for s in (folder.name or folder.resolve().name, first.number, first.description) if s)
-        study_id = f"{sanitize_id(label, max_len=80)}_{short_hash(key)}"
-        studies.append(
-            Study(
-                id=study_id,
-                fmt="dicom",
-                path=folder,
-                files=tuple(paths),
+        series.append(
+            DicomSeries(
+                key=key,
                 series_uid=first.series_uid,
+                folder=folder,
+                files=tuple(paths),
+                number=first.number,
                 description=first.description,
             )
         )
         log.debug("series %s: %d files in %s", key, len(paths), folder)
-    studies.sort(key=lambda s: s.id)
-    return studies
+    return series
