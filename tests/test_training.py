@@ -469,7 +469,9 @@ def test_through_plane_run_makes_a_one_axis_checkpoint_enhance_uses(studies: Pat
     args = ["enhance", str(src), "--out", str(out), "--checkpoint", str(tmp_path / "run" / "best.pt")]
     assert main([*args, "--scale", "1,1,2", "--no-figure", "--no-adapt"]) == 0
     side = json.loads((out / "thick_sr.json").read_text())
-    assert side["adapt"] is None and side["scale"] == [1, 1, 2]  # run as it is
+    # Run as it is (not adapted), then made slice-consistent.
+    assert side["adapt"] == {"used": False, "reason": "--no-adapt", "slice_consistency": {"profile_width": 2.0}}
+    assert side["scale"] == [1, 1, 2]
     img = nib.load(out / "thick_sr.nii.gz")
     assert img.shape == (12, 12, 8)
     np.testing.assert_allclose(img.affine[:3, 3], [0.0, 0.0, -0.5], atol=1e-6)  # voxel-centre convention

@@ -22,7 +22,7 @@ from mrisr.frames import frames_of
 from mrisr.geometry import in_plane
 from mrisr.inference import RunOptions, super_resolve_array
 from mrisr.passes import count_slices, pass_plans
-from mrisr.transforms import Normalization, fit_normalization
+from mrisr.transforms import Normalization
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,11 @@ class ArraySR:
             Float32 SR array, the normalisation used, and what adaptation did (``None`` without it).
         """
         arr = np.asarray(data)
-        nm = norm or fit_normalization(arr)
+        if norm is None:
+            from mrisr.monai_transforms import PercentileNormalize  # the training's transform (MONAI)
+
+            norm = PercentileNormalize().fit(arr)
+        nm = norm
         plane, through = split_stages(factors, axis)
         if self._second is not None and max(through) > 1:
             first, _, adapted_in = self.enhance_array(
