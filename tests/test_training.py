@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -492,3 +493,33 @@ def test_training_normalisation_is_the_plain_rule_per_frame(tmp_path: Path) -> N
     for t, frame in enumerate(out["frames"]):
         assert frame.dtype == np.float32 and frame.flags.c_contiguous
         np.testing.assert_array_equal(frame, plain.apply(data[..., t]))
+
+
+def test_random_contrast_reorders_tissues_inside_the_head_only() -> None:
+    from mrisr.training.data import CONTRAST_KNOTS, random_contrast
+
+    hr = np.tile(np.linspace(0.0, 1.2, 64, dtype=np.float32), (8, 1))
+    mask = hr > 0.1
+    outs = [random_contrast(hr, mask, np.random.default_rng(s)) for s in range(6)]
+    for out in outs:
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out[~mask], hr[~mask])  # the air is left alone
+        assert out[mask].min() >= 0.05 / 1.0 - 1e-6 and out[mask].max() <= 1.0 + 1e-6
+        # The curve passes through its knots: at a knot inside the head, one of the drawn values.
+        k = int(np.argmin(np.abs(hr[0] - CONTRAST_KNOTS[3])))
+        assert out[0, k] > 0
+    # Different draws give different tissue orders (not one monotone rescaling of the input).
+    orders = {tuple(np.argsort(o[0, mask[0]][::8])) for o in outs}
+    assert len(orders) > 1
+
+
+def test_resume_of_a_run_recorded_before_random_contrast_existed() -> None:
+    from mrisr.training.run_state import check_resume
+
+    cfg = TrainConfig(scale=2, epochs=1, steps_per_epoch=2)
+    recorded = cfg.to_dict()
+    del recorded["random_contrast"]  # a run started before the setting existed did without it
+    meta = {"train_config": recorded, "training_data": []}
+    check_resume(meta, cfg, [], val_data=[], path=Path("run"))  # its default: nothing changed
+    with pytest.raises(ValueError, match=r"random_contrast 0\.0 -> 0\.5"):
+        check_resume(meta, replace(cfg, random_contrast=0.5), [], val_data=[], path=Path("run"))

@@ -56,6 +56,10 @@ def train(
     invert_prob: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Share of patches with tissue contrast inverted in the head.")
     ] = 0.5,
+    random_contrast: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of patches given a random tissue contrast in the head."),
+    ] = 0.0,
     augment: Annotated[bool, typer.Option(help="Flips, rotations, gamma, intensity scaling, noise.")] = True,
     threads: Annotated[
         int | None,
@@ -119,6 +123,7 @@ def train(
             loss=loss,
             axes=_ints(axes, "axes") if axes else None,
             invert_prob=invert_prob,
+            random_contrast=random_contrast,
             augment=augment,
             through_plane=through_plane,
         )

@@ -38,6 +38,10 @@ class TrainConfig:
         axes: Slice axes to train on; ``None``: all three for near-isotropic volumes, else axis 2.
         invert_prob: Probability that a patch has its tissue contrast inverted inside the head
             (``x -> c - x``, T2-like), which helps the network generalise to T2/DWI/EPI contrasts.
+        random_contrast: Probability that a patch's intensities inside the head go through a random
+            piecewise-linear curve (7 knots over 0–1.2 of the normalised range, each drawn in
+            0.05–1, the largest scaled to 1): a tissue contrast of any order, beyond ``invert_prob``'s
+            one inversion. Drawn before the inversion, which it replaces for that patch.
         augment: Random flips, 90° rotations, gamma, intensity scaling and noise.
         noise_std: Largest standard deviation of the Gaussian noise added to a high-resolution patch
             before degradation, in normalised units.
@@ -63,12 +67,15 @@ class TrainConfig:
     loss: str = "mse"
     axes: tuple[int, ...] | None = None
     invert_prob: float = 0.5
+    random_contrast: float = 0.0
     augment: bool = True
     noise_std: float = 0.02
     val_axis: int = 2
     through_plane: bool = False
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.random_contrast <= 1.0:
+            raise ValueError(f"random_contrast is a probability in [0, 1], got {self.random_contrast}")
         if self.scale < 1:
             raise ValueError(f"scale must be positive, got {self.scale}")
         if isinstance(self.model, ESPCNConfig) and tuple(self.model.factors) != (self.scale, self.scale):

@@ -77,6 +77,21 @@ class Split:
         }
 
 
+#: Knots of :func:`random_contrast` over the normalised intensities (foreground 99.5th percentile = 1).
+CONTRAST_KNOTS = np.linspace(0.0, 1.2, 7)
+
+
+def random_contrast(hr: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``hr`` (normalised) with its voxels inside ``mask`` mapped through a random piecewise-linear
+    curve: values at :data:`CONTRAST_KNOTS` drawn uniformly in 0.05–1, the largest scaled to 1 (values
+    past the last knot take its value). Any order of the tissues can come out (T2-, PD-, FLAIR-like
+    contrasts from a T1), as SynthSR's random contrasts do from label maps. Returns float32."""
+    values = rng.uniform(0.05, 1.0, CONTRAST_KNOTS.size)
+    values /= values.max()
+    mapped = np.interp(hr, CONTRAST_KNOTS, values)
+    return np.where(mask, mapped, hr).astype(np.float32)
+
+
 def split_studies(ids: Sequence[str], val_fraction: float, seed: int) -> Split:
     """Split study ids into training and validation, seeded and by study.
 
@@ -331,7 +346,10 @@ class PatchDataset(Dataset):
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, self.epoch, int(index)])
         hr, mask = self._crop(rng)
-        if rng.random() < cfg.invert_prob:
+        # Drawn only when asked, so that runs without it keep their random streams.
+        if cfg.random_contrast > 0 and rng.random() < cfg.random_contrast:
+            hr = random_contrast(hr, mask, rng)
+        elif rng.random() < cfg.invert_prob:
             c = np.float32(1.0 + 0.2 * rng.random())
             hr = np.where(mask, np.clip(c - hr, 0.0, None), hr).astype(np.float32)
         t = torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32))[None]

@@ -90,6 +90,8 @@ def read_csv(path: Path) -> list[dict[str, float]]:
 #: Settings a resumed run may change: they do not change the weights computed (``max_steps`` ending
 #: in the middle of an epoch adds a validation there, which may change which weights best.pt holds).
 RESUMABLE_CHANGES = frozenset({"max_steps", "workers", "device"})
+#: Settings added after runs were recorded without them: a missing one counts as its default.
+ADDED_SETTINGS = ("random_contrast",)
 
 
 def check_resume(
@@ -107,8 +109,10 @@ def check_resume(
     Raises:
         ValueError: Naming the settings that differ, or the studies that changed.
     """
-    old = json.loads(json.dumps(meta.get("train_config") or {}))
     new = json.loads(json.dumps(cfg.to_dict()))
+    # A setting added to mrisr after the run started counts as its default (what the run did).
+    defaults = {k: getattr(TrainConfig, k) for k in ADDED_SETTINGS}
+    old = json.loads(json.dumps({**defaults, **(meta.get("train_config") or {})}))
     changed = sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if changed:
         diffs = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
