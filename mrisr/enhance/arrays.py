@@ -159,7 +159,7 @@ class ArraySR:
             else:
                 # Rejected: the checkpoint's own network, exactly as without --adapt.
                 adapted["fallback"] = self.network
-        if single:
+        if single and not nm.constant:  # a constant study comes out constant: nothing to match
             # Network or bicubic fallback alike (bicubic gained 0.06-1.05 dB from it on every held-out
             # thick-slice case, docs/beyond.md).
             adapted = adapted if adapted is not None else {"used": False, "reason": "--no-adapt"}
