@@ -23,7 +23,7 @@ from mrisr.adapt.common import (
     _working_copy,
     effective_steps,
 )
-from mrisr.degradation import degrade_and_upsample, modes_of, upsample
+from mrisr.degradation import degrade_and_upsample, degrade_volume, modes_of, upsample
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,12 @@ def match_slices(
     n = x.shape[a]
     if y.shape[a] != n * f:
         raise ValueError(f"refined axis {a} has {y.shape[a]} voxels, expected {n} × {f}")
+    width = profile_width(factors, profile)
+    if width is None:  # contiguous: the tool's box degradation is the forward model
+        y += np.repeat(np.asarray(x, dtype=np.float32) - degrade_volume(y, factors, "box"), f, axis=a)
+        return y
     xm = np.moveaxis(np.asarray(x, dtype=np.float32), a, -1)
     ym = np.moveaxis(y, a, -1)  # a view: updates land in y
-    width = profile_width(factors, profile)
-    if width is None:
-        residual = xm - ym.reshape(*ym.shape[:-1], n, f).mean(axis=-1)
-        ym += np.repeat(residual, f, axis=-1)
-        return y
     p = profile_matrix(n * f, f, width).double()
     lift = (p.T @ torch.linalg.inv(p @ p.T)).float().numpy()  # (n·f, n)
     ym += (xm - ym @ p.float().numpy().T) @ lift.T

@@ -21,7 +21,7 @@ from mrisr.errors import NonFiniteOutputError
 from mrisr.frames import frames_of
 from mrisr.geometry import in_plane
 from mrisr.inference import RunOptions, super_resolve_array
-from mrisr.passes import count_slices, pass_plans
+from mrisr.passes import count_slices, pass_plans, plan_passes
 from mrisr.transforms import Normalization
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,6 @@ class ArraySR:
             CheckpointError: A coarse-grid network (ESPCN) asked for passes other than its own factors.
         """
         from mrisr.errors import CheckpointError
-        from mrisr.inference import plan_passes
 
         if getattr(self.model, "input_space", "hr") != "lr":
             return
