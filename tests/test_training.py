@@ -513,13 +513,43 @@ def test_random_contrast_reorders_tissues_inside_the_head_only() -> None:
     assert len(orders) > 1
 
 
-def test_resume_of_a_run_recorded_before_random_contrast_existed() -> None:
+def test_random_bias_field_is_a_smooth_positive_gain() -> None:
+    from mrisr.training.data import random_bias_field
+
+    hr = np.full((64, 64), 0.5, dtype=np.float32)
+    gains = [random_bias_field(hr, np.random.default_rng(s)) / hr for s in range(8)]
+    assert all(g.dtype == np.float32 and g.shape == hr.shape for g in gains)
+    assert all(g.min() > 0 for g in gains)
+    assert max(float(np.ptp(g)) for g in gains) > 0.05  # it varies over the patch ...
+    for g in gains:  # ... slowly: neighbouring voxels differ by far less than the gain's range
+        step = max(np.abs(np.diff(g, axis=0)).max(), np.abs(np.diff(g, axis=1)).max())
+        assert step <= 0.1 * float(np.ptp(g)) + 1e-6
+    np.testing.assert_array_equal(gains[3], random_bias_field(hr, np.random.default_rng(3)) / hr)
+
+
+@pytest.mark.parametrize("setting", [("bias_field", 0.5), ("noise_prob", 1.0)])
+def test_patch_ingredients_change_the_patches_only_when_asked(setting: tuple[str, float]) -> None:
+    from mrisr.training.data import PatchDataset, Piece
+
+    rng = np.random.default_rng(0)
+    vol = rng.uniform(0.2, 1.0, (24, 24, 24)).astype(np.float32)
+    cfg = TrainConfig(scale=2, patch_size=16, model=SRCNNConfig(residual=True), seed=3)
+    base = PatchDataset([Piece(vol, (2,), 0.1)], cfg, 8)
+    other = PatchDataset([Piece(vol, (2,), 0.1)], replace(cfg, **{setting[0]: setting[1]}), 8)
+    # With the defaults, the patches the code gave before the settings existed (sums pinned then).
+    sums = [round(float(base[i]["target"].double().sum()), 4) for i in range(8)]
+    assert sums == [125.3194, 108.8266, 113.9129, 159.1616, 148.3682, 147.5334, 174.5882, 112.8533]
+    assert any(not np.array_equal(base[i]["target"].numpy(), other[i]["target"].numpy()) for i in range(8))
+
+
+@pytest.mark.parametrize("name", ["random_contrast", "bias_field", "noise_prob"])
+def test_resume_of_a_run_recorded_before_a_setting_existed(name: str) -> None:
     from mrisr.training.run_state import check_resume
 
     cfg = TrainConfig(scale=2, epochs=1, steps_per_epoch=2)
     recorded = cfg.to_dict()
-    del recorded["random_contrast"]  # a run started before the setting existed did without it
+    del recorded[name]  # a run started before the setting existed did without it
     meta = {"train_config": recorded, "training_data": []}
     check_resume(meta, cfg, [], val_data=[], path=Path("run"))  # its default: nothing changed
-    with pytest.raises(ValueError, match=r"random_contrast 0\.0 -> 0\.5"):
-        check_resume(meta, replace(cfg, random_contrast=0.5), [], val_data=[], path=Path("run"))
+    with pytest.raises(ValueError, match=rf"{name} {getattr(cfg, name)!r} -> 0\.5"):
+        check_resume(meta, replace(cfg, **{name: 0.5}), [], val_data=[], path=Path("run"))

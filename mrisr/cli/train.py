@@ -60,7 +60,14 @@ def train(
         float,
         typer.Option(min=0.0, max=1.0, help="Share of patches given a random tissue contrast in the head."),
     ] = 0.0,
+    bias_field: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of patches multiplied by a smooth random gain (coil bias).")
+    ] = 0.0,
     augment: Annotated[bool, typer.Option(help="Flips, rotations, gamma, intensity scaling, noise.")] = True,
+    noise_std: Annotated[
+        float, typer.Option(min=0.0, help="Largest std of the Gaussian noise added to a patch (normalised units).")
+    ] = 0.02,
+    noise_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of patches that get noise.")] = 0.3,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -124,7 +131,10 @@ def train(
             axes=_ints(axes, "axes") if axes else None,
             invert_prob=invert_prob,
             random_contrast=random_contrast,
+            bias_field=bias_field,
             augment=augment,
+            noise_std=noise_std,
+            noise_prob=noise_prob,
             through_plane=through_plane,
         )
     except ValueError as exc:

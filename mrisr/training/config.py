@@ -42,9 +42,12 @@ class TrainConfig:
             piecewise-linear curve (7 knots over 0–1.2 of the normalised range, each drawn in
             0.05–1, the largest scaled to 1): a tissue contrast of any order, beyond ``invert_prob``'s
             one inversion. Drawn before the inversion, which it replaces for that patch.
+        bias_field: Probability that a patch is multiplied by a smooth random gain (a coil's bias
+            field, :func:`mrisr.training.data.random_bias_field`), after its contrast is drawn.
         augment: Random flips, 90° rotations, gamma, intensity scaling and noise.
         noise_std: Largest standard deviation of the Gaussian noise added to a high-resolution patch
-            before degradation, in normalised units.
+            before degradation, in normalised units (each noisy patch draws its own in 0–``noise_std``).
+        noise_prob: Probability that a patch gets that noise.
         val_axis: Slicing axis used to super-resolve the validation volumes (as ``mrisr enhance``).
         through_plane: Train for one axis instead of the plane (thick slices, ``mrisr enhance --scale
             1,1,s``): each patch is degraded by ``s`` along its rows or its columns only (SRCNN only).
@@ -68,14 +71,19 @@ class TrainConfig:
     axes: tuple[int, ...] | None = None
     invert_prob: float = 0.5
     random_contrast: float = 0.0
+    bias_field: float = 0.0
     augment: bool = True
     noise_std: float = 0.02
+    noise_prob: float = 0.3
     val_axis: int = 2
     through_plane: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.random_contrast <= 1.0:
-            raise ValueError(f"random_contrast is a probability in [0, 1], got {self.random_contrast}")
+        for name in ("random_contrast", "bias_field", "noise_prob", "invert_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must not be negative, got {self.noise_std}")
         if self.scale < 1:
             raise ValueError(f"scale must be positive, got {self.scale}")
         if isinstance(self.model, ESPCNConfig) and tuple(self.model.factors) != (self.scale, self.scale):

@@ -92,6 +92,20 @@ def random_contrast(hr: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     return np.where(mask, mapped, hr).astype(np.float32)
 
 
+#: Side of the coarse grid of random log-gains that :func:`random_bias_field` interpolates.
+BIAS_GRID = 4
+
+
+def random_bias_field(hr: np.ndarray, rng: np.random.Generator, strength: float = 0.3) -> np.ndarray:
+    """``hr`` times a smooth random gain, like a receive coil's bias field: the exponential of a
+    ``BIAS_GRID``×``BIAS_GRID`` grid of log-gains drawn from a normal law of standard deviation
+    ``strength`` × U(0, 1), interpolated bicubically over the patch (corners on corners). Returns float32."""
+    amp = strength * float(rng.random())
+    grid = torch.from_numpy(rng.normal(0.0, amp, (1, 1, BIAS_GRID, BIAS_GRID)).astype(np.float32))
+    field = torch.nn.functional.interpolate(grid, size=hr.shape, mode="bicubic", align_corners=True)[0, 0]
+    return (hr * np.exp(field.numpy())).astype(np.float32)
+
+
 def split_studies(ids: Sequence[str], val_fraction: float, seed: int) -> Split:
     """Split study ids into training and validation, seeded and by study.
 
@@ -316,7 +330,7 @@ class PatchDataset(Dataset):
                 RandRotate90(prob=0.5, max_k=3),
                 RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
                 RandScaleIntensity(factors=0.2, prob=0.5),
-                RandGaussianNoise(prob=0.3, std=cfg.noise_std),
+                RandGaussianNoise(prob=cfg.noise_prob, std=cfg.noise_std),
             ]
         )
 
@@ -352,6 +366,8 @@ class PatchDataset(Dataset):
         elif rng.random() < cfg.invert_prob:
             c = np.float32(1.0 + 0.2 * rng.random())
             hr = np.where(mask, np.clip(c - hr, 0.0, None), hr).astype(np.float32)
+        if cfg.bias_field > 0 and rng.random() < cfg.bias_field:  # drawn only when asked, as above
+            hr = random_bias_field(hr, rng)
         t = torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32))[None]
         if cfg.augment:
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
