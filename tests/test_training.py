@@ -527,7 +527,22 @@ def test_random_bias_field_is_a_smooth_positive_gain() -> None:
     np.testing.assert_array_equal(gains[3], random_bias_field(hr, np.random.default_rng(3)) / hr)
 
 
-@pytest.mark.parametrize("setting", [("bias_field", 0.5), ("noise_prob", 1.0)])
+def test_gaussian_blur_keeps_flat_images_and_the_mean_and_spreads_a_point() -> None:
+    from mrisr.training.data import gaussian_blur
+
+    flat = np.full((12, 16), 0.7, dtype=np.float32)
+    np.testing.assert_allclose(gaussian_blur(flat, 0.8), flat, rtol=1e-6)  # no darkened border
+    point = np.zeros((21, 21), dtype=np.float32)
+    point[10, 10] = 1.0
+    out = gaussian_blur(point, 1.0)
+    assert abs(float(out.sum()) - 1.0) < 1e-5
+    # The spread of the result is the Gaussian's: variance 1 voxel² along each axis.
+    ii = np.arange(21) - 10
+    assert abs(float((out.sum(axis=1) * ii**2).sum()) - 1.0) < 0.02
+    assert abs(float((out.sum(axis=0) * ii**2).sum()) - 1.0) < 0.02
+
+
+@pytest.mark.parametrize("setting", [("bias_field", 0.5), ("noise_prob", 1.0), ("hr_blur", 0.5)])
 def test_patch_ingredients_change_the_patches_only_when_asked(setting: tuple[str, float]) -> None:
     from mrisr.training.data import PatchDataset, Piece
 
@@ -542,7 +557,7 @@ def test_patch_ingredients_change_the_patches_only_when_asked(setting: tuple[str
     assert any(not np.array_equal(base[i]["target"].numpy(), other[i]["target"].numpy()) for i in range(8))
 
 
-@pytest.mark.parametrize("name", ["random_contrast", "bias_field", "noise_prob"])
+@pytest.mark.parametrize("name", ["random_contrast", "bias_field", "noise_prob", "hr_blur"])
 def test_resume_of_a_run_recorded_before_a_setting_existed(name: str) -> None:
     from mrisr.training.run_state import check_resume
 

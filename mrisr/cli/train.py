@@ -63,6 +63,10 @@ def train(
     bias_field: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Share of patches multiplied by a smooth random gain (coil bias).")
     ] = 0.0,
+    hr_blur: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of patches smoothed (Gaussian, 0.3-1 voxel) before degradation."),
+    ] = 0.0,
     augment: Annotated[bool, typer.Option(help="Flips, rotations, gamma, intensity scaling, noise.")] = True,
     noise_std: Annotated[
         float, typer.Option(min=0.0, help="Largest std of the Gaussian noise added to a patch (normalised units).")
@@ -132,6 +136,7 @@ def train(
             invert_prob=invert_prob,
             random_contrast=random_contrast,
             bias_field=bias_field,
+            hr_blur=hr_blur,
             augment=augment,
             noise_std=noise_std,
             noise_prob=noise_prob,

@@ -44,6 +44,9 @@ class TrainConfig:
             one inversion. Drawn before the inversion, which it replaces for that patch.
         bias_field: Probability that a patch is multiplied by a smooth random gain (a coil's bias
             field, :func:`mrisr.training.data.random_bias_field`), after its contrast is drawn.
+        hr_blur: Probability that a patch is smoothed by a Gaussian of standard deviation drawn in
+            0.3–1 voxel before it is degraded: the target is then softer than the template, as the truth
+            of an EPI or DWI scan is (its own point-spread function is wide).
         augment: Random flips, 90° rotations, gamma, intensity scaling and noise.
         noise_std: Largest standard deviation of the Gaussian noise added to a high-resolution patch
             before degradation, in normalised units (each noisy patch draws its own in 0–``noise_std``).
@@ -72,6 +75,7 @@ class TrainConfig:
     invert_prob: float = 0.5
     random_contrast: float = 0.0
     bias_field: float = 0.0
+    hr_blur: float = 0.0
     augment: bool = True
     noise_std: float = 0.02
     noise_prob: float = 0.3
@@ -79,7 +83,7 @@ class TrainConfig:
     through_plane: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("random_contrast", "bias_field", "noise_prob", "invert_prob"):
+        for name in ("random_contrast", "bias_field", "hr_blur", "noise_prob", "invert_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         if self.noise_std < 0:

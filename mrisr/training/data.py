@@ -92,6 +92,8 @@ def random_contrast(hr: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     return np.where(mask, mapped, hr).astype(np.float32)
 
 
+#: Range of the Gaussian's standard deviation (voxels) that ``hr_blur`` draws from.
+HR_BLUR_SIGMA = (0.3, 1.0)
 #: Side of the coarse grid of random log-gains that :func:`random_bias_field` interpolates.
 BIAS_GRID = 4
 
@@ -104,6 +106,18 @@ def random_bias_field(hr: np.ndarray, rng: np.random.Generator, strength: float 
     grid = torch.from_numpy(rng.normal(0.0, amp, (1, 1, BIAS_GRID, BIAS_GRID)).astype(np.float32))
     field = torch.nn.functional.interpolate(grid, size=hr.shape, mode="bicubic", align_corners=True)[0, 0]
     return (hr * np.exp(field.numpy())).astype(np.float32)
+
+
+def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """``img`` (2D) smoothed by a separable Gaussian of ``sigma`` voxels, borders mirrored (no darkening
+    at the edges). Returns float32."""
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    out = np.pad(img.astype(np.float64), r, mode="symmetric")
+    out = np.apply_along_axis(np.convolve, 0, out, k, mode="valid")
+    out = np.apply_along_axis(np.convolve, 1, out, k, mode="valid")
+    return out.astype(np.float32)
 
 
 def split_studies(ids: Sequence[str], val_fraction: float, seed: int) -> Split:
@@ -368,6 +382,8 @@ class PatchDataset(Dataset):
             hr = np.where(mask, np.clip(c - hr, 0.0, None), hr).astype(np.float32)
         if cfg.bias_field > 0 and rng.random() < cfg.bias_field:  # drawn only when asked, as above
             hr = random_bias_field(hr, rng)
+        if cfg.hr_blur > 0 and rng.random() < cfg.hr_blur:  # a softer truth, like an EPI's own blur
+            hr = gaussian_blur(hr, float(rng.uniform(*HR_BLUR_SIGMA)))
         t = torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32))[None]
         if cfg.augment:
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
