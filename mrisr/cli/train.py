@@ -67,6 +67,10 @@ def train(
         float,
         typer.Option(min=0.0, max=1.0, help="Share of patches smoothed (Gaussian, 0.3-1 voxel) before degradation."),
     ] = 0.0,
+    zoom_out: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of patches cut 1-2x wider and shrunk (smaller anatomy per voxel)."),
+    ] = 0.0,
     augment: Annotated[bool, typer.Option(help="Flips, rotations, gamma, intensity scaling, noise.")] = True,
     noise_std: Annotated[
         float, typer.Option(min=0.0, help="Largest std of the Gaussian noise added to a patch (normalised units).")
@@ -137,6 +141,7 @@ def train(
             random_contrast=random_contrast,
             bias_field=bias_field,
             hr_blur=hr_blur,
+            zoom_out=zoom_out,
             augment=augment,
             noise_std=noise_std,
             noise_prob=noise_prob,

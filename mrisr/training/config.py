@@ -47,6 +47,9 @@ class TrainConfig:
         hr_blur: Probability that a patch is smoothed by a Gaussian of standard deviation drawn in
             0.3–1 voxel before it is degraded: the target is then softer than the template, as the truth
             of an EPI or DWI scan is (its own point-spread function is wide).
+        zoom_out: Probability that a patch is cut from a region up to twice as wide and shrunk to the
+            patch size (factor drawn in 1–2), so that the anatomy is smaller per voxel, as in a 2 mm EPI or
+            a 4 mm scan, than in the 1 mm template.
         augment: Random flips, 90° rotations, gamma, intensity scaling and noise.
         noise_std: Largest standard deviation of the Gaussian noise added to a high-resolution patch
             before degradation, in normalised units (each noisy patch draws its own in 0–``noise_std``).
@@ -76,6 +79,7 @@ class TrainConfig:
     random_contrast: float = 0.0
     bias_field: float = 0.0
     hr_blur: float = 0.0
+    zoom_out: float = 0.0
     augment: bool = True
     noise_std: float = 0.02
     noise_prob: float = 0.3
@@ -83,7 +87,7 @@ class TrainConfig:
     through_plane: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("random_contrast", "bias_field", "hr_blur", "noise_prob", "invert_prob"):
+        for name in ("random_contrast", "bias_field", "hr_blur", "zoom_out", "noise_prob", "invert_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         if self.noise_std < 0:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import CacheDataset
 from monai.transforms import (
     Compose,
@@ -94,6 +95,8 @@ def random_contrast(hr: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
 
 #: Range of the Gaussian's standard deviation (voxels) that ``hr_blur`` draws from.
 HR_BLUR_SIGMA = (0.3, 1.0)
+#: Range of the shrink factor that ``zoom_out`` draws from (a 1 mm template seen as 1-2 mm anatomy).
+ZOOM_OUT = (1.0, 2.0)
 #: Side of the coarse grid of random log-gains that :func:`random_bias_field` interpolates.
 BIAS_GRID = 4
 
@@ -351,12 +354,15 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _crop(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _crop(self, rng: np.random.Generator, zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """A ``P``×``P`` patch and its head mask; with ``zoom`` > 1 a ``zoom`` times wider region shrunk to
+        ``P``×``P`` (antialiased bicubic), so that anatomy is ``zoom`` times smaller per voxel."""
         pi, axis, k = self.slices[int(rng.integers(len(self.slices)))]
         piece = self.pieces[pi]
         img = SliceStack(axis)(piece.data)[k]
         p = self.cfg.hr_patch
-        pad = [(0, max(0, p - img.shape[0])), (0, max(0, p - img.shape[1]))]
+        q = p if zoom == 1.0 else round(p * zoom)
+        pad = [(0, max(0, q - img.shape[0])), (0, max(0, q - img.shape[1]))]
         if pad[0][1] or pad[1][1]:
             img = np.pad(img, pad, mode="edge")
         mask = head_mask(img, piece.threshold)
@@ -366,15 +372,21 @@ class PatchDataset(Dataset):
             cy, cx = int(ys[j]), int(xs[j])
         else:
             cy, cx = int(rng.integers(img.shape[0])), int(rng.integers(img.shape[1]))
-        y0 = min(max(0, cy - p // 2), img.shape[0] - p)
-        x0 = min(max(0, cx - p // 2), img.shape[1] - p)
-        return img[y0 : y0 + p, x0 : x0 + p].copy(), mask[y0 : y0 + p, x0 : x0 + p]
+        y0 = min(max(0, cy - q // 2), img.shape[0] - q)
+        x0 = min(max(0, cx - q // 2), img.shape[1] - q)
+        patch, pmask = img[y0 : y0 + q, x0 : x0 + q].copy(), mask[y0 : y0 + q, x0 : x0 + q]
+        if q != p:
+            both = torch.from_numpy(np.stack([patch, pmask.astype(np.float32)]))[:, None]
+            small = F.interpolate(both, size=(p, p), mode="bicubic", antialias=True, align_corners=False)[:, 0]
+            patch, pmask = small[0].numpy().astype(np.float32), small[1].numpy() > 0.5
+        return patch, pmask
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, self.epoch, int(index)])
-        hr, mask = self._crop(rng)
         # Drawn only when asked, so that runs without it keep their random streams.
+        zoom = float(rng.uniform(*ZOOM_OUT)) if cfg.zoom_out > 0 and rng.random() < cfg.zoom_out else 1.0
+        hr, mask = self._crop(rng, zoom)
         if cfg.random_contrast > 0 and rng.random() < cfg.random_contrast:
             hr = random_contrast(hr, mask, rng)
         elif rng.random() < cfg.invert_prob:

@@ -91,7 +91,7 @@ def read_csv(path: Path) -> list[dict[str, float]]:
 #: in the middle of an epoch adds a validation there, which may change which weights best.pt holds).
 RESUMABLE_CHANGES = frozenset({"max_steps", "workers", "device"})
 #: Settings added after runs were recorded without them: a missing one counts as its default.
-ADDED_SETTINGS = ("random_contrast", "bias_field", "noise_prob", "hr_blur")
+ADDED_SETTINGS = ("random_contrast", "bias_field", "noise_prob", "hr_blur", "zoom_out")
 
 
 def check_resume(
