@@ -329,6 +329,16 @@ def test_cli_trains_and_refuses_to_overwrite(studies: Path, tmp_path: Path) -> N
     assert main([*args[:-2], "--loss", "huber"]) == 2
 
 
+def test_cli_records_the_patch_ingredients(studies: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ingredients"
+    extra = ["--bias-field", "0.5", "--hr-blur", "0.25", "--zoom-out", "0.75", "--noise-std", "0.04"]
+    assert main(["train", str(studies), "--out", str(out), *TINY_RUN, *extra, "--noise-prob", "0.6"]) == 0
+    cfg = load_checkpoint(out / "best.pt").meta["train_config"]
+    got = {k: cfg[k] for k in ("bias_field", "hr_blur", "zoom_out", "noise_std", "noise_prob")}
+    assert got == {"bias_field": 0.5, "hr_blur": 0.25, "zoom_out": 0.75, "noise_std": 0.04, "noise_prob": 0.6}
+    assert main(["train", str(studies), "--out", str(tmp_path / "x"), *TINY_RUN, "--zoom-out", "1.5"]) == 2
+
+
 @pytest.mark.parametrize(
     ("extra", "why"), [(["--device", "foo"], "not one of auto"), (["--out", "FILE"], "output folder")]
 )

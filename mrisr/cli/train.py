@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,6 +17,11 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise fail(f"--{name} takes comma-separated integers, not {text!r}") from None
+
+
+def _share(help_text: str) -> Any:
+    """A ``--option`` that is a share of the training patches (a probability in [0, 1])."""
+    return typer.Option(min=0.0, max=1.0, help=help_text)
 
 
 @app.command()
@@ -53,29 +58,16 @@ def train(
     axes: Annotated[
         str | None, typer.Option(help="Slice axes, e.g. 2 or 0,1,2 (default: all three if near-isotropic).")
     ] = None,
-    invert_prob: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Share of patches with tissue contrast inverted in the head.")
-    ] = 0.5,
-    random_contrast: Annotated[
-        float,
-        typer.Option(min=0.0, max=1.0, help="Share of patches given a random tissue contrast in the head."),
-    ] = 0.0,
-    bias_field: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Share of patches multiplied by a smooth random gain (coil bias).")
-    ] = 0.0,
-    hr_blur: Annotated[
-        float,
-        typer.Option(min=0.0, max=1.0, help="Share of patches smoothed (Gaussian, 0.3-1 voxel) before degradation."),
-    ] = 0.0,
-    zoom_out: Annotated[
-        float,
-        typer.Option(min=0.0, max=1.0, help="Share of patches cut 1-2x wider and shrunk (smaller anatomy per voxel)."),
-    ] = 0.0,
+    invert_prob: Annotated[float, _share("Share of patches with tissue contrast inverted in the head.")] = 0.5,
+    random_contrast: Annotated[float, _share("Share of patches given a random tissue contrast in the head.")] = 0.0,
+    bias_field: Annotated[float, _share("Share of patches multiplied by a smooth random gain (coil bias).")] = 0.0,
+    hr_blur: Annotated[float, _share("Share of patches smoothed (Gaussian, 0.3-1 voxel) before degradation.")] = 0.0,
+    zoom_out: Annotated[float, _share("Share of patches cut 1-2x wider and shrunk (smaller anatomy per voxel).")] = 0.0,
     augment: Annotated[bool, typer.Option(help="Flips, rotations, gamma, intensity scaling, noise.")] = True,
     noise_std: Annotated[
         float, typer.Option(min=0.0, help="Largest std of the Gaussian noise added to a patch (normalised units).")
     ] = 0.02,
-    noise_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of patches that get noise.")] = 0.3,
+    noise_prob: Annotated[float, _share("Share of patches that get noise.")] = 0.3,
     threads: Annotated[
         int | None,
         typer.Option(
