@@ -107,7 +107,7 @@ def random_bias_field(hr: np.ndarray, rng: np.random.Generator, strength: float 
     ``strength`` × U(0, 1), interpolated bicubically over the patch (corners on corners). Returns float32."""
     amp = strength * float(rng.random())
     grid = torch.from_numpy(rng.normal(0.0, amp, (1, 1, BIAS_GRID, BIAS_GRID)).astype(np.float32))
-    field = torch.nn.functional.interpolate(grid, size=hr.shape, mode="bicubic", align_corners=True)[0, 0]
+    field = F.interpolate(grid, size=hr.shape, mode="bicubic", align_corners=True)[0, 0]
     return (hr * np.exp(field.numpy())).astype(np.float32)
 
 
