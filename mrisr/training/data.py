@@ -38,6 +38,7 @@ from mrisr.discovery import Study
 from mrisr.errors import MrisrError
 from mrisr.fsutil import atomic_path, sha256_file
 from mrisr.io import check_finite
+from mrisr.metrics import gaussian_window
 from mrisr.monai_transforms import PercentileNormalized, SliceStack
 from mrisr.training.config import TrainConfig
 from mrisr.transforms import foreground_threshold
@@ -115,8 +116,7 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """``img`` (2D) smoothed by a separable Gaussian of ``sigma`` voxels, borders mirrored (no darkening
     at the edges). Returns float32."""
     r = max(1, int(np.ceil(3 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
+    k = gaussian_window(2 * r + 1, sigma)
     out = np.pad(img.astype(np.float64), r, mode="symmetric")
     out = np.apply_along_axis(np.convolve, 0, out, k, mode="valid")
     out = np.apply_along_axis(np.convolve, 1, out, k, mode="valid")

@@ -7,10 +7,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from mrisr.metrics import gaussian_window
+
 
 def _gaussian_kernel(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    g = torch.exp(-((torch.arange(size, dtype=torch.float32) - (size - 1) / 2) ** 2) / (2 * sigma**2))
-    g = g / g.sum()
+    """The 2D SSIM window ``(1, 1, size, size)``: the outer product of the metrics' 1D window."""
+    g = torch.from_numpy(gaussian_window(size, sigma))
     return (g[:, None] * g[None, :])[None, None]
 
 
