@@ -559,7 +559,8 @@ def test_zoomed_out_patches_show_smaller_anatomy(zoom: float) -> None:
     ramp = np.broadcast_to(np.arange(80, dtype=np.float32)[:, None, None], (80, 80, 3)) / 80 + 0.5
     cfg = TrainConfig(scale=2, patch_size=16, model=SRCNNConfig(residual=True))
     ds = PatchDataset([Piece(np.ascontiguousarray(ramp), (2,), 0.1)], cfg, 1)
-    patch, mask = ds._crop(np.random.default_rng(1), zoom)
+    patch, mask, tissue = ds._crop(np.random.default_rng(1), zoom)
+    assert tissue is None  # no maps
     assert patch.shape == mask.shape == (16, 16) and patch.dtype == np.float32 and mask.all()
     # Each patch row spans `zoom` rows of the slice: the ramp climbs `zoom` times faster (on average:
     # an antialiased kernel at a fractional factor ripples by a few per cent from row to row).
@@ -581,7 +582,9 @@ def test_patch_ingredients_change_the_patches_only_when_asked(setting: tuple[str
     assert any(not np.array_equal(base[i]["target"].numpy(), other[i]["target"].numpy()) for i in range(8))
 
 
-@pytest.mark.parametrize("name", ["random_contrast", "bias_field", "noise_prob", "hr_blur", "zoom_out"])
+@pytest.mark.parametrize(
+    "name", ["random_contrast", "bias_field", "noise_prob", "hr_blur", "zoom_out", "tissue_contrast"]
+)
 def test_resume_of_a_run_recorded_before_a_setting_existed(name: str) -> None:
     from mrisr.training.run_state import check_resume
 

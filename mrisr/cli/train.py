@@ -60,6 +60,13 @@ def train(
     ] = None,
     invert_prob: Annotated[float, _share("Share of patches with tissue contrast inverted in the head.")] = 0.5,
     random_contrast: Annotated[float, _share("Share of patches given a random tissue contrast in the head.")] = 0.0,
+    tissue_contrast: Annotated[
+        float, _share("Share of patches re-synthesised from the --tissue-map maps (one random value per tissue).")
+    ] = 0.0,
+    tissue_map: Annotated[
+        list[Path] | None,
+        typer.Option(help="Tissue probability map (NIfTI, 0-1) on the training studies' grid; repeat for each tissue."),
+    ] = None,
     bias_field: Annotated[float, _share("Share of patches multiplied by a smooth random gain (coil bias).")] = 0.0,
     hr_blur: Annotated[float, _share("Share of patches smoothed (Gaussian, 0.3-1 voxel) before degradation.")] = 0.0,
     zoom_out: Annotated[float, _share("Share of patches cut 1-2x wider and shrunk (smaller anatomy per voxel).")] = 0.0,
@@ -131,6 +138,7 @@ def train(
             axes=_ints(axes, "axes") if axes else None,
             invert_prob=invert_prob,
             random_contrast=random_contrast,
+            tissue_contrast=tissue_contrast,
             bias_field=bias_field,
             hr_blur=hr_blur,
             zoom_out=zoom_out,
@@ -204,7 +212,9 @@ def train(
         with stop, progress:
             try:
                 with stop.abandonable():
-                    result = run_training(data, out, cfg, resume=resume, callbacks=callbacks)
+                    result = run_training(
+                        data, out, cfg, resume=resume, callbacks=callbacks, tissue_maps=tissue_map or ()
+                    )
             except KeyboardInterrupt:  # a second signal: the step in progress was abandoned
                 if main_rank:
                     typer.echo(

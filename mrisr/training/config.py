@@ -42,6 +42,10 @@ class TrainConfig:
             piecewise-linear curve (7 knots over 0–1.2 of the normalised range, each drawn in
             0.05–1, the largest scaled to 1): a tissue contrast of any order, beyond ``invert_prob``'s
             one inversion. Drawn before the inversion, which it replaces for that patch.
+        tissue_contrast: Probability that a patch of a study with tissue probability maps on its grid
+            (``mrisr train --tissue-map``) is re-synthesised from them: one random intensity per tissue,
+            mixed linearly by the probabilities, the rest through :attr:`random_contrast`'s curve
+            (:func:`mrisr.training.data.tissue_contrast`). Drawn before, and instead of, ``random_contrast``.
         bias_field: Probability that a patch is multiplied by a smooth random gain (a coil's bias
             field, :func:`mrisr.training.data.random_bias_field`), after its contrast is drawn.
         hr_blur: Probability that a patch is smoothed by a Gaussian of standard deviation drawn in
@@ -77,6 +81,7 @@ class TrainConfig:
     axes: tuple[int, ...] | None = None
     invert_prob: float = 0.5
     random_contrast: float = 0.0
+    tissue_contrast: float = 0.0
     bias_field: float = 0.0
     hr_blur: float = 0.0
     zoom_out: float = 0.0
@@ -87,7 +92,15 @@ class TrainConfig:
     through_plane: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("random_contrast", "bias_field", "hr_blur", "zoom_out", "noise_prob", "invert_prob"):
+        for name in (
+            "random_contrast",
+            "tissue_contrast",
+            "bias_field",
+            "hr_blur",
+            "zoom_out",
+            "noise_prob",
+            "invert_prob",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         if self.noise_std < 0:

@@ -94,6 +94,25 @@ def random_contrast(hr: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     return np.where(mask, mapped, hr).astype(np.float32)
 
 
+def tissue_contrast(hr: np.ndarray, mask: np.ndarray, tissue: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``hr`` (normalised) with its voxels inside ``mask`` re-synthesised from tissue probability maps
+    ``tissue`` (``(K, *hr.shape)``, each in 0–1): tissue ``k`` gets one intensity drawn uniformly in
+    0.05–1, and the probability left over (``1 - sum``: CSF, skull, scalp) takes the template's value
+    through :func:`random_contrast`'s random curve; the largest of all the drawn values is scaled to 1.
+    A voxel shared by two tissues is their probability-weighted mean, the linear partial volume of a
+    real acquisition (a curve of the template's value alone would put any intensity there).
+    Returns float32."""
+    k = tissue.shape[0]
+    values = rng.uniform(0.05, 1.0, CONTRAST_KNOTS.size + k)
+    values /= values.max()
+    p = np.clip(tissue, 0.0, 1.0).astype(np.float64)
+    total = p.sum(axis=0)
+    p /= np.maximum(total, 1.0)  # maps that overlap by more than 1 are shared out
+    rest = np.interp(hr, CONTRAST_KNOTS, values[: CONTRAST_KNOTS.size])
+    synth = np.tensordot(values[CONTRAST_KNOTS.size :], p, axes=1) + (1.0 - p.sum(axis=0)) * rest
+    return np.where(mask, synth, hr).astype(np.float32)
+
+
 #: Range of the Gaussian's standard deviation (voxels) that ``hr_blur`` draws from.
 HR_BLUR_SIGMA = (0.3, 1.0)
 #: Range of the shrink factor that ``zoom_out`` draws from (a 1 mm template seen as 1-2 mm anatomy).
@@ -207,6 +226,7 @@ class LoadNormalized(Transform):
             **data,
             "frames": frames,
             "spacing": vol.spacing,
+            "affine": vol.affine,
             "normalization": norm.to_dict(),
             "sha256": digest,
         }
@@ -214,11 +234,13 @@ class LoadNormalized(Transform):
 
 @dataclass
 class Piece:
-    """A normalised 3D array that patches are drawn from, with the slice axes to use."""
+    """A normalised 3D array that patches are drawn from, with the slice axes to use and, where the
+    run has them on its grid, tissue probability maps ``(K, *data.shape)``."""
 
     data: np.ndarray
     axes: tuple[int, ...]
     threshold: float
+    tissue: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +253,7 @@ class LoadedStudy:
         spacing: Voxel size in mm along ``(i, j, k)``.
         normalization: The fitted normalisation (:meth:`mrisr.transforms.Normalization.to_dict`).
         sha256: SHA-256 of the file, or for a DICOM series of the sorted digests of its files.
+        affine: Voxel-to-world matrix (mm), to match tissue maps voxel for voxel (``None``: unknown).
     """
 
     study: Study
@@ -238,6 +261,7 @@ class LoadedStudy:
     spacing: tuple[float, float, float]
     normalization: dict[str, Any]
     sha256: str
+    affine: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +303,7 @@ def load_studies(studies: Sequence[Study], workers: int = 0) -> TrainingData:
             spacing=it["spacing"],
             normalization=it["normalization"],
             sha256=it["sha256"],
+            affine=it["affine"],
         )
         for it in items
         if "error" not in it
@@ -286,23 +311,94 @@ def load_studies(studies: Sequence[Study], workers: int = 0) -> TrainingData:
     return TrainingData(loaded, tuple(it["error"] for it in items if "error" in it))
 
 
+#: Largest difference (mm) between a study's affine and its tissue maps' for them to share a grid.
+TISSUE_AFFINE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class TissueMaps:
+    """Tissue probability maps on one grid (``mrisr train --tissue-map``).
+
+    Attributes:
+        maps: ``(K, i, j, k)`` float32, each clipped to 0–1.
+        affine: Their voxel-to-world matrix (mm).
+        records: ``{"file", "sha256"}`` of each map, in order (recorded in checkpoints).
+    """
+
+    maps: np.ndarray
+    affine: np.ndarray
+    records: tuple[dict[str, str], ...]
+
+    def matches(self, item: LoadedStudy) -> bool:
+        """Whether the maps lie voxel for voxel on ``item``'s grid (same shape, affines within
+        :data:`TISSUE_AFFINE_TOLERANCE` mm)."""
+        return (
+            item.affine is not None
+            and tuple(item.frames[0].shape) == tuple(self.maps.shape[1:])
+            and bool(np.abs(np.asarray(item.affine) - self.affine).max() <= TISSUE_AFFINE_TOLERANCE)
+        )
+
+
+def load_tissue_maps(paths: Sequence[str | Path]) -> TissueMaps:
+    """Read tissue probability maps (NIfTI, 3D, one grid, values 0–1, or 0–255 stored as 8-bit
+    integers, such as SPM's or the MNI 2009 template's grey- and white-matter maps).
+
+    Raises:
+        MrisrError: A map cannot be read (naming the file).
+        ValueError: No map, a 4D map, values that are not probabilities, or maps on different grids
+            (naming the file).
+    """
+    from mrisr.io.nifti import read_nifti
+
+    if not paths:
+        raise ValueError("no tissue map given")
+    arrays: list[np.ndarray] = []
+    affine: np.ndarray | None = None
+    records: list[dict[str, str]] = []
+    for path in map(Path, paths):
+        vol = read_nifti(path)
+        if vol.n_frames != 1:
+            raise ValueError(f"{path}: a tissue map is one 3D volume, this one has {vol.n_frames} frames")
+        arr = np.asarray(vol.data, dtype=np.float32).reshape(vol.shape3)
+        check_finite(arr, path)
+        if vol.dtype in (np.uint8, np.int8) and arr.max() > 1:
+            arr = arr / np.float32(255)  # 8-bit probabilities (the MNI 2009 maps nilearn carries)
+        if arr.size and (arr.min() < -1e-3 or arr.max() > 1 + 1e-3):
+            raise ValueError(
+                f"{path}: a tissue map holds probabilities 0-1 (or 0-255 as 8-bit integers); "
+                f"this one spans {arr.min():g} to {arr.max():g}"
+            )
+        if arrays and (arr.shape != arrays[0].shape or np.abs(vol.affine - affine).max() > TISSUE_AFFINE_TOLERANCE):
+            raise ValueError(f"{path}: not on the grid of {records[0]['file']} (every tissue map must share it)")
+        affine = vol.affine if affine is None else affine
+        arrays.append(np.clip(arr, 0.0, 1.0))
+        records.append({"file": path.name, "sha256": sha256_file(path)})
+    assert affine is not None
+    return TissueMaps(np.stack(arrays), affine, tuple(records))
+
+
 def build_pieces(
-    loaded: TrainingData, split: Split, cfg: TrainConfig
+    loaded: TrainingData, split: Split, cfg: TrainConfig, tissue: TissueMaps | None = None
 ) -> tuple[list[Piece], list[tuple[str, np.ndarray]]]:
-    """Training pieces and validation volumes ``(name, array)`` for a split."""
+    """Training pieces and validation volumes ``(name, array)`` for a split; the pieces of a study on
+    the grid of ``tissue`` carry those maps (cut as the piece is)."""
     pieces: list[Piece] = []
     val: list[tuple[str, np.ndarray]] = []
     for sid in split.train:
         item = loaded.studies[sid]
         axes = training_axes(item.spacing, cfg.axes)
+        maps = tissue.maps if tissue is not None and tissue.matches(item) else None
         for t, frame in enumerate(item.frames):
-            parts = [frame]
+            parts = [(frame, maps)]
             if split.slab is not None:
                 a, b = split.slab
-                parts = [p for p in (frame[:, :, : a - SLAB_GAP], frame[:, :, b + SLAB_GAP :]) if p.shape[2] > 0]
+                cuts = (slice(0, a - SLAB_GAP), slice(b + SLAB_GAP, None))
+                parts = [(frame[:, :, c], None if maps is None else maps[..., c]) for c in cuts]
+                parts = [(p, m) for p, m in parts if p.shape[2] > 0]
                 val.append((f"{sid}[slab {a}:{b}]" + (f"[{t}]" if len(item.frames) > 1 else ""), frame[:, :, a:b]))
-            for p in parts:
-                pieces.append(Piece(np.ascontiguousarray(p), axes, foreground_threshold(frame)))
+            for p, m in parts:
+                pm = None if m is None else np.ascontiguousarray(m)
+                pieces.append(Piece(np.ascontiguousarray(p), axes, foreground_threshold(frame), pm))
     for sid in split.val:
         frames = loaded.studies[sid].frames
         for t, frame in enumerate(frames):
@@ -314,6 +410,11 @@ def write_split(path: Path, split: Split, seed: int) -> None:
     """Write ``split.json`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(split.to_dict(seed), indent=2) + "\n")
+
+
+def _slice_at(axis: int, k: int) -> tuple[slice | int, ...]:
+    """Index of slice ``k`` across ``axis`` of a 3D array (the 2D slice :class:`SliceStack` gives)."""
+    return tuple(k if a == axis else slice(None) for a in range(3))
 
 
 class PatchDataset(Dataset):
@@ -354,17 +455,25 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _crop(self, rng: np.random.Generator, zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """A ``P``×``P`` patch and its head mask; with ``zoom`` > 1 a ``zoom`` times wider region shrunk to
-        ``P``×``P`` (antialiased bicubic), so that anatomy is ``zoom`` times smaller per voxel."""
+    def _crop(self, rng: np.random.Generator, zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """A ``P``×``P`` patch, its head mask and, when its piece has tissue maps, the same window of
+        them ``(K, P, P)``; with ``zoom`` > 1 a ``zoom`` times wider region shrunk to ``P``×``P``
+        (antialiased bicubic), so that anatomy is ``zoom`` times smaller per voxel."""
         pi, axis, k = self.slices[int(rng.integers(len(self.slices)))]
         piece = self.pieces[pi]
         img = SliceStack(axis)(piece.data)[k]
+        # The maps' slices ride along as extra channels: padded, cut and shrunk as the image is.
+        chans = (
+            img[None]
+            if piece.tissue is None
+            else np.concatenate([img[None], piece.tissue[(slice(None), *_slice_at(axis, k))]])
+        )
         p = self.cfg.hr_patch
         q = p if zoom == 1.0 else round(p * zoom)
-        pad = [(0, max(0, q - img.shape[0])), (0, max(0, q - img.shape[1]))]
-        if pad[0][1] or pad[1][1]:
-            img = np.pad(img, pad, mode="edge")
+        pad = [(0, 0), (0, max(0, q - img.shape[0])), (0, max(0, q - img.shape[1]))]
+        if pad[1][1] or pad[2][1]:
+            chans = np.pad(chans, pad, mode="edge")
+        img = chans[0]
         mask = head_mask(img, piece.threshold)
         ys, xs = np.nonzero(mask)
         if ys.size:
@@ -374,20 +483,22 @@ class PatchDataset(Dataset):
             cy, cx = int(rng.integers(img.shape[0])), int(rng.integers(img.shape[1]))
         y0 = min(max(0, cy - q // 2), img.shape[0] - q)
         x0 = min(max(0, cx - q // 2), img.shape[1] - q)
-        patch, pmask = img[y0 : y0 + q, x0 : x0 + q].copy(), mask[y0 : y0 + q, x0 : x0 + q]
+        cut, pmask = chans[:, y0 : y0 + q, x0 : x0 + q].copy(), mask[y0 : y0 + q, x0 : x0 + q]
         if q != p:
-            both = torch.from_numpy(np.stack([patch, pmask.astype(np.float32)]))[:, None]
+            both = torch.from_numpy(np.concatenate([cut, pmask[None].astype(np.float32)]))[:, None]
             small = F.interpolate(both, size=(p, p), mode="bicubic", antialias=True, align_corners=False)[:, 0]
-            patch, pmask = small[0].numpy().astype(np.float32), small[1].numpy() > 0.5
-        return patch, pmask
+            cut, pmask = small[:-1].numpy().astype(np.float32), small[-1].numpy() > 0.5
+        return cut[0], pmask, (cut[1:] if piece.tissue is not None else None)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, self.epoch, int(index)])
         # Drawn only when asked, so that runs without it keep their random streams.
         zoom = float(rng.uniform(*ZOOM_OUT)) if cfg.zoom_out > 0 and rng.random() < cfg.zoom_out else 1.0
-        hr, mask = self._crop(rng, zoom)
-        if cfg.random_contrast > 0 and rng.random() < cfg.random_contrast:
+        hr, mask, tissue = self._crop(rng, zoom)
+        if tissue is not None and cfg.tissue_contrast > 0 and rng.random() < cfg.tissue_contrast:
+            hr = tissue_contrast(hr, mask, tissue, rng)  # drawn only with maps, as the others only when asked
+        elif cfg.random_contrast > 0 and rng.random() < cfg.random_contrast:
             hr = random_contrast(hr, mask, rng)
         elif rng.random() < cfg.invert_prob:
             c = np.float32(1.0 + 0.2 * rng.random())

@@ -35,9 +35,11 @@ from mrisr.training.data import (
     SLAB_GAP,
     PatchDataset,
     Split,
+    TissueMaps,
     TrainingData,
     build_pieces,
     load_studies,
+    load_tissue_maps,
     slab_for,
     split_studies,
     write_split,
@@ -107,14 +109,17 @@ def _start_processes(device: torch.device, world: int, local_rank: int) -> torch
     return device
 
 
-def _prepare_data(data: Sequence[str | Path], out: Path, cfg: TrainConfig, *, main: bool) -> tuple[TrainingData, Split]:
-    """The usable studies under ``data``, loaded and normalised, and their split (a held-out slab
-    of the only study when there is one).
+def _prepare_data(
+    data: Sequence[str | Path], out: Path, cfg: TrainConfig, *, main: bool, not_studies: Sequence[str | Path] = ()
+) -> tuple[TrainingData, Split]:
+    """The usable studies under ``data`` (less the files ``not_studies``: tissue maps kept beside
+    them), loaded and normalised, and their split (a held-out slab of the only study when there is one).
 
     Raises:
         FileNotFoundError: No study, or none usable.
     """
-    studies = find_studies(list(data), exclude=[out])
+    others = {Path(p).resolve() for p in not_studies}
+    studies = [s for s in find_studies(list(data), exclude=[out]) if s.path.resolve() not in others]
     if not studies:
         raise FileNotFoundError(f"no NIfTI or DICOM study under {', '.join(map(str, data))}")
     loaded = load_studies(studies, cfg.workers)
@@ -150,7 +155,33 @@ def _prepare_data(data: Sequence[str | Path], out: Path, cfg: TrainConfig, *, ma
     return loaded, split
 
 
-def _resumable(out: Path, cfg: TrainConfig, loaded: TrainingData, split: Split) -> Checkpoint:
+def _tissue_for(paths: Sequence[str | Path], cfg: TrainConfig, loaded: TrainingData, split: Split) -> TissueMaps | None:
+    """The run's tissue maps, read and checked against its training studies (``None`` without).
+
+    Raises:
+        ValueError: Maps without ``tissue_contrast`` or the reverse, or maps on no training study's grid.
+        MrisrError: A map cannot be read.
+    """
+    if not paths:
+        if cfg.tissue_contrast > 0:
+            raise ValueError("tissue contrast needs tissue probability maps (--tissue-map)")
+        return None
+    if cfg.tissue_contrast == 0:
+        raise ValueError("tissue maps given without a tissue contrast share (--tissue-contrast): they would go unused")
+    tissue = load_tissue_maps(paths)
+    matched = [sid for sid in split.train if tissue.matches(loaded.studies[sid])]
+    if not matched:
+        shape = tuple(tissue.maps.shape[1:])
+        raise ValueError(f"{Path(paths[0])}: the tissue maps (shape {shape}) lie on the grid of no training study")
+    for sid in split.train:
+        if sid not in matched:
+            log.warning("%s: not on the tissue maps' grid; it trains without tissue contrast", sid)
+    return tissue
+
+
+def _resumable(
+    out: Path, cfg: TrainConfig, loaded: TrainingData, split: Split, tissue: TissueMaps | None
+) -> Checkpoint:
     """``out/last.pt``, checked to continue this run (before anything is written: a refused resume
     leaves the run as it was).
 
@@ -161,7 +192,14 @@ def _resumable(out: Path, cfg: TrainConfig, loaded: TrainingData, split: Split) 
     ck = load_checkpoint(out / "last.pt")
     if ck.train_state is None:
         raise FileNotFoundError(f"{out / 'last.pt'} holds no training state to resume from")
-    check_resume(ck.meta, cfg, loaded.records(split.train), val_data=loaded.records(split.val), path=out / "last.pt")
+    check_resume(
+        ck.meta,
+        cfg,
+        loaded.records(split.train),
+        val_data=loaded.records(split.val),
+        path=out / "last.pt",
+        tissue_maps=tissue.records if tissue is not None else (),
+    )
     return ck
 
 
@@ -210,6 +248,7 @@ def train(
     *,
     resume: bool = False,
     callbacks: Callbacks | None = None,
+    tissue_maps: Sequence[str | Path] = (),
 ) -> TrainResult:
     """Train an SRCNN on the studies found under ``data`` and write the run into ``out_dir``.
 
@@ -220,6 +259,8 @@ def train(
         resume: Continue from ``out_dir/last.pt`` (same configuration): weights, optimiser, scheduler,
             step and RNG states are restored; the result equals an uninterrupted run.
         callbacks: Progress hooks.
+        tissue_maps: Tissue probability maps (NIfTI) for ``cfg.tissue_contrast``, used with the
+            training studies on their grid (:func:`mrisr.training.data.load_tissue_maps`).
 
     Returns:
         The run's summary.
@@ -235,11 +276,12 @@ def train(
     main = rank == 0
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    loaded, split = _prepare_data(data, out, cfg, main=main)
-    ck = _resumable(out, cfg, loaded, split) if resume else None
+    loaded, split = _prepare_data(data, out, cfg, main=main, not_studies=tissue_maps)
+    tissue = _tissue_for(tissue_maps, cfg, loaded, split)
+    ck = _resumable(out, cfg, loaded, split, tissue) if resume else None
     if main:
         write_split(out / "split.json", split, cfg.seed)
-    pieces, val_volumes = build_pieces(loaded, split, cfg)
+    pieces, val_volumes = build_pieces(loaded, split, cfg, tissue)
     val_mode = evaluation_mode(cfg.degradation)
     run = RunState.start(cfg, device)
     if ck is not None:
@@ -259,7 +301,14 @@ def train(
         cb.on_start(run.step, max_steps)
 
     def save(path: Path, train_state: dict[str, Any] | None = None) -> None:
-        meta = run_meta(run, loaded, split, val_names=val_names, device=device_name)
+        meta = run_meta(
+            run,
+            loaded,
+            split,
+            val_names=val_names,
+            device=device_name,
+            tissue_maps=tissue.records if tissue is not None else (),
+        )
         save_checkpoint(path, run.model, arch, meta, train_state=train_state)
 
     net.train()

@@ -91,7 +91,7 @@ def read_csv(path: Path) -> list[dict[str, float]]:
 #: in the middle of an epoch adds a validation there, which may change which weights best.pt holds).
 RESUMABLE_CHANGES = frozenset({"max_steps", "workers", "device"})
 #: Settings added after runs were recorded without them: a missing one counts as its default.
-ADDED_SETTINGS = ("random_contrast", "bias_field", "noise_prob", "hr_blur", "zoom_out")
+ADDED_SETTINGS = ("random_contrast", "bias_field", "noise_prob", "hr_blur", "zoom_out", "tissue_contrast")
 
 
 def check_resume(
@@ -101,6 +101,7 @@ def check_resume(
     *,
     val_data: list[dict[str, str]],
     path: Path,
+    tissue_maps: Sequence[dict[str, str]] = (),
 ) -> None:
     """Refuse to resume a run with other settings, training or validation data than it was started
     with (an uninterrupted run would not have given the result; the optimiser and schedule could not
@@ -122,6 +123,9 @@ def check_resume(
     if was != now:
         ids = sorted({i for i, _ in was ^ now})
         raise ValueError(f"--resume: the training studies differ from the run's ({', '.join(map(str, ids))})")
+    # Runs recorded before tissue maps existed had none. Their order matters (each map draws its own value).
+    if [d.get("sha256") for d in meta.get("tissue_maps") or []] != [d["sha256"] for d in tissue_maps]:
+        raise ValueError(f"--resume: the tissue maps differ from the run's ({path} records them in its tissue_maps)")
     if "validation_sha256" in meta:  # recorded since session 4
         was_v = set((meta["validation_sha256"] or {}).items())
         now_v = {(d["id"], d["sha256"]) for d in val_data}
@@ -200,7 +204,15 @@ class RunState:
         }
 
 
-def run_meta(run: RunState, loaded: TrainingData, split: Split, *, val_names: list[str], device: str) -> dict[str, Any]:
+def run_meta(
+    run: RunState,
+    loaded: TrainingData,
+    split: Split,
+    *,
+    val_names: list[str],
+    device: str,
+    tissue_maps: Sequence[dict[str, str]] = (),
+) -> dict[str, Any]:
     """The checkpoint metadata of a run (its provenance: settings, studies, progress).
 
     Args:
@@ -209,6 +221,7 @@ def run_meta(run: RunState, loaded: TrainingData, split: Split, *, val_names: li
         split: Which of them train and which validate.
         val_names: Names of the validation volumes (the held-out slab of a single study).
         device: The device, as recorded (``cpu``, ``cuda``, ``cuda x4`` under DDP).
+        tissue_maps: ``{"file", "sha256"}`` of the run's tissue probability maps, in order.
     """
     cfg = run.cfg
     return {
@@ -216,6 +229,7 @@ def run_meta(run: RunState, loaded: TrainingData, split: Split, *, val_names: li
         "normalization": normalization_method(),
         "degradation": cfg.degradation,
         "training_data": loaded.records(split.train),
+        "tissue_maps": list(tissue_maps),
         "validation_data": list(split.val) or (val_names if split.slab else []),
         "validation_sha256": {d["id"]: d["sha256"] for d in loaded.records(split.val)},
         "patch_size": cfg.hr_patch,
