@@ -10,9 +10,21 @@ import pytest
 
 from mrisr.checkpoint import load_checkpoint
 from mrisr.cli import main
+from mrisr.discovery import Study
+from mrisr.fsutil import sha256_file
 from mrisr.models import SRCNNConfig
 from mrisr.training import PatchDataset, TrainConfig
-from mrisr.training.data import Piece, load_tissue_maps, tissue_contrast
+from mrisr.training.data import (
+    SLAB_GAP,
+    LoadedStudy,
+    Piece,
+    Split,
+    TissueMaps,
+    TrainingData,
+    build_pieces,
+    load_tissue_maps,
+    tissue_contrast,
+)
 
 TINY_RUN = [
     "--scale", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "8",
@@ -76,6 +88,13 @@ def test_maps_are_read_as_probabilities_on_one_grid(tmp_path: Path) -> None:
     np.testing.assert_allclose(maps.maps[0], p, atol=0.5 / 255)  # 8-bit 0-255 read as 0-1
     np.testing.assert_allclose(maps.affine, AFFINE)
     assert [r["file"] for r in maps.records] == ["gm.nii.gz", "wm.nii.gz"]
+    percent = _save(np.round(p * 100).astype(np.uint8), tmp_path / "percent.nii.gz")
+    with pytest.raises(ValueError, match=r"percent\.nii\.gz: .* spans 0 to 100 \(percentages\?"):
+        load_tissue_maps([percent])  # 0-100 is not guessed to be 0-255
+    scaled = nib.Nifti1Image(np.round(p * 255).astype(np.uint8), AFFINE)
+    scaled.header.set_slope_inter(1 / 255, 0)  # SPM-style: the scaling makes them 0-1 already
+    nib.save(scaled, tmp_path / "scaled.nii.gz")
+    np.testing.assert_allclose(load_tissue_maps([tmp_path / "scaled.nii.gz"]).maps[0], p, atol=0.5 / 255)
     bad = {
         "range.nii.gz": (p * 3.0, AFFINE, "probabilities 0-1"),
         "grid.nii.gz": (p, AFFINE @ np.diag([1, 1, 1.5, 1]), "not on the grid of gm.nii.gz"),
@@ -107,10 +126,11 @@ def test_cli_trains_with_maps_on_the_studies_grid_and_records_them(
     assert main(args) == 0
     meta = load_checkpoint(out / "last.pt").meta
     assert [d["id"] for d in meta["training_data"]] == ["other_grid", "sub0"]
-    assert meta["tissue_maps"] == [{"file": "gm.nii.gz", "sha256": meta["tissue_maps"][0]["sha256"]}]
+    assert meta["tissue_maps"] == [{"file": "gm.nii.gz", "sha256": sha256_file(gm)}]
     assert meta["train_config"]["tissue_contrast"] == 1.0
     assert "other_grid: not on the tissue maps' grid" in caplog.text
-    # Resuming with other maps is another run.
+    # The same maps resume (nothing left to do); other maps are another run.
+    assert main([*args, "--resume"]) == 0
     _save(np.full((16, 16, 8), 0.4, np.float32), gm)
     assert main([*args, "--resume"]) == 2
     assert "tissue maps differ" in capsys.readouterr().err
@@ -140,3 +160,49 @@ def test_cli_tissue_map_errors_are_one_line(
     assert main(["train", str(data), "--out", str(tmp_path / "run"), *TINY_RUN, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert why in err and len(err.splitlines()) == 1
+
+
+def test_pieces_carry_the_maps_cut_as_the_frames_are() -> None:
+    """A 2-frame study with a held-out slab: each piece's maps are its own slices of the maps."""
+    rng = np.random.default_rng(0)
+    frames = tuple(rng.uniform(0, 1, (6, 7, 30)).astype(np.float32) for _ in range(2))
+    loaded = TrainingData(
+        {"x": LoadedStudy(Study("x", "nifti", Path("x.nii.gz")), frames, (1.0, 1.0, 1.0), {}, "0", AFFINE)}
+    )
+    maps = np.stack([frames[0], 1 - frames[0]])
+    cfg = TrainConfig(scale=2, patch_size=4, model=SRCNNConfig(residual=True))
+    pieces, val = build_pieces(loaded, Split(("x",), (), (14, 20)), cfg, TissueMaps(maps, AFFINE, ()))
+    assert len(pieces) == 4 and len(val) == 2
+    firsts = [pc for pc in pieces if pc.data.shape[2] == 14 - SLAB_GAP]
+    lasts = [pc for pc in pieces if pc.data.shape[2] == 30 - 20 - SLAB_GAP]
+    assert len(firsts) == len(lasts) == 2
+    for pc in firsts:
+        assert pc.tissue is not None and pc.tissue.flags.c_contiguous
+        np.testing.assert_array_equal(pc.tissue, maps[..., : 14 - SLAB_GAP])
+    for pc in lasts:
+        assert pc.tissue is not None
+        np.testing.assert_array_equal(pc.tissue, maps[..., 20 + SLAB_GAP :])
+    np.testing.assert_array_equal(pieces[0].data, frames[0][..., : 14 - SLAB_GAP])  # the first frame's piece
+    # A study on another grid gets no maps.
+    moved = TissueMaps(maps, AFFINE @ np.diag([1, 1, 1.01, 1]), ())
+    assert all(pc.tissue is None for pc in build_pieces(loaded, Split(("x",), ()), cfg, moved)[0])
+
+
+def test_a_patch_with_one_tissue_everywhere_is_flat_inside_the_head() -> None:
+    """With ``tissue_contrast`` 1 every patch is re-synthesised: one map of probability 1 gives one
+    drawn value over the whole head, whatever the template's texture; without maps nothing changes."""
+    rng = np.random.default_rng(2)
+    vol = np.zeros((20, 20, 20), np.float32)
+    vol[2:18, 2:18, 2:18] = rng.uniform(0.3, 1.0, (16, 16, 16))
+    ones = np.ones((1, *vol.shape), np.float32)
+    cfg = TrainConfig(scale=2, patch_size=8, model=SRCNNConfig(residual=True), augment=False, tissue_contrast=1.0)
+    ds = PatchDataset([Piece(vol, (2,), 0.1, ones)], cfg, 6)
+    plain = PatchDataset([Piece(vol, (2,), 0.1)], cfg, 6)
+    values = set()
+    for i in range(6):
+        t = ds[i]["target"][0].numpy()
+        inside = t[t > 0]
+        assert inside.size > 0 and np.ptp(inside) < 1e-6  # flat: one tissue, one value
+        values.add(round(float(inside[0]), 6))
+        assert np.ptp(plain[i]["target"][0].numpy()[t > 0]) > 0.1  # the template's own texture
+    assert len(values) == 6

@@ -340,8 +340,9 @@ class TissueMaps:
 
 
 def load_tissue_maps(paths: Sequence[str | Path]) -> TissueMaps:
-    """Read tissue probability maps (NIfTI, 3D, one grid, values 0–1, or 0–255 stored as 8-bit
-    integers, such as SPM's or the MNI 2009 template's grey- and white-matter maps).
+    """Read tissue probability maps (NIfTI, 3D, one grid, values 0–1, or 0–255 stored as unscaled
+    8-bit integers that reach 255, such as the MNI 2009 template's grey- and white-matter maps; any
+    other range, 0–100 percentages included, is refused rather than guessed).
 
     Raises:
         MrisrError: A map cannot be read (naming the file).
@@ -361,12 +362,14 @@ def load_tissue_maps(paths: Sequence[str | Path]) -> TissueMaps:
             raise ValueError(f"{path}: a tissue map is one 3D volume, this one has {vol.n_frames} frames")
         arr = np.asarray(vol.data, dtype=np.float32).reshape(vol.shape3)
         check_finite(arr, path)
-        if vol.dtype in (np.uint8, np.int8) and arr.max() > 1:
-            arr = arr / np.float32(255)  # 8-bit probabilities (the MNI 2009 maps nilearn carries)
+        header = vol.meta.get("header")
+        unscaled = header is None or tuple(header.get_slope_inter()) in ((1.0, 0.0), (None, None))
+        if vol.dtype == np.uint8 and unscaled and arr.max() == 255:
+            arr = arr / np.float32(255)  # 8-bit probabilities 0-255 (the MNI 2009 maps nilearn carries)
         if arr.size and (arr.min() < -1e-3 or arr.max() > 1 + 1e-3):
             raise ValueError(
-                f"{path}: a tissue map holds probabilities 0-1 (or 0-255 as 8-bit integers); "
-                f"this one spans {arr.min():g} to {arr.max():g}"
+                f"{path}: a tissue map holds probabilities 0-1 (or 0-255 in unscaled 8-bit integers reaching 255); "
+                f"this one spans {arr.min():g} to {arr.max():g} (percentages? store them as 0-1 floats)"
             )
         if arrays and (arr.shape != arrays[0].shape or np.abs(vol.affine - affine).max() > TISSUE_AFFINE_TOLERANCE):
             raise ValueError(f"{path}: not on the grid of {records[0]['file']} (every tissue map must share it)")
@@ -384,21 +387,24 @@ def build_pieces(
     the grid of ``tissue`` carry those maps (cut as the piece is)."""
     pieces: list[Piece] = []
     val: list[tuple[str, np.ndarray]] = []
+    cuts: tuple[slice, ...] = (slice(None),)
+    if split.slab is not None:
+        a, b = split.slab
+        cuts = (slice(0, a - SLAB_GAP), slice(b + SLAB_GAP, None))
     for sid in split.train:
         item = loaded.studies[sid]
         axes = training_axes(item.spacing, cfg.axes)
-        maps = tissue.maps if tissue is not None and tissue.matches(item) else None
+        on_grid = tissue is not None and tissue.matches(item)
+        # The maps are cut once per study (every frame shares them), as each frame is cut.
+        maps = [np.ascontiguousarray(tissue.maps[..., c]) if tissue is not None and on_grid else None for c in cuts]
         for t, frame in enumerate(item.frames):
-            parts = [(frame, maps)]
             if split.slab is not None:
                 a, b = split.slab
-                cuts = (slice(0, a - SLAB_GAP), slice(b + SLAB_GAP, None))
-                parts = [(frame[:, :, c], None if maps is None else maps[..., c]) for c in cuts]
-                parts = [(p, m) for p, m in parts if p.shape[2] > 0]
                 val.append((f"{sid}[slab {a}:{b}]" + (f"[{t}]" if len(item.frames) > 1 else ""), frame[:, :, a:b]))
-            for p, m in parts:
-                pm = None if m is None else np.ascontiguousarray(m)
-                pieces.append(Piece(np.ascontiguousarray(p), axes, foreground_threshold(frame), pm))
+            for c, m in zip(cuts, maps, strict=True):
+                part = frame[:, :, c]
+                if part.shape[2] > 0:
+                    pieces.append(Piece(np.ascontiguousarray(part), axes, foreground_threshold(frame), m))
     for sid in split.val:
         frames = loaded.studies[sid].frames
         for t, frame in enumerate(frames):
