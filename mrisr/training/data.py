@@ -330,13 +330,17 @@ class TissueMaps:
     records: tuple[dict[str, str], ...]
 
     def matches(self, item: LoadedStudy) -> bool:
-        """Whether the maps lie voxel for voxel on ``item``'s grid (same shape, affines within
-        :data:`TISSUE_AFFINE_TOLERANCE` mm)."""
-        return (
-            item.affine is not None
-            and tuple(item.frames[0].shape) == tuple(self.maps.shape[1:])
-            and bool(np.abs(np.asarray(item.affine) - self.affine).max() <= TISSUE_AFFINE_TOLERANCE)
+        """Whether the maps lie voxel for voxel on ``item``'s grid (:func:`_same_grid`)."""
+        return item.affine is not None and _same_grid(
+            item.frames[0].shape, item.affine, self.maps.shape[1:], self.affine
         )
+
+
+def _same_grid(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[int], affine_b: np.ndarray) -> bool:
+    """Same shape and affines within :data:`TISSUE_AFFINE_TOLERANCE` mm: one grid, voxel for voxel."""
+    return tuple(shape_a) == tuple(shape_b) and bool(
+        np.abs(np.asarray(affine_a) - np.asarray(affine_b)).max() <= TISSUE_AFFINE_TOLERANCE
+    )
 
 
 def load_tissue_maps(paths: Sequence[str | Path]) -> TissueMaps:
@@ -371,7 +375,7 @@ def load_tissue_maps(paths: Sequence[str | Path]) -> TissueMaps:
                 f"{path}: a tissue map holds probabilities 0-1 (or 0-255 in unscaled 8-bit integers reaching 255); "
                 f"this one spans {arr.min():g} to {arr.max():g} (percentages? store them as 0-1 floats)"
             )
-        if arrays and (arr.shape != arrays[0].shape or np.abs(vol.affine - affine).max() > TISSUE_AFFINE_TOLERANCE):
+        if affine is not None and not _same_grid(arr.shape, vol.affine, arrays[0].shape, affine):
             raise ValueError(f"{path}: not on the grid of {records[0]['file']} (every tissue map must share it)")
         affine = vol.affine if affine is None else affine
         arrays.append(np.clip(arr, 0.0, 1.0))
@@ -394,9 +398,10 @@ def build_pieces(
     for sid in split.train:
         item = loaded.studies[sid]
         axes = training_axes(item.spacing, cfg.axes)
-        on_grid = tissue is not None and tissue.matches(item)
         # The maps are cut once per study (every frame shares them), as each frame is cut.
-        maps = [np.ascontiguousarray(tissue.maps[..., c]) if tissue is not None and on_grid else None for c in cuts]
+        maps: list[np.ndarray | None] = [None] * len(cuts)
+        if tissue is not None and tissue.matches(item):
+            maps = [np.ascontiguousarray(tissue.maps[..., c]) for c in cuts]
         for t, frame in enumerate(item.frames):
             if split.slab is not None:
                 a, b = split.slab
