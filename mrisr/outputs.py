@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,24 +49,84 @@ class Staging:
             remove_path(staged)
         self.moves.clear()
 
-    def commit(self, journal: Path, sidecar: Path, record: dict[str, Any], stale: Iterable[Path]) -> None:
+    def commit(
+        self,
+        journal: Path,
+        sidecar: Path,
+        record: dict[str, Any],
+        stale: Iterable[Path],
+        *,
+        owned: Collection[Path],
+        overwrite: bool = False,
+    ) -> None:
         """Put the staged files and the sidecar ``record`` in place and remove the ``stale`` paths
-        that the new result does not write (an old output of another format, an old figure)."""
-        for staged, final in self.moves:
-            # A DICOM series replaces a series folder, a file a file: anything else at a final path
-            # was not written by mrisr (a kill leaves neither), so it is not removed.
-            kind_differs = final.exists() and (final.is_dir() and not final.is_symlink()) != staged.is_dir()
-            if staged.exists() and kind_differs:
-                raise OutputBlockedError(final, "a file or folder that mrisr did not write stands at this output path")
+        that the new result does not write (an old output of another format, an old figure).
+
+        Args:
+            journal: The study's commit journal (:func:`commit_journal`).
+            sidecar: The sidecar's final path.
+            record: The sidecar's content.
+            stale: Paths of the study's old outputs the new result may leave behind.
+            owned: What mrisr's own records say it wrote (:func:`mrisr.sidecar.owned_outputs`): only
+                these are removed, and only these are replaced unless ``overwrite``.
+            overwrite: Also replace a *file* standing at a final path that no record names.
+
+        Raises:
+            OutputBlockedError: Something mrisr did not write stands at a final path (see
+                :func:`check_free`); nothing has been moved.
+        """
+        finals = [final for _, final in self.moves] + [sidecar]
+        check_free(finals, owned, overwrite=overwrite, staged_dirs={f for s, f in self.moves if s.is_dir()})
         staged_sidecar = temp_sibling(sidecar)
         write_json_atomic(staged_sidecar, record)
-        finals = {final for _, final in self.moves} | {sidecar}
+        owned_norm = {_norm(p) for p in owned}
         ops: list[list[str]] = [["move", str(a), str(b)] for a, b in self.moves if a.exists()]
-        ops += [["remove", str(p)] for p in dict.fromkeys(stale) if p not in finals and (p.exists() or p.is_symlink())]
+        ops += [
+            ["remove", str(p)]
+            for p in dict.fromkeys(stale)
+            if p not in finals and _norm(p) in owned_norm and (p.exists() or p.is_symlink())
+        ]
         ops.append(["move", str(staged_sidecar), str(sidecar)])
         write_json_atomic(journal, {"ops": ops})  # the commit point
         self.moves.clear()  # committed: nothing staged may be discarded now, the journal needs it
         finish_commit(journal, journal.parent)
+
+
+def _norm(path: Path) -> Path:
+    return Path(os.path.normpath(path))
+
+
+def check_free(
+    finals: Iterable[Path], owned: Collection[Path], *, overwrite: bool, staged_dirs: Collection[Path] = ()
+) -> None:
+    """Refuse to write over what mrisr did not write.
+
+    A final path that exists (or is a dangling link) and that no record of mrisr names (``owned``)
+    blocks the study, unless ``overwrite`` and it is a plain file or link where a file goes. A folder
+    that mrisr did not write is never replaced, nor is a file replaced by a series folder or a folder
+    by a file.
+
+    Args:
+        finals: The paths about to be written.
+        owned: :func:`mrisr.sidecar.owned_outputs` of the study.
+        overwrite: ``--overwrite`` was given.
+        staged_dirs: The finals that are written as folders (a DICOM series).
+
+    Raises:
+        OutputBlockedError: Naming the first blocked path.
+    """
+    owned_norm = {_norm(p) for p in owned}
+    for final in finals:
+        if not (final.exists() or final.is_symlink()):
+            continue
+        is_dir = final.is_dir() and not final.is_symlink()
+        if is_dir != (final in staged_dirs):
+            raise OutputBlockedError(final, "a file or folder that mrisr did not write stands at this output path")
+        if _norm(final) in owned_norm or (overwrite and not is_dir):
+            continue
+        what = "a folder" if is_dir else "a file"
+        hint = "move it away" if is_dir else "move it away or use --overwrite"
+        raise OutputBlockedError(final, f"{what} that no mrisr sidecar records stands at this output path; {hint}")
 
 
 def _inside(path: Path, root: Path) -> bool:
