@@ -107,8 +107,9 @@ def test_mosaics_on_different_grids_are_refused(tmp_path: Path, rng: np.random.G
         ({"csa": False}, "without a CSA image header"),
         ({"n_in_csa": 5}, "cannot hold 5 slices as 3×3 equal tiles"),
         ({"n_in_csa": 0}, "without a valid NumberOfImagesInMosaic"),
+        ({"n_in_csa": 30000}, "claims 30000 slices"),
     ],
-    ids=["no-csa", "count-vs-size", "zero-count"],
+    ids=["no-csa", "count-vs-size", "zero-count", "huge-count"],
 )
 def test_a_mosaic_that_cannot_be_unpacked_is_refused_naming_the_file(
     tmp_path: Path, rng: np.random.Generator, kwargs: dict[str, object], reason: str

@@ -40,6 +40,7 @@ from pydicom.valuerep import DSfloat
 from mrisr.errors import UnsupportedDataError
 from mrisr.io.dicom.source import clean_header
 
+_MAX_SLICES = 1024  # far above any scanner's slices per volume; a larger count is a corrupt or hostile header
 _NORMAL_TOL = 1e-3  # |1 − |cos|| between the CSA slice normal and row × column that counts as parallel
 
 
@@ -180,6 +181,11 @@ def mosaic_layout(path: Path, ds: Dataset) -> MosaicLayout:
             path, f"Siemens mosaic without a valid NumberOfImagesInMosaic in its CSA header ({n!r})"
         )
     count = int(n)
+    if count > _MAX_SLICES:
+        raise UnsupportedDataError(
+            path,
+            f"Siemens mosaic claims {count} slices (NumberOfImagesInMosaic; more than {_MAX_SLICES} is not credible)",
+        )
     per_side = math.ceil(math.sqrt(count))
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
