@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import gzip
 import io
+import math
 import shutil
+import struct
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +20,7 @@ import nibabel
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
 DCIODVFY = shutil.which("dciodvfy")
@@ -144,3 +146,94 @@ def enhanced_mr(
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path, stored
+
+
+def csa2_blob(tags: dict[str, tuple[str, Sequence[object]]]) -> bytes:
+    """A Siemens CSA2 (``SV10``) header holding ``tags`` (``name: (VR, values)``), in the layout
+    nibabel's ``csareader`` parses: header, then per tag its name, VM, VR and items, each item a
+    length-prefixed string padded to 4 bytes."""
+    out = bytearray(b"SV10" + b"\x04\x03\x02\x01" + struct.pack("<2I", len(tags), 77))
+    for name, (vr, values) in tags.items():
+        out += struct.pack("<64si4s3i", name.encode(), len(values), vr.encode(), 0, len(values), 77)
+        for value in values:
+            text = str(value).encode() + b"\0"
+            out += struct.pack("<4i", len(text), len(text), 77, len(text))
+            out += text + b"\0" * (-len(text) % 4)
+    return bytes(out)
+
+
+def siemens_mosaic(
+    path: Path,
+    tiles: np.ndarray,
+    *,
+    row_dir: Sequence[float],
+    col_dir: Sequence[float],
+    first_position: Sequence[float],
+    pixel_spacing: tuple[float, float],
+    slice_spacing: float,
+    normal_sign: float = 1.0,
+    series_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    instance: int = 1,
+    csa: bool = True,
+    n_in_csa: int | None = None,
+) -> Path:
+    """A Siemens mosaic MR image holding ``tiles`` (``(n, rows, columns)`` uint16), tiled row by row in
+    ``ceil(sqrt(n))`` tiles per side, with a CSA image header (NumberOfImagesInMosaic,
+    SliceNormalVector) unless ``csa`` is false.
+
+    Tile ``t``'s first pixel lies at LPS ``first_position + t · slice_spacing · normal``, ``normal =
+    normal_sign · row_dir × col_dir``; the ImagePositionPatient written is the mosaic's (Siemens'
+    convention: the first pixel of a mosaic-sized image centred on the slices).
+    """
+    n, rows, cols = tiles.shape
+    m = math.ceil(math.sqrt(n))
+    image = np.zeros((m * rows, m * cols), dtype="<u2")
+    for t in range(n):
+        r0, c0 = (t // m) * rows, (t % m) * cols
+        image[r0 : r0 + rows, c0 : c0 + cols] = tiles[t]
+    row, col = np.asarray(row_dir, dtype=float), np.asarray(col_dir, dtype=float)
+    normal = normal_sign * np.cross(row, col)
+    ipp = (
+        np.asarray(first_position, dtype=float)
+        - col * pixel_spacing[0] * (m * rows - rows) / 2.0
+        - row * pixel_spacing[1] * (m * cols - cols) / 2.0
+    )
+    meta = FileMetaDataset()
+    sop_uid = generate_uid(entropy_srcs=[str(path)])
+    meta.MediaStorageSOPClassUID = pydicom.uid.MRImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = pydicom.uid.MRImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality, ds.Manufacturer = "MR", "SIEMENS"
+    ds.PatientName, ds.PatientID, ds.StudyInstanceUID = "Mosaic^Test", "M001", "1.2.3.4.5"
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, 5, "ep2d_bold"
+    ds.InstanceNumber = ds.AcquisitionNumber = instance
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+    ds.ImagePositionPatient = [float(v) for v in ipp]
+    ds.ImageOrientationPatient = [float(v) for v in (*row, *col)]
+    ds.PixelSpacing = [float(v) for v in pixel_spacing]
+    ds.SliceThickness = slice_spacing * 0.8
+    ds.SpacingBetweenSlices = slice_spacing
+    ds.FrameOfReferenceUID = "1.2.3.4.5.6"
+    ds.ScanningSequence, ds.SequenceVariant = "EP", "SK"
+    ds.ScanOptions, ds.MRAcquisitionType = "", "2D"
+    ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = 2000, 30, 1
+    ds.Rows, ds.Columns = image.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if csa:
+        blob = csa2_blob(
+            {
+                "NumberOfImagesInMosaic": ("US", [n if n_in_csa is None else n_in_csa]),
+                "SliceNormalVector": ("FD", [f"{v:.8f}" for v in normal]),
+                "AcquisitionMatrixText": ("SH", [f"{rows}*{cols}"]),
+            }
+        )
+        ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True).add_new(0x10, "OB", blob)
+    ds.PixelData = image.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

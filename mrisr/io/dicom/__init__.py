@@ -8,7 +8,8 @@ y to the Posterior, z to the Superior). Every affine that leaves this module is 
 Headers are read with pydicom (fast, without pixel data); pixels of single-frame slices are read with
 SimpleITK (which handles the compressed transfer syntaxes), imported inside the functions that need
 it, and those of multi-frame objects with pydicom (:mod:`~mrisr.io.dicom.pixels`). An Enhanced
-(multi-frame) object is read as one classic slice per frame (:mod:`~mrisr.io.dicom.enhanced`).
+(multi-frame) object is read as one classic slice per frame (:mod:`~mrisr.io.dicom.enhanced`), a
+Siemens mosaic as one classic slice per tile (:mod:`~mrisr.io.dicom.mosaic`).
 
 A volume read here carries ``meta["dicom"]``, a :class:`~mrisr.io.dicom.source.DicomSource` (the
 header of each source slice in ``k`` order and the source grid): the writer builds each derived
