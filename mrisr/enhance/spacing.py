@@ -33,11 +33,13 @@ def study_grid(study: Study) -> tuple[np.ndarray, tuple[int, ...]]:
     if study.fmt == "nifti":
         import nibabel as nib
 
+        from mrisr.io.nifti import affine_in_mm
+
         try:
             img = nib.load(str(study.path))
         except Exception as exc:  # nibabel raises many types on a bad header; the study will fail alone
             raise UnreadableFileError(study.path, f"header unreadable ({type(exc).__name__})") from exc
-        return np.asarray(img.affine, dtype=np.float64), tuple(int(n) for n in img.shape)  # type: ignore[attr-defined]
+        return affine_in_mm(img.header), tuple(int(n) for n in img.shape)  # type: ignore[attr-defined,arg-type]
     from mrisr.io.dicom.read import read_dicom_grid
 
     affine, shape, _ = read_dicom_grid(list(study.files), uid=study.series_uid)
