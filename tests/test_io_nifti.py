@@ -337,3 +337,35 @@ def test_target_spacing_of_a_micrometre_input_picks_factors_from_mm(tmp_path: Pa
     groups, unreadable = plan_target_spacing(find_studies([tmp_path / "um.nii.gz"]), (1.0, 1.0, 3.0))
     assert not unreadable
     assert [g for g, _ in groups] == [(2, 2, 1)]
+
+
+# -- NIfTI-2 when NIfTI-1 cannot hold the grid (issue 27 item 9) -------------------------------------
+
+
+@pytest.mark.parametrize("source", ["nifti2", "nifti1", "none"])
+def test_an_axis_over_32767_voxels_is_written_as_nifti2(tmp_path: Path, source: str) -> None:
+    affine = np.array([[0.0, 0.0, 1.5, -3.0], [0.25, 0.0, 0.0, 7.0], [0.0, -0.8, 0.0, 11.0], [0, 0, 0, 1]])
+    small = np.arange(12, dtype=np.float32).reshape(12, 1, 1)
+    if source == "none":
+        vol = Volume(data=small, affine=affine, dtype=np.float32, fmt="dicom")
+    else:
+        kind = nib.Nifti2Image if source == "nifti2" else nib.Nifti1Image
+        img = kind(small, affine)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header["descrip"] = b"kept"
+        nib.save(img, str(tmp_path / "in.nii"))
+        vol = read_nifti(tmp_path / "in.nii")
+    values = np.linspace(-5.0, 5.0, 40000, dtype=np.float32).reshape(40000, 1, 1)
+    out = write_nifti(vol.with_data(values, affine), tmp_path / "long.nii.gz", dtype=np.float32)
+    back = nib.load(str(out))
+    assert isinstance(back, nib.Nifti2Image) and back.shape == (40000, 1, 1)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), values)
+    assert back.header.get_xyzt_units()[0] == "mm"
+    if source != "none":
+        assert back.header["descrip"].tobytes().startswith(b"kept")
+    again = read_nifti(out)
+    np.testing.assert_allclose(again.affine, affine, atol=1e-6)
+    # The control: a grid NIfTI-1 holds stays NIfTI-1, whatever the input's kind.
+    short = nib.load(str(write_nifti(vol.with_data(values[:32767], affine), tmp_path / "short.nii.gz")))
+    assert type(short) is nib.Nifti1Image
