@@ -252,3 +252,35 @@ def test_an_envi_or_text_hdr_in_a_folder_is_not_taken_for_analyze(tmp_path: Path
     (tmp_path / "in" / "cube.hdr").write_text("ENVI\nsamples = 10\n")
     nib.save(nib.Nifti1Image(np.ones((4, 4, 2), np.int16), np.eye(4)), str(tmp_path / "in" / "ok.nii.gz"))
     assert [(s.id, s.problem) for s in find_studies([tmp_path / "in"])] == [("ok", None)]
+
+
+def test_bad_metaimage_and_nrrd_files_fail_with_their_reason_before_allocating(tmp_path: Path) -> None:
+    import SimpleITK as sitk  # noqa: N813
+
+    from mrisr.errors import UnreadableFileError, UnsupportedDataError
+    from mrisr.io import read_volume
+
+    good = _itk_file(tmp_path / "g.mha", np.int16).read_bytes()
+    (tmp_path / "short.mha").write_bytes(good[:-7])
+    huge = good.replace(b"DimSize = 10 8 3", b"DimSize = 100000 100000 1000")
+    assert huge != good
+    (tmp_path / "huge.mha").write_bytes(huge)
+    nrrd = _itk_file(tmp_path / "g.nrrd", np.float32).read_bytes()
+    (tmp_path / "short.nrrd").write_bytes(nrrd[:-5])
+    _itk_file(tmp_path / "detached.nhdr", np.int16)
+    (tmp_path / "detached.raw").unlink()
+    (tmp_path / "empty.nrrd").write_bytes(b"")
+    for name, words in [
+        ("short.mha", "truncated file (its header promises 480 bytes of voxels, it holds 473)"),
+        ("huge.mha", "truncated file (its header promises 20000000000000 bytes"),
+        ("short.nrrd", "truncated file (its header promises 960 bytes of voxels, it holds 955)"),
+        ("detached.nhdr", "detached.raw"),
+        ("empty.nrrd", "empty file"),
+    ]:
+        with pytest.raises(UnreadableFileError) as info:
+            read_volume(tmp_path / name)
+        assert info.value.path == tmp_path / name and words in info.value.reason, (name, info.value.reason)
+    rgb = sitk.GetImageFromArray(np.zeros((4, 5, 3), np.uint8), isVector=True)
+    sitk.WriteImage(rgb, str(tmp_path / "rgb.mha"))
+    with pytest.raises(UnsupportedDataError, match="3 components per voxel"):
+        read_volume(tmp_path / "rgb.mha")

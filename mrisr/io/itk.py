@@ -20,6 +20,7 @@ SimpleITK is imported inside the functions (``mrisr --help`` stays light).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,87 @@ def _affine(
     return LPS_TO_RAS @ lps
 
 
+#: Deflate cannot expand data more than about 1032-fold (as in :mod:`mrisr.io.nifti`).
+_MAX_DEFLATE_RATIO = 1032
+_HEADER_BYTES = 1 << 16
+
+
+def _header_fields(path: Path) -> tuple[dict[str, str], int]:
+    """The text header of a MetaImage (``Key = Value``) or NRRD (``key: value``) file, keys in lower
+    case, and its length in bytes (where attached voxels start); ``({}, 0)`` when it cannot be parsed."""
+    with open(path, "rb") as fh:
+        head = fh.read(_HEADER_BYTES)
+    fields: dict[str, str] = {}
+    nrrd = head.startswith(b"NRRD")
+    pos = 0
+    while pos < len(head):
+        end = head.find(b"\n", pos)
+        if end < 0:
+            return {}, 0
+        line = head[pos:end].decode("latin-1").strip()
+        pos = end + 1
+        if nrrd:
+            if not line:  # a blank line ends a NRRD header
+                return fields, pos
+            key, sep, value = line.partition(":")
+            if sep and not line.startswith("#"):
+                fields[key.strip().lower()] = value.lstrip("=").strip()
+        else:
+            key, sep, value = line.partition("=")
+            if sep:
+                fields[key.strip().lower()] = value.strip()
+            if key.strip().lower() == "elementdatafile":  # the last header line of a MetaImage
+                return fields, pos
+    return {}, 0
+
+
+def _check_size(path: Path, reader: Any, comps: int) -> None:
+    """Refuse a file whose voxel data are shorter than its header promises, before SimpleITK
+    allocates them (a corrupt header can promise terabytes; a short file is read as an I/O error with
+    a misleading reason). Only plain raw data (attached, or in one named data file) are counted;
+    compressed data are refused when even deflate's best ratio could not hold the promise.
+
+    Raises:
+        UnreadableFileError: Truncated data.
+    """
+    import SimpleITK as sitk  # noqa: N813
+
+    sizes = {
+        sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+        sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+    }  # fmt: skip
+    item = sizes.get(reader.GetPixelID())
+    fields, offset = _header_fields(path)
+    if item is None or not fields:
+        return
+    need = math.prod(int(n) for n in reader.GetSize()) * comps * item
+    if path.suffix.lower() in (".mha", ".mhd"):
+        data_file = fields.get("elementdatafile", "")
+        compressed = fields.get("compresseddata", "false").lower() == "true"
+        if "headersize" in fields or data_file.upper().startswith("LIST") or " " in data_file:
+            return  # skipped header bytes or a list of files: SimpleITK checks
+    else:
+        data_file = fields.get("data file", fields.get("datafile", "LOCAL"))
+        encoding = fields.get("encoding", "raw").lower()
+        if encoding not in ("raw", "gzip", "gz") or "byte skip" in fields or "line skip" in fields:
+            return
+        compressed = encoding != "raw"
+    if data_file.upper() == "LOCAL":
+        have = path.stat().st_size - offset
+    else:
+        target = path.parent / data_file
+        if not target.is_file():
+            raise UnreadableFileError(path, f"its data file {data_file} is missing")
+        have = target.stat().st_size
+    if compressed and need > _MAX_DEFLATE_RATIO * have + 4096:
+        raise UnreadableFileError(
+            path,
+            f"truncated file (its header promises {need} bytes of voxels; {have} compressed bytes cannot hold them)",
+        )
+    if not compressed and have < need:
+        raise UnreadableFileError(path, f"truncated file (its header promises {need} bytes of voxels, it holds {have})")
+
+
 def read_itk_grid(path: str | Path) -> tuple[np.ndarray, tuple[int, ...]]:
     """The RAS affine (mm) and the array shape ``(i, j, k[, t])`` of a MetaImage or NRRD file, from
     its header alone (no voxel is read).
@@ -125,8 +207,9 @@ def read_itk(path: str | Path) -> Volume:
     in mm, the dtype of the file's voxels.
 
     Raises:
-        UnreadableFileError: Empty, truncated or unreadable file (SimpleITK's reason), or too large
-            for memory.
+        UnreadableFileError: Empty, truncated (shorter than its header promises, found before any
+            voxel memory is allocated) or unreadable file (SimpleITK's reason), a missing data
+            file, or too large for memory.
         UnsupportedDataError: Several components per voxel (vector or RGB), complex values, or a
             geometry :func:`read_itk_grid` refuses.
     """
@@ -139,6 +222,7 @@ def read_itk(path: str | Path) -> Volume:
     comps = int(reader.GetNumberOfComponents())
     if comps != 1:
         raise UnsupportedDataError(p, f"{comps} components per voxel (a vector or colour image); one is read")
+    _check_size(p, reader, comps)
     try:
         image = reader.Execute()
         arr = sitk.GetArrayViewFromImage(image)
