@@ -120,8 +120,8 @@ def same_output_format(fmt: Format) -> Literal["nifti", "dicom"]:
 
 
 def read_volume(path: str | Path) -> Volume:
-    """Read a NIfTI, MetaImage or NRRD file, or a DICOM series: a folder holding one series, or one DICOM file alone
-    (as ``mrisr enhance FILE`` reads it).
+    """Read a NIfTI, MetaImage or NRRD file, or a DICOM series: a folder holding one series, or one
+    DICOM file alone (as ``mrisr enhance FILE`` reads it).
 
     For folders holding several series use :func:`mrisr.discovery.find_studies` and
     :meth:`mrisr.discovery.Study.load`, or :func:`mrisr.io.dicom.read_dicom_series` with the file
