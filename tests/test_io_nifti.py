@@ -266,6 +266,7 @@ _UNIT_AFFINE = np.array(
 def _unit_file(path: Path, unit: str, *, time: str = "sec", shape: tuple[int, ...] = (6, 5, 4)) -> Path:
     data = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
     img = nib.Nifti1Image(data, _UNIT_AFFINE)
+    img.header.set_qform(_UNIT_AFFINE, code=1)  # both codes set: each must be converted
     img.header.set_xyzt_units(unit, time)
     if len(shape) == 4:
         img.header.set_zooms((*img.header.get_zooms()[:3], 2.5))
@@ -292,6 +293,8 @@ def test_output_of_a_metre_or_micrometre_input_says_mm_at_the_same_physical_poin
     out = write_nifti(vol.with_data(np.zeros((12, 10, 4), np.float32), fine), tmp_path / "o.nii.gz")
     back = nib.load(str(out))
     assert back.header.get_xyzt_units() == ("mm", "sec")
+    assert int(back.header["qform_code"]) == 1 and int(back.header["sform_code"]) == 2
+    np.testing.assert_allclose(back.header.get_qform(), back.header.get_sform(), rtol=1e-5, atol=1e-6 * mm)
     # Output voxel i along a refined axis has its centre at input index (i + 0.5) / 2 - 0.5.
     ijk = np.array([[0, 0, 0, 1], [5, 3, 2, 1], [11, 9, 3, 1]], dtype=float).T
     in_ijk = ijk.copy()
