@@ -36,7 +36,7 @@ from mrisr.errors import (
 )
 from mrisr.fsutil import remove_temporaries, write_json_atomic
 from mrisr.geometry import voxel_spacing
-from mrisr.io import Volume, as_written, check_finite, default_output_dtype, write_volume
+from mrisr.io import Volume, as_written, check_finite, default_output_dtype, same_output_format, write_volume
 from mrisr.io.nifti_header import warn_if_orientation_unknown
 from mrisr.locks import study_lock
 from mrisr.outputs import Staging, check_free, commit_journal, finish_commit
@@ -63,7 +63,7 @@ def process_study(batch: Batch, study: Study, *, loaded: Future[Volume] | None =
                 "locked",
                 error=f"{study.path}: not processed: its lock {lock.path} is held by {lock.holder}",
             )
-        out_fmt = study.fmt if batch.opts.fmt == "same" else batch.opts.fmt
+        out_fmt = same_output_format(study.fmt) if batch.opts.fmt == "same" else batch.opts.fmt
         try:
             # A commit that a killed run left half done is finished first (outputs.finish_commit).
             finish_commit(commit_journal(out_dir, study.id), out_dir)
