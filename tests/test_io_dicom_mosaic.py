@@ -204,3 +204,9 @@ def test_derived_series_of_a_mosaic_has_no_new_dciodvfy_errors(tmp_path: Path, r
     path = _mosaic(tmp_path / "epi" / "mosaic.dcm", _tiles(rng, 4))
     out = write_dicom_series(read_dicom_path(path), tmp_path / "derived")
     assert new_errors(path, out) == set()
+
+
+def test_a_mosaic_with_parallel_rows_and_columns_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = _mosaic(tmp_path / "flat" / "mosaic.dcm", _tiles(rng, 4), col_dir=ROW, normal_sign=1.0)
+    with pytest.raises(UnsupportedDataError, match="bad ImageOrientationPatient"):
+        read_dicom_path(path)
