@@ -237,3 +237,82 @@ def siemens_mosaic(
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def jpeg_lossless_sv1(image: np.ndarray, precision: int) -> bytes:
+    """A JPEG Lossless (process 14, first-order prediction: selection value 1) codestream of the
+    unsigned ``image`` ``(rows, columns)`` at ``precision`` bits (ITU-T T.81 Annex H): one Huffman
+    table giving every difference category 0–16 a 5-bit code."""
+    rows, cols = image.shape
+    img = image.astype(np.int64)
+    assert img.min() >= 0 and img.max() < 2**precision
+    bits: list[int] = []
+
+    def put(value: int, length: int) -> None:
+        bits.extend((value >> (length - 1 - n)) & 1 for n in range(length))
+
+    for r in range(rows):
+        for c in range(cols):
+            if r == 0 and c == 0:
+                pred = 1 << (precision - 1)
+            elif r == 0:
+                pred = int(img[r, c - 1])
+            elif c == 0:
+                pred = int(img[r - 1, c])
+            else:
+                pred = int(img[r, c - 1])
+            diff = (int(img[r, c]) - pred) % 65536
+            diff = diff - 65536 if diff > 32768 else diff
+            ssss = 0 if diff == 0 else int(abs(diff)).bit_length()
+            put(ssss, 5)  # category ssss has code ssss, 5 bits long
+            if 0 < ssss < 16:
+                put(diff if diff > 0 else diff - 1 + (1 << ssss), ssss)
+    bits.extend([1] * (-len(bits) % 8))
+    scan = bytearray()
+    for n in range(0, len(bits), 8):
+        byte = int("".join(map(str, bits[n : n + 8])), 2)
+        scan.append(byte)
+        if byte == 0xFF:
+            scan.append(0x00)
+    counts = [0, 0, 0, 0, 17] + [0] * 11
+    dht = bytes([0x00, *counts, *range(17)])
+    sof = struct.pack(">BHHB", precision, rows, cols, 1) + bytes([1, 0x11, 0])
+    sos = bytes([1, 1, 0x00, 1, 0, 0])  # one component, table 0, Ss=1 (predictor), Se=0, Ah/Al=0
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return struct.pack(">HH", marker, len(body) + 2) + body
+
+    return b"\xff\xd8" + segment(0xFFC3, sof) + segment(0xFFC4, dht) + segment(0xFFDA, sos) + bytes(scan) + b"\xff\xd9"
+
+
+def jpeg_lossless_series(folder: Path, volume: np.ndarray, *, precision: int = 12) -> list[Path]:
+    """An axial MR series of ``volume`` ``(rows, columns, slices)`` (unsigned, < 2**precision) stored
+    as JPEG Lossless SV1 (1.2.840.10008.1.2.4.70), 1 mm pixels, 2 mm slices."""
+    from pydicom.encaps import encapsulate
+
+    series_uid = generate_uid(entropy_srcs=[str(folder), "jpeg"])
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(volume.shape[2]):
+        meta = FileMetaDataset()
+        uid = generate_uid(entropy_srcs=[str(folder), str(k)])
+        meta.MediaStorageSOPClassUID = pydicom.uid.MRImageStorage
+        meta.MediaStorageSOPInstanceUID = uid
+        meta.TransferSyntaxUID = pydicom.uid.JPEGLosslessSV1
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = pydicom.uid.MRImageStorage, uid
+        ds.Modality, ds.PatientID, ds.StudyInstanceUID = "MR", "J001", "1.2.3.9"
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = series_uid, 3, k + 1
+        ds.ImagePositionPatient = [0.0, 0.0, 2.0 * k]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 2.0
+        ds.Rows, ds.Columns = volume.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, precision, precision - 1, 0
+        ds.PixelData = encapsulate([jpeg_lossless_sv1(volume[:, :, k], precision)])
+        ds["PixelData"].VR = "OB"
+        path = folder / f"IM{k:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files

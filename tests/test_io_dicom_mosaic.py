@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import siemens_mosaic
+from dicom_helpers import needs_dciodvfy, new_errors, siemens_mosaic
 
 from mrisr.errors import InconsistentGeometryError, UnsupportedDataError
 from mrisr.io import read_volume
@@ -197,3 +197,16 @@ def test_info_and_enhance_see_the_volume_not_the_mosaic(
     sr = read_dicom_path(folder)
     assert sr.data.shape == (20, 24, 4)
     np.testing.assert_allclose(sr.spacing, (SPACING[1] / 2, SPACING[0] / 2, GAP), atol=1e-5)
+
+
+@needs_dciodvfy
+def test_derived_series_of_a_mosaic_has_no_new_dciodvfy_errors(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = _mosaic(tmp_path / "epi" / "mosaic.dcm", _tiles(rng, 4))
+    out = write_dicom_series(read_dicom_path(path), tmp_path / "derived")
+    assert new_errors(path, out) == set()
+
+
+def test_a_mosaic_with_parallel_rows_and_columns_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = _mosaic(tmp_path / "flat" / "mosaic.dcm", _tiles(rng, 4), col_dir=ROW, normal_sign=1.0)
+    with pytest.raises(UnsupportedDataError, match="bad ImageOrientationPatient"):
+        read_dicom_path(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import enhanced_mr
+from dicom_helpers import enhanced_mr, needs_dciodvfy, new_errors
 
 from mrisr.io.dicom import pixels as dicom_pixels
 from mrisr.io.dicom import read_dicom_path, read_dicom_series, write_dicom_series
@@ -103,3 +103,13 @@ def test_monochrome2_input_stays_monochrome2(axial_series: SeriesMaker, tmp_path
     vol = read_dicom_series(axial_series("m2", [0.0, 2.0]))
     out = write_dicom_series(vol, tmp_path / "derived")
     assert pydicom.dcmread(sorted(out.iterdir())[0]).PhotometricInterpretation == "MONOCHROME2"
+
+
+@needs_dciodvfy
+def test_monochrome1_derived_series_has_no_new_dciodvfy_errors(
+    axial_series: SeriesMaker, rng: np.random.Generator, tmp_path: Path
+) -> None:
+    files = axial_series("m1v", [0.0, 2.0, 4.0])
+    _monochrome1(files, rng, bits=12, signed=False, slope=1.0, inter=0.0)
+    out = write_dicom_series(read_dicom_series(files), tmp_path / "derived")
+    assert new_errors(files[0], out) == set()

@@ -167,14 +167,13 @@ def _slice_spacing(ds: Dataset, path: Path) -> float:
     )
 
 
-def mosaic_layout(path: Path, ds: Dataset) -> MosaicLayout:
-    """The tiling of the mosaic ``ds`` (from its CSA header and Rows/Columns).
+def mosaic_layout(path: Path, ds: Dataset, csa: dict) -> MosaicLayout:
+    """The tiling of the mosaic ``ds`` (from its parsed CSA image header ``csa`` and Rows/Columns).
 
     Raises:
-        UnsupportedDataError: No CSA header or NumberOfImagesInMosaic, or Rows/Columns that are not
+        UnsupportedDataError: No NumberOfImagesInMosaic, or Rows/Columns that are not
             ``ceil(sqrt(n))`` tiles per side.
     """
-    csa = _csa_image_header(path, ds)
     n = _csa_number(path, csa, "NumberOfImagesInMosaic")
     if n is None or n < 1 or not float(n).is_integer():
         raise UnsupportedDataError(
@@ -208,7 +207,8 @@ def split_mosaic(path: Path, ds: Dataset) -> list[Tile]:
             without a usable position, orientation, pixel spacing or slice spacing, or whose CSA
             SliceNormalVector is not along the normal of its ImageOrientationPatient.
     """
-    layout = mosaic_layout(path, ds)
+    csa = _csa_image_header(path, ds)
+    layout = mosaic_layout(path, ds, csa)
     iop = _floats(ds, "ImageOrientationPatient", 6, path)
     ipp = _floats(ds, "ImagePositionPatient", 3, path)
     spacing = _floats(ds, "PixelSpacing", 2, path)
@@ -217,8 +217,10 @@ def split_mosaic(path: Path, ds: Dataset) -> list[Tile]:
         raise UnsupportedDataError(path, f"Siemens mosaic with a bad ImageOrientationPatient {list(iop)}")
     row_dir, col_dir = row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir)
     normal = np.cross(row_dir, col_dir)
+    if np.linalg.norm(normal) < 0.5:  # rows and columns (nearly) parallel: no slice normal
+        raise UnsupportedDataError(path, f"Siemens mosaic with a bad ImageOrientationPatient {list(iop)}")
     normal /= np.linalg.norm(normal)
-    csa_normal = _csa_vector(path, _csa_image_header(path, ds), "SliceNormalVector")
+    csa_normal = _csa_vector(path, csa, "SliceNormalVector")
     if csa_normal is not None:
         cos = float(normal @ csa_normal / np.linalg.norm(csa_normal))
         if abs(abs(cos) - 1.0) > _NORMAL_TOL:

@@ -70,6 +70,43 @@ def _transfer_syntax(ds: Dataset) -> UID | None:
     return UID(str(ts)) if ts else None
 
 
+#: The pydicom decoder plugins of the ``dicom-codecs`` extra (pyproject.toml): JPEG baseline,
+#: extended (12-bit), lossless and JPEG-LS (pylibjpeg-libjpeg), JPEG 2000 (pylibjpeg-openjpeg), RLE.
+CODEC_PACKAGES = ("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def decoder_available(ds: Dataset) -> bool:
+    """Whether an installed pydicom plugin decodes the pixel data's transfer syntax (uncompressed
+    syntaxes always; ``False`` when pydicom cannot tell, as pydicom 2 cannot)."""
+    ts = _transfer_syntax(ds)
+    if ts is None or not ts.is_valid or not ts.is_compressed:
+        return True
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom 2: no way to ask
+        return False
+    try:
+        return bool(get_decoder(ts).is_available)
+    except (NotImplementedError, ValueError):  # a compressed syntax pydicom has no decoder for at all
+        return False
+
+
+def no_decoder_error(path: Path, ds: Dataset) -> UnsupportedDataError:
+    """The error for pixel data that no installed pydicom plugin decodes, naming what to install."""
+    ts = _transfer_syntax(ds)
+    name = ts.name if ts is not None else "unknown transfer syntax"
+    return UnsupportedDataError(
+        path,
+        f"no installed decoder for {name} pixel data: pip install 'mrisr[dicom-codecs]' "
+        f"(pydicom plugins {', '.join(CODEC_PACKAGES)})",
+    )
+
+
 def check_pixel_length(path: Path, ds: Dataset) -> None:
     """Refuse a file whose native pixel data hold fewer bytes than its header promises.
 
@@ -172,22 +209,42 @@ def _undo_gdcm_inversion(values: np.ndarray, ds: Dataset, path: Path) -> np.ndar
     return slope * top + 2.0 * inter - values
 
 
+def _decode_pydicom(path: Path) -> tuple[Dataset, np.ndarray]:
+    """The dataset of ``path`` and its stored pixel values (float64) as pydicom decodes them.
+
+    Raises:
+        UnsupportedDataError: Compressed pixel data that no installed pydicom plugin decodes (the
+            message names what to install).
+        UnreadableFileError: A file or pixel data that cannot be read.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+    except _DECODE_ERRORS as exc:
+        raise UnreadableFileError(path, f"cannot read pixel data ({_first_line(exc)})") from exc
+    try:
+        return ds, np.asarray(ds.pixel_array, dtype=np.float64)
+    except (NotImplementedError, RuntimeError) as exc:
+        if not decoder_available(ds):
+            raise no_decoder_error(path, ds) from exc
+        raise UnreadableFileError(path, f"cannot read pixel data ({_first_line(exc)})") from exc
+    except _DECODE_ERRORS as exc:
+        raise UnreadableFileError(path, f"cannot read pixel data ({_first_line(exc)})") from exc
+
+
 def _read_pixels_pydicom(path: Path, shape: tuple[int, int], *, missing_codec_ok: bool = False) -> np.ndarray:
     """Pixels decoded by pydicom with the rescale applied (pydicom never inverts MONOCHROME1).
 
     Raises:
         _NoDecoderError: With ``missing_codec_ok``, when no installed pydicom plugin decodes the data.
+        UnsupportedDataError: Without it, in that case (naming what to install).
         UnreadableFileError: Undecodable pixel data or a size other than ``shape``.
     """
     try:
-        ds = pydicom.dcmread(path)
-        arr = np.asarray(ds.pixel_array, dtype=np.float64)
-    except (NotImplementedError, RuntimeError) as exc:
+        ds, arr = _decode_pydicom(path)
+    except UnsupportedDataError as exc:
         if missing_codec_ok:
-            raise _NoDecoderError(str(exc)) from exc
-        raise UnreadableFileError(path, f"cannot read pixel data ({exc})") from exc
-    except _DECODE_ERRORS as exc:
-        raise UnreadableFileError(path, f"cannot read pixel data ({exc})") from exc
+            raise _NoDecoderError(exc.reason) from exc
+        raise
     if arr.size != shape[0] * shape[1]:
         raise UnreadableFileError(path, f"pixel data of {arr.shape} does not match Rows×Columns {shape}")
     slope, inter = rescale(ds, path)
@@ -205,17 +262,7 @@ def read_frame_pixels(path: Path, ds: Dataset, shape: tuple[int, int]) -> np.nda
     """
     check_pixel_length(path, ds)
     frames = max(1, _header_int(ds, "NumberOfFrames", 1))
-    try:
-        full = pydicom.dcmread(path)
-        arr = np.asarray(full.pixel_array, dtype=np.float64)
-    except (NotImplementedError, RuntimeError) as exc:
-        ts = _transfer_syntax(ds)
-        name = ts.name if ts is not None else "unknown transfer syntax"
-        raise UnsupportedDataError(
-            path, f"cannot decode multi-frame pixel data ({name}): install pylibjpeg with its plugins ({exc})"
-        ) from exc
-    except _DECODE_ERRORS as exc:
-        raise UnreadableFileError(path, f"cannot read pixel data ({exc})") from exc
+    _, arr = _decode_pydicom(path)
     if arr.size != frames * shape[0] * shape[1]:
         raise UnreadableFileError(path, f"pixel data of {arr.shape} do not match {frames} frames of {shape}")
     return arr.reshape(frames, *shape)

@@ -36,6 +36,7 @@ class _Slice:
     frame: int | None = None  # 1-based frame number of a multi-frame object, None for a single frame
     file_ds: Dataset | None = None  # the multi-frame object's or mosaic's own header, for its pixel data
     tile: Tile | None = None  # the slice's tile in a Siemens mosaic, None for any other slice
+    spacing_assumed: bool = False  # no PixelSpacing (nor ImagerPixelSpacing): 1 mm assumed
 
     @property
     def label(self) -> str:
@@ -94,8 +95,8 @@ def _parse_slice(
     spacing = _floats(ds, "PixelSpacing", 2, path)
     if spacing is None:
         spacing = _floats(ds, "ImagerPixelSpacing", 2, path)
+    assumed = spacing is None  # warned about once per series, by read_dicom_series
     if spacing is None:
-        log.warning("%s: no PixelSpacing; assuming 1 mm", path)
         spacing = np.ones(2)
     row_dir, col_dir = iop[:3], iop[3:]
     if not (np.isclose(np.linalg.norm(row_dir), 1, atol=1e-3) and np.isclose(np.linalg.norm(col_dir), 1, atol=1e-3)):
@@ -117,6 +118,7 @@ def _parse_slice(
         frame=frame,
         file_ds=file_ds,
         tile=tile,
+        spacing_assumed=assumed,
     )
 
 
@@ -405,8 +407,12 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
     first = ordered[0]
     paths = sorted({Path(f) for f in files})
     folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    data = _read_data(ordered) if len(volumes) == 1 else np.stack([_read_data(v) for v in volumes], axis=-1)
     where = paths[0] if len(paths) == 1 else folder
+    assumed = sum(s.spacing_assumed for v in volumes for s in v)
+    if assumed:
+        total = sum(len(v) for v in volumes)
+        log.warning("%s: no PixelSpacing in %d of %d slices; assuming 1 mm", where, assumed, total)
+    data = _read_data(ordered) if len(volumes) == 1 else np.stack([_read_data(v) for v in volumes], axis=-1)
     if data.size and float(data.min()) == float(data.max()):
         raise UnsupportedDataError(where, f"a constant image (every voxel is {float(data.min()):g}): empty pixel data?")
     affine_lps = np.eye(4)
