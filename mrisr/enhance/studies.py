@@ -39,7 +39,7 @@ from mrisr.geometry import voxel_spacing
 from mrisr.io import Volume, as_written, check_finite, default_output_dtype, same_output_format, write_volume
 from mrisr.io.nifti_header import warn_if_orientation_unknown
 from mrisr.locks import study_lock
-from mrisr.outputs import Staging, check_free, commit_journal, finish_commit
+from mrisr.outputs import Staging, check_free, check_inside, check_removable, commit_journal, finish_commit, link_out_of
 from mrisr.sidecar import Targets, owned_outputs, rerun_differences, standing_result, study_sha256
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,18 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
                 )
         # Only what mrisr's own records name is replaced or removed (a kill leaves the journal, which
         # was carried out before this): refuse early, before the work, for the main output and sidecar.
+        # Nothing is written through a link out of OUT, and an owned series folder that now holds a
+        # file of the user's is neither replaced nor removed.
         owned = owned_outputs(opts.out_dir, study)
+        check_inside(targets.all(), opts.out_dir)
         check_free(
-            [out_path, sidecar], owned, overwrite=opts.overwrite, staged_dirs={out_path} if out_fmt == "dicom" else ()
+            [out_path, sidecar],
+            owned,
+            overwrite=opts.overwrite,
+            staged_dirs={out_path} if out_fmt == "dicom" else (),
+            root=opts.out_dir,
         )
+        check_removable([p for p in owned if p not in (out_path, sidecar)], root=opts.out_dir)
         staging = Staging()
         try:
             record = _make_outputs(batch, study, out_fmt, targets, in_sha=in_sha, loaded=loaded, staging=staging)
@@ -141,7 +149,9 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
         # A failure replaces no done result (a failed --overwrite leaves the old one, as a kill does).
         # Nor is a file of the user's at the sidecar's path replaced by the failure record.
         no_result = standing_result(opts.out_dir, study, targets)[0] is None
-        sidecar_free = not (sidecar.exists() or sidecar.is_symlink()) or sidecar in owned_outputs(opts.out_dir, study)
+        sidecar_free = link_out_of(sidecar, opts.out_dir) is None and (
+            not (sidecar.exists() or sidecar.is_symlink()) or sidecar in owned_outputs(opts.out_dir, study)
+        )
         if not isinstance(exc, OutputExistsError) and no_result and sidecar_free:
             _write_failure(batch, study, sidecar, line, seconds)
         return StudyResult(study, "failed", seconds, error=line, sidecar=sidecar)

@@ -1,0 +1,111 @@
+"""A fourth hostile campaign: cases a new user meets, each found misbehaving before its fix.
+
+Outputs through links out of ``--out``, a user's file inside a series folder mrisr wrote, a user's
+``dataset_description.json`` at a BIDS output folder, NRRD lengths in metres.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mrisr.checkpoint import save_checkpoint
+from mrisr.cli import main
+from mrisr.models import SRCNN, SRCNNConfig
+
+
+@pytest.fixture()
+def net(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    cfg = SRCNNConfig(residual=True)
+    path = tmp_path / "net.pt"
+    save_checkpoint(path, SRCNN(cfg), cfg.to_dict(), {"scale": [2, 2, 1], "degradation": "bicubic"})
+    return path
+
+
+def _nifti(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.random.default_rng(seed).integers(100, 900, (6, 5, 2)).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0])), str(path))
+    return path
+
+
+def _bids(root: Path) -> Path:
+    _nifti(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "raw", "BIDSVersion": "1.8.0"}))
+    return root
+
+
+def _run(inputs: list[Path], out: Path, net: Path, *extra: str) -> int:
+    args = ["enhance", *map(str, inputs), "--out", str(out), "--checkpoint", str(net), "--ensemble", "1"]
+    return main(["-q", *args, "--no-figure", *extra])
+
+
+def _errors(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# --- Outputs through a link out of --out --------------------------------------------------------
+
+
+def test_a_bids_subject_folder_linked_out_of_out_is_refused_not_reported_done(
+    tmp_path: Path, net: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``OUT/sub-01`` a link to a folder elsewhere: the commit ignored every step out of OUT, so the
+    study was reported done (exit 0) with no output, its temporaries left in the other folder."""
+    raw = _bids(tmp_path / "raw")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub-01").symlink_to(elsewhere)
+    assert _run([raw], out, net) == 1
+    lines = _errors(capsys)
+    assert len(lines) == 1 and f"{out / 'sub-01'}: leads out of the output folder" in lines[0], lines
+    assert _tree(elsewhere) == []  # nothing written there: no output, no temporary, no failure record
+
+
+def test_an_output_path_under_out_reached_through_a_link_inside_out_is_written(tmp_path: Path, net: Path) -> None:
+    """A link that stays inside OUT is fine (control of the test above)."""
+    raw = _bids(tmp_path / "raw")
+    out = tmp_path / "out"
+    (out / "real").mkdir(parents=True)
+    (out / "sub-01").symlink_to(out / "real")
+    assert _run([raw], out, net) == 0
+    assert nib.load(str(out / "real" / "anat" / "sub-01_desc-sr_T1w.nii.gz")).shape == (12, 10, 2)
+
+
+# --- A user's file inside the DICOM series folder that mrisr wrote -------------------------------
+
+
+@pytest.mark.parametrize("second", ["dicom", "nifti"])
+def test_a_users_file_inside_an_owned_series_folder_is_never_deleted(
+    tmp_path: Path, net: Path, capsys: pytest.CaptureFixture[str], second: str
+) -> None:
+    """``--overwrite`` (same format: the folder replaced; another format: the folder removed) deleted
+    ``a_sr/notes.txt`` with the series: the sidecar names the folder, not what the user put in it."""
+    src = _nifti(tmp_path / "in" / "a.nii.gz")
+    out = tmp_path / "out"
+    assert _run([src], out, net, "--format", "dicom") == 0
+    notes = out / "a_sr" / "notes.txt"
+    notes.write_text("mine")
+    slices = sorted(p.name for p in (out / "a_sr").glob("IM*.dcm"))
+    capsys.readouterr()
+    assert _run([src], out, net, "--format", second, "--overwrite") == 1
+    lines = _errors(capsys)
+    assert len(lines) == 1 and str(notes) in lines[0] and "move it away" in lines[0], lines
+    assert notes.read_text() == "mine"
+    assert sorted(p.name for p in (out / "a_sr").glob("IM*.dcm")) == slices  # the old result stands
+    assert json.loads((out / "a_sr.json").read_text())["status"] == "done"
+    notes.unlink()  # moved away: the rerun goes through
+    assert _run([src], out, net, "--format", second, "--overwrite") == 0
+    assert (out / "a_sr").is_dir() == (second == "dicom")
