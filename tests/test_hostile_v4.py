@@ -109,3 +109,48 @@ def test_a_users_file_inside_an_owned_series_folder_is_never_deleted(
     notes.unlink()  # moved away: the rerun goes through
     assert _run([src], out, net, "--format", second, "--overwrite") == 0
     assert (out / "a_sr").is_dir() == (second == "dicom")
+
+
+# --- A user's dataset_description.json / .bidsignore in a BIDS output folder ---------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"Name": "my raw data", "BIDSVersion": "1.8.0", "DatasetType": "raw"}),
+        json.dumps({"Name": "my raw data", "BIDSVersion": "1.8.0"}),  # BIDS: no DatasetType is raw
+        "not json at all\n",
+        "[1, 2]",
+    ],
+    ids=["raw", "raw-by-default", "not-json", "not-an-object"],
+)
+def test_a_users_dataset_description_at_out_is_never_rewritten(
+    tmp_path: Path, net: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    """``--out`` a user's BIDS raw dataset (or any folder with such a file): the description was
+    turned into a derivative's (a raw one) or replaced by a new one (one that was not JSON)."""
+    raw = _bids(tmp_path / "raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "dataset_description.json"
+    mine.write_text(text)
+    assert _run([raw], out, net) == 1
+    lines = _errors(capsys)
+    assert len(lines) == 1 and str(mine) in lines[0] and "another --out" in lines[0], lines
+    assert mine.read_text() == text
+    assert not (out / "sub-01" / "anat" / "sub-01_desc-sr_T1w.nii.gz").exists()
+
+
+def test_a_derivative_description_is_completed_and_an_unreadable_bidsignore_kept(tmp_path: Path, net: Path) -> None:
+    raw = _bids(tmp_path / "raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dataset_description.json").write_text(
+        json.dumps({"Name": "other", "BIDSVersion": "1.8.0", "DatasetType": "derivative", "GeneratedBy": [{"Name": "x"}]})
+    )
+    ignore = out / ".bidsignore"
+    ignore.write_bytes(b"\xff\xfe mine\n")
+    assert _run([raw], out, net) == 0
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert [g["Name"] for g in desc["GeneratedBy"]] == ["mrisr", "x"] and desc["Name"] == "other"
+    assert ignore.read_bytes() == b"\xff\xfe mine\n"

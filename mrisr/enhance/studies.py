@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mrisr import __version__
-from mrisr.bids import derivative_metadata, write_description
+from mrisr.bids import check_description, derivative_metadata, write_description
 from mrisr.discovery import Study
 from mrisr.enhance import compute
 from mrisr.enhance.compute import Batch, Computed
@@ -112,6 +112,8 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
             root=opts.out_dir,
         )
         check_removable([p for p in owned if p not in (out_path, sidecar)], root=opts.out_dir)
+        if study.bids is not None and out_fmt == "nifti":
+            check_description(opts.out_dir)  # a raw dataset's description of the user's is never rewritten
         staging = Staging()
         try:
             record = _make_outputs(batch, study, out_fmt, targets, in_sha=in_sha, loaded=loaded, staging=staging)
