@@ -145,9 +145,8 @@ def test_a_derivative_description_is_completed_and_an_unreadable_bidsignore_kept
     raw = _bids(tmp_path / "raw")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "dataset_description.json").write_text(
-        json.dumps({"Name": "other", "BIDSVersion": "1.8.0", "DatasetType": "derivative", "GeneratedBy": [{"Name": "x"}]})
-    )
+    theirs = {"Name": "other", "BIDSVersion": "1.8.0", "DatasetType": "derivative", "GeneratedBy": [{"Name": "x"}]}
+    (out / "dataset_description.json").write_text(json.dumps(theirs))
     ignore = out / ".bidsignore"
     ignore.write_bytes(b"\xff\xfe mine\n")
     assert _run([raw], out, net) == 0
