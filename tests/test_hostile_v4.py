@@ -153,3 +153,117 @@ def test_a_derivative_description_is_completed_and_an_unreadable_bidsignore_kept
     desc = json.loads((out / "dataset_description.json").read_text())
     assert [g["Name"] for g in desc["GeneratedBy"]] == ["mrisr", "x"] and desc["Name"] == "other"
     assert ignore.read_bytes() == b"\xff\xfe mine\n"
+
+
+# --- NRRD lengths in metres (ITK ignores the NRRD unit fields) and detached headers ---------------
+
+_NRRD_HEAD = "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 3 2\nendian: little\nencoding: raw\n"
+_VOXELS = np.arange(24, dtype="<i2").reshape(2, 3, 4)  # (k, j, i): the file's order, i fastest
+
+
+def _nrrd(path: Path, fields: str, *, detached: bool = False, blank_line: bool = True) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if detached:
+        (path.parent / "voxels.raw").write_bytes(_VOXELS.tobytes())
+        path.write_text(_NRRD_HEAD + fields + "data file: voxels.raw\n" + ("\n" if blank_line else ""))
+    else:
+        path.write_bytes((_NRRD_HEAD + fields + "\n").encode() + _VOXELS.tobytes())
+    return path
+
+
+_LPS_MM = (
+    "space: left-posterior-superior\nspace directions: (0.9,0,0) (0,0.8,0.1) (0,0,2.5)\nspace origin: (10,-20,30)\n"
+)
+_LPS_MM_RAS = np.array([[-0.9, 0, 0, -10], [0, -0.8, 0, 20], [0, 0.1, 2.5, 30], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    ("fields", "detached"),
+    [
+        (
+            _LPS_MM.replace("0.9,", "0.0009,")
+            .replace("0.8,0.1", "0.0008,0.0001")
+            .replace("2.5)", "0.0025)")
+            .replace("(10,-20,30)", "(0.01,-0.02,0.03)")
+            + 'space units: "m" "m" "m"\n',
+            False,
+        ),
+        (
+            _LPS_MM.replace("0.9,", "0.09,")
+            .replace("0.8,0.1", "0.08,0.01")
+            .replace("2.5)", "0.25)")
+            .replace("(10,-20,30)", "(1,-2,3)")
+            + 'space units: "cm" "cm" "cm"\n',
+            True,
+        ),
+        (
+            _LPS_MM.replace("0.9,", "900,")
+            .replace("0.8,0.1", "800,100")
+            .replace("2.5)", "2500)")
+            .replace("(10,-20,30)", "(10000,-20000,30000)")
+            + 'space units: "\u00b5m" "um" "micron"\n',
+            True,
+        ),
+        (_LPS_MM + 'space units: "mm" "mm" "mm"\n', True),
+    ],
+    ids=["metres", "centimetres-detached", "micrometres-detached", "mm-detached"],
+)
+def test_nrrd_space_units_are_converted_to_mm(tmp_path: Path, fields: str, detached: bool) -> None:
+    """ITK ignores ``space units``: a NRRD file in metres was read 1000 times too small (a 0.0009 mm
+    voxel). A detached header (``.nhdr``) ending without a blank line was not parsed at all."""
+    from mrisr.io import read_volume
+    from mrisr.io.itk import read_itk_grid
+
+    path = _nrrd(tmp_path / ("a.nhdr" if detached else "a.nrrd"), fields, detached=detached, blank_line=False)
+    vol = read_volume(path)
+    np.testing.assert_allclose(vol.affine, _LPS_MM_RAS, atol=1e-9)
+    np.testing.assert_array_equal(vol.data, _VOXELS.transpose(2, 1, 0))
+    np.testing.assert_allclose(read_itk_grid(path)[0], _LPS_MM_RAS, atol=1e-9)
+
+
+def test_nrrd_axis_units_without_a_space_are_converted_and_unknown_units_refused(tmp_path: Path) -> None:
+    from mrisr.errors import UnsupportedDataError
+    from mrisr.io import read_volume
+
+    vol = read_volume(_nrrd(tmp_path / "cm.nrrd", 'spacings: 0.1 0.1 0.3\nunits: "cm" "cm" "cm"\n'))
+    np.testing.assert_allclose(vol.spacing, (1.0, 1.0, 3.0), atol=1e-9)
+    with pytest.raises(UnsupportedDataError, match="furlong"):
+        read_volume(_nrrd(tmp_path / "f.nrrd", _LPS_MM + 'space units: "furlong" "mm" "mm"\n'))
+
+
+def test_a_detached_nrrd_header_is_checked_before_reading_and_multi_file_data_still_read(tmp_path: Path) -> None:
+    from mrisr.errors import UnreadableFileError
+    from mrisr.io import read_volume
+
+    short = _nrrd(tmp_path / "short" / "a.nhdr", _LPS_MM, detached=True, blank_line=False)
+    (short.parent / "voxels.raw").write_bytes(_VOXELS.tobytes()[:10])
+    with pytest.raises(
+        UnreadableFileError, match=r"truncated file \(its header promises 48 bytes of voxels, it holds 10"
+    ):
+        read_volume(short)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for k in range(2):
+        (folder / f"s{k}.raw").write_bytes(_VOXELS[k].tobytes())
+    listed = folder / "list.nhdr"
+    listed.write_text(_NRRD_HEAD + _LPS_MM + "data file: LIST\ns0.raw\ns1.raw\n")
+    pattern = folder / "pattern.nhdr"
+    pattern.write_text(_NRRD_HEAD + _LPS_MM + "data file: s%d.raw 0 1 1\n")
+    for path in (listed, pattern):
+        np.testing.assert_array_equal(read_volume(path).data, _VOXELS.transpose(2, 1, 0))
+
+
+def test_enhanced_metre_nrrd_lies_at_the_same_world_points_in_mm(tmp_path: Path, net: Path) -> None:
+    fields = (
+        "space: left-posterior-superior\nspace directions: (0.002,0,0) (0,0.002,0) (0,0,0.003)\n"
+        'space origin: (0.01,-0.02,0.03)\nspace units: "m" "m" "m"\n'
+    )
+    src = _nrrd(tmp_path / "in" / "m.nrrd", fields)
+    out = tmp_path / "out"
+    assert _run([src], out, net) == 0
+    img = nib.load(str(out / "m_sr.nii.gz"))
+    expected = np.array([[-2.0, 0, 0, -10], [0, -2.0, 0, 20], [0, 0, 3.0, 30], [0, 0, 0, 1]])
+    step = np.diag([0.5, 0.5, 1.0, 1.0])
+    step[:2, 3] = -0.25  # fine voxel 0's centre at coarse index -0.25 (docs/geometry.md)
+    np.testing.assert_allclose(img.affine, expected @ step, atol=1e-5)
+    assert img.shape == (8, 6, 2)
