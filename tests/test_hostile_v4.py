@@ -267,3 +267,25 @@ def test_enhanced_metre_nrrd_lies_at_the_same_world_points_in_mm(tmp_path: Path,
     step[:2, 3] = -0.25  # fine voxel 0's centre at coarse index -0.25 (docs/geometry.md)
     np.testing.assert_allclose(img.affine, expected @ step, atol=1e-5)
     assert img.shape == (8, 6, 2)
+
+
+# --- The sidecar describes what stands on disk ---------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [(), ("--dtype", "float32")], ids=["float-input", "dtype-float32"])
+def test_a_dicom_outputs_sidecar_names_the_type_its_slices_hold(
+    tmp_path: Path, net: Path, extra: tuple[str, ...]
+) -> None:
+    """A float32 study written as DICOM (int16 slices with a rescale) had ``output.dtype`` float32."""
+    import pydicom
+
+    src = tmp_path / "in" / "f.nii.gz"
+    src.parent.mkdir()
+    data = np.random.default_rng(1).random((6, 5, 2)).astype(np.float32) * 100
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0])), str(src))
+    out = tmp_path / "out"
+    assert _run([src], out, net, "--format", "dicom", *extra) == 0
+    record = json.loads((out / "f_sr.json").read_text())
+    first = pydicom.dcmread(sorted((out / "f_sr").glob("IM*.dcm"))[0])
+    assert first.pixel_array.dtype == np.int16 and first.PixelRepresentation == 1
+    assert record["output"]["dtype"] == "int16"

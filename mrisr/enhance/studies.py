@@ -197,10 +197,20 @@ def _make_outputs(
     if out_fmt == "dicom" and vol.data.ndim == 4:
         raise UnsupportedDataError(study.path, "4D data cannot be written as one DICOM series; use --format nifti")
     out_dtype = np.dtype(opts.dtype) if opts.dtype else default_output_dtype(vol.dtype)
+    stored_dtype = out_dtype
     if out_fmt == "dicom":
-        from mrisr.io.dicom import check_dicom_grid, dicom_as_written
+        from mrisr.io.dicom import check_dicom_grid, dicom_as_written, dicom_stored_dtype
 
         check_dicom_grid(vol)  # refining keeps the directions: a sheared grid fails before the SR
+        # The sidecar records the type the series holds (16-bit integers with a rescale, not a float).
+        if opts.dtype and np.dtype(opts.dtype) != dicom_stored_dtype(vol.dtype):
+            log.warning(
+                "%s: --dtype %s is not written as DICOM: the series holds %s with a rescale (use --format nifti)",
+                study.id,
+                opts.dtype,
+                dicom_stored_dtype(vol.dtype),
+            )
+        stored_dtype = dicom_stored_dtype(vol.dtype)
 
         def written(a: np.ndarray) -> np.ndarray:
             return dicom_as_written(a, vol.dtype)  # a DICOM series has its own 16-bit value rule
@@ -214,7 +224,7 @@ def _make_outputs(
     else:
         made = compute.enhance(batch, vol, written)
     files = _write_files(batch, study, made, targets, out_fmt=out_fmt, out_dtype=out_dtype, staging=staging)
-    record = _record(batch, study, made, targets, vol=vol, in_sha=in_sha, out_fmt=out_fmt, out_dtype=out_dtype)
+    record = _record(batch, study, made, targets, vol=vol, in_sha=in_sha, out_fmt=out_fmt, out_dtype=stored_dtype)
     record["output"] |= files.pop("output")
     record |= files
     if study.bids is not None and out_fmt == "nifti":
