@@ -22,7 +22,7 @@ from typing import Any
 
 from mrisr import faults
 from mrisr.errors import OutputBlockedError
-from mrisr.fsutil import remove_path, temp_sibling, write_json_atomic
+from mrisr.fsutil import TMP_MARK, remove_path, temp_sibling, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Staging:
         ops.append(["move", str(staged_sidecar), str(sidecar)])
         write_json_atomic(journal, {"ops": ops})  # the commit point
         self.moves.clear()  # committed: nothing staged may be discarded now, the journal needs it
-        finish_commit(journal, journal.parent)
+        finish_commit(journal, journal.parent, allowed=[*finals, *removals])
 
 
 def _norm(path: Path) -> Path:
@@ -248,9 +248,28 @@ def _move(staged: Path, final: Path) -> None:
         os.replace(staged, final)
 
 
-def finish_commit(journal: Path, root: Path) -> bool:
+def _step_allowed(op: str, paths: list[Path], allowed: Collection[Path] | None) -> bool:
+    """Whether a journal step touches only the study's own outputs (``allowed``, its target paths):
+    a move from a temporary name beside its target (:func:`mrisr.fsutil.temp_sibling`) to the target,
+    a removal of a target. ``allowed`` ``None``: any step inside the root."""
+    if allowed is None:
+        return True
+    names = {_norm(p) for p in allowed}
+    if op == "move" and len(paths) == 2:
+        src, dst = paths
+        return (
+            _norm(dst) in names
+            and _norm(src.parent) == _norm(dst.parent)
+            and src.name.startswith(f".{dst.name}{TMP_MARK}")
+        )
+    return op == "remove" and len(paths) == 1 and _norm(paths[0]) in names
+
+
+def finish_commit(journal: Path, root: Path, *, allowed: Collection[Path] | None = None) -> bool:
     """Carry out the commit ``journal`` (one left by a killed run, or one just written): every step
-    is idempotent. Paths outside ``root`` (a hostile journal) are ignored.
+    is idempotent. Paths outside ``root`` are ignored, and so, with ``allowed`` (the study's own
+    output paths), is any step that would move or remove something else (a hostile or foreign
+    journal naming a file of the user's in ``root``).
 
     Returns:
         Whether a journal was found.
@@ -268,6 +287,9 @@ def finish_commit(journal: Path, root: Path) -> bool:
         paths = [Path(x) for x in op[1:]]
         if not paths or not all(_inside(p, root) for p in paths):
             log.warning("%s: ignoring a step outside %s", journal, root)
+            continue
+        if not _step_allowed(op[0], paths, allowed):
+            log.warning("%s: ignoring a step on a path that is not one of the study's outputs: %s", journal, op)
             continue
         if op[0] == "move" and len(paths) == 2:
             _move(paths[0], paths[1])

@@ -289,3 +289,30 @@ def test_a_dicom_outputs_sidecar_names_the_type_its_slices_hold(
     first = pydicom.dcmread(sorted((out / "f_sr").glob("IM*.dcm"))[0])
     assert first.pixel_array.dtype == np.int16 and first.PixelRepresentation == 1
     assert record["output"]["dtype"] == "int16"
+
+
+# --- A commit journal that names files other than the study's outputs ----------------------------
+
+
+def test_a_planted_commit_journal_never_removes_or_moves_a_users_file(tmp_path: Path, net: Path) -> None:
+    """``OUT/.a.mrisr-commit.json`` is carried out before study ``a`` runs; one naming a file of the
+    user's inside OUT (or another study's output) removed or replaced it."""
+    src = _nifti(tmp_path / "in" / "a.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    notes = out / "notes.txt"
+    notes.write_text("mine")
+    data = out / "data.nii.gz"
+    data.write_text("my data")
+    other = out / "b_sr.nii.gz"
+    other.write_text("b")
+    ops = [
+        ["remove", str(notes)],
+        ["move", str(data), str(other)],  # not a temporary of a's: would replace b's file by mine
+        ["remove", str(out / "a_sr.nii.gz")],  # a's own output: allowed (nothing there yet)
+    ]
+    (out / ".a.mrisr-commit.json").write_text(json.dumps({"ops": ops}))
+    assert _run([src], out, net) == 0
+    assert notes.read_text() == "mine" and data.read_text() == "my data" and other.read_text() == "b"
+    assert not (out / ".a.mrisr-commit.json").exists()
+    assert nib.load(str(out / "a_sr.nii.gz")).shape == (12, 10, 2)

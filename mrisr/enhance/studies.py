@@ -66,8 +66,8 @@ def process_study(batch: Batch, study: Study, *, loaded: Future[Volume] | None =
         out_fmt = same_output_format(study.fmt) if batch.opts.fmt == "same" else batch.opts.fmt
         try:
             # A commit that a killed run left half done is finished first (outputs.finish_commit).
-            finish_commit(commit_journal(out_dir, study.id), out_dir)
             own = {p for t in Targets.every_format(out_dir, study) for p in t.all()}
+            finish_commit(commit_journal(out_dir, study.id), out_dir, allowed=own)
             for target in own | {commit_journal(out_dir, study.id)}:
                 remove_temporaries(target)  # left by a killed run (the lock keeps other writers away)
             # Not under this study's lock: only the temporaries of writers that are gone.
