@@ -302,6 +302,7 @@ def _mosaic_volumes(headers: list[tuple[Path, Dataset]], folder: Path) -> tuple[
             folder,
             f"several Siemens mosaics with InstanceNumber/AcquisitionNumber {dup[0]}/{dup[1]} (duplicate files?)",
         )
+    _check_no_lost_mosaic(ordered_files, numbers, folder)
     volumes: list[list[_Slice]] = []
     step = np.zeros(3)
     for p, ds in ordered_files:
@@ -314,6 +315,38 @@ def _mosaic_volumes(headers: list[tuple[Path, Dataset]], folder: Path) -> tuple[
             _check_same_grid(volumes[0], ordered, folder)
         volumes.append(ordered)
     return volumes, step
+
+
+def _check_no_lost_mosaic(
+    ordered_files: list[tuple[Path, Dataset]], numbers: list[tuple[int, int]], folder: Path
+) -> None:
+    """Refuse a run of mosaics (time points, diffusion directions) with a number missing inside it:
+    the InstanceNumbers of a series (else its AcquisitionNumbers, when the InstanceNumbers do not
+    vary) count its mosaics one by one, so a gap is a lost file, and the 4D study would come out one
+    time point short, every later volume at the wrong time.
+
+    Raises:
+        InconsistentGeometryError: Naming the files on either side of the gap.
+    """
+    if len(numbers) < 2:
+        return
+    for part in (0, 1):
+        values = [n[part] for n in numbers]
+        if len(set(values)) == len(values):
+            break
+    else:
+        return
+    what = ("InstanceNumber", "AcquisitionNumber")[part]
+    for n in range(1, len(values)):
+        a, b = values[n - 1], values[n]
+        pa, pb = ordered_files[n - 1][0], ordered_files[n][0]
+        if b != a + 1:
+            missing = f"{a + 1}" if b == a + 2 else f"{a + 1}–{b - 1}"
+            raise InconsistentGeometryError(
+                folder,
+                f"Siemens mosaic series without {what} {missing} (between {pa.name} and {pb.name}): "
+                "a lost file would leave a time point out",
+            )
 
 
 def _check_same_grid(first: list[_Slice], other: list[_Slice], folder: Path) -> None:
