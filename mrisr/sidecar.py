@@ -108,8 +108,12 @@ def study_from_name(name: str) -> str:
 def study_sha256(files: Sequence[Path]) -> str:
     """The study hash a sidecar records as ``input.sha256``: the SHA-256 of the file, or for a
     series of several files, of their names and bytes in the study's order
-    (:func:`mrisr.fsutil.sha256_files`)."""
-    return sha256_files(tuple(files))
+    (:func:`mrisr.fsutil.sha256_files`). A MetaImage or NRRD header with its voxels in other files
+    (``.mhd`` + ``.raw``, ``.nhdr`` + data files) counts as those files too, after the header."""
+    from mrisr.io.itk import itk_data_files
+
+    every = [g for f in files for g in (Path(f), *(d for d in itk_data_files(f) if d.is_file()))]
+    return sha256_files(tuple(every))
 
 
 #: The name of each of a study's files: flat suffix after ``<id>``, BIDS ``desc`` entity, extension,

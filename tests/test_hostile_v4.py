@@ -344,3 +344,48 @@ def test_a_mosaic_series_missing_a_time_point_is_refused_naming_the_gap(tmp_path
         read_volume(tmp_path / "bold")
     (tmp_path / "bold" / "f4.dcm").unlink()
     assert read_volume(tmp_path / "bold").data.shape == (5, 6, 4, 2)  # 1 and 2: nothing lost between
+
+
+# --- New voxels under an unchanged MetaImage / NRRD header ---------------------------------------
+
+
+def _mhd(folder: Path, values: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    values.astype("<i2").tofile(folder / "scan.raw")
+    header = folder / "scan.mhd"
+    header.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 6 5 2\nElementSpacing = 2 2 3\n"
+        "ElementType = MET_SHORT\nElementDataFile = scan.raw\n"
+    )
+    return header
+
+
+def test_new_voxels_in_a_detached_data_file_are_not_taken_for_a_done_study(
+    tmp_path: Path, net: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``scan.mhd`` + ``scan.raw``: the study hash covered the header alone, so a rerun after the
+    voxels changed was skipped as done, the old output standing for the new data."""
+    rng = np.random.default_rng(0)
+    src = _mhd(tmp_path / "in", rng.integers(100, 900, (2, 5, 6)))
+    out = tmp_path / "out"
+    assert _run([src], out, net) == 0
+    assert _run([src], out, net) == 0  # unchanged: skipped
+    capsys.readouterr()
+    _mhd(tmp_path / "in", rng.integers(100, 900, (2, 5, 6)))  # the same header, new voxels
+    assert _run([src], out, net) == 1
+    lines = _errors(capsys)
+    assert len(lines) == 1 and "input: another file (sha256)" in lines[0], lines
+    assert _run([src], out, net, "--overwrite") == 0
+
+
+def test_the_data_files_of_a_header_are_its_study_files(tmp_path: Path) -> None:
+    from mrisr.io.itk import itk_data_files
+
+    (tmp_path / "a.nhdr").write_text(_NRRD_HEAD + "data file: LIST\ns0.raw\ns1.raw\n")
+    (tmp_path / "b.nhdr").write_text(_NRRD_HEAD + "data file: s%02d.raw 3 7 2\n")
+    (tmp_path / "c.nrrd").write_bytes((_NRRD_HEAD + "\n").encode() + _VOXELS.tobytes())
+    (tmp_path / "d.mhd").write_text("NDims = 3\nElementDataFile = LIST\nx0.raw\nx1.raw\n")
+    assert [p.name for p in itk_data_files(tmp_path / "a.nhdr")] == ["s0.raw", "s1.raw"]
+    assert [p.name for p in itk_data_files(tmp_path / "b.nhdr")] == ["s03.raw", "s05.raw", "s07.raw"]
+    assert itk_data_files(tmp_path / "c.nrrd") == []
+    assert [p.name for p in itk_data_files(tmp_path / "d.mhd")] == ["x0.raw", "x1.raw"]

@@ -253,6 +253,50 @@ def _in_mm(path: Path, affine: np.ndarray, ndim: int) -> np.ndarray:
     return out
 
 
+def _expand_data_files(value: str, following: list[str]) -> list[str]:
+    """The file names a MetaImage ``ElementDataFile`` or NRRD ``data file`` value stands for: none
+    for ``LOCAL``, the lines after it for ``LIST``, a numbered pattern ``fmt first last step``
+    expanded (both ends included), else the one name."""
+    if not value or value.upper() == "LOCAL":
+        return []
+    if value.upper().split()[0] == "LIST":
+        return [line.strip() for line in following if line.strip()]
+    parts = value.split()
+    if len(parts) >= 4 and "%" in parts[0]:
+        try:
+            first, last, step = int(parts[1]), int(parts[2]), int(parts[3])
+            if step == 0 or abs(last - first) // abs(step) > 100_000:
+                return []
+            return [parts[0] % n for n in range(first, last + (1 if step > 0 else -1), step)]
+        except (ValueError, TypeError):
+            return []
+    return [value]
+
+
+def itk_data_files(path: str | Path) -> list[Path]:
+    """The data files a MetaImage (``.mhd``) or NRRD (``.nhdr``) header names for its voxels (empty
+    for voxels inside the file, or a file that is neither): what the study hash must cover besides
+    the header, so that new voxels under an unchanged header are not taken for a done study."""
+    p = Path(path)
+    if itk_format(p) is None:
+        return []
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(_HEADER_BYTES)
+    except OSError:
+        return []
+    lines = head.decode("latin-1").splitlines()
+    nrrd = head.startswith(b"NRRD")
+    for n, line in enumerate(lines):
+        if nrrd and not line.strip():
+            return []  # the blank line that ends a NRRD header: attached voxels follow
+        key, sep, value = line.partition(":" if nrrd else "=")
+        name = key.strip().lower()
+        if sep and name in (("data file", "datafile") if nrrd else ("elementdatafile",)):
+            return [p.parent / f for f in _expand_data_files(value.lstrip("=").strip(), lines[n + 1 :])]
+    return []
+
+
 def read_itk_grid(path: str | Path) -> tuple[np.ndarray, tuple[int, ...]]:
     """The RAS affine (mm) and the array shape ``(i, j, k[, t])`` of a MetaImage or NRRD file, from
     its header alone (no voxel is read).
