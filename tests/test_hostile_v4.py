@@ -6,8 +6,13 @@ Outputs through links out of ``--out``, a user's file inside a series folder mri
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -389,3 +394,59 @@ def test_the_data_files_of_a_header_are_its_study_files(tmp_path: Path) -> None:
     assert [p.name for p in itk_data_files(tmp_path / "b.nhdr")] == ["s03.raw", "s05.raw", "s07.raw"]
     assert itk_data_files(tmp_path / "c.nrrd") == []
     assert [p.name for p in itk_data_files(tmp_path / "d.mhd")] == ["x0.raw", "x1.raw"]
+
+
+# --- Corrupt NIfTI headers: one line each, no traceback, no made-up positions ---------------------
+
+
+def _corrupt_nifti(path: Path, **fields: Any) -> Path:
+    """A valid float32 8×9×4 NIfTI file whose header fields ``fields`` are then overwritten as they
+    are (nibabel would fix or refuse them on saving)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.random.default_rng(0).random((8, 9, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.0, 1.0])), str(path))
+    raw = bytearray(path.read_bytes())
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(raw[:348])), check=False)
+    for key, value in fields.items():
+        header[key] = value
+    raw[:348] = header.binaryblock
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"dim": [3, 8, -9, 4, 1, 1, 1, 1]}, "negative dimension"),
+        ({"srow_x": [np.nan, 0, 0, 0], "sform_code": 1}, "its sform places no voxel"),
+        ({"srow_x": [0, 0, 0, 0], "srow_y": [0, 0, 0, 0], "srow_z": [0, 0, 0, 0], "sform_code": 1}, "sform places"),
+    ],
+    ids=["negative-dim", "nan-sform", "zero-sform"],
+)
+def test_a_corrupt_nifti_header_fails_its_study_in_one_line(
+    tmp_path: Path, net: Path, capfd: pytest.CaptureFixture[str], fields: dict[str, Any], reason: str
+) -> None:
+    """A negative dimension gave a traceback (OverflowError from np.memmap); a NaN or all-zero
+    sform was taken as it is (spacing ``nan`` or 0: every output voxel at a made-up place)."""
+    bad = _corrupt_nifti(tmp_path / "in" / "bad.nii", **fields)
+    good = _nifti(tmp_path / "in" / "good.nii.gz")
+    out = tmp_path / "out"
+    assert _run([bad, good], out, net) == 1
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: bad: {bad}: ") and reason in lines[0], err
+    assert (out / "good_sr.nii.gz").is_file() and not (out / "bad_sr.nii.gz").exists()
+
+
+def test_nibabels_header_messages_do_not_pass_quiet(tmp_path: Path) -> None:
+    """nibabel prints its header checks through its own stderr handler (``data code 0 not supported;
+    not attempting fix``), which ``-q`` did not silence: two lines more than the error. (A subprocess:
+    pytest's log capture would hide that handler's output.)"""
+    bad = _corrupt_nifti(tmp_path / "bad.nii", datatype=0)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run(
+        [sys.executable, "-m", "mrisr.cli", "-q", "info", str(bad)], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 1
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert lines == [f"error: bad: {bad}: data code 0 not supported"], run.stderr

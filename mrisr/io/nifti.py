@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import math
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -22,6 +24,7 @@ from mrisr.io.nifti_header import SPATIAL_UNIT_BITS, output_header, set_spatial_
 log = logging.getLogger(__name__)
 
 _READ_ERRORS = (
+    OverflowError,  # a negative dimension: np.memmap of a negative length
     ImageFileError,
     HeaderDataError,
     EOFError,
@@ -74,6 +77,8 @@ def _check_size(path: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> None:
     Raises:
         UnreadableFileError: The file is too short for the header's shape and data type.
     """
+    if any(int(n) < 0 for n in img.shape):
+        raise UnreadableFileError(path, f"corrupt header: negative dimension in shape {tuple(img.shape)}")
     offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))
     need = offset + math.prod(img.shape) * img.get_data_dtype().itemsize
     size = path.stat().st_size
@@ -134,11 +139,22 @@ def mm_per_unit(header: nib.Nifti1Header) -> float:
     return _MM_PER_UNIT.get(int(header["xyzt_units"]) & SPATIAL_UNIT_BITS, 1.0)
 
 
-def affine_in_mm(header: nib.Nifti1Header) -> np.ndarray:
+def affine_in_mm(header: nib.Nifti1Header, path: Path | None = None) -> np.ndarray:
     """``header``'s voxel-to-RAS affine (nibabel's precedence: sform, qform, pixdim) in mm, whatever
-    spatial unit the file states (:func:`mm_per_unit`)."""
+    spatial unit the file states (:func:`mm_per_unit`).
+
+    Raises:
+        UnsupportedDataError: An affine that places no voxel (NaN or infinite entries, or a
+            singular matrix such as an all-zero sform): every output position would be made up.
+    """
     scale = mm_per_unit(header)
-    return np.diag([scale, scale, scale, 1.0]) @ np.asarray(header.get_best_affine(), dtype=np.float64)
+    affine = np.diag([scale, scale, scale, 1.0]) @ np.asarray(header.get_best_affine(), dtype=np.float64)
+    linear = affine[:3, :3]
+    if not np.isfinite(affine).all() or abs(np.linalg.det(linear)) <= 1e-12 * max(np.abs(linear).max(), 1e-300) ** 3:
+        which = "sform" if int(header["sform_code"]) > 0 else "qform" if int(header["qform_code"]) > 0 else "pixdim"
+        rows = "; ".join(" ".join(f"{v:g}" for v in row) for row in affine[:3])
+        raise UnsupportedDataError(path, f"corrupt header: its {which} places no voxel (affine rows {rows})")
+    return affine
 
 
 def header_in_mm(header: nib.Nifti1Header) -> nib.Nifti1Header:
@@ -157,6 +173,40 @@ def header_in_mm(header: nib.Nifti1Header) -> nib.Nifti1Header:
     return hdr
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _nibabel_reports(path: Path) -> Iterator[None]:
+    """Hold back what nibabel's header checks print straight to stderr (its ``nibabel.global``
+    logger has its own handler, which ``--quiet`` cannot silence) and log it once, naming ``path``:
+    a fix nibabel made (``setting 0 dims to 1``) is a warning of mrisr's; an error raises anyway."""
+    import nibabel.imageglobals as globals_
+
+    logger = globals_.logger
+    collect = _Collect()
+    handlers, propagate = list(logger.handlers), logger.propagate
+    for h in handlers:
+        logger.removeHandler(h)
+    logger.addHandler(collect)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(collect)
+        for h in handlers:
+            logger.addHandler(h)
+        logger.propagate = propagate
+        for message in dict.fromkeys(collect.messages):
+            log.warning("%s: nibabel: %s", path, message)
+
+
 def read_nifti(path: str | Path) -> Volume:
     """Read a ``.nii``/``.nii.gz`` file into a :class:`~mrisr.io.Volume`.
 
@@ -170,6 +220,11 @@ def read_nifti(path: str | Path) -> Volume:
         UnsupportedDataError: More than 4 non-singleton dimensions, or a non-numeric dtype (RGB).
     """
     p = Path(path)
+    with _nibabel_reports(p):
+        return _read_nifti(p)
+
+
+def _read_nifti(p: Path) -> Volume:
     try:
         if p.stat().st_size == 0:
             raise UnreadableFileError(p, "empty file (0 bytes)")
@@ -217,7 +272,7 @@ def read_nifti(path: str | Path) -> Volume:
     header.set_slope_inter(slope, inter)
     return Volume(
         data=np.asarray(data),
-        affine=affine_in_mm(img.header),
+        affine=affine_in_mm(img.header, p),
         dtype=img.get_data_dtype(),
         fmt="nifti",
         path=p,
