@@ -450,3 +450,46 @@ def test_nibabels_header_messages_do_not_pass_quiet(tmp_path: Path) -> None:
     assert run.returncode == 1
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
     assert lines == [f"error: bad: {bad}: data code 0 not supported"], run.stderr
+
+
+# --- Corrupt DICOM geometry and sizes --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tags", "reason"),
+    [
+        ({"PixelSpacing": [0.0, 0.0]}, r"bad PixelSpacing \[0.0, 0.0\] \(must be positive\)"),
+        ({"PixelSpacing": [-0.5, -0.5]}, r"bad PixelSpacing \[-0.5, -0.5\] \(must be positive\)"),
+        ({"ImageOrientationPatient": [1, 0, 0, 1, 0, 0]}, "row and column directions are \\(nearly\\) parallel"),
+    ],
+    ids=["zero-spacing", "negative-spacing", "parallel-orientation"],
+)
+def test_dicom_geometry_that_places_no_grid_is_refused_naming_the_file(
+    axial_series: Any, tags: dict[str, Any], reason: str
+) -> None:
+    """PixelSpacing 0 was read as a 0 mm grid, a negative one mirrored the image silently; rows
+    parallel to columns were reported as 'several slices at the same position'."""
+    from mrisr.errors import InconsistentGeometryError
+    from mrisr.io.dicom import read_dicom_series
+
+    files = axial_series("s", [0.0, 2.0, 4.0], tags=tags)
+    with pytest.raises(InconsistentGeometryError, match=reason) as info:
+        read_dicom_series(files)
+    assert info.value.path == files[0]
+
+
+def test_a_dicom_header_claiming_a_huge_image_is_refused_before_allocating(axial_series: Any) -> None:
+    """Rows × Columns 60000 × 60000 over 40 bytes of pixel data: a MemoryError traceback (107 GiB
+    asked for the volume) before the short pixel data were noticed."""
+    import pydicom
+
+    from mrisr.errors import UnreadableFileError
+    from mrisr.io.dicom import read_dicom_series
+
+    files = axial_series("s", [0.0, 2.0, 4.0, 6.0])
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.Rows = ds.Columns = 60000
+        ds.save_as(f)
+    with pytest.raises(UnreadableFileError, match=r"60000×60000×1\) at 16 bits need 7200000000"):
+        read_dicom_series(files)

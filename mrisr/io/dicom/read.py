@@ -17,7 +17,7 @@ from mrisr.io import Volume
 from mrisr.io.dicom.common import _ABS_TOL, _REL_TOL, COPIED_TAGS, LPS_TO_RAS, _image_header, _read_header, _tag_str
 from mrisr.io.dicom.enhanced import check_one_stack, is_multiframe, split_frames
 from mrisr.io.dicom.mosaic import Tile, is_mosaic, split_mosaic
-from mrisr.io.dicom.pixels import read_frame_pixels, read_slice_pixels, rescale
+from mrisr.io.dicom.pixels import check_pixel_length, read_frame_pixels, read_slice_pixels, rescale
 from mrisr.io.dicom.source import DicomSource, SourceSlice, clean_header, is_lossy_syntax
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,17 @@ def _parse_slice(
     assumed = spacing is None  # warned about once per series, by read_dicom_series
     if spacing is None:
         spacing = np.ones(2)
+    if not (spacing > 0).all():
+        # DICOM spacings are positive: 0 stacks every pixel at one point, a negative one mirrors the image.
+        keyword = "PixelSpacing" if "PixelSpacing" in ds else "ImagerPixelSpacing"
+        raise InconsistentGeometryError(path, f"bad {keyword} {[float(v) for v in spacing]} (must be positive)")
     row_dir, col_dir = iop[:3], iop[3:]
     if not (np.isclose(np.linalg.norm(row_dir), 1, atol=1e-3) and np.isclose(np.linalg.norm(col_dir), 1, atol=1e-3)):
         raise InconsistentGeometryError(path, f"ImageOrientationPatient {list(iop)} is not two unit vectors")
+    if np.linalg.norm(np.cross(row_dir, col_dir)) < 0.5:
+        raise InconsistentGeometryError(
+            path, f"ImageOrientationPatient {list(iop)}: its row and column directions are (nearly) parallel"
+        )
     instance = ds.get("InstanceNumber")
     try:
         inst = int(instance) if instance not in (None, "") else None
@@ -490,8 +498,18 @@ def _read_data(ordered: list[_Slice]) -> np.ndarray:
     """Pixels in physical units, ``(columns, rows, slices)``, float64 (each frame with its own rescale)."""
     for s in ordered:  # before any decoder applies a rescale that cannot be read
         rescale(s.ds, s.path)
+    # Before the volume is allocated: a header claiming 60000 × 60000 pixels over a few bytes of
+    # pixel data is a short file, not a request for gigabytes.
+    for path, ds in {s.path: s.file_ds if s.file_ds is not None else s.ds for s in ordered}.items():
+        check_pixel_length(path, ds)
     rows, cols = ordered[0].shape
-    data = np.empty((cols, rows, len(ordered)), dtype=np.float64)
+    try:
+        data = np.empty((cols, rows, len(ordered)), dtype=np.float64)
+    except MemoryError as exc:
+        need = cols * rows * len(ordered) * 8 / 1e9
+        raise UnreadableFileError(
+            ordered[0].path, f"its {rows}×{cols}×{len(ordered)} voxels ({need:.1f} GB) do not fit in memory"
+        ) from exc
     frames: dict[Path, np.ndarray] = {}
     for k, s in enumerate(ordered):
         if s.tile is not None:
