@@ -45,9 +45,14 @@ class Staging:
         return staged
 
     def discard(self) -> None:
-        """Remove what was staged (the study failed; the old result stays)."""
+        """Remove what was staged (the study failed; the old result stays). Never raises: a
+        temporary that cannot be removed (its folder is gone or is a file) must not hide the
+        study's own error, nor keep the others from being removed."""
         for staged, _ in self.moves:
-            remove_path(staged)
+            try:
+                remove_path(staged)
+            except OSError as exc:
+                log.debug("cannot remove %s: %s", staged, exc)
         self.moves.clear()
 
     def commit(
@@ -152,6 +157,13 @@ def check_inside(paths: Iterable[Path], root: Path | None) -> None:
             raise OutputBlockedError(
                 link, f"leads out of the output folder {root} (a link); mrisr writes its outputs only inside it"
             )
+        here = root
+        for part in Path(os.path.relpath(_norm(path.parent), _norm(root))).parts:
+            here = here / part
+            if (here.exists() or here.is_symlink()) and not here.is_dir():
+                raise OutputBlockedError(
+                    here, "a file that mrisr did not write stands where its output folder goes; move it away"
+                )
 
 
 def check_removable(paths: Iterable[Path], *, root: Path | None = None) -> None:

@@ -493,3 +493,40 @@ def test_a_dicom_header_claiming_a_huge_image_is_refused_before_allocating(axial
         ds.save_as(f)
     with pytest.raises(UnreadableFileError, match=r"60000×60000×1\) at 16 bits need 7200000000"):
         read_dicom_series(files)
+
+
+# --- A file where an output folder goes ------------------------------------------------------------
+
+
+def test_a_file_where_the_bids_figures_folder_goes_fails_in_one_line_leaving_no_temporary(
+    tmp_path: Path, net: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``OUT/sub-01/figures`` a file of the user's: the figure could not be written, then removing
+    its temporary raised NotADirectoryError, which replaced the study's error (a traceback's words
+    naming a temporary) and left the output's temporary behind."""
+    raw = _bids(tmp_path / "raw")
+    out = tmp_path / "out"
+    mine = out / "sub-01" / "figures"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    args = ["enhance", str(raw), "--out", str(out), "--checkpoint", str(net), "--ensemble", "1"]
+    assert main(["-q", *args]) == 1
+    lines = _errors(capsys)
+    assert lines == [f"error: sub-01_T1w: {mine}: a file that mrisr did not write stands where its output folder goes; "
+                     "move it away"], lines  # fmt: skip
+    assert mine.read_text() == "mine"
+    assert not [p for p in out.rglob("*") if ".mrisr-tmp-" in p.name]
+    assert main(["-q", *args, "--no-figure"]) == 0  # no figure asked for: the file is in no way
+
+
+def test_a_staged_temporary_that_cannot_be_removed_does_not_hide_the_error(tmp_path: Path) -> None:
+    from mrisr.outputs import Staging
+
+    staging = Staging()
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    first = staging.path(blocked / "a.png")  # its folder is a file: removing it raises NotADirectoryError
+    second = staging.path(tmp_path / "b.nii.gz")
+    second.write_text("staged")
+    staging.discard()
+    assert not second.exists() and not first.exists()

@@ -24,7 +24,7 @@ from mrisr.enhance import compute
 from mrisr.enhance.compute import Batch, Computed
 from mrisr.enhance.maps import draw_figures, write_map
 from mrisr.enhance.maps import uncertainty as uncertainty_summary
-from mrisr.enhance.options import StudyResult
+from mrisr.enhance.options import EnhanceOptions, StudyResult
 from mrisr.errors import (
     MrisrError,
     NonFiniteOutputError,
@@ -103,7 +103,7 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
         # Nothing is written through a link out of OUT, and an owned series folder that now holds a
         # file of the user's is neither replaced nor removed.
         owned = owned_outputs(opts.out_dir, study)
-        check_inside(targets.all(), opts.out_dir)
+        check_inside(_written(targets, opts), opts.out_dir)
         check_free(
             [out_path, sidecar],
             owned,
@@ -157,6 +157,16 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
         if not isinstance(exc, OutputExistsError) and no_result and sidecar_free:
             _write_failure(batch, study, sidecar, line, seconds)
         return StudyResult(study, "failed", seconds, error=line, sidecar=sidecar)
+
+
+def _written(targets: Targets, opts: EnhanceOptions) -> list[Path]:
+    """The target paths this run may write for a study (the others are left alone)."""
+    paths = [targets.output, targets.sidecar]
+    paths += [targets.figure, targets.mosaic] if opts.figure else []
+    paths += [targets.lowres, targets.bicubic] if opts.simulate and opts.save_intermediates else []
+    paths += [targets.uncertainty] if opts.save_uncertainty else []
+    paths += [targets.residual] if opts.save_residual else []
+    return paths
 
 
 def _write_failure(batch: Batch, study: Study, sidecar: Path, line: str, seconds: float) -> None:
