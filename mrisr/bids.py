@@ -143,6 +143,8 @@ def description_problem(out_dir: Path) -> str | None:
     path = out_dir / "dataset_description.json"
     if not (path.exists() or path.is_symlink()):
         return None
+    if not path.is_file():  # a folder, a FIFO (whose read would block forever), a device, a broken link
+        return "not a regular file"
     try:
         desc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
@@ -234,6 +236,9 @@ BIDSIGNORE = ("sub-*/figures", "sub-*/ses-*/figures", "report.html", "report.csv
 def _ignore_extras(out_dir: Path) -> None:
     """List :data:`BIDSIGNORE` in ``OUT/.bidsignore`` (lines already there are kept)."""
     path = out_dir / ".bidsignore"
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        log.warning("%s: not completed: not a regular file", path)
+        return
     try:
         have = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     except (OSError, UnicodeDecodeError) as exc:

@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -83,13 +84,24 @@ def lock_path(out_dir: Path, study_id: str) -> Path:
     return out_dir / f".{study_id}.lock"
 
 
+#: What :func:`_read` gives for a lock path that is no regular file (a FIFO, a device: never read).
+_NOT_A_FILE = "\0not a regular file"
+
+
 def _read(path: Path) -> tuple[str, int] | None:
-    """The lock's text and inode number, ``None`` when it is gone."""
+    """The lock's text and inode number, ``None`` when it is gone. A FIFO or device standing there is
+    opened without blocking and not read (a FIFO would block the run forever)."""
     try:
-        with path.open("rb") as fh:
-            return fh.read(4096).decode("utf-8", "replace"), os.fstat(fh.fileno()).st_ino
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return _NOT_A_FILE, info.st_ino
+        return os.read(fd, 4096).decode("utf-8", "replace"), info.st_ino
+    finally:
+        os.close(fd)
 
 
 def _judge(path: Path, text: str, stale_after: float) -> tuple[bool, str]:
@@ -100,6 +112,8 @@ def _judge(path: Path, text: str, stale_after: float) -> tuple[bool, str]:
         return True, "nobody (it is gone)"
     since = _dt.datetime.fromtimestamp(mtime).isoformat(sep=" ", timespec="seconds")
     age = time.time() - mtime
+    if text == _NOT_A_FILE:
+        return False, "a FIFO or device, not a lock file of mrisr (it is left alone)"
     words = text.split()
     if not words:
         return True, "an empty lock file (its holder was killed before writing it)"

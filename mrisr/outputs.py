@@ -286,6 +286,9 @@ def finish_commit(journal: Path, root: Path, *, allowed: Collection[Path] | None
     Returns:
         Whether a journal was found.
     """
+    if (journal.exists() or journal.is_symlink()) and not journal.is_file():
+        log.warning("%s: not a regular file; left alone", journal)  # a FIFO's read would block forever
+        return False
     try:
         plan = json.loads(journal.read_text(encoding="utf-8"))
         ops = plan["ops"] if isinstance(plan, dict) else None

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,10 +237,14 @@ def _str(value: object) -> str | None:
 
 
 def load_sidecar(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """The one reader: ``(data, None)`` for a readable sidecar, else ``(None, reason)`` (too large,
-    not UTF-8, not JSON, nested too deeply for the parser, or not a JSON object)."""
+    """The one reader: ``(data, None)`` for a readable sidecar, else ``(None, reason)`` (not a
+    regular file — a FIFO or a device, never opened —, too large, not UTF-8, not JSON, nested too
+    deeply for the parser, or not a JSON object)."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read forever, a device never end
+            return None, "unreadable sidecar: not a regular file"
+        size = info.st_size
         if size > MAX_SIDECAR_BYTES:
             return None, f"unreadable sidecar: {size} bytes (more than {MAX_SIDECAR_BYTES}; not an mrisr sidecar)"
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -530,3 +530,39 @@ def test_a_staged_temporary_that_cannot_be_removed_does_not_hide_the_error(tmp_p
     second.write_text("staged")
     staging.discard()
     assert not second.exists() and not first.exists()
+
+
+# --- FIFOs where mrisr reads its own records -------------------------------------------------------
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "mrisr.cli", "-q", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("name", ["a_sr.json", ".a.mrisr-commit.json", ".a.lock"])
+def test_a_fifo_at_a_record_path_is_never_read(tmp_path: Path, net: Path, name: str) -> None:
+    """A FIFO at the sidecar's, the commit journal's or the lock's path: mrisr opened it to read its
+    record and blocked forever (SIGTERM waits for the study; the run never ended)."""
+    src = _nifti(tmp_path / "in" / "a.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    fifo = out / name
+    os.mkfifo(fifo)
+    run = _cli("enhance", str(src), "--out", str(out), "--checkpoint", str(net), "--ensemble", "1", "--no-figure")
+    assert run.returncode == {"a_sr.json": 1, ".a.mrisr-commit.json": 0, ".a.lock": 4}[name], run.stderr
+    if name == ".a.mrisr-commit.json":  # mrisr's own hidden name: the study's commit replaces it
+        assert nib.load(str(out / "a_sr.nii.gz")).shape == (12, 10, 2)
+    else:
+        assert fifo.is_fifo() and str(fifo) in run.stderr  # left as it is
+
+
+def test_a_fifo_as_the_bids_description_is_never_read(tmp_path: Path, net: Path) -> None:
+    raw = _bids(tmp_path / "raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "dataset_description.json")
+    run = _cli("enhance", str(raw), "--out", str(out), "--checkpoint", str(net), "--ensemble", "1", "--no-figure")
+    assert run.returncode == 1 and "not a regular file" in run.stderr, run.stderr
