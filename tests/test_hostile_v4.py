@@ -566,3 +566,22 @@ def test_a_fifo_as_the_bids_description_is_never_read(tmp_path: Path, net: Path)
     os.mkfifo(out / "dataset_description.json")
     run = _cli("enhance", str(raw), "--out", str(out), "--checkpoint", str(net), "--ensemble", "1", "--no-figure")
     assert run.returncode == 1 and "not a regular file" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("space", ["scanner-xyz", "3D-left-handed", "3D-right-handed"])
+def test_a_nrrd_space_without_patient_axes_is_named_orientation_unknown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, space: str
+) -> None:
+    """ITK reads any NRRD space as left-posterior-superior, silently: a ``3D-left-handed`` file is
+    then mirrored against whatever its axes meant. As a NIfTI file with codes 0, it is read, with a
+    warning that its orientation is unknown."""
+    from mrisr.io import read_volume
+
+    fields = _LPS_MM.replace("left-posterior-superior", space)
+    with caplog.at_level("WARNING", logger="mrisr.io.itk"):
+        read_volume(_nrrd(tmp_path / "a.nrrd", fields))
+    assert f"NRRD space '{space.lower()}' names no patient axes: orientation unknown" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mrisr.io.itk"):
+        read_volume(_nrrd(tmp_path / "b.nrrd", _LPS_MM))
+    assert "orientation unknown" not in caplog.text

@@ -233,6 +233,17 @@ def _unit_factors(path: Path, fields: dict[str, str], key: str, n: int) -> np.nd
     return np.array(factors + [1.0] * (n - len(factors)))
 
 
+#: NRRD spaces whose axes are patient axes (with their ``-time`` forms and abbreviations).
+_ANATOMICAL_SPACES = (
+    "right-anterior-superior",
+    "left-anterior-superior",
+    "left-posterior-superior",
+    "ras",
+    "las",
+    "lps",
+)
+
+
 def _in_mm(path: Path, affine: np.ndarray, ndim: int) -> np.ndarray:
     """``affine`` (from ITK's reading of ``path``) in mm: a NRRD file's ``space units`` scale the
     world axes (origin and directions), its per-axis ``units`` (a file without a ``space``) the
@@ -240,6 +251,14 @@ def _in_mm(path: Path, affine: np.ndarray, ndim: int) -> np.ndarray:
     if itk_format(path) != "nrrd":
         return affine
     fields, _ = _header_fields(path)
+    kind = fields.get("space", "").strip().lower()
+    if kind and not kind.startswith(_ANATOMICAL_SPACES):
+        log.warning(
+            "%s: NRRD space %r names no patient axes: orientation unknown (its axes are taken as ITK takes "
+            "them, as left-posterior-superior)",
+            path,
+            kind,
+        )
     space = _unit_factors(path, fields, "space units", 3)
     axes = None if space is not None or "space" in fields else _unit_factors(path, fields, "units", min(ndim, 3))
     out = affine.copy()
