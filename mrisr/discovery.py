@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -159,6 +160,26 @@ def _nifti_ids(paths: Sequence[Path], roots: dict[Path, Path]) -> dict[Path, str
     return ids
 
 
+class _Identities:
+    """The identity of a file: the absolute, normalised path of its folder joined with its name, the
+    same for every spelling of one file (relative, absolute, through ``..`` or a linked folder). The
+    file's own link is not followed: two links are two studies, even to one blob (a DataLad dataset's
+    annexed files). Folders are resolved once each."""
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, Path] = {}
+
+    def __call__(self, path: Path) -> Path:
+        folder = self._folders.get(path.parent)
+        if folder is None:
+            try:
+                folder = path.parent.resolve()
+            except (OSError, RuntimeError):  # a link loop above it: its spelling is all there is
+                folder = Path(os.path.abspath(path.parent))
+            self._folders[path.parent] = folder
+        return folder / path.name
+
+
 def is_bids_root(folder: Path) -> bool:
     """True when ``folder`` is the root of a BIDS dataset (it holds ``dataset_description.json``)."""
     return (folder / "dataset_description.json").is_file()
@@ -195,6 +216,8 @@ def find_studies(
     others: list[tuple[Path, Path]] = []
     problems: list[tuple[Path, str, Path, str | None]] = []
     skip = frozenset(Path(e).resolve() for e in exclude)
+    taken: set[Path] = set()  # files (and problems) already taken, by their identity
+    _identity = _Identities()
     for raw in [inputs] if isinstance(inputs, str | Path) else inputs:
         inp = Path(raw)
         if not inp.exists():
@@ -205,7 +228,10 @@ def find_studies(
             continue
         files = [inp] if inp.is_file() else list(walk_files(inp, max_depth=max_depth, problems=found, skip=skip))
         root = inp.parent if inp.is_file() else inp
-        problems += [(p, why, root, None) for p, why in found]
+        for p, why in found:
+            if _identity(p) not in taken:
+                taken.add(_identity(p))
+                problems.append((p, why, root, None))
         if inp.is_dir() and is_bids_root(inp):
             # The files at a BIDS root (README, CHANGES, LICENSE, participants.tsv) are metadata.
             files = [
@@ -218,10 +244,12 @@ def find_studies(
                 {f: inp for f in files if is_nifti_path(f) and f.relative_to(inp).parts[0].startswith("sub-")}
             )
         for f in files:
+            if _identity(f) in taken:  # named twice (relative and absolute, or a file inside a folder given)
+                continue
+            taken.add(_identity(f))
             if is_nifti_path(f):
-                if f not in roots:
-                    nifti.append(f)
-                    roots[f] = root
+                nifti.append(f)
+                roots[f] = root
             else:
                 others.append((f, root))
     ids = _nifti_ids(nifti, roots)
@@ -236,6 +264,8 @@ def find_studies(
         for p in nifti
     ]
     if others:
+        if len({f.is_absolute() for f, _ in others}) > 1:  # one series may span both spellings
+            others = [(Path(os.path.abspath(f)), Path(os.path.abspath(r))) for f, r in others]
         broken: list[tuple[Path, str, str | None]] = []
         studies.extend(group_dicom_series(others, broken))
         root_of = dict(others)

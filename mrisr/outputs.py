@@ -62,7 +62,8 @@ class Staging:
         write_json_atomic(staged_sidecar, record)
         finals = {final for _, final in self.moves} | {sidecar}
         ops: list[list[str]] = [["move", str(a), str(b)] for a, b in self.moves if a.exists()]
-        ops += [["remove", str(p)] for p in dict.fromkeys(stale) if p not in finals and (p.exists() or p.is_symlink())]
+        # lexists: False, not an error, for a name longer than the file system takes (it cannot be there).
+        ops += [["remove", str(p)] for p in dict.fromkeys(stale) if p not in finals and os.path.lexists(p)]
         ops.append(["move", str(staged_sidecar), str(sidecar)])
         write_json_atomic(journal, {"ops": ops})  # the commit point
         self.moves.clear()  # committed: nothing staged may be discarded now, the journal needs it
