@@ -180,6 +180,65 @@ class _Identities:
         return folder / path.name
 
 
+def recorded_outputs(out_dir: Path) -> set[Path]:
+    """What ``mrisr enhance`` wrote under ``out_dir``, as its records name it: the files and DICOM
+    series folders named by the done sidecars (outputs, intermediates, maps) and the destinations of
+    commit journals a killed run left (outputs moved in before their sidecar). Resolved paths inside
+    ``out_dir``; a name leading out of it is ignored.
+    """
+    import json
+
+    from mrisr.sidecar import is_sidecar_name, load_sidecar
+
+    root = out_dir.resolve()
+    made: set[Path] = set()
+
+    def add(base: Path, value: object) -> None:
+        if isinstance(value, str) and value and "\0" not in value:
+            p = Path(os.path.normpath(base / value))
+            if p != root and p.is_relative_to(root):
+                made.add(p)
+
+    try:
+        candidates = sorted(root.rglob("*.json"))
+    except OSError:
+        return made
+    for path in candidates:
+        rel = path.relative_to(root).parts
+        if rel[-1].endswith(".mrisr-commit.json") and len(rel) == 1:
+            try:
+                plan = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError):
+                continue
+            ops = plan.get("ops") if isinstance(plan, dict) else None
+            for op in ops if isinstance(ops, list) else []:
+                if isinstance(op, list) and len(op) == 3 and op[0] == "move" and isinstance(op[2], str):
+                    # The writer's path, relative to its working folder (unknown): each of its tails
+                    # under this folder that exists (the journal names only this folder's outputs).
+                    parts = Path(op[2]).parts
+                    for k in range(len(parts)):
+                        tail = Path(*parts[k:])
+                        if not tail.is_absolute() and (root / tail).exists():
+                            add(root, str(tail))
+                    if Path(op[2]).is_absolute():
+                        add(root, op[2])
+            continue
+        if any(part.startswith(".") for part in rel) or not is_sidecar_name(rel[-1]):
+            continue
+        data, _ = load_sidecar(path)
+        if data is None or data.get("status") != "done":
+            continue
+        output = data.get("output")
+        if isinstance(output, dict):  # the output, and the intermediates of --save-intermediates
+            for key in ("path", "lowres", "bicubic"):
+                add(path.parent, output.get(key))
+        for group in ("uncertainty", "consistency"):  # the maps
+            entry = data.get(group)
+            if isinstance(entry, dict):
+                add(path.parent, entry.get("map"))
+    return made
+
+
 def is_bids_root(folder: Path) -> bool:
     """True when ``folder`` is the root of a BIDS dataset (it holds ``dataset_description.json``)."""
     return (folder / "dataset_description.json").is_file()
@@ -190,6 +249,7 @@ def find_studies(
     *,
     max_depth: int = DEFAULT_MAX_DEPTH,
     exclude: Sequence[str | Path] = (),
+    outputs: Sequence[str | Path] = (),
 ) -> list[Study]:
     """Find the studies under files and folders.
 
@@ -202,7 +262,10 @@ def find_studies(
     Args:
         inputs: Files (NIfTI, DICOM) and folders to search, or one of them.
         max_depth: Folder levels to descend below each input folder.
-        exclude: Folders not to descend into (the output folder, when it lies inside an input).
+        exclude: Folders not to descend into.
+        outputs: Output folders of ``mrisr enhance``: searched like any folder (one may be an input,
+            hold one or lie inside one), but what mrisr recorded writing there
+            (:func:`recorded_outputs`) is never a study, on a first run or a rerun.
 
     Returns:
         Studies sorted by id (ids are unique).
@@ -215,10 +278,19 @@ def find_studies(
     bids_roots: dict[Path, Path] = {}
     others: list[tuple[Path, Path]] = []
     problems: list[tuple[Path, str, Path, str | None]] = []
-    skip = frozenset(Path(e).resolve() for e in exclude)
     taken: set[Path] = set()  # files (and problems) already taken, by their identity
     _identity = _Identities()
-    for raw in [inputs] if isinstance(inputs, str | Path) else inputs:
+    given = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    folders = [Path(raw).resolve() for raw in given if Path(raw).is_dir()]
+    skip_dirs = {Path(e).resolve() for e in exclude}
+    for o in outputs:
+        out = Path(o).resolve()
+        if any(f.is_relative_to(out) or out.is_relative_to(f) for f in folders):  # searched
+            made = recorded_outputs(out)
+            taken |= {_identity(p) for p in made}  # as if taken already: never a study
+            skip_dirs |= {p for p in made if p.is_dir()}  # a DICOM output series
+    skip = frozenset(skip_dirs)
+    for raw in given:
         inp = Path(raw)
         if not inp.exists():
             raise FileNotFoundError(f"{inp}: no such file or folder")

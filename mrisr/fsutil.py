@@ -188,6 +188,26 @@ def check_writable_folder(folder: str | Path) -> None:
     probe.unlink()
 
 
+def missing_folders(folder: str | Path) -> list[Path]:
+    """The folders that creating ``folder`` (with its parents) would make: ``folder`` and its missing
+    ancestors, deepest first (empty when it exists). For :func:`remove_if_empty` after a failure."""
+    p, missing = Path(folder), []
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, as :func:`missing_folders` lists them) while they are empty:
+    what a command created and then wrote nothing into."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:  # not empty (something was written), or gone
+            return
+
+
 def remove_path(path: Path) -> None:
     """Remove a file or a folder if it exists."""
     if path.is_dir() and not path.is_symlink():

@@ -347,3 +347,163 @@ def test_a_bids_input_whose_derivative_name_is_255_bytes(
     assert not [p.name for p in made.parent.iterdir() if ".mrisr-tmp-" in p.name]
     assert main(["enhance", str(data), "--out", str(out), *FAST]) == 0  # a rerun finds the sidecar
     assert "skipped" in capsys.readouterr().err
+
+
+# --- --out in the input folder ------------------------------------------------------------------
+
+
+def _images(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.nii.gz"))
+
+
+def test_out_equal_to_the_input_folder_works_and_a_rerun_skips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    _volume(data / "a.nii.gz")
+    args = ["enhance", str(data), "--out", str(data), *FAST, "--ensemble", "2", "--save-uncertainty"]
+    assert main(args) == 0, capsys.readouterr().err
+    made = ["a.nii.gz", "a_sr.nii.gz", "a_uncertainty.nii.gz"]
+    assert _images(data) == made
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "skipped a " in err and "a_sr" not in err.replace("a_sr.nii.gz", ""), err  # no study a_sr
+    assert main([*args, "--overwrite"]) == 0  # redone: still only the input is a study
+    assert _images(data) == made
+
+
+def test_out_inside_the_input_folder_holding_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An --out inside an input was skipped whole: the studies in it were silently left out."""
+    data = tmp_path / "data"
+    _volume(data / "a.nii.gz")
+    _volume(data / "sub" / "b.nii.gz", seed=1)
+    args = ["enhance", str(data), "--out", str(data / "sub"), *FAST]
+    assert main(args) == 0, capsys.readouterr().err
+    assert _images(data) == ["a.nii.gz", "sub/a_sr.nii.gz", "sub/b.nii.gz", "sub/b_sr.nii.gz"]
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "skipped a " in err and "skipped b " in err and "_sr_sr" not in err, err
+    assert _images(data) == ["a.nii.gz", "sub/a_sr.nii.gz", "sub/b.nii.gz", "sub/b_sr.nii.gz"]
+
+
+def test_out_equal_to_a_dicom_series_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "ser"
+    _series(data)
+    args = ["enhance", str(data), "--out", str(data), *FAST]
+    assert main(args) == 0, capsys.readouterr().err
+    (series,) = [p for p in data.iterdir() if p.is_dir()]
+    assert series.name.endswith("_sr") and len(list(series.iterdir())) == 4  # in-plane x2: 4 slices
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert [p.name for p in data.iterdir() if p.is_dir()] == [series.name]  # no series of the series
+
+
+@pytest.mark.parametrize("where", ["", "sub-01", "sub-01/anat"])
+def test_out_among_a_bids_datasets_raw_data_is_refused_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    data = tmp_path / "bids"
+    data.mkdir()
+    description = '{"Name": "raw", "BIDSVersion": "1.9.0"}'
+    (data / "dataset_description.json").write_text(description)
+    _volume(data / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    code = main(["enhance", str(data), "--out", str(data / where), *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and "BIDS dataset" in err[0] and "derivatives" in err[0], err
+    assert (data / "dataset_description.json").read_text() == description  # not made a derivative's
+    assert _images(data) == ["sub-01/anat/sub-01_T1w.nii.gz"]
+    # control: the derivatives folder inside the dataset is fine
+    assert main(["enhance", str(data), "--out", str(data / "derivatives" / "mrisr"), *FAST]) == 0
+
+
+def test_outputs_named_by_a_killed_runs_commit_journal_are_not_studies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between moving an output in and its sidecar: the journal names the output."""
+    from mrisr.discovery import find_studies
+
+    data = tmp_path / "data"
+    _volume(data / "a.nii.gz")
+    _volume(data / "a_sr.nii.gz", seed=2)
+    assert [s.id for s in find_studies([data], outputs=[data])] == ["a", "a_sr"]  # control: no record
+    monkeypatch.chdir(tmp_path)  # the writer ran elsewhere: its paths are relative to its own folder
+    ops = [["move", "elsewhere/data/.a_sr.nii.gz.mrisr-tmp-1-x-y.nii.gz", "elsewhere/data/a_sr.nii.gz"]]
+    (data / ".a.mrisr-commit.json").write_text(json.dumps({"ops": ops}))
+    assert [s.id for s in find_studies(["data"], outputs=["data"])] == ["a"]
+
+
+# --- what training leaves behind ------------------------------------------------------------------
+
+TINY_RUN = [
+    "--scale", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "8",
+    "--kernel-sizes", "3,1,3", "--filters", "4,4", "--device", "cpu", "--threads", "1",
+]  # fmt: skip
+
+
+@pytest.fixture
+def train_data(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    for i in range(3):
+        _volume(root / f"sub{i}.nii.gz", shape=(16, 16, 8), seed=i)
+    return root
+
+
+def test_resume_removes_the_checkpoint_temporaries_of_a_killed_run(
+    train_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mrisr.fsutil import temp_sibling
+
+    out = tmp_path / "run"
+    assert main(["train", str(train_data), "--out", str(out), *TINY_RUN, "--max-steps", "1"]) == 0, (
+        capsys.readouterr().err
+    )
+    dead = _dead_pid()
+    # what SIGKILL during torch.save leaves: a full temporary checkpoint beside last.pt (and best.pt)
+    left = [Path(str(temp_sibling(out / n)).replace(f"-{os.getpid()}-", f"-{dead}-")) for n in ("last.pt", "best.pt")]
+    for p in left:
+        p.write_bytes((out / "last.pt").read_bytes())
+    live = temp_sibling(out / "metrics.csv")  # a live writer's (this process): left alone
+    live.write_text("step\n")
+    assert main(["train", str(train_data), "--out", str(out), *TINY_RUN, "--resume"]) == 0, capsys.readouterr().err
+    assert [p.name for p in left if p.exists()] == []
+    assert live.exists()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "best.pt",
+        "curves.png",
+        "last.pt",
+        "metrics.csv",
+        "split.json",
+    ]
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_train_on_an_empty_folder_leaves_no_out_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], depth: int
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path.joinpath(*[f"o{k}" for k in range(depth)])
+    code = main(["train", str(empty), "--out", str(out), *TINY_RUN])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no NIfTI or DICOM study" in err[0], err
+    assert not (tmp_path / "o0").exists()
+    # an --out that existed stays, as it was
+    (tmp_path / "mine").mkdir()
+    assert main(["train", str(empty), "--out", str(tmp_path / "mine"), *TINY_RUN]) == 2
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_the_library_train_on_an_empty_folder_creates_no_out_folder(tmp_path: Path) -> None:
+    from mrisr.models import SRCNNConfig
+    from mrisr.training import TrainConfig, train
+
+    (tmp_path / "empty").mkdir()
+    cfg = TrainConfig(scale=2, epochs=1, steps_per_epoch=1, batch_size=2, patch_size=8, device="cpu",
+                      model=SRCNNConfig(kernel_sizes=(3, 1, 3), filters=(4, 4)))  # fmt: skip
+    with pytest.raises(FileNotFoundError):
+        train([tmp_path / "empty"], tmp_path / "out", cfg)
+    assert not (tmp_path / "out").exists()

@@ -176,11 +176,17 @@ def enhance(
     try:
         if target is None:  # the networks are known before any study is looked at
             ckpt = resolve_checkpoint(checkpoint, factors, arch=arch, axis=axis)
-        studies = find_studies(inputs, exclude=[out])  # an --out inside an input is not searched
+        studies = find_studies(inputs, outputs=[out])  # mrisr's outputs there are never studies
     except (MrisrError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     if not studies:
         raise fail(f"no NIfTI or DICOM studies found in {', '.join(map(str, inputs))}")
+    from mrisr.bids import check_derivative_folder
+
+    try:
+        check_derivative_folder(out, [(s.path, s.bids) for s in studies if s.bids is not None])
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     try:
         studies = select_studies(studies, only=only, shard=shard_sel)
     except ValueError as exc:

@@ -204,8 +204,9 @@ def train(
         on_epoch=on_epoch,
         should_stop=lambda: bool(stop),
     )
-    from mrisr.fsutil import check_writable_folder
+    from mrisr.fsutil import check_writable_folder, missing_folders, remove_if_empty
 
+    created = missing_folders(out)  # removed again if the run writes nothing (no data: nothing to train)
     try:
         check_writable_folder(out)
     except OSError as exc:
@@ -226,6 +227,7 @@ def train(
                     )
                 raise typer.Exit(EXIT_INTERRUPTED) from None
     except (MrisrError, FileNotFoundError, ValueError) as exc:
+        remove_if_empty(created)
         raise fail(str(exc), EXIT_USAGE) from None
     if result.stopped:
         if main_rank:
