@@ -507,3 +507,15 @@ def test_the_library_train_on_an_empty_folder_creates_no_out_folder(tmp_path: Pa
     with pytest.raises(FileNotFoundError):
         train([tmp_path / "empty"], tmp_path / "out", cfg)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--lr", "inf"), ("--lr", "1e400"), ("--noise-std", "inf")])
+def test_train_refuses_an_infinite_rate_or_noise(
+    train_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    """An infinite learning rate trained NaN weights into a "best" checkpoint (exit 0)."""
+    out = tmp_path / "run"
+    code = main(["train", str(train_data), "--out", str(out), *TINY_RUN, option, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and option.lstrip("-").replace("-", "_") in err[0], err
+    assert not out.exists()
