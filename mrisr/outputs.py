@@ -81,10 +81,11 @@ class Staging:
         write_json_atomic(staged_sidecar, record)
         owned_norm = {_norm(p) for p in owned}
         ops: list[list[str]] = [["move", str(a), str(b)] for a, b in self.moves if a.exists()]
+        # lexists: False, not an error, for a name longer than the file system takes (it cannot be there).
         ops += [
             ["remove", str(p)]
             for p in dict.fromkeys(stale)
-            if p not in finals and _norm(p) in owned_norm and (p.exists() or p.is_symlink())
+            if p not in finals and _norm(p) in owned_norm and os.path.lexists(p)
         ]
         ops.append(["move", str(staged_sidecar), str(sidecar)])
         write_json_atomic(journal, {"ops": ops})  # the commit point
@@ -117,9 +118,9 @@ def check_free(
     """
     owned_norm = {_norm(p) for p in owned}
     for final in finals:
-        if not (final.exists() or final.is_symlink()):
+        if not os.path.lexists(final):
             continue
-        is_dir = final.is_dir() and not final.is_symlink()
+        is_dir = os.path.isdir(final) and not os.path.islink(final)
         if is_dir != (final in staged_dirs):
             raise OutputBlockedError(final, "a file or folder that mrisr did not write stands at this output path")
         if _norm(final) in owned_norm or (overwrite and not is_dir):

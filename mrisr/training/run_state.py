@@ -32,6 +32,9 @@ from mrisr.transforms import normalization_method
 
 log = logging.getLogger(__name__)
 
+#: The files a run writes into its output folder (each atomically, through a temporary beside it).
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "split.json", "curves.png")
+
 CSV_FIELDS = (
     "epoch",
     "step",
