@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mrisr import __version__
-from mrisr.bids import derivative_metadata, write_description
+from mrisr.bids import check_description, derivative_metadata, write_description
 from mrisr.discovery import Study
 from mrisr.enhance import compute
 from mrisr.enhance.compute import Batch, Computed
@@ -40,7 +40,7 @@ from mrisr.geometry import voxel_spacing
 from mrisr.io import Volume, as_written, check_finite, default_output_dtype, same_output_format, write_volume
 from mrisr.io.nifti_header import warn_if_orientation_unknown
 from mrisr.locks import study_lock
-from mrisr.outputs import Staging, check_free, commit_journal, finish_commit
+from mrisr.outputs import Staging, check_free, check_inside, check_removable, commit_journal, finish_commit, link_out_of
 from mrisr.sidecar import Targets, owned_outputs, rerun_differences, standing_result, study_sha256
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,20 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
                 )
         # Only what mrisr's own records name is replaced or removed (a kill leaves the journal, which
         # was carried out before this): refuse early, before the work, for the main output and sidecar.
+        # Nothing is written through a link out of OUT, and an owned series folder that now holds a
+        # file of the user's is neither replaced nor removed.
         owned = owned_outputs(opts.out_dir, study)
+        check_inside(targets.all(), opts.out_dir)
         check_free(
-            [out_path, sidecar], owned, overwrite=opts.overwrite, staged_dirs={out_path} if out_fmt == "dicom" else ()
+            [out_path, sidecar],
+            owned,
+            overwrite=opts.overwrite,
+            staged_dirs={out_path} if out_fmt == "dicom" else (),
+            root=opts.out_dir,
         )
+        check_removable([p for p in owned if p not in (out_path, sidecar)], root=opts.out_dir)
+        if study.bids is not None and out_fmt == "nifti":
+            check_description(opts.out_dir)  # a raw dataset's description of the user's is never rewritten
         staging = Staging()
         try:
             record = _make_outputs(batch, study, out_fmt, targets, in_sha=in_sha, loaded=loaded, staging=staging)
@@ -144,7 +154,9 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
         # A failure replaces no done result (a failed --overwrite leaves the old one, as a kill does).
         # Nor is a file of the user's at the sidecar's path replaced by the failure record.
         no_result = standing_result(opts.out_dir, study, targets)[0] is None
-        sidecar_free = not (sidecar.exists() or sidecar.is_symlink()) or sidecar in owned_outputs(opts.out_dir, study)
+        sidecar_free = link_out_of(sidecar, opts.out_dir) is None and (
+            not (sidecar.exists() or sidecar.is_symlink()) or sidecar in owned_outputs(opts.out_dir, study)
+        )
         if not isinstance(exc, OutputExistsError) and no_result and sidecar_free:
             _write_failure(batch, study, sidecar, line, seconds)
         return StudyResult(study, "failed", seconds, error=line, sidecar=sidecar)
@@ -188,10 +200,20 @@ def _make_outputs(
     if out_fmt == "dicom" and vol.data.ndim == 4:
         raise UnsupportedDataError(study.path, "4D data cannot be written as one DICOM series; use --format nifti")
     out_dtype = np.dtype(opts.dtype) if opts.dtype else default_output_dtype(vol.dtype)
+    stored_dtype = out_dtype
     if out_fmt == "dicom":
-        from mrisr.io.dicom import check_dicom_grid, dicom_as_written
+        from mrisr.io.dicom import check_dicom_grid, dicom_as_written, dicom_stored_dtype
 
         check_dicom_grid(vol)  # refining keeps the directions: a sheared grid fails before the SR
+        # The sidecar records the type the series holds (16-bit integers with a rescale, not a float).
+        if opts.dtype and np.dtype(opts.dtype) != dicom_stored_dtype(vol.dtype):
+            log.warning(
+                "%s: --dtype %s is not written as DICOM: the series holds %s with a rescale (use --format nifti)",
+                study.id,
+                opts.dtype,
+                dicom_stored_dtype(vol.dtype),
+            )
+        stored_dtype = dicom_stored_dtype(vol.dtype)
 
         def written(a: np.ndarray) -> np.ndarray:
             return dicom_as_written(a, vol.dtype)  # a DICOM series has its own 16-bit value rule
@@ -205,7 +227,7 @@ def _make_outputs(
     else:
         made = compute.enhance(batch, vol, written)
     files = _write_files(batch, study, made, targets, out_fmt=out_fmt, out_dtype=out_dtype, staging=staging)
-    record = _record(batch, study, made, targets, vol=vol, in_sha=in_sha, out_fmt=out_fmt, out_dtype=out_dtype)
+    record = _record(batch, study, made, targets, vol=vol, in_sha=in_sha, out_fmt=out_fmt, out_dtype=stored_dtype)
     record["output"] |= files.pop("output")
     record |= files
     if study.bids is not None and out_fmt == "nifti":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -113,17 +114,26 @@ _HEADER_BYTES = 1 << 16
 
 def _header_fields(path: Path) -> tuple[dict[str, str], int]:
     """The text header of a MetaImage (``Key = Value``) or NRRD (``key: value``) file, keys in lower
-    case, and its length in bytes (where attached voxels start); ``({}, 0)`` when it cannot be parsed."""
+    case, and its length in bytes (where attached voxels start); ``({}, 0)`` when it cannot be parsed.
+    A NRRD header ends at a blank line or, in a detached header (``.nhdr``), at the end of its file."""
     with open(path, "rb") as fh:
-        head = fh.read(_HEADER_BYTES)
+        head = fh.read(_HEADER_BYTES + 1)
+    whole = len(head) <= _HEADER_BYTES  # the file ends within the bytes read (a detached header)
+    head = head[:_HEADER_BYTES]
     fields: dict[str, str] = {}
     nrrd = head.startswith(b"NRRD")
     pos = 0
     while pos < len(head):
         end = head.find(b"\n", pos)
         if end < 0:
-            return {}, 0
-        line = head[pos:end].decode("latin-1").strip()
+            if not whole:
+                return {}, 0
+            end = len(head)  # the last line of a file without a final newline
+        raw = head[pos:end]
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            line = raw.decode("latin-1").strip()
         pos = end + 1
         if nrrd:
             if not line:  # a blank line ends a NRRD header
@@ -137,6 +147,8 @@ def _header_fields(path: Path) -> tuple[dict[str, str], int]:
                 fields[key.strip().lower()] = value.strip()
             if key.strip().lower() == "elementdatafile":  # the last header line of a MetaImage
                 return fields, pos
+    if nrrd and whole:  # a detached NRRD header (.nhdr) ends with its file, a blank line or not
+        return fields, len(head)
     return {}, 0
 
 
@@ -170,6 +182,8 @@ def _check_size(path: Path, reader: Any, comps: int) -> None:
         encoding = fields.get("encoding", "raw").lower()
         if encoding not in ("raw", "gzip", "gz") or "byte skip" in fields or "line skip" in fields:
             return
+        if data_file.upper().startswith("LIST") or " " in data_file:
+            return  # several data files (a list or a numbered pattern): SimpleITK checks
         compressed = encoding != "raw"
     if data_file.upper() == "LOCAL":
         have = path.stat().st_size - offset
@@ -187,6 +201,58 @@ def _check_size(path: Path, reader: Any, comps: int) -> None:
         raise UnreadableFileError(path, f"truncated file (its header promises {need} bytes of voxels, it holds {have})")
 
 
+#: Millimetres per length unit a NRRD header may state in ``space units`` or ``units`` (compared in
+#: lower case). ITK ignores both fields: a file in metres would be read as 1000 times too small.
+_MM_PER_UNIT = {
+    "": 1.0, "mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "millimetre": 1.0, "millimetres": 1.0,
+    "m": 1000.0, "meter": 1000.0, "meters": 1000.0, "metre": 1000.0, "metres": 1000.0,
+    "cm": 10.0, "centimeter": 10.0, "centimeters": 10.0, "centimetre": 10.0, "centimetres": 10.0,
+    "um": 0.001, "\u00b5m": 0.001, "\u03bcm": 0.001, "micron": 0.001, "microns": 0.001, "micrometer": 0.001,
+    "micrometers": 0.001, "micrometre": 0.001, "micrometres": 0.001,
+}  # fmt: skip
+
+
+def _unit_factors(path: Path, fields: dict[str, str], key: str, n: int) -> np.ndarray | None:
+    """Millimetres per unit of the first ``n`` quoted units of NRRD field ``key`` (``None`` when the
+    field is absent).
+
+    Raises:
+        UnsupportedDataError: A unit that is not a known length.
+    """
+    if key not in fields:
+        return None
+    units = re.findall(r'"([^"]*)"', fields[key])[:n]
+    factors = []
+    for unit in units:
+        factor = _MM_PER_UNIT.get(unit.strip().lower())
+        if factor is None:
+            raise UnsupportedDataError(
+                path, f"NRRD {key} {unit!r}: not a length mrisr knows (m, cm, mm or \u00b5m are converted to mm)"
+            )
+        factors.append(factor)
+    return np.array(factors + [1.0] * (n - len(factors)))
+
+
+def _in_mm(path: Path, affine: np.ndarray, ndim: int) -> np.ndarray:
+    """``affine`` (from ITK's reading of ``path``) in mm: a NRRD file's ``space units`` scale the
+    world axes (origin and directions), its per-axis ``units`` (a file without a ``space``) the
+    voxel axes; MetaImage files state no unit (mm by convention)."""
+    if itk_format(path) != "nrrd":
+        return affine
+    fields, _ = _header_fields(path)
+    space = _unit_factors(path, fields, "space units", 3)
+    axes = None if space is not None or "space" in fields else _unit_factors(path, fields, "units", min(ndim, 3))
+    out = affine.copy()
+    if space is not None:
+        out[:3, :] = space[:, None] * out[:3, :]
+    if axes is not None:
+        k = len(axes)
+        out[:3, :k] = out[:3, :k] * axes[None, :]
+    if not np.allclose(out, affine):
+        log.info("%s: lengths converted to mm from the NRRD header's units", path)
+    return out
+
+
 def read_itk_grid(path: str | Path) -> tuple[np.ndarray, tuple[int, ...]]:
     """The RAS affine (mm) and the array shape ``(i, j, k[, t])`` of a MetaImage or NRRD file, from
     its header alone (no voxel is read).
@@ -197,7 +263,7 @@ def read_itk_grid(path: str | Path) -> tuple[np.ndarray, tuple[int, ...]]:
     p = Path(path)
     reader = _reader(p)
     size = tuple(int(n) for n in reader.GetSize())
-    affine = _affine(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), p)
+    affine = _in_mm(p, _affine(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), p), len(size))
     return affine, size if len(size) > 2 else (*size, 1)
 
 
@@ -218,7 +284,7 @@ def read_itk(path: str | Path) -> Volume:
     p = Path(path)
     reader = _reader(p)
     size = tuple(int(n) for n in reader.GetSize())
-    affine = _affine(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), p)
+    affine = _in_mm(p, _affine(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), p), len(size))
     comps = int(reader.GetNumberOfComponents())
     if comps != 1:
         raise UnsupportedDataError(p, f"{comps} components per voxel (a vector or colour image); one is read")

@@ -31,7 +31,7 @@ from mrisr.io.dicom.common import LPS_TO_RAS
 from mrisr.io.dicom.read import read_dicom_path, read_dicom_series
 from mrisr.io.dicom.series import DicomSeries, group_series
 from mrisr.io.dicom.source import DicomSource
-from mrisr.io.dicom.write import check_dicom_grid, dicom_as_written, write_dicom_series
+from mrisr.io.dicom.write import check_dicom_grid, dicom_as_written, dicom_stored_dtype, write_dicom_series
 
 __all__ = [
     "LPS_TO_RAS",
@@ -39,6 +39,7 @@ __all__ = [
     "DicomSource",
     "check_dicom_grid",
     "dicom_as_written",
+    "dicom_stored_dtype",
     "group_series",
     "read_dicom_path",
     "read_dicom_series",

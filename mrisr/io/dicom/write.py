@@ -38,6 +38,12 @@ def _blocks(data: np.ndarray, chunk: int = 8) -> list[slice]:
     return [slice(start, start + chunk) for start in range(0, data.shape[2], chunk)]
 
 
+def dicom_stored_dtype(dtype: np.dtype | str) -> np.dtype:
+    """The type a derived DICOM series stores for a study of type ``dtype``, whatever ``--dtype``
+    asks: uint16 for an unsigned type, else int16 (classic MR and CT images hold integers)."""
+    return np.dtype(np.uint16 if np.dtype(dtype).kind == "u" else np.int16)
+
+
 def _encode(data: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float, float]:
     """Stored integers and (slope, intercept) such that ``data ≈ stored * slope + intercept``.
 
@@ -53,7 +59,7 @@ def _encode(data: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float, float
     hi = float(data.max()) if data.size else 0.0
     if not (np.isfinite(lo) and np.isfinite(hi)):  # min/max propagate NaN and reach an infinity
         raise UnsupportedDataError(None, "data hold NaN or infinite values; cannot write DICOM")
-    stored, slope, inter = encode_values(data, np.dtype(np.uint16 if dtype.kind == "u" else np.int16))
+    stored, slope, inter = encode_values(data, dicom_stored_dtype(dtype))
     # as DICOM decimal strings (at most 16 characters): the values a reader will apply
     return stored, float(ds_value(slope)), float(ds_value(inter))
 
