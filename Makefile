@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine: `make demo` and `make test`. Both build .venv idempotently:
 # the demo installs mrisr alone; the tests add the test and cluster extras (pytest, ruff, mypy,
 # snakemake and its SLURM plugin) on top, so their stamp implies the demo's.
+# `make corpus` builds the training corpus on top of the demo's install.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.mrisr-installed
 STAMP_TEST := $(VENV)/.mrisr-installed-test
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean corpus
 
 venv: $(STAMP_TEST)
 
@@ -31,6 +32,12 @@ demo: $(STAMP)
 
 test: $(STAMP_TEST)
 	$(PY) -m pytest -q
+
+# The training corpus (docs/training.md): pinned packages from PyPI and Debian (pip download,
+# apt-get download), converted to NIfTI with SOURCES.tsv and the licence notices. Rerunnable.
+CORPUS ?= corpus
+corpus: $(STAMP)
+	$(PY) benchmarks/corpus.py $(CORPUS)
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check mrisr tests examples benchmarks

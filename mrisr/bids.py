@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mrisr import __version__
+from mrisr.errors import OutputBlockedError
 from mrisr.fsutil import write_json_atomic, write_text_atomic
 from mrisr.geometry import untouched_axes
 
@@ -159,6 +160,41 @@ def check_derivative_folder(out_dir: Path, inputs: Sequence[tuple[Path, Path]]) 
             )
 
 
+def description_problem(out_dir: Path) -> str | None:
+    """Why ``OUT/dataset_description.json`` is not a derivative dataset's description that mrisr may
+    complete (a raw dataset's, or a file that is no description at all), ``None`` when it is one or
+    there is none. mrisr never rewrites such a file of the user's."""
+    path = out_dir / "dataset_description.json"
+    if not (path.exists() or path.is_symlink()):
+        return None
+    try:
+        desc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        return f"not a readable JSON file ({' '.join(str(exc).split())[:120]})"
+    if not isinstance(desc, dict):
+        return "not a JSON object"
+    kind = desc.get("DatasetType", "raw")  # BIDS: a description without DatasetType is a raw dataset's
+    if kind != "derivative":
+        return f"the description of a {json.dumps(kind)} dataset, not of a derivative one"
+    return None
+
+
+def check_description(out_dir: Path) -> None:
+    """Refuse to write BIDS derivatives into ``out_dir`` when its ``dataset_description.json`` is the
+    user's own (:func:`description_problem`).
+
+    Raises:
+        OutputBlockedError: Naming the file and why.
+    """
+    problem = description_problem(out_dir)
+    if problem is not None:
+        raise OutputBlockedError(
+            out_dir / "dataset_description.json",
+            f"{problem}: BIDS derivatives are not written into this folder (mrisr would have to rewrite it); "
+            "give another --out",
+        )
+
+
 def write_description(out_dir: Path, source_root: Path, network: str = "") -> str:
     """Create or complete ``dataset_description.json`` of the derivatives dataset in ``out_dir``:
     ``DatasetType: derivative``, ``GeneratedBy`` (mrisr and its version), ``SourceDatasets`` and a
@@ -167,6 +203,10 @@ def write_description(out_dir: Path, source_root: Path, network: str = "") -> st
 
     Returns:
         The name of ``source_root``'s dataset link (for ``bids:<link>:<path>`` URIs).
+
+    Raises:
+        OutputBlockedError: ``OUT/dataset_description.json`` is not a derivative's description
+            (:func:`check_description`); it is left as it is.
     """
     from mrisr.batch import study_lock
 
@@ -180,11 +220,9 @@ def write_description(out_dir: Path, source_root: Path, network: str = "") -> st
 
 
 def _update_description(path: Path, source_root: Path, network: str) -> str:
-    try:
-        old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except (OSError, ValueError, RecursionError):
-        old = {}
-    desc: dict[str, Any] = dict(old) if isinstance(old, dict) else {}
+    check_description(path.parent)
+    old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    desc: dict[str, Any] = dict(old)
     desc.setdefault("Name", "mrisr super-resolution")
     desc.setdefault("BIDSVersion", BIDS_VERSION)
     desc["DatasetType"] = "derivative"
@@ -222,8 +260,9 @@ def _ignore_extras(out_dir: Path) -> None:
     path = out_dir / ".bidsignore"
     try:
         have = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    except (OSError, UnicodeDecodeError):
-        have = []
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("%s: not completed: it cannot be read as text (%s)", path, exc)
+        return
     missing = [line for line in BIDSIGNORE if line not in have]
     if missing:
         write_text_atomic(path, "".join(f"{line}\n" for line in [*have, *missing]))

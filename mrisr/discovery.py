@@ -1,9 +1,14 @@
 """Finding studies under files and folders.
 
-A *study* is one volume to process: a NIfTI file, or one DICOM series (grouped by
-SeriesInstanceUID). Discovery is sorted and deterministic, does not follow symbolic links to folders
-outside the root it was given (links to files are followed), and stops at a maximum depth. Every
-study gets a stable id that is safe as a file name (no path separators, no ``..``).
+A *study* is one volume to process: a NIfTI, MetaImage or NRRD file, or one DICOM series (grouped
+by SeriesInstanceUID). What is recognised but not read (:mod:`mrisr.io.formats`: Analyze, MINC,
+PAR/REC, MGH, archives) and any file named as an input that is no image mrisr reads become studies
+with a :attr:`Study.problem`, never silently dropped; inside a folder, files that are no image
+(notes, JSON sidecars) are skipped, and archives are named in a warning.
+
+Discovery is sorted and deterministic, does not follow symbolic links to folders outside the root
+it was given (links to files are followed), and stops at a maximum depth. Every study gets a stable
+id that is safe as a file name (no path separators, no ``..``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from mrisr.errors import UnreadableFileError
 from mrisr.io import Format, Volume, is_nifti_path, nifti_stem
+from mrisr.io.formats import itk_format, paired_with_hdr, refusal
 from mrisr.io.walk import DEFAULT_MAX_DEPTH, path_kind, walk_files
 
 log = logging.getLogger(__name__)
@@ -33,9 +39,10 @@ class Study:
 
     Attributes:
         id: Stable, sanitised identifier usable as a file name.
-        fmt: ``"nifti"`` or ``"dicom"``.
-        path: The NIfTI file, or the folder holding the DICOM series.
-        files: The files of the study (one for NIfTI; the slices of a DICOM series).
+        fmt: ``"nifti"``, ``"metaimage"``, ``"nrrd"`` or ``"dicom"`` (also for a study with a
+            :attr:`problem` that is no DICOM series).
+        path: The file, or the folder holding the DICOM series.
+        files: The files of the study (one for a file format; the slices of a DICOM series).
         series_uid: SeriesInstanceUID of a DICOM series.
         description: SeriesDescription of a DICOM series (for display).
         bids: For a NIfTI file inside a BIDS dataset (a folder given as input that holds
@@ -60,7 +67,7 @@ class Study:
         """Where the study's files are, for a message: the file, the series' folder, or, for a series
         spread over several folders, those folders and the number of files."""
         folders = sorted({str(f.parent) for f in self.files})
-        if self.fmt == "nifti" or len(folders) <= 1:
+        if self.fmt != "dicom" or len(folders) <= 1:
             return str(self.path)
         shown = ", ".join(folders[:4]) + (f" and {len(folders) - 4} more" if len(folders) > 4 else "")
         return f"{len(self.files)} files in {shown}"
@@ -82,6 +89,10 @@ class Study:
             from mrisr.io.nifti import read_nifti
 
             return read_nifti(self.path)
+        if self.fmt != "dicom":
+            from mrisr.io.itk import read_itk
+
+            return read_itk(self.path)
         from mrisr.io.dicom import read_dicom_series
 
         return read_dicom_series(list(self.files), uid=self.series_uid)
@@ -100,7 +111,9 @@ def short_hash(text: str, n: int = 8) -> str:
 
 
 def group_dicom_series(
-    files: list[tuple[Path, Path]], broken: list[tuple[Path, str, str | None]] | None = None
+    files: list[tuple[Path, Path]],
+    broken: list[tuple[Path, str, str | None]] | None = None,
+    skipped: dict[Path, str] | None = None,
 ) -> list[Study]:
     """Group DICOM files into studies, one per series (:func:`mrisr.io.dicom.series.group_series`).
 
@@ -108,6 +121,7 @@ def group_dicom_series(
         files: Pairs ``(file, root)``: a candidate file and the input folder it was found under.
         broken: Collects ``(file, reason, series_uid)`` for files that cannot be used (see
             :func:`~mrisr.io.dicom.series.group_series`).
+        skipped: Collects ``{file: reason}`` for files skipped as not DICOM or not an image.
 
     Returns:
         One study per series, sorted by id. ``Study.path`` is the deepest folder holding all the
@@ -117,7 +131,7 @@ def group_dicom_series(
     from mrisr.io.dicom.series import group_series
 
     studies: list[Study] = []
-    for series in group_series(files, broken):
+    for series in group_series(files, broken, skipped):
         folder = series.folder
         # Slices in sibling folders given relatively ("a", "b") have the common folder "": name the
         # folder they are in, not nothing (the id would be only the series number and a hash).
@@ -269,7 +283,7 @@ def find_studies(
     series would be incomplete); a broken file that taints no series is a study of its own.
 
     Args:
-        inputs: Files (NIfTI, DICOM) and folders to search, or one of them.
+        inputs: Files (NIfTI, MetaImage, NRRD, DICOM) and folders to search, or one of them.
         max_depth: Folder levels to descend below each input folder.
         exclude: Folders not to descend into.
         outputs: Output folders of ``mrisr enhance``: searched like any folder (one may be an input,
@@ -286,10 +300,11 @@ def find_studies(
     roots: dict[Path, Path] = {}
     bids_roots: dict[Path, Path] = {}
     others: list[tuple[Path, Path]] = []
+    refused: list[Study] = []
     problems: list[tuple[Path, str, Path, str | None]] = []
     taken: set[Path] = set()  # files (and problems) already taken, by their identity
     _identity = _Identities()
-    given = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    given = _as_list(inputs)
     folders = [Path(raw).resolve() for raw in given if Path(raw).is_dir()]
     skip_dirs = {Path(e).resolve() for e in exclude}
     for o in outputs:
@@ -328,16 +343,16 @@ def find_studies(
             if _identity(f) in taken:  # named twice (relative and absolute, or a file inside a folder given)
                 continue
             taken.add(_identity(f))
-            if is_nifti_path(f):
+            if is_nifti_path(f) or itk_format(f) is not None:
                 nifti.append(f)
                 roots[f] = root
-            else:
+            elif not _refused(f, root, named=inp.is_file(), into=refused):
                 others.append((f, root))
     ids = _nifti_ids(nifti, roots)
     studies = [
         Study(
             id=ids[p],
-            fmt="nifti",
+            fmt=itk_format(p) or "nifti",
             path=p,
             files=(p,),
             bids=p.relative_to(bids_roots[p]) if p in bids_roots else None,
@@ -348,9 +363,16 @@ def find_studies(
         if len({f.is_absolute() for f, _ in others}) > 1:  # one series may span both spellings
             others = [(Path(os.path.abspath(f)), Path(os.path.abspath(r))) for f, r in others]
         broken: list[tuple[Path, str, str | None]] = []
-        studies.extend(group_dicom_series(others, broken))
+        skipped: dict[Path, str] = {}
+        studies.extend(group_dicom_series(others, broken, skipped))
         root_of = dict(others)
         problems += [(p, why, root_of[p], uid) for p, why, uid in broken]
+        # A file named as an input is processed or fails with its reason, never skipped silently.
+        named = {Path(raw) for raw in _as_list(inputs)}
+        for f, why in skipped.items():
+            if f in named:
+                refused.append(_problem_study(f, f.parent, f"{why}: not an image mrisr reads ({READ_FORMATS})"))
+    studies.extend(refused)
     studies = _with_problems(studies, problems)
     studies.sort(key=lambda s: s.id)
     seen: dict[str, int] = {}
@@ -361,6 +383,37 @@ def find_studies(
         seen[s.id] = 1
         unique.append(s)
     return unique
+
+
+#: What mrisr reads, for messages.
+READ_FORMATS = "NIfTI, DICOM, MetaImage, NRRD"
+
+
+def _as_list(inputs: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    return [inputs] if isinstance(inputs, str | Path) else list(inputs)
+
+
+def _problem_study(path: Path, root: Path, why: str) -> Study:
+    """A study that fails with ``why`` when processed, named by ``path`` relative to ``root``."""
+    rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+    return Study(id=sanitize_id("_".join(rel.parts) or path.name), fmt="dicom", path=path, files=(path,), problem=why)
+
+
+def _refused(path: Path, root: Path, *, named: bool, into: list[Study]) -> bool:
+    """Whether ``path`` is a recognised format mrisr does not read (:func:`mrisr.io.formats.refusal`),
+    or the ``.img`` of a pair whose ``.hdr`` speaks for it; a refused file named as an input, or an
+    image file found in a folder, is added to ``into`` as a study with its problem, an archive found
+    in a folder is named in a warning."""
+    if not named and paired_with_hdr(path):
+        return True
+    why = refusal(path)
+    if why is None:
+        return False
+    if why.archive and not named:
+        log.warning("not searched: %s: %s", path, why.reason)
+    else:
+        into.append(_problem_study(path, root, why.reason))
+    return True
 
 
 def _with_problems(studies: list[Study], problems: list[tuple[Path, str, Path, str | None]]) -> list[Study]:

@@ -80,6 +80,11 @@ class OutputBlockedError(MrisrError):
     a file where a DICOM series folder goes): it is left alone and the study fails."""
 
 
+class OutputWriteError(MrisrError):
+    """An output could not be written (a full disk, a quota, a read-only folder): ``path`` is the
+    output's final path, never the input's."""
+
+
 class NonFiniteOutputError(MrisrError):
     """The network gave NaN or infinite values for a study (overflowing weights, a broken checkpoint);
     ``path`` is the checkpoint, the study is named by whoever processes it."""

@@ -92,7 +92,7 @@ class SliceStack(InvertibleTransform):
     The stack is a view (``np.moveaxis``): writing into it writes into the array. :meth:`inverse` puts
     a stack of (possibly refined) slices back in the array's axis order. Inference cuts the slices it
     super-resolves with it (:func:`mrisr.inference.super_resolve_array`), training the slices it
-    draws patches from (:class:`mrisr.training.data.PatchDataset`).
+    draws patches from (:class:`mrisr.training.patches.PatchDataset`).
     """
 
     def __init__(self, axis: int) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,25 +50,178 @@ class Staging:
             remove_path(staged)
         self.moves.clear()
 
-    def commit(self, journal: Path, sidecar: Path, record: dict[str, Any], stale: Iterable[Path]) -> None:
+    def commit(
+        self,
+        journal: Path,
+        sidecar: Path,
+        record: dict[str, Any],
+        stale: Iterable[Path],
+        *,
+        owned: Collection[Path],
+        overwrite: bool = False,
+    ) -> None:
         """Put the staged files and the sidecar ``record`` in place and remove the ``stale`` paths
-        that the new result does not write (an old output of another format, an old figure)."""
-        for staged, final in self.moves:
-            # A DICOM series replaces a series folder, a file a file: anything else at a final path
-            # was not written by mrisr (a kill leaves neither), so it is not removed.
-            kind_differs = final.exists() and (final.is_dir() and not final.is_symlink()) != staged.is_dir()
-            if staged.exists() and kind_differs:
-                raise OutputBlockedError(final, "a file or folder that mrisr did not write stands at this output path")
+        that the new result does not write (an old output of another format, an old figure).
+
+        Args:
+            journal: The study's commit journal (:func:`commit_journal`).
+            sidecar: The sidecar's final path.
+            record: The sidecar's content.
+            stale: Paths of the study's old outputs the new result may leave behind.
+            owned: What mrisr's own records say it wrote (:func:`mrisr.sidecar.owned_outputs`): only
+                these are removed, and only these are replaced unless ``overwrite``.
+            overwrite: Also replace a *file* standing at a final path that no record names.
+
+        Raises:
+            OutputBlockedError: Something mrisr did not write stands at a final path (see
+                :func:`check_free`); nothing has been moved.
+        """
+        finals = [final for _, final in self.moves] + [sidecar]
+        root = journal.parent
+        staged_dirs = {f for s, f in self.moves if s.is_dir()}
+        check_free(finals, owned, overwrite=overwrite, staged_dirs=staged_dirs, root=root)
+        owned_norm = {_norm(p) for p in owned}
+        # lexists: False, not an error, for a name longer than the file system takes (it cannot be there).
+        removals = [
+            p for p in dict.fromkeys(stale) if p not in finals and _norm(p) in owned_norm and os.path.lexists(p)
+        ]
+        check_removable(removals, root=root)
         staged_sidecar = temp_sibling(sidecar)
         write_json_atomic(staged_sidecar, record)
-        finals = {final for _, final in self.moves} | {sidecar}
         ops: list[list[str]] = [["move", str(a), str(b)] for a, b in self.moves if a.exists()]
-        # lexists: False, not an error, for a name longer than the file system takes (it cannot be there).
-        ops += [["remove", str(p)] for p in dict.fromkeys(stale) if p not in finals and os.path.lexists(p)]
+        ops += [["remove", str(p)] for p in removals]
         ops.append(["move", str(staged_sidecar), str(sidecar)])
         write_json_atomic(journal, {"ops": ops})  # the commit point
         self.moves.clear()  # committed: nothing staged may be discarded now, the journal needs it
         finish_commit(journal, journal.parent)
+
+
+def _norm(path: Path) -> Path:
+    return Path(os.path.normpath(path))
+
+
+#: The files of a derived DICOM series folder, as :func:`mrisr.io.dicom.write_dicom_series` names them.
+_SERIES_FILE = re.compile(r"IM\d{5,}\.dcm")
+
+
+def foreign_entry(folder: Path) -> Path | None:
+    """The first entry of an output series ``folder`` that mrisr does not write there (a file of the
+    user's, a subfolder, a link), ``None`` when it holds only slices named as mrisr names them."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return folder
+    for entry in entries:
+        if not (_SERIES_FILE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)):
+            return Path(entry.path)
+    return None
+
+
+def link_out_of(path: Path, root: Path) -> Path | None:
+    """The folder on the way from ``root`` down to ``path``'s folder that leads out of ``root`` (a
+    symbolic link to elsewhere; ``path`` itself when it is not under ``root`` at all), ``None``
+    when ``path`` would be written inside ``root``."""
+    rel = os.path.relpath(_norm(path.parent), _norm(root))
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        return path
+    real_root = root.resolve()
+    here = root
+    for part in Path(rel).parts:
+        here = here / part
+        if here.is_symlink():
+            try:
+                here.resolve().relative_to(real_root)
+            except ValueError:
+                return here
+    return None
+
+
+def check_inside(paths: Iterable[Path], root: Path | None) -> None:
+    """Refuse output ``paths`` that would be written out of the output folder ``root`` through a link
+    (:func:`link_out_of`); nothing when ``root`` is ``None``.
+
+    Raises:
+        OutputBlockedError: Naming the link.
+    """
+    if root is None:
+        return
+    for path in paths:
+        link = link_out_of(path, root)
+        if link is not None:
+            raise OutputBlockedError(
+                link, f"leads out of the output folder {root} (a link); mrisr writes its outputs only inside it"
+            )
+
+
+def check_removable(paths: Iterable[Path], *, root: Path | None = None) -> None:
+    """Refuse to remove an owned output ``paths`` (the stale outputs of a rerun) that now holds
+    what mrisr did not write: a series folder with a file of the user's in it, or one reached
+    through a link out of ``root``.
+
+    Raises:
+        OutputBlockedError: Naming the foreign entry.
+    """
+    paths = list(paths)
+    check_inside(paths, root)
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            _check_series_folder(path)
+
+
+def _check_series_folder(folder: Path) -> None:
+    foreign = foreign_entry(folder)
+    if foreign is not None:
+        raise OutputBlockedError(
+            foreign,
+            f"not written by mrisr, inside the series folder {folder.name} that mrisr wrote; move it away "
+            "(the folder is replaced or removed only when it holds nothing else)",
+        )
+
+
+def check_free(
+    finals: Iterable[Path],
+    owned: Collection[Path],
+    *,
+    overwrite: bool,
+    staged_dirs: Collection[Path] = (),
+    root: Path | None = None,
+) -> None:
+    """Refuse to write over what mrisr did not write.
+
+    A final path that exists (or is a dangling link) and that no record of mrisr names (``owned``)
+    blocks the study, unless ``overwrite`` and it is a plain file or link where a file goes. A folder
+    that mrisr did not write is never replaced, nor is a file replaced by a series folder or a folder
+    by a file, nor a series folder of mrisr's that holds anything else (:func:`foreign_entry`). With
+    ``root`` (the output folder), a final path reached through a link out of it blocks the study too.
+
+    Args:
+        finals: The paths about to be written.
+        owned: :func:`mrisr.sidecar.owned_outputs` of the study.
+        overwrite: ``--overwrite`` was given.
+        staged_dirs: The finals that are written as folders (a DICOM series).
+        root: The output folder every final must be written inside.
+
+    Raises:
+        OutputBlockedError: Naming the first blocked path.
+    """
+    finals = list(finals)
+    check_inside(finals, root)
+    owned_norm = {_norm(p) for p in owned}
+    for final in finals:
+        if not os.path.lexists(final):
+            continue
+        is_dir = os.path.isdir(final) and not os.path.islink(final)
+        if is_dir != (final in staged_dirs):
+            raise OutputBlockedError(final, "a file or folder that mrisr did not write stands at this output path")
+        if _norm(final) in owned_norm:
+            if is_dir:
+                _check_series_folder(final)
+            continue
+        if overwrite and not is_dir:
+            continue
+        what = "a folder" if is_dir else "a file"
+        hint = "move it away" if is_dir else "move it away or use --overwrite"
+        raise OutputBlockedError(final, f"{what} that no mrisr sidecar records stands at this output path; {hint}")
 
 
 def _inside(path: Path, root: Path) -> bool:

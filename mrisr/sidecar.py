@@ -26,6 +26,11 @@ Skip rule (:func:`rerun_differences`)
     input that changes the outputs; keys added since (``save_uncertainty``, ``save_residual``,
     ``through_plane_sha256``, ``target_spacing``) are recorded only when used, so that older
     sidecars still match a plain rerun.
+Ownership (:func:`owned_outputs`)
+    mrisr removes or replaces only what its own records say it wrote: a sidecar of mrisr for the study
+    (readable, ``study`` equal to the study's id, ``status`` done or failed, ``mrisr_version`` set) in
+    one of the study's sidecar places owns itself, and a done one owns the files it names that are
+    among the study's target paths. Anything else standing at a target path is the user's.
 Reading (:func:`load_sidecar`, :func:`read_sidecar`)
     At most :data:`MAX_SIDECAR_BYTES`, UTF-8 JSON, an object; anything else is not a sidecar of
     mrisr (the report lists it as a failed row, enhance as no result).
@@ -34,6 +39,7 @@ Reading (:func:`load_sidecar`, :func:`read_sidecar`)
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +63,7 @@ __all__ = [
     "bids_derivative_stem",
     "is_sidecar_name",
     "load_sidecar",
+    "owned_outputs",
     "read_sidecar",
     "request_differences",
     "rerun_differences",
@@ -287,3 +294,51 @@ def rerun_differences(old: Sidecar, *, input_sha256: str, request: Mapping[str, 
     (:func:`study_sha256`), then each :func:`request_differences`; empty when it is."""
     diffs = [] if old.input_sha256 == input_sha256 else ["input: another file (sha256)"]
     return diffs + request_differences(old.request, request)
+
+
+def _is_record_of(data: Mapping[str, Any], study_id: str) -> bool:
+    """Whether ``data`` is a sidecar that mrisr wrote for study ``study_id``."""
+    return (
+        data.get("study") == study_id
+        and data.get("status") in ("done", "failed")
+        and isinstance(data.get("mrisr_version"), str)
+    )
+
+
+def _named_files(data: Mapping[str, Any]) -> list[str]:
+    """The file names a done sidecar records (relative to its folder), as :mod:`mrisr.enhance` writes them."""
+    out = data.get("output")
+    names: list[Any] = []
+    if isinstance(out, dict):
+        names += [out.get("path"), out.get("lowres"), out.get("bicubic")]
+    names += [data.get("figure"), data.get("mosaic")]
+    for key in ("uncertainty", "consistency"):
+        entry = data.get(key)
+        if isinstance(entry, dict):
+            names.append(entry.get("map"))
+    return [n for n in names if isinstance(n, str) and n]
+
+
+def owned_outputs(out_dir: Path, study: Study) -> frozenset[Path]:
+    """The paths of ``study``'s outputs in ``out_dir`` that mrisr's own records say it wrote.
+
+    A sidecar counts when it is mrisr's record of this study (the module docstring, "Ownership");
+    it owns itself, and when done, every file it names that is one of the study's target paths in
+    either format (:meth:`Targets.every_format`): a record naming anything else owns nothing more.
+
+    Returns:
+        The owned paths, as :class:`Targets` names them.
+    """
+    targets = {os.path.normpath(p): p for t in Targets.every_format(out_dir, study) for p in t.all()}
+    owned: set[Path] = set()
+    for place in dict.fromkeys(t.sidecar for t in Targets.every_format(out_dir, study)):
+        if not os.path.isfile(place):  # False, not an error, for a name too long to exist
+            continue
+        data, _ = load_sidecar(place)
+        if data is None or not _is_record_of(data, study.id):
+            continue
+        owned.add(place)
+        if data.get("status") == "done":
+            named = (os.path.normpath(place.parent / n) for n in _named_files(data))
+            owned |= {targets[n] for n in named if n in targets}
+    return frozenset(owned)

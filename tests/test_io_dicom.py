@@ -486,3 +486,19 @@ def test_a_tag_value_its_vr_refuses_is_carried_as_the_scanner_wrote_it(
     vol = read_dicom_series(files)
     ds = pydicom.dcmread(sorted(write_dicom_series(vol, tmp_path / "out").iterdir())[0])
     assert ds["PatientWeight"].value == "seventy" and ds.PatientID == "P001"
+
+
+def test_missing_pixel_spacing_is_warned_once_per_series(
+    axial_series: SeriesMaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = axial_series("nospacing", [0.0, 2.0, 4.0, 6.0])
+    for path in files:
+        ds = pydicom.dcmread(path)
+        del ds.PixelSpacing
+        ds.save_as(path, enforce_file_format=True)
+    with caplog.at_level(logging.WARNING, logger="mrisr"):
+        vol = read_dicom_series(files)
+    np.testing.assert_allclose(vol.spacing, (1.0, 1.0, 2.0))
+    lines = [r.getMessage() for r in caplog.records if "PixelSpacing" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "4 of 4 slices" in lines[0]

@@ -248,3 +248,127 @@ def test_tiny_gz_promising_gigabytes_is_refused_before_allocating(tmp_path: Path
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "truncated" in run.stdout and "promises" in run.stdout
+
+
+# -- spatial units (issue 27 item 4): the contract is mm, whatever xyzt_units says ------------------
+
+#: An oblique grid of 0.5 × 0.6 × 2 units per voxel, origin off zero.
+_UNIT_AFFINE = np.array(
+    [
+        [0.0, 0.0, 2.0, 0.01],
+        [0.5 * np.cos(0.3), -0.6 * np.sin(0.3), 0.0, -0.02],
+        [0.5 * np.sin(0.3), 0.6 * np.cos(0.3), 0.0, 0.03],
+        [0, 0, 0, 1],
+    ]
+)
+
+
+def _unit_file(path: Path, unit: str, *, time: str = "sec", shape: tuple[int, ...] = (6, 5, 4)) -> Path:
+    data = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
+    img = nib.Nifti1Image(data, _UNIT_AFFINE)
+    img.header.set_qform(_UNIT_AFFINE, code=1)  # both codes set: each must be converted
+    img.header.set_xyzt_units(unit, time)
+    if len(shape) == 4:
+        img.header.set_zooms((*img.header.get_zooms()[:3], 2.5))
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("unit", "mm"), [("meter", 1000.0), ("micron", 0.001), ("mm", 1.0), ("unknown", 1.0)])
+def test_spatial_unit_is_converted_to_mm_on_reading(tmp_path: Path, unit: str, mm: float) -> None:
+    vol = read_nifti(_unit_file(tmp_path / "u.nii.gz", unit, time="msec"))
+    expected = np.diag([mm, mm, mm, 1.0]) @ _UNIT_AFFINE
+    np.testing.assert_allclose(vol.affine, expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(vol.spacing, np.array([0.5, 0.6, 2.0]) * mm, rtol=1e-6)
+    assert vol.meta["header"].get_xyzt_units() == ("mm", "msec")  # time unit kept, never read as a length
+
+
+@pytest.mark.parametrize("unit", ["meter", "micron"])
+def test_output_of_a_metre_or_micrometre_input_says_mm_at_the_same_physical_points(tmp_path: Path, unit: str) -> None:
+    from mrisr.geometry import refine_affine
+
+    mm = {"meter": 1000.0, "micron": 0.001}[unit]
+    vol = read_nifti(_unit_file(tmp_path / "u.nii.gz", unit))
+    fine = refine_affine(vol.affine, (2, 2, 1))
+    out = write_nifti(vol.with_data(np.zeros((12, 10, 4), np.float32), fine), tmp_path / "o.nii.gz")
+    back = nib.load(str(out))
+    assert back.header.get_xyzt_units() == ("mm", "sec")
+    assert int(back.header["qform_code"]) == 1 and int(back.header["sform_code"]) == 2
+    np.testing.assert_allclose(back.header.get_qform(), back.header.get_sform(), rtol=1e-5, atol=1e-6 * mm)
+    # Output voxel i along a refined axis has its centre at input index (i + 0.5) / 2 - 0.5.
+    ijk = np.array([[0, 0, 0, 1], [5, 3, 2, 1], [11, 9, 3, 1]], dtype=float).T
+    in_ijk = ijk.copy()
+    in_ijk[:2] = (ijk[:2] + 0.5) / 2 - 0.5
+    physical_mm = (_UNIT_AFFINE @ in_ijk)[:3] * mm  # where the input file puts them, in mm
+    np.testing.assert_allclose((back.affine @ ijk)[:3], physical_mm, rtol=1e-5, atol=1e-6 * mm)
+    np.testing.assert_allclose(back.header.get_zooms(), np.array([0.25, 0.3, 2.0]) * mm, rtol=1e-5)
+
+
+def test_four_d_metre_input_keeps_its_time_step_and_unit(tmp_path: Path) -> None:
+    vol = read_nifti(_unit_file(tmp_path / "u.nii.gz", "meter", time="msec", shape=(4, 3, 2, 3)))
+    assert vol.n_frames == 3
+    np.testing.assert_allclose(vol.spacing, [500.0, 600.0, 2000.0], rtol=1e-6)
+    back = nib.load(str(write_nifti(vol, tmp_path / "o.nii.gz")))
+    assert back.header.get_xyzt_units() == ("mm", "msec")
+    np.testing.assert_allclose(back.header.get_zooms(), [500.0, 600.0, 2000.0, 2.5], rtol=1e-6)
+    np.testing.assert_allclose(back.affine, np.diag([1000.0, 1000.0, 1000.0, 1.0]) @ _UNIT_AFFINE, rtol=1e-6)
+
+
+def test_dicom_of_a_metre_input_has_its_pixel_spacing_in_mm(tmp_path: Path) -> None:
+    import pydicom
+
+    from mrisr.io.dicom import write_dicom_series
+
+    shape = (6, 5, 3)
+    img = nib.Nifti1Image(np.arange(90, dtype=np.int16).reshape(shape), np.diag([0.0005, 0.0007, 0.003, 1.0]))
+    img.header.set_xyzt_units("meter", "sec")
+    nib.save(img, str(tmp_path / "m.nii.gz"))
+    folder = write_dicom_series(read_nifti(tmp_path / "m.nii.gz"), tmp_path / "dcm")
+    ds = pydicom.dcmread(sorted(folder.iterdir())[0])
+    # PixelSpacing is (between rows = along j, between columns = along i), in mm.
+    np.testing.assert_allclose([float(v) for v in ds.PixelSpacing], [0.7, 0.5], rtol=1e-5)
+    assert float(ds.SpacingBetweenSlices) == pytest.approx(3.0, rel=1e-5)
+
+
+def test_target_spacing_of_a_micrometre_input_picks_factors_from_mm(tmp_path: Path) -> None:
+    from mrisr.discovery import find_studies
+    from mrisr.enhance.spacing import plan_target_spacing
+
+    img = nib.Nifti1Image(np.ones((8, 8, 4), np.int16), np.diag([2000.0, 2000.0, 3000.0, 1.0]))
+    img.header.set_xyzt_units("micron", "sec")
+    nib.save(img, str(tmp_path / "um.nii.gz"))
+    groups, unreadable = plan_target_spacing(find_studies([tmp_path / "um.nii.gz"]), (1.0, 1.0, 3.0))
+    assert not unreadable
+    assert [g for g, _ in groups] == [(2, 2, 1)]
+
+
+# -- NIfTI-2 when NIfTI-1 cannot hold the grid (issue 27 item 9) -------------------------------------
+
+
+@pytest.mark.parametrize("source", ["nifti2", "nifti1", "none"])
+def test_an_axis_over_32767_voxels_is_written_as_nifti2(tmp_path: Path, source: str) -> None:
+    affine = np.array([[0.0, 0.0, 1.5, -3.0], [0.25, 0.0, 0.0, 7.0], [0.0, -0.8, 0.0, 11.0], [0, 0, 0, 1]])
+    small = np.arange(12, dtype=np.float32).reshape(12, 1, 1)
+    if source == "none":
+        vol = Volume(data=small, affine=affine, dtype=np.float32, fmt="dicom")
+    else:
+        kind = nib.Nifti2Image if source == "nifti2" else nib.Nifti1Image
+        img = kind(small, affine)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header["descrip"] = b"kept"
+        nib.save(img, str(tmp_path / "in.nii"))
+        vol = read_nifti(tmp_path / "in.nii")
+    values = np.linspace(-5.0, 5.0, 40000, dtype=np.float32).reshape(40000, 1, 1)
+    out = write_nifti(vol.with_data(values, affine), tmp_path / "long.nii.gz", dtype=np.float32)
+    back = nib.load(str(out))
+    assert isinstance(back, nib.Nifti2Image) and back.shape == (40000, 1, 1)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), values)
+    assert back.header.get_xyzt_units()[0] == "mm"
+    if source != "none":
+        assert back.header["descrip"].tobytes().startswith(b"kept")
+    again = read_nifti(out)
+    np.testing.assert_allclose(again.affine, affine, atol=1e-6)
+    # The control: a grid NIfTI-1 holds stays NIfTI-1, whatever the input's kind.
+    short = nib.load(str(write_nifti(vol.with_data(values[:32767], affine), tmp_path / "short.nii.gz")))
+    assert type(short) is nib.Nifti1Image

@@ -120,14 +120,15 @@ def hoist_global_flags(args: Sequence[str]) -> list[str]:
 
 def main(args: Sequence[str] | None = None) -> int:
     """Run the CLI with ``args`` (default ``sys.argv[1:]``) and return the exit code."""
-    from mrisr.cli.console import is_terminal
+    from mrisr.cli.console import is_terminal, native_stderr_aside
 
     # Help and usage errors as plain text when not at a terminal: rich would cut them at 80 columns.
     app.rich_markup_mode = "rich" if is_terminal(sys.stdout) else None
     argv = hoist_global_flags(sys.argv[1:] if args is None else args)
     state.argv = tuple(sys.argv[1:] if args is None else args)
     try:
-        app(args=argv, prog_name="mrisr", standalone_mode=True)
+        with native_stderr_aside(keep="--debug" in argv[: argv.index("--") if "--" in argv else len(argv)]):
+            app(args=argv, prog_name="mrisr", standalone_mode=True)
     except SystemExit as exc:
         code = exc.code
         return int(code) if isinstance(code, int) else (0 if code is None else 1)

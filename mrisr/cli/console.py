@@ -7,14 +7,22 @@ otherwise assume 80 columns and cut ids and paths with an ellipsis).
 
 Verbosity: ``--quiet`` leaves only error lines and the final interruption line; ``--verbose`` adds
 the library's INFO log lines; ``--debug`` adds DEBUG lines and tracebacks.
+
+Native libraries write to file descriptor 2 themselves: GDCM (under SimpleITK) prints its JPEG
+decoder's chatter, such as "Unsupported JPEG data precision 12" for every 12-bit slice it then decodes
+fine. :func:`native_stderr_aside` keeps that off the terminal while a command runs (not under
+``--debug``); a failed decode still raises, and becomes the study's one ``error:`` line.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING
 
 import typer
@@ -103,3 +111,56 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _fileno(stream: object) -> int | None:
+    try:
+        return int(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return None
+
+
+@contextmanager
+def native_stderr_aside(*, keep: bool = False) -> Iterator[None]:
+    """Send what native libraries write to file descriptor 2 to ``/dev/null`` while the block runs,
+    and Python's ``sys.stderr`` (every line mrisr prints, logging) to a duplicate of the real stderr,
+    so that only mrisr's own lines show. ``keep``: change nothing (``--debug`` shows everything).
+
+    The swap of descriptors is process-wide, so Python's writes must not go through descriptor 2:
+    when ``sys.stderr`` is descriptor 2 it is replaced for the block by a stream on the duplicate
+    (which stays open afterwards, for handlers that kept a reference to it); when ``sys.stderr`` is
+    something else (a test's capture) it is left alone.
+    """
+    if keep:
+        yield
+        return
+    try:
+        real = os.dup(2)
+        sink = os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no descriptor 2 (a daemon), or none left: leave everything as it is
+        yield
+        return
+    old = sys.stderr
+    swapped = _fileno(old) == 2
+    try:
+        if swapped:
+            old.flush()
+            sys.stderr = io.TextIOWrapper(
+                io.FileIO(real, "w", closefd=False),
+                encoding=getattr(old, "encoding", None) or "utf-8",
+                errors=getattr(old, "errors", None) or "backslashreplace",
+                line_buffering=True,
+                write_through=True,
+            )
+        os.dup2(sink, 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(real, 2)
+    finally:
+        os.close(sink)
+        if swapped:
+            sys.stderr = old
+        else:
+            os.close(real)

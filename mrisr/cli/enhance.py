@@ -19,7 +19,7 @@ from mrisr.defaults import DEFAULT_ARCH, DEFAULT_DEVICE, DEFAULT_ENSEMBLE
 
 @app.command()
 def enhance(
-    inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, DICOM files or folders of studies.")],
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI, MetaImage, NRRD or DICOM files, or folders of studies.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     scale: Annotated[
         str | None,

@@ -18,7 +18,7 @@ def _fmt_floats(values: Any, digits: int = 4) -> str:
 
 @app.command()
 def info(
-    inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, DICOM files or folders of studies.")],
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI, MetaImage, NRRD or DICOM files, or folders of studies.")],
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print a JSON array, one object per study (with 'error' for one that fails)."),

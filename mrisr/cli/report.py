@@ -37,11 +37,11 @@ def report(
 
     from mrisr.cli.console import make_console
     from mrisr.errors import printable
-    from mrisr.report import NoSidecarsError, build_report
+    from mrisr.report import NoSidecarsError, ReportBlockedError, build_report
 
     try:
         res = build_report(out, embed_first=embed_first, embed_worst=embed_worst)
-    except (FileNotFoundError, NoSidecarsError) as exc:
+    except (FileNotFoundError, NoSidecarsError, ReportBlockedError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:  # a read-only or full output folder: the report files cannot be written
         where = exc.filename or out

@@ -161,6 +161,12 @@ def train(
         raise fail(f"--resume: {out / 'last.pt'} does not exist")
     if not resume and (out / "last.pt").exists():
         raise fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    from mrisr.training.run_state import blocking_run_files
+
+    # A new run replaces none of the user's files (a best.pt of another run, a metrics.csv of theirs).
+    blocking = [] if resume else blocking_run_files(out)
+    if blocking:
+        raise fail(f"{blocking[0]}: a new run would replace this file; choose another --out")
     main_rank = int(os.environ.get("RANK", 0)) == 0
     # One line per epoch, written here only (the library's own epoch log line is for --verbose).
     show_bar = main_rank and live()

@@ -1,7 +1,7 @@
 """Factors from headers: ``--target-spacing`` grouped per study, and the slice profile a header states.
 
-The grid of every study is read from its header alone (NIfTI header, DICOM headers without pixel
-data), so that a target no study can reach is refused before any voxel is read.
+The grid of every study is read from its header alone (NIfTI, MetaImage or NRRD header, DICOM headers
+without pixel data), so that a target no study can reach is refused before any voxel is read.
 """
 
 from __future__ import annotations
@@ -33,11 +33,17 @@ def study_grid(study: Study) -> tuple[np.ndarray, tuple[int, ...]]:
     if study.fmt == "nifti":
         import nibabel as nib
 
+        from mrisr.io.nifti import affine_in_mm
+
         try:
             img = nib.load(str(study.path))
         except Exception as exc:  # nibabel raises many types on a bad header; the study will fail alone
             raise UnreadableFileError(study.path, f"header unreadable ({type(exc).__name__})") from exc
-        return np.asarray(img.affine, dtype=np.float64), tuple(int(n) for n in img.shape)  # type: ignore[attr-defined]
+        return affine_in_mm(img.header), tuple(int(n) for n in img.shape)  # type: ignore[attr-defined,arg-type]
+    if study.fmt != "dicom":
+        from mrisr.io.itk import read_itk_grid
+
+        return read_itk_grid(study.path)
     from mrisr.io.dicom.read import read_dicom_grid
 
     affine, shape, _ = read_dicom_grid(list(study.files), uid=study.series_uid)

@@ -10,7 +10,7 @@ import datetime as _dt
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mrisr import __version__
-from mrisr.bids import derivative_metadata, write_description
+from mrisr.bids import check_description, derivative_metadata, write_description
 from mrisr.discovery import Study
 from mrisr.enhance import compute
 from mrisr.enhance.compute import Batch, Computed
@@ -29,6 +29,7 @@ from mrisr.errors import (
     MrisrError,
     NonFiniteOutputError,
     OutputExistsError,
+    OutputWriteError,
     UnreadableFileError,
     UnsupportedDataError,
     plain_numbers,
@@ -36,11 +37,11 @@ from mrisr.errors import (
 )
 from mrisr.fsutil import remove_temporaries, write_json_atomic
 from mrisr.geometry import voxel_spacing
-from mrisr.io import Volume, as_written, check_finite, default_output_dtype, write_volume
+from mrisr.io import Volume, as_written, check_finite, default_output_dtype, same_output_format, write_volume
 from mrisr.io.nifti_header import warn_if_orientation_unknown
 from mrisr.locks import study_lock
-from mrisr.outputs import Staging, commit_journal, finish_commit
-from mrisr.sidecar import Targets, rerun_differences, standing_result, study_sha256
+from mrisr.outputs import Staging, check_free, check_inside, check_removable, commit_journal, finish_commit, link_out_of
+from mrisr.sidecar import Targets, owned_outputs, rerun_differences, standing_result, study_sha256
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def process_study(batch: Batch, study: Study, *, loaded: Future[Volume] | None =
                 "locked",
                 error=f"{study.path}: not processed: its lock {lock.path} is held by {lock.holder}",
             )
-        out_fmt = study.fmt if batch.opts.fmt == "same" else batch.opts.fmt
+        out_fmt = same_output_format(study.fmt) if batch.opts.fmt == "same" else batch.opts.fmt
         try:
             # A commit that a killed run left half done is finished first (outputs.finish_commit).
             finish_commit(commit_journal(out_dir, study.id), out_dir)
@@ -98,13 +99,30 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
                 raise OutputExistsError(
                     old_sidecar, f"done with another request ({'; '.join(diffs)}); use --overwrite to replace it"
                 )
-        # An output without a 'done' sidecar is what a killed run leaves: it is redone.
+        # Only what mrisr's own records name is replaced or removed (a kill leaves the journal, which
+        # was carried out before this): refuse early, before the work, for the main output and sidecar.
+        # Nothing is written through a link out of OUT, and an owned series folder that now holds a
+        # file of the user's is neither replaced nor removed.
+        owned = owned_outputs(opts.out_dir, study)
+        check_inside(targets.all(), opts.out_dir)
+        check_free(
+            [out_path, sidecar],
+            owned,
+            overwrite=opts.overwrite,
+            staged_dirs={out_path} if out_fmt == "dicom" else (),
+            root=opts.out_dir,
+        )
+        check_removable([p for p in owned if p not in (out_path, sidecar)], root=opts.out_dir)
+        if study.bids is not None and out_fmt == "nifti":
+            check_description(opts.out_dir)  # a raw dataset's description of the user's is never rewritten
         staging = Staging()
         try:
             record = _make_outputs(batch, study, out_fmt, targets, in_sha=in_sha, loaded=loaded, staging=staging)
             record["seconds"] = round(time.perf_counter() - t0, 3)
             stale = [p for t in Targets.every_format(opts.out_dir, study) for p in t.all()]
-            staging.commit(commit_journal(opts.out_dir, study.id), sidecar, record, stale)
+            journal = commit_journal(opts.out_dir, study.id)
+            with _writing(sidecar):
+                staging.commit(journal, sidecar, record, stale, owned=owned, overwrite=opts.overwrite)
         except BaseException:
             staging.discard()
             raise
@@ -134,7 +152,12 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
         log.debug("study %s failed", study.id, exc_info=True)
         seconds = round(time.perf_counter() - t0, 3)
         # A failure replaces no done result (a failed --overwrite leaves the old one, as a kill does).
-        if not isinstance(exc, OutputExistsError) and standing_result(opts.out_dir, study, targets)[0] is None:
+        # Nor is a file of the user's at the sidecar's path replaced by the failure record.
+        no_result = standing_result(opts.out_dir, study, targets)[0] is None
+        sidecar_free = link_out_of(sidecar, opts.out_dir) is None and (
+            not (sidecar.exists() or sidecar.is_symlink()) or sidecar in owned_outputs(opts.out_dir, study)
+        )
+        if not isinstance(exc, OutputExistsError) and no_result and sidecar_free:
             _write_failure(batch, study, sidecar, line, seconds)
         return StudyResult(study, "failed", seconds, error=line, sidecar=sidecar)
 
@@ -177,10 +200,20 @@ def _make_outputs(
     if out_fmt == "dicom" and vol.data.ndim == 4:
         raise UnsupportedDataError(study.path, "4D data cannot be written as one DICOM series; use --format nifti")
     out_dtype = np.dtype(opts.dtype) if opts.dtype else default_output_dtype(vol.dtype)
+    stored_dtype = out_dtype
     if out_fmt == "dicom":
-        from mrisr.io.dicom import check_dicom_grid, dicom_as_written
+        from mrisr.io.dicom import check_dicom_grid, dicom_as_written, dicom_stored_dtype
 
         check_dicom_grid(vol)  # refining keeps the directions: a sheared grid fails before the SR
+        # The sidecar records the type the series holds (16-bit integers with a rescale, not a float).
+        if opts.dtype and np.dtype(opts.dtype) != dicom_stored_dtype(vol.dtype):
+            log.warning(
+                "%s: --dtype %s is not written as DICOM: the series holds %s with a rescale (use --format nifti)",
+                study.id,
+                opts.dtype,
+                dicom_stored_dtype(vol.dtype),
+            )
+        stored_dtype = dicom_stored_dtype(vol.dtype)
 
         def written(a: np.ndarray) -> np.ndarray:
             return dicom_as_written(a, vol.dtype)  # a DICOM series has its own 16-bit value rule
@@ -194,7 +227,7 @@ def _make_outputs(
     else:
         made = compute.enhance(batch, vol, written)
     files = _write_files(batch, study, made, targets, out_fmt=out_fmt, out_dtype=out_dtype, staging=staging)
-    record = _record(batch, study, made, targets, vol=vol, in_sha=in_sha, out_fmt=out_fmt, out_dtype=out_dtype)
+    record = _record(batch, study, made, targets, vol=vol, in_sha=in_sha, out_fmt=out_fmt, out_dtype=stored_dtype)
     record["output"] |= files.pop("output")
     record |= files
     if study.bids is not None and out_fmt == "nifti":
@@ -221,7 +254,8 @@ def _write_files(
         from mrisr.io.nifti import write_nifti
 
         path = getattr(targets, key)
-        write_nifti(vol, staging.path(path), dtype=out_dtype)
+        with _writing(path):
+            write_nifti(vol, staging.path(path), dtype=out_dtype)
         named["output"][key] = path.name
     arrays = made.figure_arrays | {"residual": made.residual, "uncertainty": made.spread}
     figure: Future[bool] | None = None
@@ -246,12 +280,15 @@ def _write_files(
         figure = batch.background.submit(draw) if batch.background is not None else _now(draw)
     try:
         description = _description(factors, opts.simulate)
-        write_volume(made.out_vol, staging.path(targets.output), out_fmt, out_dtype, description=description)
+        with _writing(targets.output):
+            write_volume(made.out_vol, staging.path(targets.output), out_fmt, out_dtype, description=description)
         if made.spread is not None and uncertainty is not None:
-            write_map(made.out_vol.with_data(made.spread, made.sr_affine), staging.path(targets.uncertainty))
+            with _writing(targets.uncertainty):
+                write_map(made.out_vol.with_data(made.spread, made.sr_affine), staging.path(targets.uncertainty))
             uncertainty["map"] = _relative(targets.uncertainty, targets.sidecar)
         if opts.save_residual:
-            write_map(made.in_vol.with_data(made.residual, made.in_vol.affine), staging.path(targets.residual))
+            with _writing(targets.residual):
+                write_map(made.in_vol.with_data(made.residual, made.in_vol.affine), staging.path(targets.residual))
             made.consistency["map"] = _relative(targets.residual, targets.sidecar)
     except BaseException:
         # The figure thread writes a staged file: wait for it, so that the discard removes it.
@@ -259,11 +296,22 @@ def _write_files(
             with contextlib.suppress(Exception):
                 figure.result()
         raise
-    drawn = figure is not None and figure.result()
+    with _writing(targets.figure):
+        drawn = figure is not None and figure.result()
     # Relative to the sidecar's folder (a BIDS derivative keeps its figures in sub-*/figures/).
     named["figure"] = _relative(targets.figure, targets.sidecar) if drawn else None
     named["mosaic"] = _relative(targets.mosaic, targets.sidecar) if drawn else None
     return named
+
+
+@contextlib.contextmanager
+def _writing(final: Path) -> Iterator[None]:
+    """Name ``final`` (the output's final path, not its temporary name, nor the input) in any
+    :class:`OSError` raised while it is written: a full disk fails the study with that name."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputWriteError(final, f"cannot write this output ({exc.strerror or exc})") from exc
 
 
 def _now(draw: Callable[[], bool]) -> Future[bool]:

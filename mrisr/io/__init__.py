@@ -12,14 +12,17 @@ Every reader returns, and every writer takes, a :class:`Volume`:
     The array's dtype is the on-disk dtype when no scaling applies, else ``float32``/``float64``.
 ``affine``
     A 4×4 float64 matrix mapping voxel indices ``(i, j, k, 1)`` of voxel *centres* to **RAS+ world
-    coordinates in mm** (x to the Right, y to the Anterior, z to the Superior). DICOM is LPS+: the
-    conversion ``RAS = diag(-1, -1, 1) · LPS`` happens in exactly one place, :mod:`mrisr.io.dicom`.
+    coordinates in mm** (x to the Right, y to the Anterior, z to the Superior). DICOM and ITK
+    (MetaImage, NRRD) are LPS+: the conversion ``RAS = diag(-1, -1, 1) · LPS`` is one matrix, defined
+    in :mod:`mrisr.io.dicom` and used by its reader and writer and by :mod:`mrisr.io.itk`. A NIfTI
+    file whose ``xyzt_units`` says metres or micrometres is converted to mm on reading.
 ``dtype``
     The on-disk data type (without the scaling), which writers use by default through
     :func:`default_output_dtype`. A writer of an integer type stores real values with a scaling
     computed from their range (:func:`encode_values`); it never rounds them to whole units.
 ``fmt``
-    ``"nifti"`` or ``"dicom"``.
+    ``"nifti"``, ``"dicom"``, ``"metaimage"`` or ``"nrrd"`` (the last two read through SimpleITK and
+    written as NIfTI, :func:`same_output_format`; see :mod:`mrisr.io.formats` for what is refused).
 ``meta``
     What a writer needs to write the study back faithfully. NIfTI: ``header`` (a copy of the
     ``nibabel.Nifti1Header`` with qform/sform codes, units, intent, description, the 4th-dimension
@@ -44,7 +47,7 @@ import numpy as np
 from mrisr.errors import UnsupportedDataError
 from mrisr.geometry import voxel_spacing
 
-Format = Literal["nifti", "dicom"]
+Format = Literal["nifti", "dicom", "metaimage", "nrrd"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -99,17 +102,26 @@ def is_nifti_path(path: str | Path) -> bool:
 
 
 def nifti_stem(path: str | Path) -> str:
-    """File name without ``.nii``/``.nii.gz``."""
+    """File name without ``.nii``/``.nii.gz`` (or the suffix of another single-file image format
+    mrisr reads: ``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``)."""
+    from mrisr.io.formats import ITK_SUFFIXES
+
     name = Path(path).name
-    for suf in (".nii.gz", ".nii"):
+    for suf in (".nii.gz", ".nii", *ITK_SUFFIXES):
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
 
 
+def same_output_format(fmt: Format) -> Literal["nifti", "dicom"]:
+    """The format ``--format same`` writes a study of format ``fmt`` in: DICOM for DICOM, NIfTI for
+    the rest (MetaImage and NRRD are read, not written)."""
+    return "dicom" if fmt == "dicom" else "nifti"
+
+
 def read_volume(path: str | Path) -> Volume:
-    """Read a NIfTI file, or a DICOM series: a folder holding one series, or one DICOM file alone
-    (as ``mrisr enhance FILE`` reads it).
+    """Read a NIfTI, MetaImage or NRRD file, or a DICOM series: a folder holding one series, or one
+    DICOM file alone (as ``mrisr enhance FILE`` reads it).
 
     For folders holding several series use :func:`mrisr.discovery.find_studies` and
     :meth:`mrisr.discovery.Study.load`, or :func:`mrisr.io.dicom.read_dicom_series` with the file
@@ -118,13 +130,24 @@ def read_volume(path: str | Path) -> Volume:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         UnreadableFileError, UnsupportedDataError, InconsistentGeometryError: See
-            :func:`mrisr.io.nifti.read_nifti` and :func:`mrisr.io.dicom.read_dicom_path`.
+            :func:`mrisr.io.nifti.read_nifti`, :func:`mrisr.io.itk.read_itk` and
+            :func:`mrisr.io.dicom.read_dicom_path`; UnsupportedDataError also for a format mrisr
+            refuses (:func:`mrisr.io.formats.refusal`).
     """
     p = Path(path)
     if is_nifti_path(p):
         from mrisr.io.nifti import read_nifti
 
         return read_nifti(p)
+    from mrisr.io.formats import itk_format, refusal
+
+    if itk_format(p) is not None:
+        from mrisr.io.itk import read_itk
+
+        return read_itk(p)
+    refused = refusal(p) if p.is_file() else None
+    if refused is not None:
+        raise UnsupportedDataError(p, refused.reason)
     from mrisr.io.dicom import read_dicom_path
 
     return read_dicom_path(p)

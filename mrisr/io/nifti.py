@@ -17,7 +17,7 @@ from nibabel.spatialimages import HeaderDataError
 from mrisr.errors import UnreadableFileError, UnsupportedDataError
 from mrisr.fsutil import atomic_path
 from mrisr.io import Volume, default_output_dtype, encode_values
-from mrisr.io.nifti_header import output_header
+from mrisr.io.nifti_header import SPATIAL_UNIT_BITS, output_header, set_spatial_unit_mm
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,48 @@ def _diagnose(path: Path) -> str | None:
     return None
 
 
+#: Millimetres per spatial unit of ``xyzt_units`` (its low 3 bits): 1 metre, 2 mm, 3 micrometre.
+#: Unknown (0) and the codes NIfTI does not define (4-7) are taken as mm, as NIfTI readers
+#: conventionally do.
+_MM_PER_UNIT = {1: 1000.0, 2: 1.0, 3: 0.001}
+
+
+def mm_per_unit(header: nib.Nifti1Header) -> float:
+    """Millimetres per spatial unit that ``header``'s ``xyzt_units`` states (1000 for metres, 0.001
+    for micrometres, 1 for mm and for unknown). The time bits of the same field are ignored."""
+    return _MM_PER_UNIT.get(int(header["xyzt_units"]) & SPATIAL_UNIT_BITS, 1.0)
+
+
+def affine_in_mm(header: nib.Nifti1Header) -> np.ndarray:
+    """``header``'s voxel-to-RAS affine (nibabel's precedence: sform, qform, pixdim) in mm, whatever
+    spatial unit the file states (:func:`mm_per_unit`)."""
+    scale = mm_per_unit(header)
+    return np.diag([scale, scale, scale, 1.0]) @ np.asarray(header.get_best_affine(), dtype=np.float64)
+
+
+def header_in_mm(header: nib.Nifti1Header) -> nib.Nifti1Header:
+    """A copy of ``header`` whose qform, sform and voxel sizes are in mm and whose spatial unit says
+    mm (the time unit and the 4th dimension's step untouched), so that writers that map the input's
+    header onto a new grid (:mod:`mrisr.io.nifti_header`) work in the contract's unit."""
+    hdr = header.copy()
+    scale = mm_per_unit(header)
+    if scale != 1.0:
+        to_mm = np.diag([scale, scale, scale, 1.0])
+        q_code, s_code = int(header["qform_code"]), int(header["sform_code"])
+        # Codes 0 keep 0; the matrices are still scaled (pixdim holds the voxel size either way).
+        hdr.set_qform(to_mm @ header.get_qform(), code=q_code)
+        hdr.set_sform(to_mm @ header.get_sform(), code=s_code)  # pixdim[4], the time step, untouched
+    set_spatial_unit_mm(hdr)
+    return hdr
+
+
 def read_nifti(path: str | Path) -> Volume:
     """Read a ``.nii``/``.nii.gz`` file into a :class:`~mrisr.io.Volume`.
 
     The affine follows nibabel's precedence (sform when its code is set, else qform, else the
-    pixdim-only fallback). Scaled data are returned in physical units (float).
+    pixdim-only fallback), converted to mm from the spatial unit ``xyzt_units`` states (metres ×1000,
+    micrometres ×0.001; unknown is taken as mm), and ``meta["header"]`` is that header in mm
+    (:func:`header_in_mm`). Scaled data are returned in physical units (float).
 
     Raises:
         UnreadableFileError: Empty, truncated, not gzip, not NIfTI, or unreadable file.
@@ -172,7 +209,7 @@ def read_nifti(path: str | Path) -> Volume:
         data = data[..., 0]
     if data.ndim < 2 or data.size == 0:
         raise UnsupportedDataError(p, f"no image data (shape {data.shape})")
-    header = img.header.copy()
+    header = header_in_mm(img.header)
     # nibabel moves the scaling from a loaded header into the array proxy (the header then reads
     # NaN); put it back so that writers know the input stored scaled integers.
     slope = float(getattr(img.dataobj, "slope", 1.0))
@@ -180,7 +217,7 @@ def read_nifti(path: str | Path) -> Volume:
     header.set_slope_inter(slope, inter)
     return Volume(
         data=np.asarray(data),
-        affine=np.asarray(img.affine, dtype=np.float64),
+        affine=affine_in_mm(img.header),
         dtype=img.get_data_dtype(),
         fmt="nifti",
         path=p,
@@ -199,7 +236,8 @@ def write_nifti(
 
     Values: written as ``dtype`` by :func:`mrisr.io.encode_values`; real values in an integer type
     get a slope and intercept computed from their range (never rounded to whole units).
-    Header: :func:`mrisr.io.nifti_header.output_header` (qform and sform each mapped with their own
+    Header: :func:`mrisr.io.nifti_header.output_header` (NIfTI-2 when a dimension exceeds NIfTI-1's
+    32,767, spatial unit mm, qform and sform each mapped with their own
     codes, codes 0 kept, slice timing cleared when the slice axis changed).
 
     Args:
@@ -222,7 +260,8 @@ def write_nifti(
     )
     stored, slope, inter = encode_values(volume.data, dt)
     header.set_data_dtype(dt)
-    img = nib.Nifti1Image(stored, None, header=header)
+    kind = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    img = kind(stored, None, header=header)
     # The constructor resets the scaling; set after it, it is written as it is (nibabel computes none).
     img.header.set_slope_inter(slope, inter)
     with atomic_path(out) as tmp:

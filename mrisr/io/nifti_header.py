@@ -3,6 +3,10 @@ with the grid, and what is cleared because it no longer holds.
 
 The rule (also in ``docs/usage.md``, "Values and headers"):
 
+- The header is NIfTI-1, or NIfTI-2 when a dimension of the output exceeds NIfTI-1's 32,767
+  (whatever the input's kind). Its spatial unit is mm (the volume contract's unit: the reader
+  converted a metre or micrometre input's affine, :func:`mrisr.io.nifti.read_nifti`), its time
+  unit the input's.
 - The writer gets the output's affine; the *voxel map* ``V = inv(A_in) · A_out`` (``A_in`` the
   input's affine, as nibabel chose it) takes output voxel indices to input ones — for a grid refined
   by :func:`mrisr.geometry.refine_affine` it is that function's step matrix. The qform and the
@@ -34,6 +38,16 @@ log = logging.getLogger(__name__)
 #: vector, point set, triangle, quaternion (1004–1010), node index (2002) and RGB/RGBA (2003, 2004).
 _CLEARED_INTENTS = frozenset({1002, 1003, *range(1004, 1011), 2002, 2003, 2004})
 _SLICE_FIELDS = ("slice_code", "slice_start", "slice_end", "slice_duration")
+#: The largest dimension a NIfTI-1 header holds (``dim`` is int16); beyond it NIfTI-2 (int64).
+NIFTI1_MAX_DIM = 32767
+#: The bits of ``xyzt_units`` that hold the spatial unit (the others hold the time unit).
+SPATIAL_UNIT_BITS = 0x07
+_UNIT_MM = 2
+
+
+def set_spatial_unit_mm(hdr: nib.Nifti1Header) -> None:
+    """Make ``hdr``'s ``xyzt_units`` say mm for space, keeping its time unit."""
+    hdr["xyzt_units"] = (int(hdr["xyzt_units"]) & ~SPATIAL_UNIT_BITS) | _UNIT_MM
 
 
 def orientation_unknown(header: nib.Nifti1Header) -> bool:
@@ -55,8 +69,9 @@ def output_header(
     *,
     description: str | None = None,
 ) -> nib.Nifti1Header:
-    """The NIfTI-1 header of an output on the grid ``affine``/``shape`` made from an input with
-    header ``src`` (see the module docstring for the rule).
+    """The NIfTI-1 header (NIfTI-2 when a dimension exceeds :data:`NIFTI1_MAX_DIM`) of an output on
+    the grid ``affine``/``shape`` made from an input with header ``src`` (see the module docstring
+    for the rule).
 
     Args:
         src: The input's header (``Volume.meta["header"]``), or ``None`` (an input that was not
@@ -69,13 +84,14 @@ def output_header(
         A new header; its data type, shape and scaling are set by the writer.
     """
     out_aff = np.asarray(affine, dtype=np.float64)
+    kind = nib.Nifti2Header if any(int(n) > NIFTI1_MAX_DIM for n in shape) else nib.Nifti1Header
     if not isinstance(src, nib.Nifti1Header):
-        hdr = nib.Nifti1Header()
+        hdr = kind()
         hdr.set_data_shape(tuple(int(n) for n in shape))
         hdr.set_qform(out_aff, code=1)
         hdr.set_sform(out_aff, code=1)
     else:
-        hdr = src.copy() if type(src) is nib.Nifti1Header else nib.Nifti1Header.from_header(src)
+        hdr = src.copy() if type(src) is kind else kind.from_header(src)
         in_shape = tuple(int(n) for n in src.get_data_shape())
         hdr.set_data_shape(tuple(int(n) for n in shape))
         vox = np.linalg.solve(src.get_best_affine(), out_aff)
@@ -92,6 +108,7 @@ def output_header(
         zooms = list(hdr.get_zooms())
         zooms[3] = src.get_zooms()[3]
         hdr.set_zooms(zooms)
+    set_spatial_unit_mm(hdr)
     if description is not None:
         hdr["descrip"] = description.encode("utf-8")[:80]
     return hdr

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mrisr.io import is_nifti_path
+from mrisr.io.formats import itk_format
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def walk_files(
         for entry in entries:
             p = Path(entry.path)
             if entry.name.startswith("."):
-                if is_nifti_path(p) or entry.name.lower().endswith(".dcm"):
+                if is_nifti_path(p) or itk_format(p) is not None or entry.name.lower().endswith(".dcm"):
                     log.warning("not searched: %s is hidden (a name starting with '.'); rename it to use it", p)
                 else:
                     log.debug("skipping hidden %s", p)

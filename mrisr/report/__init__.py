@@ -60,6 +60,39 @@ class NoSidecarsError(MrisrError):
     """An output folder that holds no ``*_sr.json`` sidecar (and no training run)."""
 
 
+class ReportBlockedError(MrisrError):
+    """A file or folder that no earlier report of mrisr wrote stands where the report goes."""
+
+
+#: What a report writes in its folder: replaced on the next report, and only then.
+REPORT_FILES: tuple[str, ...] = ("report.csv", "report.json", "report.html", "report_studies")
+
+
+def check_report_paths(root: Path) -> None:
+    """Refuse to replace report files that mrisr did not write.
+
+    The report's files (:data:`REPORT_FILES`) are mrisr's when ``report.json`` is one of its reports
+    (a JSON object with ``summary``, ``columns`` and ``studies``); then the files it lists in
+    ``files`` (every one of them, for reports written before that entry) are replaced. Anything else
+    standing at one of those names is the user's.
+
+    Raises:
+        ReportBlockedError: Naming the first such path.
+    """
+    from mrisr.sidecar import load_sidecar  # the same bounded JSON reader
+
+    owned: set[str] = set()
+    data, _ = load_sidecar(root / "report.json") if (root / "report.json").is_file() else (None, None)
+    if data is not None and all(k in data for k in ("summary", "columns", "studies")):
+        listed = data.get("files")
+        names = listed if isinstance(listed, list) else list(REPORT_FILES)
+        owned = {n for n in names if n in REPORT_FILES} | {"report.json"}
+    for name in REPORT_FILES:
+        path = root / name
+        if (path.exists() or path.is_symlink()) and name not in owned:
+            raise ReportBlockedError(path, "not written by a report of mrisr; move it away to write the report here")
+
+
 @dataclass(frozen=True)
 class ReportResult:
     """What :func:`build_report` wrote and found.
@@ -362,6 +395,7 @@ def build_report(out_dir: str | Path, *, embed_first: int = 20, embed_worst: int
     provenance = _provenance(done or rows)
 
     csv_path, json_path, html_path = root / "report.csv", root / "report.json", root / "report.html"
+    check_report_paths(root)
     _write_csv(csv_path, rows)
     write_json_atomic(
         json_path,
@@ -373,6 +407,7 @@ def build_report(out_dir: str | Path, *, embed_first: int = 20, embed_worst: int
             "outliers": outliers,
             "failures": [{"study": s, "error": e} for s, e in failures],
             "duplicates": [d["sidecar"] for d in dropped],
+            "files": list(REPORT_FILES),
         },
     )
     write_pages(root, html_path, summary=summary, rows=rows, provenance=provenance, outliers=outliers,

@@ -46,9 +46,9 @@ class TrainConfig:
         tissue_contrast: Probability that a patch of a study with tissue probability maps on its grid
             (``mrisr train --tissue-map``) is re-synthesised from them: one random intensity per tissue,
             mixed linearly by the probabilities, the rest through :attr:`random_contrast`'s curve
-            (:func:`mrisr.training.data.tissue_contrast`). Drawn before, and instead of, ``random_contrast``.
+            (:func:`mrisr.training.augment.tissue_contrast`). Drawn before, and instead of, ``random_contrast``.
         bias_field: Probability that a patch is multiplied by a smooth random gain (a coil's bias
-            field, :func:`mrisr.training.data.random_bias_field`), after its contrast is drawn.
+            field, :func:`mrisr.training.augment.random_bias_field`), after its contrast is drawn.
         hr_blur: Probability that a patch is smoothed by a Gaussian of standard deviation drawn in
             0.3–1 voxel before it is degraded: the target is then softer than the template, as the truth
             of an EPI or DWI scan is (its own point-spread function is wide).

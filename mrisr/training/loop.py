@@ -34,21 +34,20 @@ from mrisr.fsutil import remove_temporaries
 from mrisr.training.config import TrainConfig
 from mrisr.training.data import (
     SLAB_GAP,
-    PatchDataset,
     Split,
-    TissueMaps,
     TrainingData,
     build_pieces,
     load_studies,
-    load_tissue_maps,
     slab_for,
     split_studies,
     write_split,
 )
 from mrisr.training.ddp import SkipSampler, dist_env, stop_requested
 from mrisr.training.losses import loss_fn
+from mrisr.training.patches import PatchDataset
 from mrisr.training.plots import PLOT_EVERY_S, plot_curves
 from mrisr.training.run_state import RUN_FILES, RunState, check_resume, run_meta, write_csv
+from mrisr.training.tissue import TissueMaps, load_tissue_maps
 from mrisr.training.validation import val_factors, validate
 
 log = logging.getLogger(__name__)
@@ -261,7 +260,7 @@ def train(
             step and RNG states are restored; the result equals an uninterrupted run.
         callbacks: Progress hooks.
         tissue_maps: Tissue probability maps (NIfTI) for ``cfg.tissue_contrast``, used with the
-            training studies on their grid (:func:`mrisr.training.data.load_tissue_maps`).
+            training studies on their grid (:func:`mrisr.training.tissue.load_tissue_maps`).
 
     Returns:
         The run's summary.

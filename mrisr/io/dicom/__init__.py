@@ -8,7 +8,8 @@ y to the Posterior, z to the Superior). Every affine that leaves this module is 
 Headers are read with pydicom (fast, without pixel data); pixels of single-frame slices are read with
 SimpleITK (which handles the compressed transfer syntaxes), imported inside the functions that need
 it, and those of multi-frame objects with pydicom (:mod:`~mrisr.io.dicom.pixels`). An Enhanced
-(multi-frame) object is read as one classic slice per frame (:mod:`~mrisr.io.dicom.enhanced`).
+(multi-frame) object is read as one classic slice per frame (:mod:`~mrisr.io.dicom.enhanced`), a
+Siemens mosaic as one classic slice per tile (:mod:`~mrisr.io.dicom.mosaic`).
 
 A volume read here carries ``meta["dicom"]``, a :class:`~mrisr.io.dicom.source.DicomSource` (the
 header of each source slice in ``k`` order and the source grid): the writer builds each derived
@@ -30,7 +31,7 @@ from mrisr.io.dicom.common import LPS_TO_RAS
 from mrisr.io.dicom.read import read_dicom_path, read_dicom_series
 from mrisr.io.dicom.series import DicomSeries, group_series
 from mrisr.io.dicom.source import DicomSource
-from mrisr.io.dicom.write import check_dicom_grid, dicom_as_written, write_dicom_series
+from mrisr.io.dicom.write import check_dicom_grid, dicom_as_written, dicom_stored_dtype, write_dicom_series
 
 __all__ = [
     "LPS_TO_RAS",
@@ -38,6 +39,7 @@ __all__ = [
     "DicomSource",
     "check_dicom_grid",
     "dicom_as_written",
+    "dicom_stored_dtype",
     "group_series",
     "read_dicom_path",
     "read_dicom_series",

@@ -4,6 +4,14 @@ SimpleITK (GDCM) decodes single-frame slices (it handles the compressed transfer
 imported inside the function that needs it. pydicom decodes where SimpleITK is not installed, and
 always decodes multi-frame objects, whose rescale may differ per frame.
 
+One rule for every reader: a voxel's value is its *stored* value × RescaleSlope + RescaleIntercept,
+whatever the PhotometricInterpretation. A MONOCHROME1 image (low values displayed white) is not
+inverted: its values stay the scanner's physical values, and a series derived from it says
+MONOCHROME1 too (:func:`mrisr.io.dicom.write_dicom_series`), so that it displays as its source did.
+GDCM (under SimpleITK) inverts MONOCHROME1 stored values on reading, so such slices are decoded with
+pydicom, which does not; where pydicom has no decoder for the transfer syntax, GDCM's inversion is
+undone (:func:`_undo_gdcm_inversion`).
+
 SimpleITK returns a full ``Rows × Columns`` buffer even when the file holds fewer pixel bytes,
 with its tail never written (uninitialised memory), so the length of native (uncompressed) pixel
 data is checked against the header before any decoder sees it.
@@ -62,6 +70,43 @@ def _transfer_syntax(ds: Dataset) -> UID | None:
     return UID(str(ts)) if ts else None
 
 
+#: The pydicom decoder plugins of the ``dicom-codecs`` extra (pyproject.toml): JPEG baseline,
+#: extended (12-bit), lossless and JPEG-LS (pylibjpeg-libjpeg), JPEG 2000 (pylibjpeg-openjpeg), RLE.
+CODEC_PACKAGES = ("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def decoder_available(ds: Dataset) -> bool:
+    """Whether an installed pydicom plugin decodes the pixel data's transfer syntax (uncompressed
+    syntaxes always; ``False`` when pydicom cannot tell, as pydicom 2 cannot)."""
+    ts = _transfer_syntax(ds)
+    if ts is None or not ts.is_valid or not ts.is_compressed:
+        return True
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom 2: no way to ask
+        return False
+    try:
+        return bool(get_decoder(ts).is_available)
+    except (NotImplementedError, ValueError):  # a compressed syntax pydicom has no decoder for at all
+        return False
+
+
+def no_decoder_error(path: Path, ds: Dataset) -> UnsupportedDataError:
+    """The error for pixel data that no installed pydicom plugin decodes, naming what to install."""
+    ts = _transfer_syntax(ds)
+    name = ts.name if ts is not None else "unknown transfer syntax"
+    return UnsupportedDataError(
+        path,
+        f"no installed decoder for {name} pixel data: pip install 'mrisr[dicom-codecs]' "
+        f"(pydicom plugins {', '.join(CODEC_PACKAGES)})",
+    )
+
+
 def check_pixel_length(path: Path, ds: Dataset) -> None:
     """Refuse a file whose native pixel data hold fewer bytes than its header promises.
 
@@ -106,18 +151,40 @@ def check_pixel_length(path: Path, ds: Dataset) -> None:
         )
 
 
+def is_monochrome1(ds: Dataset) -> bool:
+    """True for an image whose PhotometricInterpretation is MONOCHROME1 (minimum value shown white)."""
+    return str(ds.get("PhotometricInterpretation", "") or "").strip().upper() == "MONOCHROME1"
+
+
 def read_slice_pixels(path: Path, ds: Dataset, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels of one single-frame slice in physical units (rescale applied), ``(rows, columns)``, float64.
+    """Pixels of one single-frame slice in physical units (stored × slope + intercept, never
+    inverted), ``(rows, columns)``, float64.
 
     Raises:
         UnreadableFileError: Short or undecodable pixel data, or a size other than ``shape``.
     """
     check_pixel_length(path, ds)
     try:
-        import SimpleITK as sitk  # noqa: N813
+        import SimpleITK  # noqa: F401
     except ImportError:
         log.debug("SimpleITK not available; decoding %s with pydicom", path)
         return _read_pixels_pydicom(path, shape)
+    if not is_monochrome1(ds):
+        return _read_pixels_sitk(path, shape)
+    try:
+        return _read_pixels_pydicom(path, shape, missing_codec_ok=True)
+    except _NoDecoderError:
+        log.debug("pydicom cannot decode %s; undoing GDCM's MONOCHROME1 inversion", path)
+        return _undo_gdcm_inversion(_read_pixels_sitk(path, shape), ds, path)
+
+
+class _NoDecoderError(Exception):
+    """pydicom has no installed decoder for the pixel data's transfer syntax."""
+
+
+def _read_pixels_sitk(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    import SimpleITK as sitk  # noqa: N813
+
     try:
         img = sitk.ReadImage(str(path), sitk.sitkFloat64, imageIO="GDCMImageIO")
     except RuntimeError as exc:
@@ -129,12 +196,55 @@ def read_slice_pixels(path: Path, ds: Dataset, shape: tuple[int, int]) -> np.nda
     return arr.reshape(shape)
 
 
-def _read_pixels_pydicom(path: Path, shape: tuple[int, int]) -> np.ndarray:
+def _undo_gdcm_inversion(values: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
+    """Physical values of a MONOCHROME1 slice from what GDCM gave for it.
+
+    GDCM turns MONOCHROME1 into MONOCHROME2 by storing ``M − v`` for a stored value ``v`` (``M`` =
+    2**BitsStored − 1 for unsigned pixels, −1 for signed ones) before the rescale, so it gives
+    ``g = slope·(M − v) + inter``; the physical value ``slope·v + inter`` is ``slope·M + 2·inter − g``.
+    """
+    slope, inter = rescale(ds, path)
+    bits = _header_int(ds, "BitsStored", _header_int(ds, "BitsAllocated", 16))
+    top = -1.0 if _header_int(ds, "PixelRepresentation", 0) == 1 else float(2**bits - 1)
+    return slope * top + 2.0 * inter - values
+
+
+def _decode_pydicom(path: Path) -> tuple[Dataset, np.ndarray]:
+    """The dataset of ``path`` and its stored pixel values (float64) as pydicom decodes them.
+
+    Raises:
+        UnsupportedDataError: Compressed pixel data that no installed pydicom plugin decodes (the
+            message names what to install).
+        UnreadableFileError: A file or pixel data that cannot be read.
+    """
     try:
         ds = pydicom.dcmread(path)
-        arr = np.asarray(ds.pixel_array, dtype=np.float64)
     except _DECODE_ERRORS as exc:
-        raise UnreadableFileError(path, f"cannot read pixel data ({exc})") from exc
+        raise UnreadableFileError(path, f"cannot read pixel data ({_first_line(exc)})") from exc
+    try:
+        return ds, np.asarray(ds.pixel_array, dtype=np.float64)
+    except (NotImplementedError, RuntimeError) as exc:
+        if not decoder_available(ds):
+            raise no_decoder_error(path, ds) from exc
+        raise UnreadableFileError(path, f"cannot read pixel data ({_first_line(exc)})") from exc
+    except _DECODE_ERRORS as exc:
+        raise UnreadableFileError(path, f"cannot read pixel data ({_first_line(exc)})") from exc
+
+
+def _read_pixels_pydicom(path: Path, shape: tuple[int, int], *, missing_codec_ok: bool = False) -> np.ndarray:
+    """Pixels decoded by pydicom with the rescale applied (pydicom never inverts MONOCHROME1).
+
+    Raises:
+        _NoDecoderError: With ``missing_codec_ok``, when no installed pydicom plugin decodes the data.
+        UnsupportedDataError: Without it, in that case (naming what to install).
+        UnreadableFileError: Undecodable pixel data or a size other than ``shape``.
+    """
+    try:
+        ds, arr = _decode_pydicom(path)
+    except UnsupportedDataError as exc:
+        if missing_codec_ok:
+            raise _NoDecoderError(exc.reason) from exc
+        raise
     if arr.size != shape[0] * shape[1]:
         raise UnreadableFileError(path, f"pixel data of {arr.shape} does not match Rows×Columns {shape}")
     slope, inter = rescale(ds, path)
@@ -152,17 +262,7 @@ def read_frame_pixels(path: Path, ds: Dataset, shape: tuple[int, int]) -> np.nda
     """
     check_pixel_length(path, ds)
     frames = max(1, _header_int(ds, "NumberOfFrames", 1))
-    try:
-        full = pydicom.dcmread(path)
-        arr = np.asarray(full.pixel_array, dtype=np.float64)
-    except (NotImplementedError, RuntimeError) as exc:
-        ts = _transfer_syntax(ds)
-        name = ts.name if ts is not None else "unknown transfer syntax"
-        raise UnsupportedDataError(
-            path, f"cannot decode multi-frame pixel data ({name}): install pylibjpeg with its plugins ({exc})"
-        ) from exc
-    except _DECODE_ERRORS as exc:
-        raise UnreadableFileError(path, f"cannot read pixel data ({exc})") from exc
+    _, arr = _decode_pydicom(path)
     if arr.size != frames * shape[0] * shape[1]:
         raise UnreadableFileError(path, f"pixel data of {arr.shape} do not match {frames} frames of {shape}")
     return arr.reshape(frames, *shape)

@@ -16,6 +16,7 @@ from mrisr.errors import InconsistentGeometryError, UnreadableFileError, Unsuppo
 from mrisr.io import Volume
 from mrisr.io.dicom.common import _ABS_TOL, _REL_TOL, COPIED_TAGS, LPS_TO_RAS, _image_header, _read_header, _tag_str
 from mrisr.io.dicom.enhanced import check_one_stack, is_multiframe, split_frames
+from mrisr.io.dicom.mosaic import Tile, is_mosaic, split_mosaic
 from mrisr.io.dicom.pixels import read_frame_pixels, read_slice_pixels, rescale
 from mrisr.io.dicom.source import DicomSource, SourceSlice, clean_header, is_lossy_syntax
 
@@ -33,11 +34,15 @@ class _Slice:
     shape: tuple[int, int]  # (rows, columns)
     instance: int | None
     frame: int | None = None  # 1-based frame number of a multi-frame object, None for a single frame
-    file_ds: Dataset | None = None  # the multi-frame object's own header, for its pixel data
+    file_ds: Dataset | None = None  # the multi-frame object's or mosaic's own header, for its pixel data
+    tile: Tile | None = None  # the slice's tile in a Siemens mosaic, None for any other slice
+    spacing_assumed: bool = False  # no PixelSpacing (nor ImagerPixelSpacing): 1 mm assumed
 
     @property
     def label(self) -> str:
         """The file name, with the frame number for a frame of a multi-frame object."""
+        if self.tile is not None:
+            return f"{self.path.name} mosaic tile {self.tile.index + 1}"
         return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame}"
 
 
@@ -67,7 +72,13 @@ def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray | None:
 
 
 def _parse_slice(
-    path: Path, ds: Dataset, *, single: bool, frame: int | None = None, file_ds: Dataset | None = None
+    path: Path,
+    ds: Dataset,
+    *,
+    single: bool,
+    frame: int | None = None,
+    file_ds: Dataset | None = None,
+    tile: Tile | None = None,
 ) -> _Slice:
     if _int_tag(ds, "SamplesPerPixel", 1, path) != 1:
         raise UnsupportedDataError(path, f"colour image ({ds.get('PhotometricInterpretation')})")
@@ -84,8 +95,8 @@ def _parse_slice(
     spacing = _floats(ds, "PixelSpacing", 2, path)
     if spacing is None:
         spacing = _floats(ds, "ImagerPixelSpacing", 2, path)
+    assumed = spacing is None  # warned about once per series, by read_dicom_series
     if spacing is None:
-        log.warning("%s: no PixelSpacing; assuming 1 mm", path)
         spacing = np.ones(2)
     row_dir, col_dir = iop[:3], iop[3:]
     if not (np.isclose(np.linalg.norm(row_dir), 1, atol=1e-3) and np.isclose(np.linalg.norm(col_dir), 1, atol=1e-3)):
@@ -106,6 +117,8 @@ def _parse_slice(
         instance=inst,
         frame=frame,
         file_ds=file_ds,
+        tile=tile,
+        spacing_assumed=assumed,
     )
 
 
@@ -220,8 +233,9 @@ def _series_tags(ds: Dataset) -> dict[str, str]:
     return {kw: v for kw in COPIED_TAGS if (v := _tag_str(ds, kw))}
 
 
-def _ordered_slices(files: list[Path], uid: str | None) -> tuple[list[_Slice], np.ndarray]:
-    """The image slices of the series in ``k`` order and the LPS step between them (headers only).
+def _ordered_slices(files: list[Path], uid: str | None) -> tuple[list[list[_Slice]], np.ndarray]:
+    """The image slices of the series in ``k`` order, one list per time point (one for a series that
+    is not a run of Siemens mosaics), and the LPS step between them (headers only).
 
     Raises:
         As :func:`read_dicom_series`.
@@ -251,12 +265,81 @@ def _ordered_slices(files: list[Path], uid: str | None) -> tuple[list[_Slice], n
         raise UnsupportedDataError(folder, f"{len(uids)} series among the files; read them one by one")
     if not headers:
         raise UnsupportedDataError(folder, "no DICOM image" + (f" of series {uid}" if uid else ""))
+    mosaics = [is_mosaic(ds) for _, ds in headers]
+    if any(mosaics) and not all(mosaics):
+        raise UnsupportedDataError(
+            folder, f"series mixes {sum(mosaics)} Siemens mosaic images with {len(mosaics) - sum(mosaics)} other images"
+        )
+    if any(mosaics):
+        return _mosaic_volumes(headers, folder)
     slices = _parse_slices(headers)
     ordered, step = _order_slices(slices, folder)
     first = ordered[0]
     if len(ordered) == 1:
         step = _single_slice_step(first)
-    return ordered, step
+    return [ordered], step
+
+
+def _mosaic_volumes(headers: list[tuple[Path, Dataset]], folder: Path) -> tuple[list[list[_Slice]], np.ndarray]:
+    """One volume per Siemens mosaic (a time point or diffusion direction), its tiles in ``k``
+    order, the mosaics ordered by InstanceNumber (then AcquisitionNumber, then file name).
+
+    Raises:
+        UnsupportedDataError: A mosaic that cannot be unpacked (:func:`~mrisr.io.dicom.mosaic.split_mosaic`),
+            or mosaics that repeat an InstanceNumber.
+        InconsistentGeometryError: Mosaics whose slices do not lie on one grid.
+    """
+
+    def key(item: tuple[Path, Dataset]) -> tuple[int, int, str]:
+        p, ds = item
+        return (_int_tag(ds, "InstanceNumber", 0, p), _int_tag(ds, "AcquisitionNumber", 0, p), str(p))
+
+    ordered_files = sorted(headers, key=key)
+    numbers = [key(h)[:2] for h in ordered_files]
+    if len(ordered_files) > 1 and len(set(numbers)) < len(numbers):
+        dup = next(n for n in numbers if numbers.count(n) > 1)
+        raise UnsupportedDataError(
+            folder,
+            f"several Siemens mosaics with InstanceNumber/AcquisitionNumber {dup[0]}/{dup[1]} (duplicate files?)",
+        )
+    volumes: list[list[_Slice]] = []
+    step = np.zeros(3)
+    for p, ds in ordered_files:
+        tiles = split_mosaic(p, ds)
+        slices = [_parse_slice(p, t.header, single=False, file_ds=ds, tile=t) for t in tiles]
+        ordered, step = _order_slices(slices, p)
+        if len(ordered) == 1:
+            step = _single_slice_step(ordered[0])
+        if volumes:
+            _check_same_grid(volumes[0], ordered, folder)
+        volumes.append(ordered)
+    return volumes, step
+
+
+def _check_same_grid(first: list[_Slice], other: list[_Slice], folder: Path) -> None:
+    """Refuse a time point whose slices are not those of the first one (count, size, positions).
+
+    Raises:
+        InconsistentGeometryError: Naming the two files and what differs.
+    """
+    a, b = first[0], other[0]
+    same = (
+        len(first) == len(other)
+        and a.shape == b.shape
+        and np.allclose(a.spacing, b.spacing, rtol=1e-4, atol=1e-5)
+        and np.allclose(a.row_dir, b.row_dir, atol=1e-4)
+        and np.allclose(a.col_dir, b.col_dir, atol=1e-4)
+        and all(
+            float(np.linalg.norm(s.position - t.position)) <= _ABS_TOL * 10 for s, t in zip(first, other, strict=True)
+        )
+    )
+    if not same:
+        raise InconsistentGeometryError(
+            folder,
+            f"Siemens mosaics of one series on different grids: {b.path.name} ({len(other)} slices of {b.shape}, "
+            f"first at {_fmt_pos(b.position)}) vs {a.path.name} ({len(first)} slices of {a.shape}, first at "
+            f"{_fmt_pos(a.position)})",
+        )
 
 
 def read_dicom_grid(files: list[Path], uid: str | None = None) -> tuple[np.ndarray, tuple[int, int, int], float | None]:
@@ -267,7 +350,8 @@ def read_dicom_grid(files: list[Path], uid: str | None = None) -> tuple[np.ndarr
     Raises:
         As :func:`read_dicom_series`.
     """
-    ordered, step = _ordered_slices(files, uid)
+    volumes, step = _ordered_slices(files, uid)
+    ordered = volumes[0]
     first = ordered[0]
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = first.row_dir * first.spacing[1]
@@ -299,8 +383,12 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
         uid: SeriesInstanceUID to read; files of other series are ignored. ``None``: the files must
             all belong to one series.
 
+    A Siemens mosaic is one volume whose tiles are its slices (:mod:`mrisr.io.dicom.mosaic`); a series
+    of mosaics (fMRI, DWI) is a 4D volume, one time point per mosaic in InstanceNumber order.
+
     Returns:
-        A 3D volume, shape ``(columns, rows, slices)``, values with each slice's rescale applied, RAS
+        A 3D volume, shape ``(columns, rows, slices)`` (4D, ``(columns, rows, slices, mosaics)``, for a
+        series of several Siemens mosaics), values with each slice's rescale applied, RAS
         affine in mm; ``meta["tags"]`` holds the patient, study and series tags as strings,
         ``meta["dicom"]`` the source slices (:class:`~mrisr.io.dicom.source.DicomSource`),
         ``meta["slice_thickness"]`` the SliceThickness in mm (``None`` when not given).
@@ -310,16 +398,21 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
             header promises, undecodable pixels, a rescale that is not a number).
         UnsupportedDataError: No image among the files, several series, colour images, a multi-frame
             object without per-frame functional groups or holding several stacks, orientations or
-            repeated positions, a constant image.
+            repeated positions, a Siemens mosaic that cannot be unpacked, a constant image.
         InconsistentGeometryError: Slices that do not form one regular grid (mixed orientation or size,
             duplicate, missing or unevenly spaced slices).
     """
-    ordered, step = _ordered_slices(files, uid)
+    volumes, step = _ordered_slices(files, uid)
+    ordered = volumes[0]
     first = ordered[0]
     paths = sorted({Path(f) for f in files})
     folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    data = _read_data(ordered)
     where = paths[0] if len(paths) == 1 else folder
+    assumed = sum(s.spacing_assumed for v in volumes for s in v)
+    if assumed:
+        total = sum(len(v) for v in volumes)
+        log.warning("%s: no PixelSpacing in %d of %d slices; assuming 1 mm", where, assumed, total)
+    data = _read_data(ordered) if len(volumes) == 1 else np.stack([_read_data(v) for v in volumes], axis=-1)
     if data.size and float(data.min()) == float(data.max()):
         raise UnsupportedDataError(where, f"a constant image (every voxel is {float(data.min()):g}): empty pixel data?")
     affine_lps = np.eye(4)
@@ -327,9 +420,9 @@ def read_dicom_series(files: list[Path], uid: str | None = None) -> Volume:
     affine_lps[:3, 1] = first.col_dir * first.spacing[0]
     affine_lps[:3, 2] = step
     affine_lps[:3, 3] = first.position
-    dtype = _result_dtype(data, ordered)
+    dtype = _result_dtype(data, [s for v in volumes for s in v])
     out = data.astype(dtype) if np.issubdtype(dtype, np.integer) else data.astype(np.float32)
-    log.debug("read %d slices of %s", len(ordered), folder)
+    log.debug("read %d slices × %d time points of %s", len(ordered), len(volumes), folder)
     source = DicomSource(
         slices=tuple(_source_slice(s) for s in ordered),
         affine_lps=affine_lps,
@@ -368,6 +461,13 @@ def _read_data(ordered: list[_Slice]) -> np.ndarray:
     data = np.empty((cols, rows, len(ordered)), dtype=np.float64)
     frames: dict[Path, np.ndarray] = {}
     for k, s in enumerate(ordered):
+        if s.tile is not None:
+            if s.path not in frames:  # the mosaic image, rescale applied
+                layout = s.tile.layout
+                full = (layout.tile[0] * layout.per_side, layout.tile[1] * layout.per_side)
+                frames[s.path] = read_slice_pixels(s.path, s.file_ds if s.file_ds is not None else s.ds, full)
+            data[:, :, k] = s.tile.layout.cut(frames[s.path], s.tile.index).T
+            continue
         if s.frame is None:
             data[:, :, k] = read_slice_pixels(s.path, s.ds, s.shape).T
             continue
@@ -379,7 +479,8 @@ def _read_data(ordered: list[_Slice]) -> np.ndarray:
 
 
 def _source_slice(s: _Slice) -> SourceSlice:
-    header = s.ds if s.frame is not None else clean_header(s.ds)  # frame headers are clean already
+    # frame and tile headers are clean already
+    header = s.ds if s.frame is not None or s.tile is not None else clean_header(s.ds)
     source_ds = s.file_ds if s.file_ds is not None else s.ds
     meta = getattr(source_ds, "file_meta", None)
     syntax = _tag_str(meta, "TransferSyntaxUID") if meta is not None else ""

@@ -36,7 +36,9 @@ class DicomSeries:
 
 
 def group_series(
-    files: list[tuple[Path, Path]], broken: list[tuple[Path, str, str | None]] | None = None
+    files: list[tuple[Path, Path]],
+    broken: list[tuple[Path, str, str | None]] | None = None,
+    skipped: dict[Path, str] | None = None,
 ) -> list[DicomSeries]:
     """Group DICOM files into series, one per SeriesInstanceUID.
 
@@ -50,6 +52,8 @@ def group_series(
         files: Pairs ``(file, root)``: a candidate file and the input folder it was found under.
         broken: Collects ``(file, reason, series_uid)`` for those files (``series_uid`` when the file
             names its series, else ``None``).
+        skipped: Collects ``{file: reason}`` for the files skipped as not DICOM or not an image (so
+            that a file named on the command line is not skipped silently).
 
     Returns:
         One record per series, in the order their first files were given.
@@ -70,10 +74,14 @@ def group_series(
                 broken.append((path, suspect, None))
             else:
                 log.info("skipping %s: not a DICOM file", path)
+                if skipped is not None:
+                    skipped[path] = "not a DICOM file"
             continue
         why = _image_header(path, ds)
         if why is not None:
             log.info("skipping %s: %s", path, why)
+            if skipped is not None:
+                skipped[path] = f"a DICOM file that is not an image: {why}"
             continue
         uid = _tag_str(ds, "SeriesInstanceUID") or None
         key = uid if uid is not None else f"no-uid:{path.parent.resolve()}"

@@ -26,6 +26,7 @@ from mrisr.io.dicom.derive import (
     set_tag,
     window,
 )
+from mrisr.io.dicom.pixels import is_monochrome1
 from mrisr.io.dicom.source import DicomSource
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,12 @@ _SHEAR_TOL = 1e-4  # |cos| of the angle between the row and column directions th
 
 def _blocks(data: np.ndarray, chunk: int = 8) -> list[slice]:
     return [slice(start, start + chunk) for start in range(0, data.shape[2], chunk)]
+
+
+def dicom_stored_dtype(dtype: np.dtype | str) -> np.dtype:
+    """The type a derived DICOM series stores for a study of type ``dtype``, whatever ``--dtype``
+    asks: uint16 for an unsigned type, else int16 (classic MR and CT images hold integers)."""
+    return np.dtype(np.uint16 if np.dtype(dtype).kind == "u" else np.int16)
 
 
 def _encode(data: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float, float]:
@@ -52,7 +59,7 @@ def _encode(data: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float, float
     hi = float(data.max()) if data.size else 0.0
     if not (np.isfinite(lo) and np.isfinite(hi)):  # min/max propagate NaN and reach an infinity
         raise UnsupportedDataError(None, "data hold NaN or infinite values; cannot write DICOM")
-    stored, slope, inter = encode_values(data, np.dtype(np.uint16 if dtype.kind == "u" else np.int16))
+    stored, slope, inter = encode_values(data, dicom_stored_dtype(dtype))
     # as DICOM decimal strings (at most 16 characters): the values a reader will apply
     return stored, float(ds_value(slope)), float(ds_value(inter))
 
@@ -149,7 +156,9 @@ def write_dicom_series(
     - ImageType ``DERIVED\\SECONDARY`` with the source's value 3, DerivationDescription,
       DerivationCodeSequence (DCM 113085 "Spatial resampling"), SourceImageSequence (the source
       slice, and its frame), ReferencedSeriesSequence;
-    - WindowCenter/WindowWidth recomputed from the new values (0.5th–99.5th percentile).
+    - WindowCenter/WindowWidth recomputed from the new values (0.5th–99.5th percentile);
+    - PhotometricInterpretation MONOCHROME1 when the source series is MONOCHROME1 (its values were
+      read as stored, not inverted, so the derived series displays as its source did), else MONOCHROME2.
 
     Dropped: private tags (they can describe the old matrix, and no one can update them), overlays,
     curves, icons, pixel padding and min/max pixel values, VOI and modality LUTs, instance creation
@@ -209,6 +218,7 @@ class _Plan:
     series_number: int
     description: str
     window: tuple[float, float]
+    photometric: str  # MONOCHROME1 when the source series is (its values are not inverted), else MONOCHROME2
 
     @property
     def row_dir(self) -> np.ndarray:
@@ -269,7 +279,20 @@ def _plan(
         series_number=int(number),
         description=(tags.get("SeriesDescription", "") or "mrisr")[: 64 - len(description_suffix)] + description_suffix,
         window=window(stored, slope, inter),
+        photometric=_photometric(source if isinstance(source, DicomSource) else None),
     )
+
+
+def _photometric(source: DicomSource | None) -> str:
+    """The PhotometricInterpretation of a derived series: its source's MONOCHROME1 or MONOCHROME2.
+
+    Values are read as stored × slope + intercept, never inverted (:mod:`mrisr.io.dicom.pixels`), so a
+    derived series of a MONOCHROME1 source holds the same kind of values and must say MONOCHROME1 to
+    display as its source did.
+    """
+    if source is not None and source.slices and is_monochrome1(source.slices[0].header):
+        return "MONOCHROME1"
+    return "MONOCHROME2"
 
 
 def _slice_dataset(plan: _Plan, k: int, *, study_seed: str) -> Dataset:
@@ -311,7 +334,7 @@ def _slice_dataset(plan: _Plan, k: int, *, study_seed: str) -> Dataset:
     # pixels
     stored = plan.stored
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PhotometricInterpretation = plan.photometric
     ds.Rows = int(nj)
     ds.Columns = int(ni)
     ds.BitsAllocated = 16
