@@ -213,12 +213,15 @@ def recorded_outputs(out_dir: Path) -> set[Path]:
             if p != root and p.is_relative_to(root):
                 made.add(p)
 
-    try:
-        candidates = sorted(root.rglob("*.json"))
-    except OSError:
-        return made
+    candidates: list[Path] = []
+    for folder, subs, names in os.walk(root):  # links to folders are not followed: no loop
+        here = Path(folder)
+        subs[:] = sorted(d for d in subs if not d.startswith("."))
+        candidates += [here / n for n in sorted(names) if n.endswith(".json")]
     for path in candidates:
         rel = path.relative_to(root).parts
+        if not path.is_file():  # a FIFO named like a sidecar would block the read
+            continue
         if rel[-1].endswith(".mrisr-commit.json") and len(rel) == 1:
             try:
                 plan = json.loads(path.read_text(encoding="utf-8"))
@@ -226,7 +229,13 @@ def recorded_outputs(out_dir: Path) -> set[Path]:
                 continue
             ops = plan.get("ops") if isinstance(plan, dict) else None
             for op in ops if isinstance(ops, list) else []:
-                if isinstance(op, list) and len(op) == 3 and op[0] == "move" and isinstance(op[2], str):
+                if (
+                    isinstance(op, list)
+                    and len(op) == 3
+                    and op[0] == "move"
+                    and isinstance(op[2], str)
+                    and "\0" not in op[2]
+                ):
                     # The writer's path, relative to its working folder (unknown): each of its tails
                     # under this folder that exists (the journal names only this folder's outputs).
                     parts = Path(op[2]).parts

@@ -37,12 +37,17 @@ def _volume(path: Path, shape: tuple[int, ...] = (6, 5, 3), seed: int = 0) -> Pa
 FAST = ["--scale", "2", "--no-adapt", "--no-figure", "--ensemble", "1", "--threads", "1"]
 
 
+class _TooSlow(BaseException):
+    """Raised by :func:`time_limit` (a BaseException: no ``except OSError`` or ``except Exception`` of
+    the code under test takes it for one of its own errors)."""
+
+
 @pytest.fixture
 def time_limit() -> Iterator[None]:
     """Fail (instead of hanging) when the test body runs past 60 s."""
 
     def _raise(*_: Any) -> None:
-        raise TimeoutError("did not finish in 60 s")
+        raise _TooSlow("did not finish in 60 s")
 
     old = signal.signal(signal.SIGALRM, _raise)
     signal.alarm(60)
@@ -519,3 +524,17 @@ def test_train_refuses_an_infinite_rate_or_noise(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and option.lstrip("-").replace("-", "_") in err[0], err
     assert not out.exists()
+
+
+def test_records_in_a_hostile_output_folder_neither_block_nor_loop(tmp_path: Path, time_limit: None) -> None:
+    """The records are read from a folder that is also an input: a FIFO named like a sidecar, a
+    folder link loop and a journal naming a path with a NUL byte are passed over."""
+    from mrisr.discovery import find_studies
+
+    data = tmp_path / "data"
+    _volume(data / "a.nii.gz")
+    os.mkfifo(data / "x_sr.json")
+    (data / "loop").symlink_to(data, target_is_directory=True)
+    (data / ".a.mrisr-commit.json").write_text(json.dumps({"ops": [["move", "t", "a\u0000_sr.nii.gz"]]}))
+    studies = find_studies([data], outputs=[data])
+    assert [s.id for s in studies if s.problem is None] == ["a"]
