@@ -18,7 +18,8 @@ One command. What it does:
    ``b0dwi_for_fmap+00001.dcm`` of PyPI ``heudiconv``'s test data, a Siemens mosaic, unpacked with
    nibabel's ``nicom`` mosaic reader: mrisr does not read mosaics yet).
 3. **Crops** (so that ECLARE's network fits the 2-core CPU): 64×64 in-plane, centred, by 24 slices
-   (EPI, 128×96×24 at 2×2×2.2 mm) or 30 slices (T1 and b0: ×3 → 10 thick slices, ×5 → 6). The
+   (EPI, 128×96×24 at 2×2×2.2 mm: ×3 → 8 thick slices; ×5 → the first 20 slices, 4 thick) or 30
+   slices (T1: slices 75–104 of 181; b0: the middle 30 of 81; ×3 → 10 thick slices, ×5 → 6). The
    slice axis is axis 2 in every case. Every truth is written with a diagonal affine of its in-plane
    spacing on all three axes (the EPI's 2.2 mm slices are relabelled 2 mm, the b0's oblique
    orientation is dropped), so that ECLARE's ``slice_separation`` (thick spacing / finest in-plane
@@ -318,6 +319,7 @@ def run_case(
     eclare_steps: list[int],
 ) -> list[dict[str, object]]:
     f = case.factor
+    truth = truth[:, :, : truth.shape[2] // f * f]  # the EPI's 24 slices: 20 at x5
     d = work / case.name
     d.mkdir(parents=True, exist_ok=True)
     lr = degrade(truth, f, case.profile)
@@ -361,7 +363,10 @@ def run_case(
         sr, extra = None, {}
         if rc == 0:
             img = nib.load(sorted(out.rglob("*.nii.gz"))[0])
-            sr = on_truth_grid(np.asarray(img.dataobj, dtype=np.float64), img.affine, t_aff, truth.shape)
+            try:
+                sr = on_truth_grid(np.asarray(img.dataobj, dtype=np.float64), img.affine, t_aff, truth.shape)
+            except RuntimeError as exc:
+                print(f"{case.name} {tool}: {exc}")
             side = json.loads(sorted(out.rglob("*_sr.json"))[0].read_text())
             ad = side.get("adapt") or {}
             extra = {
@@ -396,7 +401,10 @@ def run_case(
                 "eclare_steps": steps,
                 "eclare_patches": steps * ECLARE_BATCH,
             }
-            sr = on_truth_grid(np.asarray(img.dataobj, dtype=np.float64), img.affine, affine, truth.shape)
+            try:
+                sr = on_truth_grid(np.asarray(img.dataobj, dtype=np.float64), img.affine, affine, truth.shape)
+            except RuntimeError as exc:
+                print(f"{case.name} {tool}: {exc}")
         record(tool, sr, rc, wall, rss, **extra)
     return rows
 
