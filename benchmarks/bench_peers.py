@@ -237,8 +237,9 @@ def on_truth_grid(data: np.ndarray, affine: np.ndarray, truth_affine: np.ndarray
 # ---------------------------------------------------------------- child processes
 
 
-def timed(cmd: list[str], log: Path, threads: int) -> tuple[int, float, float]:
-    """Run ``cmd``; returns (exit status, wall seconds, peak RSS in MiB of its largest process)."""
+def timed(cmd: list[str], log: Path, threads: int) -> tuple[int, float, float, float]:
+    """Run ``cmd``; returns (exit status, wall seconds, peak RSS in MiB of its largest process, CPU
+    seconds of its process tree: user + system, which a shared CPU stretches less than the wall)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     with log.open("w") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
@@ -248,7 +249,7 @@ def timed(cmd: list[str], log: Path, threads: int) -> tuple[int, float, float]:
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, wall, usage.ru_maxrss / 1024.0
+    return proc.returncode, wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
 
 
 def ensure_eclare(venv: Path) -> Path:
@@ -338,15 +339,19 @@ def run_case(
     }
     rows: list[dict[str, object]] = []
 
-    def record(tool: str, sr: np.ndarray | None, rc: int, wall: float, rss: float, **extra: object) -> None:
-        row: dict[str, object] = {**common, "tool": tool, "rc": rc, "seconds": wall, "peak_rss_mib": rss}
+    def record(tool: str, sr: np.ndarray | None, rc: int, wall: float, rss: float, cpu: float, **extra: object) -> None:
+        row: dict[str, object] = {**common, "tool": tool, "rc": rc, "seconds": wall, "cpu_seconds": cpu}
+        row["peak_rss_mib"] = rss
         row["load_after"] = os.getloadavg()[0]
         if sr is not None:
             row.update(score(sr, ref, base))
         row.update(extra)
         rows.append(row)
         g = row.get("gain_db")
-        print(f"{case.name} {tool}: rc {rc}, {wall:.1f} s, {rss:.0f} MiB, gain {g if g is None else f'{g:+.3f}'} dB")
+        print(
+            f"{case.name} {tool}: rc {rc}, {wall:.1f} s ({cpu:.1f} s CPU), {rss:.0f} MiB, "
+            f"gain {g if g is None else f'{g:+.3f}'} dB"
+        )
 
     mrisr = mrisr_command()
     flags = ["--device", "cpu", "--threads", str(threads), "--no-figure"]
@@ -359,7 +364,7 @@ def run_case(
     for tool, src, t_aff, more in runs:
         out = d / tool
         cmd = [*mrisr, "enhance", str(src), "--out", str(out), "--scale", f"1,1,{f}", *flags, *more]
-        rc, wall, rss = timed(cmd, d / f"{tool}.log", threads)
+        rc, wall, rss, cpu = timed(cmd, d / f"{tool}.log", threads)
         sr, extra = None, {}
         if rc == 0:
             img = nib.load(sorted(out.rglob("*.nii.gz"))[0])
@@ -377,7 +382,7 @@ def run_case(
                 "adapt_seconds": ad.get("seconds"),
                 "slice_profile": side.get("slice_profile"),
             }
-        record(tool, sr, rc, wall, rss, **extra)
+        record(tool, sr, rc, wall, rss, cpu, **extra)
 
     if eclare is None:
         return rows
@@ -392,7 +397,7 @@ def run_case(
             "--relative-slice-thickness", f"{width:g}", "--relative-slice-profile-type", kind,
             "--n-patches", str(steps * ECLARE_BATCH), "--batch-size", str(ECLARE_BATCH),
         ]  # fmt: skip
-        rc, wall, rss = timed(cmd, d / f"{tool}.log", threads)
+        rc, wall, rss, cpu = timed(cmd, d / f"{tool}.log", threads)
         sr, extra = None, {}
         if rc == 0:
             img = nib.load(out / lr_path.name.replace(".nii", "_eclare.nii"))
@@ -405,7 +410,7 @@ def run_case(
                 sr = on_truth_grid(np.asarray(img.dataobj, dtype=np.float64), img.affine, affine, truth.shape)
             except RuntimeError as exc:
                 print(f"{case.name} {tool}: {exc}")
-        record(tool, sr, rc, wall, rss, **extra)
+        record(tool, sr, rc, wall, rss, cpu, **extra)
     return rows
 
 
@@ -414,7 +419,8 @@ def run_case(
 
 def table(rows: list[dict[str, object]]) -> str:
     head = (
-        "| case | thick → truth | tool | gain over bicubic (dB) | SSIM (bicubic) | seconds | peak RSS (MiB) | notes |\n"
+        "| case | thick → truth | tool | gain over bicubic (dB) | SSIM (bicubic) | wall s (CPU s) | peak RSS (MiB) "
+        "| notes |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
     )
     lines = []
@@ -428,7 +434,8 @@ def table(rows: list[dict[str, object]]) -> str:
             note = f"{r.get('eclare_patches')} patches ({r.get('eclare_steps')} step(s) of {ECLARE_BATCH})"
         note += f"; load {r['load_after']:.1f}"
         lines.append(
-            f"| {r['case']} | {shapes} | {r['tool']} | {gain} | {ssim} | {r['seconds']:.1f} | "
+            f"| {r['case']} | {shapes} | {r['tool']} | {gain} | {ssim} | "
+            f"{r['seconds']:.1f} ({r.get('cpu_seconds', 0):.1f}) | "
             f"{r['peak_rss_mib']:.0f} | {note} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -457,11 +464,12 @@ def study_time(work: Path) -> None:
     threads = os.cpu_count() or 1
     cmd = [*mrisr_command(), "enhance", str(path), "--out", str(d / "out"), "--scale", "1,1,3", "--device", "cpu"]
     cmd += ["--no-figure", "--overwrite"]
-    rc, wall, rss = timed(cmd, d / "mrisr.log", threads)
+    rc, wall, rss, cpu = timed(cmd, d / "mrisr.log", threads)
     side = json.loads(sorted((d / "out").rglob("*_sr.json"))[0].read_text()) if rc == 0 else {}
     ad = side.get("adapt") or {}
     print(
-        f"256×256×40 ×3 ({threads} threads): rc {rc}, process {wall:.1f} s, study {side.get('seconds')} s, "
+        f"256×256×40 ×3 ({threads} threads): rc {rc}, process {wall:.1f} s ({cpu:.1f} s CPU), "
+        f"study {side.get('seconds')} s, "
         f"peak RSS {rss:.0f} MiB, adaptation {ad.get('steps')} steps in {ad.get('seconds')} s "
         f"(used {ad.get('used')}: {ad.get('reason')}), output from {side.get('output_from')}, "
         f"load {os.getloadavg()[0]:.1f}"
