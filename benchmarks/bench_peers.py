@@ -65,6 +65,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -364,6 +365,7 @@ def run_case(
     for tool, src, t_aff, more in runs:
         out = d / tool
         cmd = [*mrisr, "enhance", str(src), "--out", str(out), "--scale", f"1,1,{f}", *flags, *more]
+        shutil.rmtree(out, ignore_errors=True)  # mrisr skips a study whose output is already there
         rc, wall, rss, cpu = timed(cmd, d / f"{tool}.log", threads)
         sr, extra = None, {}
         if rc == 0:
@@ -397,6 +399,7 @@ def run_case(
             "--relative-slice-thickness", f"{width:g}", "--relative-slice-profile-type", kind,
             "--n-patches", str(steps * ECLARE_BATCH), "--batch-size", str(ECLARE_BATCH),
         ]  # fmt: skip
+        shutil.rmtree(out, ignore_errors=True)  # mrisr skips a study whose output is already there
         rc, wall, rss, cpu = timed(cmd, d / f"{tool}.log", threads)
         sr, extra = None, {}
         if rc == 0:
