@@ -32,9 +32,10 @@ One command. What it does:
    (weights 1/4, 1/2, 1/4: exactly ECLARE's ``rect`` kernel of width 2). The thick volume is rounded
    to the source's dtype and saved on the coarse grid (voxel-centre convention, sr_gain.py's
    ``coarse_affine``).
-5. **Runs**, each as a child process with ``OMP_NUM_THREADS=MKL_NUM_THREADS=--threads``; its wall time
-   and peak RSS (``os.wait4``'s ``ru_maxrss``: the largest process of the child's tree, which for
-   ECLARE includes its one DataLoader worker) are recorded:
+5. **Runs**, each as a child process in a fresh output folder with
+   ``OMP_NUM_THREADS=MKL_NUM_THREADS=--threads``; its wall time, CPU time (user + system of the child's
+   process tree, from ``os.wait4``: what a shared CPU stretches least) and peak RSS (``ru_maxrss``: the
+   largest process of the tree, which for ECLARE includes its one DataLoader worker) are recorded:
    - ``mrisr``: ``mrisr enhance LR --out D --scale 1,1,F --device cpu --threads T --no-figure``
      (its default: adapted through-plane network, slice consistency). For the gap case it is also run
      on a DICOM series of the same thick slices with ``SliceThickness`` 2/3 of the spacing
@@ -42,18 +43,20 @@ One command. What it does:
    - ``eclare-min``: ECLARE with the slice profile given (no ESPRESO) and the smallest schedule
      its command line takes at its default batch: ``--n-patches 128`` = 1 training step of 128
      patches (its default is 1,000,000 patches = 7,813 steps);
-   - ``eclare-long`` (``--eclare-long CASE:STEPS``, one case): the same with STEPS steps.
+   - ``eclare-STEPSsteps`` (``--eclare-long CASE:STEPS``, one case): the same with STEPS steps.
 6. **Grid**: every output is mapped onto the truth's voxels through world coordinates
    (``inverse(truth affine) @ output affine`` must be a signed permutation with integer offsets to
-   1e-3 voxel, else the case fails); ECLARE writes ``update_affine`` of the input (radifox: same field
+   1e-3 voxel, else that row gets no score); ECLARE writes ``update_affine`` of the input (radifox: same field
    of view, voxel centres), which equals the truth's affine, and its through-plane resampling puts
    each thick slice's value on the centre of its block (checked on a ramp in the docs).
 7. **Scores** against the cropped truth in its own units: PSNR with data range max − min of the
    truth, gain over bicubic along axis 2 clamped to the thick volume's range (sr_gain.py's
    baseline), and 3D SSIM (``mrisr.metrics.ssim3d``, 11³ Gaussian window σ = 1.5).
 
-Writes ``OUTDIR/results.json`` and ``OUTDIR/results.md`` (one row per case and tool; updated after
-every run, so an interrupted run keeps what it measured). ``--study-time`` instead times mrisr's
+Writes ``OUTDIR/results.json`` and ``OUTDIR/results.md`` (one row per case and tool; rewritten after
+every case, so an interrupted run keeps the cases it finished; a rerun replaces a case's rows).
+The figures of ``docs/beyond.md`` ("ECLARE side by side") are in ``benchmarks/results/bench_peers/``.
+``--study-time`` instead times mrisr's
 default thick-slice run of a 256×256×40 study at ×3 (the Colin27 T1, 120 slices box-averaged 3 at
 a time, zero-padded in-plane to 256×256) with the CPU's threads, and prints the sidecar's adaptation
 steps and seconds.
