@@ -56,10 +56,9 @@ One command. What it does:
 Writes ``OUTDIR/results.json`` and ``OUTDIR/results.md`` (one row per case and tool; rewritten after
 every case, so an interrupted run keeps the cases it finished; a rerun replaces a case's rows).
 The figures of ``docs/beyond.md`` ("ECLARE side by side") are in ``benchmarks/results/bench_peers/``.
-``--study-time`` instead times mrisr's
-default thick-slice run of a 256×256×40 study at ×3 (the Colin27 T1, 120 slices box-averaged 3 at
-a time, zero-padded in-plane to 256×256) with the CPU's threads, and prints the sidecar's adaptation
-steps and seconds.
+``--study-time`` instead times mrisr's default thick-slice run of a 256×256×40 study at ×3 (the
+Colin27 T1, 120 slices box-averaged 3 at a time, zero-padded in-plane to 256×256) with the CPU's
+threads, and prints the sidecar's adaptation steps and seconds.
 """
 
 from __future__ import annotations
