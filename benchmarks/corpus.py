@@ -8,7 +8,8 @@ Every source is a pinned package version fetched with ``pip download --no-deps N
 or ``apt-get download NAME=VERSION`` (Debian; the package lists must exist: as root the script runs
 ``apt-get update`` once when a package is not found, otherwise it stops and says so). The file taken
 from a package is checked against its pinned SHA-256, read with mrisr's own readers (the study
-loading ``mrisr info`` and ``enhance`` use, :meth:`mrisr.discovery.Study.load`) and written as NIfTI.
+loading ``mrisr info`` and ``enhance`` use, :meth:`mrisr.discovery.Study.load`, which unpacks a
+Siemens mosaic into its slices) and written as NIfTI with mrisr's writer.
 
 What ``OUTDIR`` holds:
 
@@ -19,8 +20,7 @@ What ``OUTDIR`` holds:
   the scans mrisr is used on, while every high-resolution source (0.5–1.5 mm) trains.
 - ``SOURCES.tsv``: one row per scan: registry, package, version, path inside the package, SHA-256 of
   that file, licence as the package states it, shape, spacing (mm), contrast, output file, role
-  (train/val), subject group, the notice that must travel with weights trained on it, and a note
-  (``skipped: ...`` for a scan that could not be converted, such as a mosaic before mrisr reads them).
+  (train/val), subject group, and the notices that must travel with weights trained on it.
 - ``NOTICES/``: each package's copyright/licence file as shipped, and ``NOTICE-mni-icbm152.txt``
   for the MNI templates; ship the ones ``SOURCES.tsv`` names for the training rows with any weights.
 - ``downloads/`` (the package files) and ``extracted/`` (the files taken from them): kept, so that a
@@ -30,8 +30,8 @@ A Siemens DWI series holds one volume per file (``b0dwi_for_fmap+0000{1,2,3}.dcm
 s/mm²): each is written as its own 3D NIfTI, all three in ``train/`` (one subject, one split side).
 
 None of these is a scan of ``benchmarks/heldout_data.py`` (the held-out test scans): never add those.
-Errors (a registry that cannot be reached, bytes that do not match the pin) stop the build with one
-``error:`` line and exit status 1.
+Errors (a registry that cannot be reached, bytes that do not match the pin, a scan mrisr's reader
+refuses) stop the build with one ``error:`` line and exit status 1.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ COLUMNS = (
     "role",
     "subject",
     "notice",
-    "note",
 )
 
 
@@ -423,57 +422,32 @@ def deb_licence(deb: Path, package: str, member: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Converted:
-    """What :func:`convert` wrote: ``shape`` and ``spacing`` (mm) of the NIfTI, or why it skipped."""
+    """What :func:`convert` wrote: ``shape`` and ``spacing`` (mm) of the NIfTI."""
 
-    shape: tuple[int, ...] = ()
-    spacing: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    skipped: str = ""
-
-
-def _mosaic_tiles(path: Path) -> int:
-    """``NumberOfImagesInMosaic`` of a Siemens mosaic DICOM, else 0 (not a mosaic, or not DICOM)."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception:  # not DICOM: not a mosaic
-        return 0
-    if "MOSAIC" not in [str(v).upper() for v in (ds.get("ImageType") or [])]:
-        return 0
-    tag = ds.get((0x0019, 0x100A))
-    return int(tag.value) if tag is not None else -1
+    shape: tuple[int, ...]
+    spacing: tuple[float, float, float]
 
 
 def convert(src: Path, out: Path) -> Converted:
-    """Read ``src`` as mrisr reads a study (:func:`mrisr.discovery.find_studies`, :meth:`Study.load`) and
-    write it to ``out`` as NIfTI (:func:`mrisr.io.nifti.write_nifti`, the on-disk dtype kept).
-
-    A Siemens mosaic that the reader does not unpack into its slices (it reads one tiled image, or
-    refuses the file) is skipped with ``needs mosaic support`` rather than written wrong.
+    """Read ``src`` as mrisr reads a study (:func:`mrisr.discovery.find_studies`, :meth:`Study.load`: a
+    Siemens mosaic is unpacked into its slices there) and write it to ``out`` as NIfTI
+    (:func:`mrisr.io.nifti.write_nifti`, the on-disk dtype kept).
 
     Raises:
-        CorpusError: ``src`` is not one readable study.
+        CorpusError: ``src`` is not one study that mrisr reads (the reader's reason, one line).
     """
     from mrisr.discovery import find_studies
     from mrisr.errors import MrisrError
     from mrisr.geometry import voxel_spacing
     from mrisr.io.nifti import write_nifti
 
-    tiles = _mosaic_tiles(src)
     studies = find_studies([src])
     if len(studies) != 1:
         raise CorpusError(f"{src}: {len(studies)} studies found, expected one")
     try:
         vol = studies[0].load()
     except MrisrError as exc:
-        if tiles:
-            return Converted(skipped=f"needs mosaic support (mrisr's reader: {exc})")
         raise CorpusError(str(exc)) from exc
-    if tiles and vol.shape3[2] != tiles:
-        return Converted(
-            skipped=f"needs mosaic support (mrisr reads this {tiles}-slice Siemens mosaic as "
-            f"{'x'.join(map(str, vol.shape3))}, the tiles unsplit)"
-        )
     write_nifti(vol, out)
     spacing = tuple(float(s) for s in voxel_spacing(vol.affine))
     return Converted(tuple(int(n) for n in vol.data.shape), (spacing[0], spacing[1], spacing[2]))
@@ -537,11 +511,7 @@ def build(out: Path, sources: Sequence[Source] = SOURCES, *, fetcher: Fetcher = 
             names.append(src.notice)
         rel = f"{src.role}/{src.name}.nii.gz"
         done = convert(raw, out / rel)
-        if done.skipped:
-            (out / rel).unlink(missing_ok=True)
-            print(f"skipped {src.package} {src.member}: {done.skipped}")
-        else:
-            print(f"{rel}: {_fmt(done.shape)} at {_fmt(done.spacing)} mm ({src.contrast})")
+        print(f"{rel}: {_fmt(done.shape)} at {_fmt(done.spacing)} mm ({src.contrast})")
         rows.append(
             {
                 "registry": src.registry,
@@ -550,14 +520,13 @@ def build(out: Path, sources: Sequence[Source] = SOURCES, *, fetcher: Fetcher = 
                 "path": src.member,
                 "sha256": digest,
                 "licence": licence,
-                "shape": _fmt(done.shape) if not done.skipped else "",
-                "spacing": _fmt(done.spacing) if not done.skipped else "",
+                "shape": _fmt(done.shape),
+                "spacing": _fmt(done.spacing),
                 "contrast": src.contrast,
-                "file": "" if done.skipped else rel,
+                "file": rel,
                 "role": src.role,
                 "subject": src.subject,
                 "notice": " ".join(f"NOTICES/{n}" for n in names),
-                "note": f"skipped: {done.skipped}" if done.skipped else "",
             }
         )
     for name, text in sorted(notice_texts.items()):
@@ -580,8 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CorpusError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    n = sum(1 for r in rows if r["file"])
-    print(f"{out / 'SOURCES.tsv'}: {n} scans written, {len(rows) - n} skipped")
+    print(f"{out / 'SOURCES.tsv'}: {len(rows)} scans")
     return 0
 
 

@@ -136,6 +136,30 @@ def derivative_metadata(
     return meta
 
 
+def check_derivative_folder(out_dir: Path, inputs: Sequence[tuple[Path, Path]]) -> None:
+    """Refuse an output folder that is a BIDS input dataset's root or lies in one of its ``sub-*``
+    folders: the derivatives would be written among the raw data, and the raw dataset's
+    ``dataset_description.json`` marked as a derivative's.
+
+    Args:
+        out_dir: The output folder.
+        inputs: ``(file, path inside its dataset)`` of the BIDS inputs (:attr:`mrisr.discovery.Study.bids`).
+
+    Raises:
+        ValueError: The message names the dataset and where derivatives go instead.
+    """
+    out = out_dir.resolve()
+    for file, rel in inputs:
+        root = file.resolve().parents[len(rel.parts) - 1]
+        inside = out.relative_to(root).parts if out.is_relative_to(root) else None
+        if inside is not None and (not inside or inside[0].startswith("sub-")):
+            where = "is the root" if not inside else f"is inside {inside[0]}"
+            raise ValueError(
+                f"--out {out_dir} {where} of the BIDS dataset {root}: derivatives go in a dataset of "
+                f"their own, e.g. --out {root / 'derivatives' / 'mrisr'}"
+            )
+
+
 def description_problem(out_dir: Path) -> str | None:
     """Why ``OUT/dataset_description.json`` is not a derivative dataset's description that mrisr may
     complete (a raw dataset's, or a file that is no description at all), ``None`` when it is one or

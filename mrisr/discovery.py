@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -173,6 +174,94 @@ def _nifti_ids(paths: Sequence[Path], roots: dict[Path, Path]) -> dict[Path, str
     return ids
 
 
+class _Identities:
+    """The identity of a file: the absolute, normalised path of its folder joined with its name, the
+    same for every spelling of one file (relative, absolute, through ``..`` or a linked folder). The
+    file's own link is not followed: two links are two studies, even to one blob (a DataLad dataset's
+    annexed files). Folders are resolved once each."""
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, Path] = {}
+
+    def __call__(self, path: Path) -> Path:
+        folder = self._folders.get(path.parent)
+        if folder is None:
+            try:
+                folder = path.parent.resolve()
+            except (OSError, RuntimeError):  # a link loop above it: its spelling is all there is
+                folder = Path(os.path.abspath(path.parent))
+            self._folders[path.parent] = folder
+        return folder / path.name
+
+
+def recorded_outputs(out_dir: Path) -> set[Path]:
+    """What ``mrisr enhance`` wrote under ``out_dir``, as its records name it: the files and DICOM
+    series folders named by the done sidecars (outputs, intermediates, maps) and the destinations of
+    commit journals a killed run left (outputs moved in before their sidecar). Resolved paths inside
+    ``out_dir``; a name leading out of it is ignored.
+    """
+    import json
+
+    from mrisr.sidecar import is_sidecar_name, load_sidecar
+
+    root = out_dir.resolve()
+    made: set[Path] = set()
+
+    def add(base: Path, value: object) -> None:
+        if isinstance(value, str) and value and "\0" not in value:
+            p = Path(os.path.normpath(base / value))
+            if p != root and p.is_relative_to(root):
+                made.add(p)
+
+    candidates: list[Path] = []
+    for folder, subs, names in os.walk(root):  # links to folders are not followed: no loop
+        here = Path(folder)
+        subs[:] = sorted(d for d in subs if not d.startswith("."))
+        candidates += [here / n for n in sorted(names) if n.endswith(".json")]
+    for path in candidates:
+        rel = path.relative_to(root).parts
+        if not path.is_file():  # a FIFO named like a sidecar would block the read
+            continue
+        if rel[-1].endswith(".mrisr-commit.json") and len(rel) == 1:
+            try:
+                plan = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError):
+                continue
+            ops = plan.get("ops") if isinstance(plan, dict) else None
+            for op in ops if isinstance(ops, list) else []:
+                if (
+                    isinstance(op, list)
+                    and len(op) == 3
+                    and op[0] == "move"
+                    and isinstance(op[2], str)
+                    and "\0" not in op[2]
+                ):
+                    # The writer's path, relative to its working folder (unknown): each of its tails
+                    # under this folder that exists (the journal names only this folder's outputs).
+                    parts = Path(op[2]).parts
+                    for k in range(len(parts)):
+                        tail = Path(*parts[k:])
+                        if not tail.is_absolute() and (root / tail).exists():
+                            add(root, str(tail))
+                    if Path(op[2]).is_absolute():
+                        add(root, op[2])
+            continue
+        if any(part.startswith(".") for part in rel) or not is_sidecar_name(rel[-1]):
+            continue
+        data, _ = load_sidecar(path)
+        if data is None or data.get("status") != "done":
+            continue
+        output = data.get("output")
+        if isinstance(output, dict):  # the output, and the intermediates of --save-intermediates
+            for key in ("path", "lowres", "bicubic"):
+                add(path.parent, output.get(key))
+        for group in ("uncertainty", "consistency"):  # the maps
+            entry = data.get(group)
+            if isinstance(entry, dict):
+                add(path.parent, entry.get("map"))
+    return made
+
+
 def is_bids_root(folder: Path) -> bool:
     """True when ``folder`` is the root of a BIDS dataset (it holds ``dataset_description.json``)."""
     return (folder / "dataset_description.json").is_file()
@@ -183,6 +272,7 @@ def find_studies(
     *,
     max_depth: int = DEFAULT_MAX_DEPTH,
     exclude: Sequence[str | Path] = (),
+    outputs: Sequence[str | Path] = (),
 ) -> list[Study]:
     """Find the studies under files and folders.
 
@@ -195,7 +285,10 @@ def find_studies(
     Args:
         inputs: Files (NIfTI, MetaImage, NRRD, DICOM) and folders to search, or one of them.
         max_depth: Folder levels to descend below each input folder.
-        exclude: Folders not to descend into (the output folder, when it lies inside an input).
+        exclude: Folders not to descend into.
+        outputs: Output folders of ``mrisr enhance``: searched like any folder (one may be an input,
+            hold one or lie inside one), but what mrisr recorded writing there
+            (:func:`recorded_outputs`) is never a study, on a first run or a rerun.
 
     Returns:
         Studies sorted by id (ids are unique).
@@ -209,8 +302,19 @@ def find_studies(
     others: list[tuple[Path, Path]] = []
     refused: list[Study] = []
     problems: list[tuple[Path, str, Path, str | None]] = []
-    skip = frozenset(Path(e).resolve() for e in exclude)
-    for raw in _as_list(inputs):
+    taken: set[Path] = set()  # files (and problems) already taken, by their identity
+    _identity = _Identities()
+    given = _as_list(inputs)
+    folders = [Path(raw).resolve() for raw in given if Path(raw).is_dir()]
+    skip_dirs = {Path(e).resolve() for e in exclude}
+    for o in outputs:
+        out = Path(o).resolve()
+        if any(f.is_relative_to(out) or out.is_relative_to(f) for f in folders):  # searched
+            made = recorded_outputs(out)
+            taken |= {_identity(p) for p in made}  # as if taken already: never a study
+            skip_dirs |= {p for p in made if p.is_dir()}  # a DICOM output series
+    skip = frozenset(skip_dirs)
+    for raw in given:
         inp = Path(raw)
         if not inp.exists():
             raise FileNotFoundError(f"{inp}: no such file or folder")
@@ -220,7 +324,10 @@ def find_studies(
             continue
         files = [inp] if inp.is_file() else list(walk_files(inp, max_depth=max_depth, problems=found, skip=skip))
         root = inp.parent if inp.is_file() else inp
-        problems += [(p, why, root, None) for p, why in found]
+        for p, why in found:
+            if _identity(p) not in taken:
+                taken.add(_identity(p))
+                problems.append((p, why, root, None))
         if inp.is_dir() and is_bids_root(inp):
             # The files at a BIDS root (README, CHANGES, LICENSE, participants.tsv) are metadata.
             files = [
@@ -233,10 +340,12 @@ def find_studies(
                 {f: inp for f in files if is_nifti_path(f) and f.relative_to(inp).parts[0].startswith("sub-")}
             )
         for f in files:
+            if _identity(f) in taken:  # named twice (relative and absolute, or a file inside a folder given)
+                continue
+            taken.add(_identity(f))
             if is_nifti_path(f) or itk_format(f) is not None:
-                if f not in roots:
-                    nifti.append(f)
-                    roots[f] = root
+                nifti.append(f)
+                roots[f] = root
             elif not _refused(f, root, named=inp.is_file(), into=refused):
                 others.append((f, root))
     ids = _nifti_ids(nifti, roots)
@@ -251,6 +360,8 @@ def find_studies(
         for p in nifti
     ]
     if others:
+        if len({f.is_absolute() for f, _ in others}) > 1:  # one series may span both spellings
+            others = [(Path(os.path.abspath(f)), Path(os.path.abspath(r))) for f, r in others]
         broken: list[tuple[Path, str, str | None]] = []
         skipped: dict[Path, str] = {}
         studies.extend(group_dicom_series(others, broken, skipped))

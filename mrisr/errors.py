@@ -28,6 +28,19 @@ def plain_numbers(text: str) -> str:
     return _NUMPY_SCALAR.sub(plain, text)
 
 
+#: Characters that would break or corrupt a line of output: C0/C1 controls (newline, carriage return,
+#: escape sequences), Unicode line and paragraph separators, and lone surrogates (bytes of a file
+#: name that are not UTF-8, as Python keeps them; they cannot be written to a UTF-8 stream).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` as one printable line: every control character, line separator and lone surrogate
+    written as its Python escape (a newline in a file name as ``\\n``, ESC as ``\\x1b``, an
+    undecodable byte as ``\\udcff``). Nothing else changes; a line already printable is returned as is."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
+
+
 class MrisrError(Exception):
     """Base class of all mrisr errors.
 

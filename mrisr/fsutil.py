@@ -30,12 +30,50 @@ def host_tag() -> str:
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
+#: Longest file name, in bytes, that the file systems mrisr writes to take (NAME_MAX of ext4, XFS,
+#: Btrfs, NFS, Lustre, GPFS).
+NAME_MAX = 255
+#: Longest extension a temporary keeps (``.nii.gz``, ``.json``, ``.png``); a longer "extension" (the
+#: tail of a name with dots, e.g. a DICOM series folder ``a.b_sr``) is not one.
+_MAX_SUFFIX = 8
+#: Bytes after the stem of a temporary at most: the mark, a pid of up to 10 digits, the host tag, 8
+#: random digits, the separators and the extension.
+_MAX_TAIL = len(TMP_MARK) + 10 + 1 + 8 + 1 + 8 + _MAX_SUFFIX
+#: Longest stem (``.<name>``) kept as it is: room for a temporary *of a temporary* (the atomic write of
+#: a staged file) within :data:`NAME_MAX`, so that only first-level names are ever shortened.
+_MAX_STEM = NAME_MAX - 1 - 2 * _MAX_TAIL
+
+
+def _nbytes(text: str) -> int:
+    return len(os.fsencode(text))
+
+
+def temp_stem(name: str) -> str:
+    """The part of the temporaries of ``name`` before :data:`TMP_MARK`: ``.<name>``, or, when that would
+    leave a temporary longer than :data:`NAME_MAX` bytes, ``.<start of name>~<hash of name>``: the
+    start cut at a character boundary, the hash (16 hex digits of SHA-1) telling apart names that
+    share their start. The same for every writer of ``name``, so :func:`remove_temporaries` finds them.
+    A temporary's own name (whose stem left room for this) is kept whenever its temporary fits."""
+    is_temporary = name.startswith(".") and TMP_MARK in name
+    if 1 + _nbytes(name) <= (NAME_MAX - _MAX_TAIL if is_temporary else _MAX_STEM):
+        return f".{name}"
+    digest = "~" + hashlib.sha1(os.fsencode(name)).hexdigest()[:16]
+    cut = name
+    while 1 + _nbytes(cut) + len(digest) > _MAX_STEM:
+        cut = cut[: max(0, len(cut) - max(1, (1 + _nbytes(cut) + len(digest) - _MAX_STEM) // 4))]
+    return f".{cut}{digest}"
+
+
 def temp_sibling(path: Path) -> Path:
     """A unique hidden temporary name beside ``path`` that keeps its (possibly double) extension:
-    ``.<name>.mrisr-tmp-<pid>-<host>-<random><suffix>``."""
+    ``<stem>.mrisr-tmp-<pid>-<host>-<random><suffix>``, ``<stem>`` from :func:`temp_stem` (``.<name>``,
+    shortened for a long name: the temporary stays within :data:`NAME_MAX` bytes, also a temporary of
+    this temporary)."""
     name = path.name
     suffix = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
-    return path.with_name(f".{name}{TMP_MARK}{os.getpid()}-{host_tag()}-{uuid.uuid4().hex[:8]}{suffix}")
+    if _nbytes(suffix) > _MAX_SUFFIX:
+        suffix = ""
+    return path.with_name(f"{temp_stem(name)}{TMP_MARK}{os.getpid()}-{host_tag()}-{uuid.uuid4().hex[:8]}{suffix}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -60,7 +98,8 @@ def remove_temporaries(target: Path, *, all_of_them: bool = True) -> list[Path]:
 
     Names are compared as strings, not as glob patterns (a name may hold ``[``, ``*`` or ``?``). The
     temporary of a temporary (``..<name>.mrisr-tmp-*.mrisr-tmp-*``: a writer's own atomic write of a
-    staged file) counts too.
+    staged file) counts too, and so do both forms of a long name's temporaries: the shortened one of
+    :func:`temp_stem` and the full ``.<name>.mrisr-tmp-*`` that earlier versions wrote where it fit.
 
     Args:
         target: The final path whose temporaries to remove.
@@ -72,19 +111,24 @@ def remove_temporaries(target: Path, *, all_of_them: bool = True) -> list[Path]:
     Returns:
         The paths removed.
     """
-    prefix = f".{target.name}{TMP_MARK}"
-    dots = len(target.name) - len(target.name.lstrip("."))
-    bare = target.name.lstrip(".") + TMP_MARK
+    stems = dict.fromkeys((temp_stem(target.name), f".{target.name}"))  # shortened (if so), then full
 
-    def nested(n: str) -> bool:  # one or more extra leading dots
-        return len(n) - len(n.lstrip(".")) > dots and n.lstrip(".").startswith(bare)
+    def bare_of(n: str) -> str | None:
+        """The ``<stem minus its leading dot>.mrisr-tmp-`` that temporary ``n`` starts with, if any
+        (after one or more leading dots: a temporary of a temporary has more)."""
+        for stem in stems:
+            dots = len(stem) - len(stem.lstrip("."))
+            bare = stem.lstrip(".") + TMP_MARK
+            if len(n) - len(n.lstrip(".")) >= dots and n.lstrip(".").startswith(bare):
+                return bare
+        return None
 
     try:
-        names = [n for n in os.listdir(target.parent) if n.startswith(prefix) or nested(n)]
+        names = [(n, bare) for n in os.listdir(target.parent) if (bare := bare_of(n)) is not None]
     except OSError:
         return []
     removed = []
-    for name in names:
+    for name, bare in names:
         tmp = target.parent / name
         if not all_of_them:
             pid, _, rest = name.lstrip(".")[len(bare) :].partition("-")
@@ -142,6 +186,26 @@ def check_writable_folder(folder: str | Path) -> None:
     fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     os.close(fd)
     probe.unlink()
+
+
+def missing_folders(folder: str | Path) -> list[Path]:
+    """The folders that creating ``folder`` (with its parents) would make: ``folder`` and its missing
+    ancestors, deepest first (empty when it exists). For :func:`remove_if_empty` after a failure."""
+    p, missing = Path(folder), []
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, as :func:`missing_folders` lists them) while they are empty:
+    what a command created and then wrote nothing into."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:  # not empty (something was written), or gone
+            return
 
 
 def remove_path(path: Path) -> None:

@@ -14,6 +14,7 @@ antialiased downsampling by block averaging, and of ``docs/geometry.md``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -174,7 +175,15 @@ def factors_for_spacing(spacing: Sequence[float], target: Sequence[float]) -> Fa
     """
     out = []
     for a, (s, t) in enumerate(zip(spacing, target, strict=True)):
+        if not (math.isfinite(s) and math.isfinite(t) and s > 0 and t > 0):
+            raise ValueError(f"spacing {s:g} mm and target {t:g} mm along axis {a} must be positive and finite")
+        # A tiny target (1e-310 mm) overflows the ratio to inf: it asks for more than MAX_FACTOR anyway.
         ratio = float(s) / float(t)
+        if not ratio <= MAX_FACTOR + 1:
+            raise ValueError(
+                f"target spacing {t:g} mm needs more than ×{MAX_FACTOR} along axis {a} (voxel spacing {s:g} mm); "
+                f"at most ×{MAX_FACTOR} is served"
+            )
         if ratio < 1 - RATIO_TOLERANCE:
             raise ValueError(
                 f"target spacing {t:g} mm is coarser than the voxel spacing {s:g} mm along axis {a} "

@@ -86,10 +86,9 @@ class Staging:
         staged_dirs = {f for s, f in self.moves if s.is_dir()}
         check_free(finals, owned, overwrite=overwrite, staged_dirs=staged_dirs, root=root)
         owned_norm = {_norm(p) for p in owned}
+        # lexists: False, not an error, for a name longer than the file system takes (it cannot be there).
         removals = [
-            p
-            for p in dict.fromkeys(stale)
-            if p not in finals and _norm(p) in owned_norm and (p.exists() or p.is_symlink())
+            p for p in dict.fromkeys(stale) if p not in finals and _norm(p) in owned_norm and os.path.lexists(p)
         ]
         check_removable(removals, root=root)
         staged_sidecar = temp_sibling(sidecar)
@@ -221,9 +220,9 @@ def check_free(
     check_inside(finals, root)
     owned_norm = {_norm(p) for p in owned}
     for final in finals:
-        if not (final.exists() or final.is_symlink()):
+        if not os.path.lexists(final):
             continue
-        is_dir = final.is_dir() and not final.is_symlink()
+        is_dir = os.path.isdir(final) and not os.path.islink(final)
         if is_dir != (final in staged_dirs):
             raise OutputBlockedError(final, "a file or folder that mrisr did not write stands at this output path")
         if _norm(final) in owned_norm:

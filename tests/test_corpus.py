@@ -15,8 +15,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
+from dicom_helpers import siemens_mosaic
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("corpus", ROOT / "benchmarks" / "corpus.py")
@@ -101,7 +101,7 @@ def test_wheel_scan_converted_with_values_geometry_and_row(tmp_path: Path) -> No
     assert row["sha256"] == hashlib.sha256(payload).hexdigest()
     assert (row["registry"], row["package"], row["version"], row["path"]) == ("pypi", "fakepkg", "1.0", member)
     assert (row["shape"], row["spacing"]) == ("9x7x5", "0.9x1.1x2.5")
-    assert (row["licence"], row["file"], row["role"], row["note"]) == ("MIT", "train/fake_t1.nii.gz", "train", "")
+    assert (row["licence"], row["file"], row["role"]) == ("MIT", "train/fake_t1.nii.gz", "train")
     assert row["notice"] == "NOTICES/fakepkg-1.0.txt"
     assert "Keep this line." in (out / "NOTICES" / "fakepkg-1.0.txt").read_text()
 
@@ -200,34 +200,58 @@ def test_deb_scan_and_licence_from_its_copyright_stanza(tmp_path: Path) -> None:
     assert "2019 Scanner Lab" in (tmp_path / "corpus/NOTICES/fakedeb-2.0-1.txt").read_text()
 
 
-def _mosaic_dicom(path: Path) -> np.ndarray:
-    """A Siemens-style mosaic: four 32×32 slices tiled 2×2 in one 64×64 image (``ImageType`` MOSAIC,
-    ``NumberOfImagesInMosaic`` 4), made from pydicom's ``MR_small.dcm``. Returns the tiled pixels."""
-    from pydicom.data import get_testdata_file
-
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    tiled = np.random.default_rng(3).integers(0, 1000, (64, 64), dtype=np.uint16)
-    ds.Rows, ds.Columns = 64, 64
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = tiled.tobytes()
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
-    ds.Manufacturer = "SIEMENS"
-    ds.add_new((0x0019, 0x0010), "LO", "SIEMENS MR HEADER")
-    ds.add_new((0x0019, 0x100A), "US", 4)
-    ds.save_as(path)
-    return tiled
+# A Siemens mosaic on an oblique grid: four 6×5 tiles in a 2×2 mosaic (tests/dicom_helpers.py).
+ROW = np.array([0.8, 0.6, 0.0])
+COL = np.cross(np.array([0.0, 0.6, 0.8]), ROW) / np.linalg.norm(np.cross(np.array([0.0, 0.6, 0.8]), ROW))
+FIRST = np.array([-30.0, 12.0, 40.0])  # LPS centre of tile 0's first pixel
+PIXEL = (0.7, 0.9)  # mm between rows, between columns
+GAP = 2.5
 
 
-def test_mosaic_not_unpacked_is_skipped_not_written(tmp_path: Path) -> None:
-    """Until mrisr's reader unpacks Siemens mosaics, one is skipped with a reason, never written as a
-    single tiled slice (which would train the network on the tile seams)."""
-    src_file = tmp_path / "mosaic.dcm"
-    _mosaic_dicom(src_file)
+def test_mosaic_unpacked_into_its_slices_at_their_positions(tmp_path: Path) -> None:
+    """A mosaic inside a package becomes the 3D volume it holds (not one 12×10 tiled slice), each
+    tile's pixel at its own world position (the positions written into the mosaic's header)."""
+    tiles = (np.random.default_rng(3).permutation(4 * 6 * 5) + 100).reshape(4, 6, 5).astype(np.uint16)
+    src_file = siemens_mosaic(
+        tmp_path / "m" / "mosaic.dcm",
+        tiles,
+        row_dir=ROW,
+        col_dir=COL,
+        first_position=FIRST,
+        pixel_spacing=PIXEL,
+        slice_spacing=GAP,
+    )
     payload = src_file.read_bytes()
     member = "fakepkg/tests/data/mosaic.dcm"
     out = tmp_path / "corpus"
+    _wheel(out / "downloads", member, payload, licence="Apache-2.0")
+    (row,) = corpus.build(out, [_source(member, payload, name="fake_epi", role="val")], fetcher=_no_download)
+
+    img = nib.load(out / "val" / "fake_epi.nii.gz")
+    data = np.asanyarray(img.dataobj)
+    assert data.shape == (5, 6, 4)  # (columns, rows, slices) of a tile
+    normal = np.cross(ROW, COL)
+    inv = np.linalg.inv(img.affine)
+    for t, r, c in [(0, 0, 0), (3, 5, 4), (1, 2, 3), (2, 0, 4)]:
+        lps = FIRST + c * PIXEL[1] * ROW + r * PIXEL[0] * COL + t * GAP * normal
+        ras = np.array([-lps[0], -lps[1], lps[2], 1.0])
+        ijk = inv @ ras
+        np.testing.assert_allclose(ijk[:3], np.rint(ijk[:3]), atol=1e-4)
+        assert data[tuple(np.rint(ijk[:3]).astype(int))] == tiles[t, r, c], (t, r, c)
+    assert (row["shape"], row["spacing"], row["file"]) == ("5x6x4", "0.9x0.7x2.5", "val/fake_epi.nii.gz")
+    assert (row["sha256"], row["licence"]) == (hashlib.sha256(payload).hexdigest(), "Apache-2.0")
+
+
+def test_a_scan_the_reader_refuses_stops_the_build(tmp_path: Path) -> None:
+    """A mosaic without the CSA header that says how to unpack it: mrisr refuses it, and so does the build
+    (one line naming the reason), rather than writing the tiled image as a slice."""
+    tiles = np.arange(4 * 6 * 5, dtype=np.uint16).reshape(4, 6, 5)
+    kw = {"row_dir": ROW, "col_dir": COL, "first_position": FIRST, "pixel_spacing": PIXEL, "slice_spacing": GAP}
+    payload = siemens_mosaic(tmp_path / "m" / "bad.dcm", tiles, csa=False, **kw).read_bytes()
+    member = "fakepkg/tests/data/bad.dcm"
+    out = tmp_path / "corpus"
     _wheel(out / "downloads", member, payload)
-    (row,) = corpus.build(out, [_source(member, payload, name="fake_epi")], fetcher=_no_download)
-    assert row["note"].startswith("skipped: needs mosaic support") and row["file"] == row["shape"] == ""
-    assert not (out / "train" / "fake_epi.nii.gz").exists()
-    assert row["sha256"] == hashlib.sha256(payload).hexdigest()
+    with pytest.raises(corpus.CorpusError, match="mosaic") as info:
+        corpus.build(out, [_source(member, payload, name="bad")], fetcher=_no_download)
+    assert "\n" not in str(info.value)
+    assert not (out / "train" / "bad.nii.gz").exists()

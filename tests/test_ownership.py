@@ -173,3 +173,21 @@ def test_a_full_disk_names_the_output_not_the_input(
         assert str(out / f"{name}_sr.nii.gz") in line and "No space left on device" in line, line
         assert str(inputs / f"{name}.nii.gz") not in line
     assert not [p for p in out.iterdir() if p.name.endswith(".nii.gz") or ".mrisr-tmp-" in p.name]
+
+
+def test_a_new_training_run_replaces_no_file_of_the_users(
+    tmp_path: Path, inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = ["--scale", "2", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--patch-size", "4"]
+    tiny += ["--kernel-sizes", "3,1,3", "--filters", "2,2", "--device", "cpu", "--val-fraction", "0"]
+    out = tmp_path / "run"
+    mine = _user_file(out / "best.pt", "my weights")
+    assert main(["train", str(inputs), "--out", str(out), *tiny]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "best.pt" in err
+    assert mine.read_text() == "my weights" and not (out / "metrics.csv").exists()
+    mine.unlink()
+    # A split.json of mrisr's own (a run killed before its first checkpoint) does not block a new run.
+    (out / "split.json").write_text(json.dumps({"seed": 0, "train": ["a"], "val": [], "validation": "none"}))
+    assert main(["train", str(inputs), "--out", str(out), *tiny]) == 0
+    assert (out / "best.pt").is_file() and json.loads((out / "split.json").read_text())["train"] == ["a", "b"]

@@ -66,20 +66,26 @@ def _root(
     ),
 ) -> None:
     """Super-resolution of MRI studies (NIfTI and DICOM) with SRCNN-family networks (ESPCN by default)."""
-    from mrisr.cli.console import NORMAL, QUIET, VERBOSE, output
+    from mrisr.cli.console import NORMAL, QUIET, VERBOSE, OneLineFormatter, output
 
     if quiet and (verbose or debug):
         raise fail("--quiet cannot be combined with --verbose or --debug")
     state.debug = output.debug = debug
     output.verbosity = QUIET if quiet else VERBOSE if verbose else NORMAL
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig: once, and not over a host's (pytest's) handlers
+        handler = logging.StreamHandler()
+        handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
     logging.getLogger().setLevel(level)  # also when called again in one process (tests)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print one error line to stderr and return the Exit to raise."""
-    typer.echo(f"error: {message}", err=True)
+    from mrisr.cli.console import echo
+
+    echo(f"error: {message}")
     return typer.Exit(code)
 
 

@@ -17,6 +17,7 @@ fine. :func:`native_stderr_aside` keeps that off the terminal while a command ru
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sys
 import time
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 #: Width of a console that does not write to a terminal: wide enough that no table is ever cut.
 LOG_WIDTH = 100_000
 QUIET, NORMAL, VERBOSE = -1, 0, 1
+#: The most ``--threads`` accepted (torch takes a C int; far more threads than cores only thrash).
+MAX_THREADS = 4096
+#: The largest ``--seed`` (torch and NumPy take seeds in [0, 2**63)).
+MAX_SEED = 2**63 - 1
 
 
 class _Output:
@@ -71,11 +76,30 @@ def stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def echo(text: str, *, err: bool = True) -> None:
+    """Write ``text`` as one line (stderr by default): control characters in it, such as a newline in
+    a file name, are written as escapes (:func:`mrisr.errors.printable`) so that the line, and the
+    reason after the name, is never cut or split. Every error, warning and log line goes through here."""
+    from mrisr.errors import printable
+
+    typer.echo(printable(text), err=err)
+
+
 def log_line(text: str) -> None:
     """One timestamped line on stderr (unless ``--quiet``), flushed at once for a log file."""
     if output.verbosity > QUIET:
-        typer.echo(f"{stamp()} {text}", err=True)
+        echo(f"{stamp()} {text}")
         sys.stderr.flush()
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log records as one line each: control characters in the message escaped as by :func:`echo`
+    (a traceback added by ``--debug`` keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        from mrisr.errors import printable
+
+        return printable(super().formatMessage(record))
 
 
 def available_cpus() -> int:

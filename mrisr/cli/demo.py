@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from mrisr.cli import app, fail
+from mrisr.cli.console import echo
 
 
 @app.command()
@@ -26,7 +27,7 @@ def demo(
     for r in results:
         m = r.metrics or {}
         if r.status == "failed":
-            typer.echo(f"{r.study.id}: failed: {r.error}", err=True)
+            echo(f"{r.study.id}: failed: {r.error}")
         elif "psnr_sr" in m:
             gain = m["psnr_sr"] - m["psnr_bicubic"]
             typer.echo(

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from mrisr.enhance import EnhanceOptions, Enhancer, StudyResult
 
 from mrisr.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, fail, state
-from mrisr.cli.console import QUIET, available_cpus, live, log_line, make_console, output
+from mrisr.cli.console import MAX_SEED, MAX_THREADS, QUIET, available_cpus, echo, live, log_line, make_console, output
 from mrisr.defaults import DEFAULT_ARCH, DEFAULT_DEVICE, DEFAULT_ENSEMBLE
 
 
@@ -92,7 +92,9 @@ def enhance(
             show_default=False,
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the adaptation (deterministic on the CPU).")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Seed of the adaptation (deterministic on the CPU).")
+    ] = 0,
     only: Annotated[
         list[str] | None, typer.Option("--only", help="Process only the study with this id (repeatable).")
     ] = None,
@@ -112,6 +114,7 @@ def enhance(
         int | None,
         typer.Option(
             min=1,
+            max=MAX_THREADS,
             help="CPU threads of the network. Default: SLURM_CPUS_PER_TASK, else the CPUs this process may use.",
             show_default=False,
         ),
@@ -173,11 +176,17 @@ def enhance(
     try:
         if target is None:  # the networks are known before any study is looked at
             ckpt = resolve_checkpoint(checkpoint, factors, arch=arch, axis=axis)
-        studies = find_studies(inputs, exclude=[out])  # an --out inside an input is not searched
+        studies = find_studies(inputs, outputs=[out])  # mrisr's outputs there are never studies
     except (MrisrError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     if not studies:
         raise fail(f"no NIfTI or DICOM studies found in {', '.join(map(str, inputs))}")
+    from mrisr.bids import check_derivative_folder
+
+    try:
+        check_derivative_folder(out, [(s.path, s.bids) for s in studies if s.bids is not None])
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     try:
         studies = select_studies(studies, only=only, shard=shard_sel)
     except ValueError as exc:
@@ -196,7 +205,10 @@ def enhance(
             job_opts = dataclasses.replace(base, scale=factors or job.arrays.default_factors(axis))
             jobs.append((job, job_opts, studies))
         else:
-            groups, unreadable = plan_target_spacing(studies, target)
+            try:
+                groups, unreadable = plan_target_spacing(studies, target)
+            except ValueError as exc:
+                raise fail(f"--target-spacing {target_spacing}: {exc}") from None
             if unreadable:  # they fail alone, with their reason, when they are loaded
                 groups = groups or [(in_plane(4, axis), [])]
                 groups[0][1].extend(s for s, _ in unreadable)
@@ -234,10 +246,10 @@ def enhance(
         failed = [r for r in results if r.status == "failed"]
         locked = [r for r in results if r.status == "locked"]  # not done by this run, no sidecar
         for r in failed + locked:
-            typer.echo(f"error: {r.study.id}: {r.error}", err=True)
+            echo(f"error: {r.study.id}: {r.error}")
         for r in results:
             if r.note and live():  # without a terminal the study's log line carries it
-                typer.echo(f"note: {r.study.id}: {r.note}", err=True)
+                echo(f"note: {r.study.id}: {r.note}")
         if output.verbosity > QUIET:
             _summary(results)
         if stop:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from mrisr.cli import EXIT_OK, EXIT_SOME_FAILED, app, fail
+from mrisr.cli.console import echo
 
 
 def _fmt_floats(values: Any, digits: int = 4) -> str:
@@ -47,7 +48,7 @@ def info(
                 line = f"{study.where(exc.path)}: {exc.reason}"
             else:
                 line = f"{study.location}: {exc.strerror or exc}"
-            typer.echo(f"error: {study.id}: {line}", err=True)
+            echo(f"error: {study.id}: {line}")
             failed += 1
             if as_json:
                 rows.append({"id": study.id, "format": study.fmt, "path": str(study.path), "error": line})

@@ -36,6 +36,7 @@ def report(
     from rich.table import Table
 
     from mrisr.cli.console import make_console
+    from mrisr.errors import printable
     from mrisr.report import NoSidecarsError, ReportBlockedError, build_report
 
     try:
@@ -63,8 +64,8 @@ def report(
     if res.n_outliers:
         console.print(f"[yellow]{res.n_outliers} outlier studies[/yellow] (robust z > 3; see the report)")
     for study, reason in res.failures[:20]:
-        console.print(f"[red]failed[/red] {escape(study)}: {escape(reason)}", highlight=False)
+        console.print(f"[red]failed[/red] {escape(printable(study))}: {escape(printable(reason))}", highlight=False)
     if len(res.failures) > 20:
         console.print(f"... and {len(res.failures) - 20} more failures (see {res.csv})")
-    console.print(f"report: {res.html}", highlight=False)
+    console.print(f"report: {escape(printable(str(res.html)))}", highlight=False)
     raise typer.Exit(EXIT_SOME_FAILED if res.n_failed else EXIT_OK)

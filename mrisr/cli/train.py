@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from mrisr.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, app, fail
-from mrisr.cli.console import available_cpus, live, log_line, make_console
+from mrisr.cli.console import MAX_SEED, MAX_THREADS, available_cpus, live, log_line, make_console
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -42,7 +42,7 @@ def train(
         str, typer.Option(help="bicubic | box | kspace | mixed (bicubic or box per patch).")
     ] = "bicubic",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of the split, the weights and the patches.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the split, the weights and the patches.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
     workers: Annotated[int, typer.Option(min=0, help="Data-loader worker processes.")] = 0,
     arch: Annotated[
@@ -78,7 +78,9 @@ def train(
     threads: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Torch CPU threads. Default: SLURM_CPUS_PER_TASK, else the CPUs this process may use."
+            min=1,
+            max=MAX_THREADS,
+            help="Torch CPU threads. Default: SLURM_CPUS_PER_TASK, else the CPUs this process may use.",
         ),
     ] = None,
     through_plane: Annotated[
@@ -159,6 +161,12 @@ def train(
         raise fail(f"--resume: {out / 'last.pt'} does not exist")
     if not resume and (out / "last.pt").exists():
         raise fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    from mrisr.training.run_state import blocking_run_files
+
+    # A new run replaces none of the user's files (a best.pt of another run, a metrics.csv of theirs).
+    blocking = [] if resume else blocking_run_files(out)
+    if blocking:
+        raise fail(f"{blocking[0]}: a new run would replace this file; choose another --out")
     main_rank = int(os.environ.get("RANK", 0)) == 0
     # One line per epoch, written here only (the library's own epoch log line is for --verbose).
     show_bar = main_rank and live()
@@ -202,8 +210,9 @@ def train(
         on_epoch=on_epoch,
         should_stop=lambda: bool(stop),
     )
-    from mrisr.fsutil import check_writable_folder
+    from mrisr.fsutil import check_writable_folder, missing_folders, remove_if_empty
 
+    created = missing_folders(out)  # removed again if the run writes nothing (no data: nothing to train)
     try:
         check_writable_folder(out)
     except OSError as exc:
@@ -224,6 +233,7 @@ def train(
                     )
                 raise typer.Exit(EXIT_INTERRUPTED) from None
     except (MrisrError, FileNotFoundError, ValueError) as exc:
+        remove_if_empty(created)
         raise fail(str(exc), EXIT_USAGE) from None
     if result.stopped:
         if main_rank:

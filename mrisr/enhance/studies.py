@@ -33,6 +33,7 @@ from mrisr.errors import (
     UnreadableFileError,
     UnsupportedDataError,
     plain_numbers,
+    printable,
 )
 from mrisr.fsutil import remove_temporaries, write_json_atomic
 from mrisr.geometry import voxel_spacing
@@ -145,7 +146,9 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
         where = study.where(exc.path if isinstance(exc, MrisrError) else None)
         if isinstance(exc, NonFiniteOutputError):  # about the checkpoint, but for this study
             where, reason = study.location, f"{reason} (checkpoint {exc.path})"
-        line = f"{where}: {reason}".splitlines()[0]
+        # One line that keeps the reason: a newline in a file name is escaped, one in a library's
+        # message becomes a space (cutting at the first newline lost the reason).
+        line = printable(f"{where}: {' '.join(reason.split())}")
         log.debug("study %s failed", study.id, exc_info=True)
         seconds = round(time.perf_counter() - t0, 3)
         # A failure replaces no done result (a failed --overwrite leaves the old one, as a kill does).

@@ -139,10 +139,33 @@ def find_sidecars(out_dir: Path) -> list[Path]:
     )
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
+#: Largest magnitude of a number taken from a sidecar. No value mrisr writes comes near (PSNR in dB,
+#: SSIM within ±1, seconds, intensities); beyond it, sums and squares of a cohort could overflow.
+MAX_VALUE = 1e12
+
+
+def _num(v: Any, where: str = "") -> float | None:
+    """A number from a sidecar, ``None`` when absent (``null``) or unusable: a string, a boolean, a
+    non-finite value (``Infinity``, ``NaN``, ``1e400``) or one beyond :data:`MAX_VALUE`; an unusable
+    value is logged as a warning naming ``where`` (the sidecar and key) and is missing in the report."""
+    if v is None:
         return None
-    return float(v)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        shown = _text(v, 40) if isinstance(v, str) else type(v).__name__
+        logger.warning("%s: not a number (%r); shown as missing", where, shown)
+        return None
+    try:
+        x = float(v)
+    except OverflowError:  # an integer beyond the float range
+        x = math.inf
+    if not (math.isfinite(x) and abs(x) <= MAX_VALUE):
+        logger.warning("%s: %s is not a plausible value; shown as missing", where, _plain(x))
+        return None
+    return x
+
+
+def _plain(x: float) -> str:
+    return "NaN" if math.isnan(x) else "Infinity" if x == math.inf else "-Infinity" if x == -math.inf else f"{x:g}"
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -205,6 +228,7 @@ def _row_from_sidecar(path: Path, root: Path) -> dict[str, Any]:
 def _fill_row(row: dict[str, Any], data: dict[str, Any], path: Path, root: Path) -> None:
     """Fill ``row`` from a sidecar's ``data``: only strings and numbers are taken, and files only
     through :func:`~mrisr.report.links.figure_link` (inside the output folder)."""
+    where = f"{_text(_rel(path, root))}: "
     row["_created"] = _text(data.get("created")) or ""
     study = _text(data.get("study"), 200)
     if study:
@@ -216,7 +240,7 @@ def _fill_row(row: dict[str, Any], data: dict[str, Any], path: Path, root: Path)
     if status not in ("done", "failed"):
         shown = _text(status, 60) if isinstance(status, str) else type(status).__name__
         row["error"] = f"invalid sidecar: status {shown!r}"
-    row["seconds"] = _num(data.get("seconds"))
+    row["seconds"] = _num(data.get("seconds"), f"{where}seconds")
     row["device"] = _text(data.get("device"), 60)
     row["input"] = _text(_get(data, ("input", "path")))
     named = {keys: links.sidecar_link(root, path, _get(data, keys), what=label) for keys, label in LINKED_FILES}
@@ -228,12 +252,14 @@ def _fill_row(row: dict[str, Any], data: dict[str, Any], path: Path, root: Path)
     metrics = data.get("metrics")
     if isinstance(metrics, dict):
         for k in METRIC_KEYS:
-            row[k] = _num(metrics.get(k))
-    row["psnr_lr"] = _num(_get(data, ("consistency", "psnr_lr")))
-    row["residual_rms_head"] = _num(_get(data, ("consistency", "residual_rms_head")))
-    rel_spread = _num(_get(data, ("uncertainty", "relative_mean_head")))
+            row[k] = _num(metrics.get(k), f"{where}metrics.{k}")
+    row["psnr_lr"] = _num(_get(data, ("consistency", "psnr_lr")), f"{where}consistency.psnr_lr")
+    row["residual_rms_head"] = _num(
+        _get(data, ("consistency", "residual_rms_head")), f"{where}consistency.residual_rms_head"
+    )
+    rel_spread = _num(_get(data, ("uncertainty", "relative_mean_head")), f"{where}uncertainty.relative_mean_head")
     row["uncertainty_rel_head"] = None if rel_spread is None else 100.0 * rel_spread
-    row["uncertainty_mean_head"] = _num(_get(data, ("uncertainty", "mean_head")))
+    row["uncertainty_mean_head"] = _num(_get(data, ("uncertainty", "mean_head")), f"{where}uncertainty.mean_head")
     row["gain_db"] = _diff(row["psnr_sr"], row["psnr_bicubic"])
     row["gain_db_masked"] = _diff(row["psnr_sr_masked"], row["psnr_bicubic_masked"])
     row["ssim_gain"] = _diff(row["ssim_sr"], row["ssim_bicubic"])
@@ -241,7 +267,7 @@ def _fill_row(row: dict[str, Any], data: dict[str, Any], path: Path, root: Path)
     scale = data.get("scale")
     if isinstance(scale, list) and scale and all(isinstance(f, int) and not isinstance(f, bool) for f in scale):
         row["scale"] = "×".join(map(str, scale))[:40]
-    row["ensemble"] = _num(data.get("ensemble"))
+    row["ensemble"] = _num(data.get("ensemble"), f"{where}ensemble")
     row["checkpoint_sha256"] = _text(_get(data, ("checkpoint", "sha256")), 64)
     row["mrisr_version"] = _text(data.get("mrisr_version"), 40)
     cmd = data.get("command")

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 WIDTH, HEIGHT = 560.0, 340.0
+#: Most ticks on an axis (a nice step gives about five).
+MAX_TICKS = 20
 LEFT, RIGHT, TOP, BOTTOM = 62.0, 16.0, 14.0, 48.0
 
 
@@ -81,10 +83,19 @@ def _nice_step(span: float, n: int = 5) -> float:
     return next((m * exp for m in (1, 2, 2.5, 5, 10) if m * exp >= raw), 10 * exp)
 
 
+#: Narrowest span of an axis relative to the magnitude of its values: a narrower one (values a few
+#: float steps apart) could not be divided into ticks.
+MIN_RELATIVE_SPAN = 1e-9
+
+
 def _range(values: Sequence[float], pad: float = 0.05) -> tuple[float, float]:
+    """The axis range of ``values`` (finite, of magnitude far below the float limit), padded by
+    ``pad`` of its span; values (nearly) equal get a span of 1, or of ``1e-3`` of their magnitude."""
     lo, hi = min(values), max(values)
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
+    size = max(abs(lo), abs(hi))
+    if hi - lo <= MIN_RELATIVE_SPAN * size or hi <= lo:
+        half = max(0.5, 5e-4 * size)
+        lo, hi = lo - half, hi + half
     d = (hi - lo) * pad
     return lo - d, hi + d
 
@@ -99,12 +110,9 @@ class _Scale:
     def ticks(self, digits: int | None = None) -> list[Tick]:
         step = _nice_step(self.hi - self.lo)
         d = digits if digits is not None else max(0, -math.floor(math.log10(step)) + (1 if step * 4 % 10 else 0))
-        first = math.ceil(self.lo / step) * step
-        out, v = [], first
-        while v <= self.hi + 1e-12:
-            out.append(Tick(self(v), f"{v:.{d}f}"))
-            v += step
-        return out
+        # Ticks by index (k·step), not by adding steps: a sum that no longer grows would never end.
+        first, last = math.ceil(self.lo / step), math.floor(self.hi / step + 1e-9)
+        return [Tick(self(k * step), f"{k * step:.{d}f}") for k in range(first, min(last, first + MAX_TICKS) + 1)]
 
 
 def _frame(xlabel: str, ylabel: str) -> Chart:

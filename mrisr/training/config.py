@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -103,8 +104,10 @@ class TrainConfig:
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
-        if self.noise_std < 0:
-            raise ValueError(f"noise_std must not be negative, got {self.noise_std}")
+        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise ValueError(f"noise_std must be a finite number not below 0, got {self.noise_std}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):  # inf trains NaN weights into best.pt
+            raise ValueError(f"lr must be a finite number not below 0, got {self.lr}")
         if self.scale < 1:
             raise ValueError(f"scale must be positive, got {self.scale}")
         if isinstance(self.model, ESPCNConfig) and tuple(self.model.factors) != (self.scale, self.scale):

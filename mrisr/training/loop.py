@@ -30,6 +30,7 @@ from mrisr.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrisr.degradation import evaluation_mode
 from mrisr.device import resolve_device
 from mrisr.discovery import find_studies
+from mrisr.fsutil import remove_temporaries
 from mrisr.training.config import TrainConfig
 from mrisr.training.data import (
     SLAB_GAP,
@@ -45,7 +46,7 @@ from mrisr.training.ddp import SkipSampler, dist_env, stop_requested
 from mrisr.training.losses import loss_fn
 from mrisr.training.patches import PatchDataset
 from mrisr.training.plots import PLOT_EVERY_S, plot_curves
-from mrisr.training.run_state import RunState, check_resume, run_meta, write_csv
+from mrisr.training.run_state import RUN_FILES, RunState, check_resume, run_meta, write_csv
 from mrisr.training.tissue import TissueMaps, load_tissue_maps
 from mrisr.training.validation import val_factors, validate
 
@@ -273,9 +274,13 @@ def train(
     distributed = world > 1
     device = _start_processes(resolve_device(cfg.device), world, local_rank)
     main = rank == 0
+    # The data first: a folder without studies leaves no --out behind.
+    loaded, split = _prepare_data(data, out, cfg, main=main, not_studies=tissue_maps)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    loaded, split = _prepare_data(data, out, cfg, main=main, not_studies=tissue_maps)
+        for name in RUN_FILES:  # what a killed run was writing (SIGKILL: its atomic write never cleaned up)
+            for tmp in remove_temporaries(out / name, all_of_them=False):
+                log.info("removed %s, left by a killed run", tmp)
     tissue = _tissue_for(tissue_maps, cfg, loaded, split)
     ck = _resumable(out, cfg, loaded, split, tissue) if resume else None
     if main:

@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import math
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,35 @@ from mrisr.training.data import Split, TrainingData
 from mrisr.transforms import normalization_method
 
 log = logging.getLogger(__name__)
+
+#: The files a run writes into its output folder (each atomically, through a temporary beside it).
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "split.json", "curves.png")
+
+
+def blocking_run_files(out: Path) -> list[Path]:
+    """The files at :data:`RUN_FILES` names in ``out`` that a *new* run would replace: all but a
+    ``split.json`` of mrisr's own (a run killed before its first checkpoint leaves one).
+
+    A new run writes into ``out`` only when this is empty (``--resume`` continues the run instead).
+    """
+    found = []
+    for name in RUN_FILES:
+        path = out / name
+        if not os.path.lexists(path):
+            continue
+        if name == "split.json" and _is_own_split(path):
+            continue
+        found.append(path)
+    return found
+
+
+def _is_own_split(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size < 1 << 24 else None
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and {"seed", "train", "val", "validation"} <= set(data)
+
 
 CSV_FIELDS = (
     "epoch",
