@@ -22,7 +22,7 @@ from typing import Any
 
 from mrisr import faults
 from mrisr.errors import OutputBlockedError
-from mrisr.fsutil import TMP_MARK, remove_path, temp_sibling, write_json_atomic
+from mrisr.fsutil import TMP_MARK, remove_path, temp_sibling, temp_stem, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def _step_allowed(op: str, paths: list[Path], allowed: Collection[Path] | None) 
         return (
             _norm(dst) in names
             and _norm(src.parent) == _norm(dst.parent)
-            and src.name.startswith(f".{dst.name}{TMP_MARK}")
+            and src.name.startswith((f"{temp_stem(dst.name)}{TMP_MARK}", f".{dst.name}{TMP_MARK}"))
         )
     return op == "remove" and len(paths) == 1 and _norm(paths[0]) in names
 
