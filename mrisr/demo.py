@@ -45,13 +45,11 @@ def run_demo(out_dir: Path, *, device: str = "auto") -> tuple[Path, list[StudyRe
         # on its own earlier outputs.
         results = enhancer.enhance(
             find_studies([T1_SLAB]),
-            EnhanceOptions(out_dir=sim_dir, simulate=True, save_intermediates=True, overwrite=True),
+            EnhanceOptions(out_dir=sim_dir, simulate=True, save_intermediates=True, redo=True),
         )
         epi = example_epi()
         if epi is not None:
-            results += enhancer.enhance(
-                find_studies([epi]), EnhanceOptions(out_dir=out_dir / "enhance", overwrite=True)
-            )
+            results += enhancer.enhance(find_studies([epi]), EnhanceOptions(out_dir=out_dir / "enhance", redo=True))
         else:
             log.warning("nibabel's example EPI is not installed; skipping the plain-enhance part of the demo")
     return build_report(out_dir).html, results

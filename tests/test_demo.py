@@ -25,3 +25,26 @@ def test_demo_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str
     rows = (out / "report.csv").read_text().strip().splitlines()
     assert len(rows) == 3
     assert (out / "report.html").stat().st_size > 50_000
+
+
+@pytest.mark.slow
+def test_demo_redoes_its_own_results_but_replaces_no_file_of_the_users(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    mine = out / "enhance" / "example4d_sr.nii.gz"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] and str(mine) in err
+    assert mine.read_text() == "mine"
+    first = (out / "simulate" / "mni152_t1_slab_sr.json").stat().st_mtime_ns
+    mine.unlink()
+    # A rerun redoes its own results (no "done with another request", no --overwrite); -q prints
+    # nothing but errors.
+    assert main(["-q", "demo", "--out", str(out), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "error:" not in captured.err
+    assert (out / "simulate" / "mni152_t1_slab_sr.json").stat().st_mtime_ns != first
+    assert nib.load(str(mine)).shape == (512, 384, 24, 2)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mrisr.cli import app, fail
-from mrisr.cli.console import echo
+from mrisr.cli.console import QUIET, echo, output
 
 
 @app.command()
@@ -24,10 +24,13 @@ def demo(
         html, results = run_demo(out, device=device)
     except MrisrError as exc:
         raise fail(str(exc), 1) from None
+    quiet = output.verbosity <= QUIET  # -q: the error lines alone
     for r in results:
         m = r.metrics or {}
         if r.status == "failed":
-            echo(f"{r.study.id}: failed: {r.error}")
+            echo(f"error: {r.study.id}: {r.error}")
+        elif quiet:
+            continue
         elif "psnr_sr" in m:
             gain = m["psnr_sr"] - m["psnr_bicubic"]
             typer.echo(
@@ -36,6 +39,7 @@ def demo(
             )
         else:
             typer.echo(f"{r.study.id} (real EPI, enhanced x4): {r.output}")
-    typer.echo(f"report: {html}")
+    if not quiet:
+        typer.echo(f"report: {html}")
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)

@@ -61,6 +61,9 @@ class EnhanceOptions:
             (integer types hold the real result with a new slope and intercept).
         overwrite: Replace existing outputs; else a study already done with the same input and
             checkpoint is skipped, and any other existing output is an error for that study.
+        redo: Redo studies already done, replacing and removing only what mrisr's own records say
+            it wrote (a file of the user's at an output path still fails the study; ``overwrite``
+            implies this). ``mrisr demo`` runs with it.
         simulate: Treat inputs as references: degrade, super-resolve, measure.
         degradation: Degradation for ``simulate`` (default: the checkpoint's).
         save_intermediates: With ``simulate``, also write the LR and bicubic volumes.
@@ -88,6 +91,7 @@ class EnhanceOptions:
     fmt: OutFormat = "same"
     dtype: str | None = None
     overwrite: bool = False
+    redo: bool = False
     simulate: bool = False
     degradation: str | None = None
     save_intermediates: bool = False

@@ -90,7 +90,7 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
             raise UnreadableFileError(study.path, study.problem)
         in_sha = study_sha256(study.files)
         old, old_sidecar = standing_result(opts.out_dir, study, targets)
-        if not opts.overwrite and old is not None:
+        if not (opts.overwrite or opts.redo) and old is not None:
             diffs = rerun_differences(old, input_sha256=in_sha, request=batch.request(out_fmt))
             if not diffs and old_sidecar == sidecar and out_path.exists():
                 return StudyResult(study, "skipped", sidecar=sidecar, output=out_path)
