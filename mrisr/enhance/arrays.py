@@ -21,6 +21,7 @@ from mrisr.errors import NonFiniteOutputError
 from mrisr.frames import frames_of
 from mrisr.geometry import in_plane
 from mrisr.inference import RunOptions, super_resolve_array
+from mrisr.models import AxisESPCN
 from mrisr.passes import count_slices, pass_plans, plan_passes
 from mrisr.transforms import Normalization
 
@@ -146,6 +147,10 @@ class ArraySR:
             adapted = {**info.to_dict(), "config": asdict(adapt)}
             if info.used and info.method == "coarse-grid":
                 model = adapted_net  # the usual in-plane passes (and ensemble), with the tuned first layer
+            elif not info.used and info.method == "axis-coarse-grid" and _unadapted_wins(info):
+                # A network trained for one-axis blur whose adaptation did not improve on it (or could
+                # not run): it refines the study as it is, on both planes.
+                adapted["fallback"] = self.network
             elif info.used:
                 model, own = adapted_net, pass_plans(factors, spacing)
                 # These replace --axis; the outputs of several plans are averaged.
@@ -180,7 +185,7 @@ class ArraySR:
             sr = np.zeros(0, dtype=np.float32)
             for n, plan in enumerate(plans):
                 m = super_resolve_array(
-                    model, x, factors, axis=axis, opts=self.run, progress=progress, passes=plan, variance_out=var
+                    _oriented(model, plan), x, factors, axis=axis, opts=self.run, progress=progress, passes=plan, variance_out=var
                 )
                 if var is not None:
                     var += m * m
@@ -262,6 +267,23 @@ class ArraySR:
         if len(refined) == 2 and refined[0] == refined[1]:
             return in_plane(refined[0], axis)
         return scale
+
+
+def _unadapted_wins(info: Any) -> bool:
+    """Whether a one-axis network's rejected adaptation leaves the unadapted network to run: it beat
+    bicubic on the study's held-out slices, or nothing could be measured (no donor slices)."""
+    if info.val_mse_before is None or info.val_mse_bicubic is None:
+        return True
+    return bool(info.val_mse_before < info.val_mse_bicubic)
+
+
+def _oriented(model: nn.Module | None, plan: list[tuple[int, tuple[int, int]]] | None) -> nn.Module | None:
+    """``model`` turned to refine the one axis of a one-pass ``plan`` (a one-axis coarse-grid network
+    refines its columns or its rows with the same weights); other networks as they are."""
+    if model is None or plan is None or not isinstance(model, AxisESPCN):
+        return model
+    ((_, fs),) = plan
+    return model.oriented(fs)
 
 
 def _pooled_std(second: np.ndarray, mean: np.ndarray, n: int, scale: float) -> np.ndarray:
