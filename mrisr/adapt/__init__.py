@@ -53,8 +53,8 @@ from mrisr.adapt.one_axis import (
 
 __all__ = [
     "ACCEPT_RATIO",
-    "ADAPT_BUDGET_SECONDS",
     "ACCEPT_RATIO_TWO_AXES",
+    "ADAPT_BUDGET_SECONDS",
     "COARSE_ACCEPT_RATIO",
     "COARSE_CHILD_ACCEPT",
     "COARSE_CHILD_MIN",

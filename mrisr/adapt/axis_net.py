@@ -62,7 +62,9 @@ def degrade_columns(x: torch.Tensor, f: int, mode: str, width: float | None = No
     raise ValueError(f"unknown slice profile {mode!r}")
 
 
-def donor_slices(x: np.ndarray, refined: int, spacing: Sequence[float], f: int, tolerance: float) -> tuple[np.ndarray, list[int]]:
+def donor_slices(
+    x: np.ndarray, refined: int, spacing: Sequence[float], f: int, tolerance: float
+) -> tuple[np.ndarray, list[int]]:
     """The study's slices cut across the ``refined`` axis, ``(n, h, w)``, and which of their two
     axes (``0``: rows, ``1``: columns) are fine enough to be degraded (at most ``tolerance`` times the
     target spacing ``spacing[refined] / f``)."""
@@ -117,9 +119,15 @@ def adapt_axis_network(
     stacks = [st[:, :, : st.shape[2] - st.shape[2] % f] for st in stacks if st.shape[2] >= 2 * f and st.shape[1] >= 4]
     train_sets, val_sets = _split_planes(stacks, config.val_share) if stacks else ([], [])
     if not train_sets:
-        return model, _rejected("too few slices with signal across the refined axis", config, t0, None, f, method, source)
+        return model, _rejected(
+            "too few slices with signal across the refined axis", config, t0, None, f, method, source
+        )
     val_sets = [_val_crop(v, f) for v in val_sets]
-    modes = ["profile"] if width is not None else list(UNKNOWN_PROFILE_MODES if config.degradation == MIXED else modes_of(config.degradation))
+    modes = (
+        ["profile"]
+        if width is not None
+        else list(UNKNOWN_PROFILE_MODES if config.degradation == MIXED else modes_of(config.degradation))
+    )
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
@@ -173,7 +181,9 @@ def adapt_axis_network(
         used, reason, None, f, steps, best_step, bicubic, before, best, n_train, n_val,
         round(time.perf_counter() - t0, 3), config.degradation, method=method, source=source, blur_width=width,
     )  # fmt: skip
-    log.info("thick-slice adaptation: held-out MSE bicubic %.3g, before %.3g, after %.3g: %s", bicubic, before, best, reason)
+    log.info(
+        "thick-slice adaptation: held-out MSE bicubic %.3g, before %.3g, after %.3g: %s", bicubic, before, best, reason
+    )
     if used:
         return (net.cpu() if dev.type != "cpu" else net), result
     return model, result

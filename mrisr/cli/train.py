@@ -54,7 +54,9 @@ def train(
     ] = "srcnn",
     kernel_sizes: Annotated[
         str | None,
-        typer.Option(help="Kernel size of each layer (default: 9,1,5 for srcnn, 5,3,3 for espcn, 3,3,3,3,3 for axis-espcn)."),
+        typer.Option(
+            help="Kernel size of each layer (default: 9,1,5 for srcnn, 5,3,3 for espcn, 3,3,3,3,3 for axis-espcn)."
+        ),
     ] = None,
     filters: Annotated[str, typer.Option(help="Filters of the hidden layers, e.g. 64,32.")] = "64,32",
     residual: Annotated[bool, typer.Option(help="Predict the residual over bicubic.")] = True,

@@ -185,7 +185,14 @@ class ArraySR:
             sr = np.zeros(0, dtype=np.float32)
             for n, plan in enumerate(plans):
                 m = super_resolve_array(
-                    _oriented(model, plan), x, factors, axis=axis, opts=self.run, progress=progress, passes=plan, variance_out=var
+                    _oriented(model, plan),
+                    x,
+                    factors,
+                    axis=axis,
+                    opts=self.run,
+                    progress=progress,
+                    passes=plan,
+                    variance_out=var,
                 )
                 if var is not None:
                     var += m * m
@@ -248,6 +255,14 @@ class ArraySR:
         from mrisr.errors import CheckpointError
 
         if getattr(self.model, "input_space", "hr") != "lr":
+            return
+        if isinstance(self.model, AxisESPCN):
+            refined = [f for f in factors if f > 1]
+            if refined != [self.model.config.factor]:
+                raise CheckpointError(
+                    self.checkpoint.path,
+                    f"this one-axis network refines one axis ×{self.model.config.factor} only, not scale {factors}",
+                )
             return
         if self._second is not None:
             factors = split_stages(factors, axis)[0]  # the in-plane stage is this network's
