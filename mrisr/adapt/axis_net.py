@@ -177,8 +177,9 @@ def adapt_axis_network(
     else:
         reason = f"neither network beat bicubic on held-out slices ({min(best, before):.3g} vs {bicubic:.3g})"
     n_train, n_val = sum(len(t) for t in train_sets), sum(len(v) for v in val_sets)
+    donor = [ax for ax in range(3) if ax != a][fine[0]]  # the first axis the slices were degraded along
     result = AdaptResult(
-        used, reason, None, f, steps, best_step, bicubic, before, best, n_train, n_val,
+        used, reason, donor, f, steps, best_step, bicubic, before, best, n_train, n_val,
         round(time.perf_counter() - t0, 3), config.degradation, method=method, source=source, blur_width=width,
     )  # fmt: skip
     log.info(
