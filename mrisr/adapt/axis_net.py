@@ -33,8 +33,10 @@ MAX_PATCH = 48
 #: (NIfTI): box, Gaussian (FWHM = the slice thickness) and antialiased bicubic, in turn.
 UNKNOWN_PROFILE_MODES: tuple[str, ...] = ("box", "gaussian", "bicubic")
 #: Slices of the study used for held-out errors at most (evenly chosen), cropped to this many voxels.
-VAL_SLICES = 16
+VAL_SLICES = 8
 VAL_SIDE = 128
+#: Held-out check every so many steps (at least; ``config.val_every`` when larger), and at the end.
+VAL_EVERY = 50
 
 
 def _gaussian_matrix(n: int, f: int) -> torch.Tensor:
@@ -167,7 +169,7 @@ def adapt_axis_network(
 
     bicubic = val_mse(None)
     before, best, best_step = _fit(
-        net, net.parameters(), step_loss, val_mse, steps=steps, lr=config.lr, val_every=config.val_every
+        net, net.parameters(), step_loss, val_mse, steps=steps, lr=config.lr, val_every=max(VAL_EVERY, config.val_every)
     )
     used = best_step > 0 and best < before and best < bicubic
     if used:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,11 @@ from mrisr.passes import count_slices, pass_plans, plan_passes
 from mrisr.transforms import Normalization
 
 log = logging.getLogger(__name__)
+
+#: Ensemble views of the one-axis coarse-grid network on each of its two planes (the slice and its
+#: flip along the thick axis): with both planes, four runs of the network per study, which keeps a
+#: 256×256×40 study at ×3 within 60 s on 2 CPU cores (docs/performance.md).
+AXIS_ENSEMBLE = 2
 
 
 class ArraySR:
@@ -183,13 +188,16 @@ class ArraySR:
             var = None if spread_out is None else np.empty(spread_out.shape[:3], dtype=np.float32)
             second: np.ndarray | None = None  # sum over plans of E[y²] (only for the spread)
             sr = np.zeros(0, dtype=np.float32)
+            run = self.run
+            if isinstance(model, AxisESPCN):  # two views per plane: a 256×256×40 study at ×3 in budget
+                run = replace(run, ensemble=min(run.ensemble, AXIS_ENSEMBLE))
             for n, plan in enumerate(plans):
                 m = super_resolve_array(
                     _oriented(model, plan),
                     x,
                     factors,
                     axis=axis,
-                    opts=self.run,
+                    opts=run,
                     progress=progress,
                     passes=plan,
                     variance_out=var,
