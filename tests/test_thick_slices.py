@@ -116,7 +116,7 @@ def test_adaptation_cost_is_bounded_in_steps_whatever_the_study_size(monkeypatch
     VAL_SIDE² — the same for a 256×256×40 study as for a small one."""
     net = _net(3)
     assert effective_steps(AdaptConfig(), net) == STEPS_AXIS
-    assert STEPS_AXIS <= 300  # 300 steps ≈ the 20 s budget on 2 cores (docs/performance.md)
+    assert STEPS_AXIS <= 150  # the per-study budget on 2 cores (docs/performance.md)
     seen: list[int] = []
     real = AxisESPCN.forward
 

@@ -23,11 +23,13 @@ STEPS_FINE_GRID = 300
 STEPS_COARSE_GRID = 1000
 #: Default steps of the adaptation of a one-axis coarse-grid network (thick slices,
 #: :mod:`mrisr.adapt.axis_net`). Each step costs the same whatever the study's size (at most 16
-#: patches of 48×48 voxels), so this bounds the adaptation's time: the per-study budget
-#: :data:`ADAPT_BUDGET_SECONDS` on 2 CPU cores (measured in docs/performance.md).
-STEPS_AXIS = 300
+#: patches of 48×48 voxels; held-out checks every 50 steps on at most 8 slices of 128²), so this
+#: bounds the adaptation's time: one step of the shipped ×3 network took 0.14 s of one core on the
+#: shared CPU, so 150 steps and 4 checks fit the per-study budget :data:`ADAPT_BUDGET_SECONDS`
+#: (docs/performance.md). 300 steps gained 0.02–0.03 dB more on the held-out EPI (docs/beyond.md).
+STEPS_AXIS = 150
 #: The documented per-study time budget of the default thick-slice adaptation on 2 CPU cores.
-ADAPT_BUDGET_SECONDS = 20
+ADAPT_BUDGET_SECONDS = 30
 
 
 @dataclass(frozen=True)
