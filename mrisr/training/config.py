@@ -110,7 +110,7 @@ class TrainConfig:
         if isinstance(self.model, ESPCNConfig) and tuple(self.model.factors) != (self.scale, self.scale):
             raise ValueError(f"an ESPCN for factors {self.model.factors} cannot train at scale {self.scale}")
         if self.through_plane and isinstance(self.model, ESPCNConfig):
-            raise ValueError("through-plane training needs srcnn or axis-espcn, not espcn")
+            raise ValueError("through-plane training needs a network on the fine grid (srcnn) or axis-espcn, not espcn")
         if isinstance(self.model, AxisESPCNConfig):
             if not self.through_plane:
                 raise ValueError("an axis-espcn refines one axis: it trains --through-plane only")
