@@ -111,7 +111,7 @@ def test_thick_slices_at_any_factor_along_any_axis(
     assert np.allclose(np.linalg.norm(img.affine[:3, :3], axis=0), fine_spacing)
     side = json.loads((tmp_path / "o" / "s_sr.json").read_text())
     # The one-axis coarse-grid network for its factor where one ships, else the nearest SRCNN.
-    own = factor in (3, 5)
+    own = factor in (3, 4, 5, 6)
     weights = f"axis-espcn_x1-1-{factor}.pt" if own else "srcnn_x1-1-4.pt"
     assert Path(side["checkpoint"]["path"]).name == weights
     assert side["adapt"]["factor"] == factor

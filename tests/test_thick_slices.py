@@ -24,6 +24,10 @@ from mrisr.inference import RunOptions
 from mrisr.models import AxisESPCN, AxisESPCNConfig
 
 
+#: The factors a one-axis coarse-grid network ships for (docs/weights.md).
+SHIPPED = (3, 4, 5, 6)
+
+
 def _blobs(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     """Smooth blobs with sharp-edged boxes: structure along every axis, in [0, 1]."""
     rng = np.random.default_rng(seed)
@@ -200,8 +204,8 @@ def test_refined_slices_sit_on_the_fine_grid_and_average_back(
     assert side["adapt"]["method"] == "axis-coarse-grid" and side["adapt"]["steps"] == 4
 
 
-@pytest.mark.parametrize("factor", [3, 5])
-def test_thick_slices_at_x3_and_x5_start_from_the_shipped_one_axis_network(factor: int) -> None:
+@pytest.mark.parametrize("factor", SHIPPED)
+def test_thick_slices_start_from_the_shipped_one_axis_network(factor: int) -> None:
     """Where a one-axis coarse-grid network ships for the factor, it is the default, whatever --arch;
     its checkpoint records the corpus and the command that trained it."""
     from mrisr.enhance.options import resolve_checkpoint
@@ -214,8 +218,8 @@ def test_thick_slices_at_x3_and_x5_start_from_the_shipped_one_axis_network(facto
     assert ckpt.scale == (1, 1, factor)
     assert "--arch axis-espcn --through-plane" in ckpt.meta["command"]
     assert {d["id"] for d in ckpt.meta["training_data"]} >= {"mni_icbm152_2009a_t1", "colin27_ch2_t1"}
-    # Factors with no one-axis network of their own keep the through-plane SRCNN.
-    assert resolve_checkpoint(None, (1, 1, 4)).path.name == "srcnn_x1-1-4.pt"  # type: ignore[union-attr]
+    # ×2 has no one-axis network of its own (it failed the shipping rule): the through-plane SRCNN.
+    assert resolve_checkpoint(None, (1, 1, 2)).path.name == "srcnn_x1-1-4.pt"  # type: ignore[union-attr]
 
 
 def test_console_line_says_what_was_adapted_and_why_not() -> None:
