@@ -23,7 +23,6 @@ from mrisr.enhance import Enhancer
 from mrisr.inference import RunOptions
 from mrisr.models import AxisESPCN, AxisESPCNConfig
 
-
 #: The factors a one-axis coarse-grid network ships for (docs/weights.md).
 SHIPPED = (3, 4, 5, 6)
 
