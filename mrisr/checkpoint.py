@@ -46,7 +46,7 @@ FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 #: Architectures a checkpoint may name.
-ARCHS = ("srcnn", "espcn")
+ARCHS = ("srcnn", "espcn", "axis-espcn")
 #: Bounds of a stored architecture and scale (far above any useful network; they keep a hostile
 #: file from allocating gigabytes before its weights are even compared).
 MAX_KERNEL = 31
@@ -203,11 +203,13 @@ def _arch_problem(arch: dict[str, Any]) -> str | None:
     if not 1 <= len(kernels) <= MAX_LAYERS or len(kernels) != len(filters) + 1:
         n_k, n_f = len(kernels), len(filters)
         return f"arch has {n_k} kernel sizes for {n_f} hidden layers (need one more, at most {MAX_LAYERS} layers)"
-    if name == "espcn":
+    if name in ("espcn", "axis-espcn"):
         factors = arch.get("factors")
         why = _int_list(factors, "factors", 1, MAX_FACTOR)
         if why or not isinstance(factors, list | tuple) or len(factors) != 2:
             return why or f"arch factors {_short(factors)} are not two integers"
+        if name == "axis-espcn" and (min(factors) != 1 or max(factors) < 2):
+            return f"arch factors {list(factors)} of a one-axis network must refine exactly one axis"
     if not isinstance(arch.get("residual", False), bool):
         return f"arch residual {_short(arch.get('residual'))} is not true or false"
     if arch.get("padding_mode", "replicate") not in PADDING_MODES:

@@ -198,4 +198,107 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
         return SRCNN(SRCNNConfig.from_dict(arch))
     if name == "espcn":
         return ESPCN(ESPCNConfig.from_dict(arch))
+    if name == "axis-espcn":
+        return AxisESPCN(AxisESPCNConfig.from_dict(arch))
     raise ValueError(f"unknown architecture {name!r}")
+
+
+@dataclass(frozen=True)
+class AxisESPCNConfig:
+    """Architecture of a one-axis coarse-grid network (thick slices): ESPCN-style, sub-pixel along ONE
+    axis of the plane.
+
+    Attributes:
+        factors: ``(1, F)`` (the columns refined ×F) or ``(F, 1)`` (the rows; the network transposes
+            the slice, refines its columns and transposes back, with the same weights).
+        kernel_sizes: Kernel size of each layer.
+        filters: Filters of the hidden layers; the last layer has ``F`` channels, laid side by side
+            along the refined axis (voxel-centre convention: coarse voxel ``i`` becomes fine voxels
+            ``F·i … F·i + F − 1``).
+        residual: Add the bicubic upsampling of the input along the refined axis.
+        padding_mode: ``"replicate"``, ``"reflect"`` or ``"zeros"``.
+    """
+
+    factors: tuple[int, int] = (1, 3)
+    kernel_sizes: tuple[int, ...] = (3, 3, 3, 3, 3)
+    filters: tuple[int, ...] = (32, 32, 32, 32)
+    residual: bool = True
+    padding_mode: str = "replicate"
+    name: str = field(default="axis-espcn")
+
+    def __post_init__(self) -> None:
+        _check_layers(self.kernel_sizes, self.filters, self.padding_mode)
+        if min(self.factors) != 1 or max(self.factors) < 2:
+            raise ValueError(f"a one-axis network refines exactly one axis, got factors {self.factors}")
+
+    @property
+    def factor(self) -> int:
+        """The refinement ``F`` of the refined axis."""
+        return max(self.factors)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, as stored in checkpoints and sidecars."""
+        d = asdict(self)
+        for key in ("factors", "kernel_sizes", "filters"):
+            d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AxisESPCNConfig:
+        """Inverse of :meth:`to_dict`."""
+        f = [int(v) for v in d["factors"]]
+        return cls(
+            factors=(f[0], f[1]),
+            kernel_sizes=tuple(int(k) for k in d["kernel_sizes"]),
+            filters=tuple(int(v) for v in d["filters"]),
+            residual=bool(d.get("residual", True)),
+            padding_mode=str(d.get("padding_mode", "replicate")),
+        )
+
+    @property
+    def macs_per_pixel(self) -> float:
+        """Multiply-accumulates per *output* (fine-grid) pixel."""
+        chans = [1, *self.filters, self.factor]
+        per_lr = sum(k * k * a * b for k, a, b in zip(self.kernel_sizes, chans[:-1], chans[1:], strict=True))
+        return per_lr / self.factor
+
+
+class AxisESPCN(nn.Module):
+    """One-axis coarse-grid network: ``(N, 1, h, w)`` to ``(N, 1, h, w·F)`` (factors ``(1, F)``) or
+    ``(N, 1, h·F, w)`` (factors ``(F, 1)``); :meth:`oriented` gives the other orientation with the
+    same weights."""
+
+    input_space = "lr"
+
+    def __init__(self, config: AxisESPCNConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or AxisESPCNConfig()
+        c = self.config
+        self.body = _conv_stack(c.kernel_sizes, [1, *c.filters, c.factor], c.padding_mode)
+
+    def oriented(self, factors: tuple[int, int]) -> AxisESPCN:
+        """This network (the same parameters, not a copy) refining ``factors`` instead."""
+        from dataclasses import replace
+
+        if tuple(factors) == tuple(self.config.factors):
+            return self
+        if max(factors) != self.config.factor or min(factors) != 1:
+            raise ValueError(f"this network refines one axis ×{self.config.factor}, not {tuple(factors)}")
+        twin = AxisESPCN.__new__(AxisESPCN)
+        nn.Module.__init__(twin)
+        twin.config = replace(self.config, factors=(int(factors[0]), int(factors[1])))
+        twin.body = self.body  # shared module: the same weights
+        twin.train(self.training)
+        return twin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.config.factors[0] > 1
+        if rows:
+            x = x.transpose(-1, -2)
+        f = self.config.factor
+        y = self.body(x)
+        n, _, h, w = y.shape
+        y = y.permute(0, 2, 3, 1).reshape(n, 1, h, w * f)
+        if self.config.residual:
+            y = y + F.interpolate(x, size=(h, w * f), mode="bicubic", align_corners=False)
+        return y.transpose(-1, -2) if rows else y

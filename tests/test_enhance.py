@@ -434,9 +434,9 @@ def test_default_network_handles_every_scale_pattern(tmp_path: Path, capsys: pyt
     for scale, axis, shape, weights in [
         ("4", "2", (32, 32, 8), "espcn_x4.pt"),
         ("4", "0", (8, 32, 32), "espcn_x4.pt"),
-        ("4,4,4", "2", (32, 32, 32), "espcn_x4.pt"),  # in-plane ESPCN, then the through-plane SRCNN
+        ("4,4,4", "2", (32, 32, 32), "espcn_x4.pt"),  # in-plane ESPCN, then the one-axis network
         ("1,4,4", "2", (8, 32, 32), "srcnn_x4.pt"),
-        ("1,1,4", "2", (8, 8, 32), "srcnn_x1-1-4.pt"),
+        ("1,1,4", "2", (8, 8, 32), "axis-espcn_x1-1-4.pt"),
     ]:
         out = tmp_path / f"o{scale}{axis}"
         args = [*base, "--out", str(out), "--scale", scale, "--axis", axis, "--adapt-steps", "2"]
@@ -446,7 +446,8 @@ def test_default_network_handles_every_scale_pattern(tmp_path: Path, capsys: pyt
         assert Path(side["checkpoint"]["path"]).name == weights
         assert side["model"]["name"] == weights.split("_")[0]
         second = side["checkpoint_through_plane"]
-        assert (Path(second["path"]).name if second else None) == ("srcnn_x1-1-4.pt" if scale == "4,4,4" else None)
+        want = "axis-espcn_x1-1-4.pt" if scale == "4,4,4" else None
+        assert (Path(second["path"]).name if second else None) == want
     out = tmp_path / "adapt"
     assert main([*base, "--out", str(out), "--adapt", "--adapt-steps", "2"]) == 0
     side = json.loads((out / "s_sr.json").read_text())

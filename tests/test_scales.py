@@ -110,16 +110,20 @@ def test_thick_slices_at_any_factor_along_any_axis(
     fine_spacing = [s / f for s, f in zip(spacing, factors, strict=True)]
     assert np.allclose(np.linalg.norm(img.affine[:3, :3], axis=0), fine_spacing)
     side = json.loads((tmp_path / "o" / "s_sr.json").read_text())
-    assert Path(side["checkpoint"]["path"]).name == "srcnn_x1-1-4.pt"  # the nearest trained factor
-    assert side["adapt"]["factor"] == factor and side["adapt"]["method"] == "one-axis"
+    # The one-axis coarse-grid network for its factor where one ships, else the nearest SRCNN.
+    own = factor in (3, 4, 5, 6)
+    weights = f"axis-espcn_x1-1-{factor}.pt" if own else "srcnn_x1-1-4.pt"
+    assert Path(side["checkpoint"]["path"]).name == weights
+    assert side["adapt"]["factor"] == factor
+    assert side["adapt"]["method"] == ("axis-coarse-grid" if own else "one-axis")
     assert side["refined_axes"] == [axis]
     data = np.asarray(img.dataobj)
     assert data.min() >= _phantom(shape).min() and data.max() <= _phantom(shape).max()  # type: ignore[arg-type]
 
 
 def test_in_plane_and_through_plane_in_one_call(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """4 × 4 × 3 mm → ``--scale 4,4,3``: the in-plane ESPCN, then the through-plane SRCNN adapted on
-    the in-plane result (whose fine axes are then donors)."""
+    """4 × 4 × 3 mm → ``--scale 4,4,3``: the in-plane ESPCN, then the one-axis network for ×3 adapted
+    on the in-plane result (whose fine axes are then donors)."""
     affine = _affine((4.0, 4.0, 3.0))
     src = _save(tmp_path / "s.nii.gz", _phantom((8, 8, 8)), affine)
     assert main(["enhance", str(src), "--out", str(tmp_path / "o"), "--scale", "4,4,3", *ADAPT]) == 0, (
@@ -130,7 +134,7 @@ def test_in_plane_and_through_plane_in_one_call(tmp_path: Path, capsys: pytest.C
     assert np.allclose(img.affine[:3, 3], _first_fine_centre(affine, (4, 4, 3)), atol=1e-5)
     side = json.loads((tmp_path / "o" / "s_sr.json").read_text())
     assert Path(side["checkpoint"]["path"]).name == "espcn_x4.pt"
-    assert Path(side["checkpoint_through_plane"]["path"]).name == "srcnn_x1-1-4.pt"
+    assert Path(side["checkpoint_through_plane"]["path"]).name == "axis-espcn_x1-1-3.pt"
     assert side["adapt"]["stage"] == "through-plane" and side["adapt"]["factor"] == 3
     assert side["adapt"]["donor_axis"] in (0, 1)  # the in-plane axes, fine after the first stage
     assert side["output_from"].endswith("through-plane") and side["output_from"].startswith("network in-plane")
@@ -184,7 +188,7 @@ def test_target_spacing_groups_studies_by_their_factors(tmp_path: Path, capsys: 
     a = json.loads((out / "a_sr.json").read_text())
     b = json.loads((out / "b_sr.json").read_text())
     assert a["scale"] == [4, 4, 1] and Path(a["checkpoint"]["path"]).name == "espcn_x4.pt"
-    assert b["scale"] == [1, 1, 5] and Path(b["checkpoint"]["path"]).name == "srcnn_x1-1-4.pt"
+    assert b["scale"] == [1, 1, 5] and Path(b["checkpoint"]["path"]).name == "axis-espcn_x1-1-5.pt"
     assert nib.load(out / "b_sr.nii.gz").shape == (24, 24, 30)
     assert a["resampled"] is None and b["resampled"] is None  # integer ratios: the refined grid itself
 

@@ -462,6 +462,25 @@ def test_through_plane_patches_are_degraded_along_one_axis_only() -> None:
         _cfg(through_plane=True, model=ESPCNConfig(factors=(2, 2)))
 
 
+def test_axis_espcn_patches_are_coarse_along_their_columns_only() -> None:
+    """--arch axis-espcn --through-plane: the input is the target averaged ×s along its columns (the
+    target itself transposed for half of the patches, so both in-plane orientations are learnt)."""
+    from mrisr.models import AxisESPCNConfig
+
+    vol = _phantom((24, 24, 12), 6).astype(np.float32) / 500
+    model = AxisESPCNConfig(factors=(1, 2), kernel_sizes=(3, 3), filters=(4,))
+    cfg = _cfg(degradation="box", patch_size=12, invert_prob=0.0, through_plane=True, model=model)
+    ds = PatchDataset([Piece(vol, (0, 1, 2), 0.05)], cfg, length=12)
+    for i in range(12):
+        item = ds[i]
+        assert item["input"].shape == (1, 12, 6) and item["target"].shape == (1, 12, 12)
+        torch.testing.assert_close(item["input"], item["target"].reshape(1, 12, 6, 2).mean(-1))
+    with pytest.raises(ValueError, match="through-plane only"):
+        _cfg(model=model)
+    with pytest.raises(ValueError, match="cannot train at scale"):
+        _cfg(through_plane=True, model=AxisESPCNConfig(factors=(1, 3)))
+
+
 def test_through_plane_run_makes_a_one_axis_checkpoint_enhance_uses(studies: Path, tmp_path: Path) -> None:
     res = train([studies], tmp_path / "run", _cfg(through_plane=True))
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")

@@ -34,7 +34,15 @@ from mrisr.adapt.coarse_grid import (
     COARSE_MIN_BLOCKS,
     adapt_coarse_grid,
 )
-from mrisr.adapt.common import STEPS_COARSE_GRID, STEPS_FINE_GRID, AdaptConfig, AdaptResult, effective_steps
+from mrisr.adapt.common import (
+    ADAPT_BUDGET_SECONDS,
+    STEPS_AXIS,
+    STEPS_COARSE_GRID,
+    STEPS_FINE_GRID,
+    AdaptConfig,
+    AdaptResult,
+    effective_steps,
+)
 from mrisr.adapt.one_axis import (
     ACCEPT_RATIO,
     ACCEPT_RATIO_TWO_AXES,
@@ -46,12 +54,14 @@ from mrisr.adapt.one_axis import (
 __all__ = [
     "ACCEPT_RATIO",
     "ACCEPT_RATIO_TWO_AXES",
+    "ADAPT_BUDGET_SECONDS",
     "COARSE_ACCEPT_RATIO",
     "COARSE_CHILD_ACCEPT",
     "COARSE_CHILD_MIN",
     "COARSE_CONSISTENCY_LIMIT",
     "COARSE_MIN_BLOCKS",
     "DONOR_TOLERANCE",
+    "STEPS_AXIS",
     "STEPS_COARSE_GRID",
     "STEPS_FINE_GRID",
     "AdaptConfig",

@@ -21,6 +21,15 @@ log = logging.getLogger(__name__)
 #: Default steps of the fine-grid (one-axis) and coarse-grid (in-plane) adaptations.
 STEPS_FINE_GRID = 300
 STEPS_COARSE_GRID = 1000
+#: Default steps of the adaptation of a one-axis coarse-grid network (thick slices,
+#: :mod:`mrisr.adapt.axis_net`). Each step costs the same whatever the study's size (at most 16
+#: patches of 48×48 voxels; held-out checks every 50 steps on at most 8 slices of 128²), so this
+#: bounds the adaptation's time: one step of the shipped ×3 network took 0.14 s of one core on the
+#: shared CPU, so 150 steps and 4 checks fit the per-study budget :data:`ADAPT_BUDGET_SECONDS`
+#: (docs/performance.md). 300 steps gained 0.02–0.03 dB more on the held-out EPI (docs/beyond.md).
+STEPS_AXIS = 150
+#: The documented per-study time budget of the default thick-slice adaptation on 2 CPU cores.
+ADAPT_BUDGET_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -28,7 +37,8 @@ class AdaptConfig:
     """Settings of the adaptation.
 
     Attributes:
-        steps: Optimisation steps (``None``: 300 for a fine-grid network, 1000 for a coarse-grid one).
+        steps: Optimisation steps (``None``: 300 for a fine-grid network, 1000 for a coarse-grid one,
+            :data:`STEPS_AXIS` for a one-axis coarse-grid one).
         lr: Adam learning rate.
         batch_size: Patches per step.
         patch_size: Side of the target patches, in voxels (cut to the plane size).
@@ -81,6 +91,8 @@ def effective_steps(config: AdaptConfig, model: nn.Module) -> int:
     """The steps an adaptation of ``model`` runs: ``config.steps``, or the default for its kind."""
     if config.steps is not None:
         return config.steps
+    if getattr(getattr(model, "config", None), "name", "") == "axis-espcn":
+        return STEPS_AXIS
     return STEPS_COARSE_GRID if getattr(model, "input_space", "hr") == "lr" else STEPS_FINE_GRID
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrisr.adapt.axis_net import adapt_axis_network
 from mrisr.adapt.coarse_grid import adapt_coarse_grid
 from mrisr.adapt.common import (
     AdaptConfig,
@@ -170,6 +171,14 @@ def adapt_model(
         :func:`pass_plans`, a coarse-grid one with its usual passes.
     """
     cfg = config or AdaptConfig()
+    if getattr(getattr(model, "config", None), "name", "") == "axis-espcn":
+        t0 = time.perf_counter()
+        if sum(int(v) > 1 for v in factors) != 1:
+            return model, _rejected(f"a one-axis network refines one axis, got {tuple(factors)}", cfg, t0)
+        return adapt_axis_network(
+            model, x, factors, spacing, config=cfg, steps=effective_steps(cfg, model), tolerance=DONOR_TOLERANCE,
+            device=device, width=profile_width(factors, profile),
+        )  # fmt: skip
     if getattr(model, "input_space", "hr") == "lr":
         return adapt_coarse_grid(model, x, factors, config=cfg, device=device, axis=axis)
     t0 = time.perf_counter()

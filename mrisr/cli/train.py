@@ -46,10 +46,17 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
     workers: Annotated[int, typer.Option(min=0, help="Data-loader worker processes.")] = 0,
     arch: Annotated[
-        str, typer.Option(help="srcnn (on the fine grid) | espcn (on the coarse grid, ~5x fewer operations).")
+        str,
+        typer.Option(
+            help="srcnn (on the fine grid) | espcn (on the coarse grid, ~5x fewer operations) | axis-espcn "
+            "(coarse grid, one axis: with --through-plane)."
+        ),
     ] = "srcnn",
     kernel_sizes: Annotated[
-        str | None, typer.Option(help="Kernel size of each layer (default: 9,1,5 for srcnn, 5,3,3 for espcn).")
+        str | None,
+        typer.Option(
+            help="Kernel size of each layer (default: 9,1,5 for srcnn, 5,3,3 for espcn, 3,3,3,3,3 for axis-espcn)."
+        ),
     ] = None,
     filters: Annotated[str, typer.Option(help="Filters of the hidden layers, e.g. 64,32.")] = "64,32",
     residual: Annotated[bool, typer.Option(help="Predict the residual over bicubic.")] = True,
@@ -86,7 +93,8 @@ def train(
     through_plane: Annotated[
         bool,
         typer.Option(
-            "--through-plane", help="Train for thick slices (enhance --scale 1,1,s): one-axis degradation; srcnn only."
+            "--through-plane",
+            help="Train for thick slices (enhance --scale 1,1,s): one-axis degradation; srcnn or axis-espcn.",
         ),
     ] = False,
 ) -> None:
@@ -97,15 +105,25 @@ def train(
     from mrisr.batch import StopFlag
     from mrisr.device import resolve_device
     from mrisr.errors import MrisrError
-    from mrisr.models import ESPCNConfig, SRCNNConfig
+    from mrisr.models import AxisESPCNConfig, ESPCNConfig, SRCNNConfig
 
     torch.set_num_threads(threads or available_cpus())
     from mrisr.training import Callbacks, TrainConfig
     from mrisr.training import train as run_training
 
     try:
-        model: SRCNNConfig | ESPCNConfig
-        if arch == "espcn":
+        model: SRCNNConfig | ESPCNConfig | AxisESPCNConfig
+        if arch == "axis-espcn":
+            if not through_plane:
+                raise fail("--arch axis-espcn refines one axis: it needs --through-plane")
+            model = AxisESPCNConfig(
+                factors=(1, scale),
+                kernel_sizes=_ints(kernel_sizes or "3,3,3,3,3", "kernel-sizes"),
+                filters=_ints(filters, "filters"),
+                residual=residual,
+                padding_mode=padding,
+            )
+        elif arch == "espcn":
             model = ESPCNConfig(
                 factors=(scale, scale),
                 kernel_sizes=_ints(kernel_sizes or "5,3,3", "kernel-sizes"),
@@ -121,7 +139,7 @@ def train(
                 padding_mode=padding,
             )
         else:
-            raise fail(f"--arch must be srcnn or espcn, not {arch!r}")
+            raise fail(f"--arch must be srcnn, espcn or axis-espcn, not {arch!r}")
         cfg = TrainConfig(
             scale=scale,
             epochs=epochs,

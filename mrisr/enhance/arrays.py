@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -21,10 +21,16 @@ from mrisr.errors import NonFiniteOutputError
 from mrisr.frames import frames_of
 from mrisr.geometry import in_plane
 from mrisr.inference import RunOptions, super_resolve_array
+from mrisr.models import AxisESPCN
 from mrisr.passes import count_slices, pass_plans, plan_passes
 from mrisr.transforms import Normalization
 
 log = logging.getLogger(__name__)
+
+#: Ensemble views of the one-axis coarse-grid network on each of its two planes (the slice and its
+#: flip along the thick axis): with both planes, four runs of the network per study, which keeps a
+#: 256×256×40 study at ×3 within 60 s on 2 CPU cores (docs/performance.md).
+AXIS_ENSEMBLE = 2
 
 
 class ArraySR:
@@ -146,6 +152,10 @@ class ArraySR:
             adapted = {**info.to_dict(), "config": asdict(adapt)}
             if info.used and info.method == "coarse-grid":
                 model = adapted_net  # the usual in-plane passes (and ensemble), with the tuned first layer
+            elif not info.used and info.method == "axis-coarse-grid" and _unadapted_wins(info):
+                # A network trained for one-axis blur whose adaptation did not improve on it, but
+                # which beat bicubic on held-out slices: it refines the study as it is, on both planes.
+                adapted["fallback"] = self.network
             elif info.used:
                 model, own = adapted_net, pass_plans(factors, spacing)
                 # These replace --axis; the outputs of several plans are averaged.
@@ -178,9 +188,19 @@ class ArraySR:
             var = None if spread_out is None else np.empty(spread_out.shape[:3], dtype=np.float32)
             second: np.ndarray | None = None  # sum over plans of E[y²] (only for the spread)
             sr = np.zeros(0, dtype=np.float32)
+            run = self.run
+            if isinstance(model, AxisESPCN):  # two views per plane: a 256×256×40 study at ×3 in budget
+                run = replace(run, ensemble=min(run.ensemble, AXIS_ENSEMBLE))
             for n, plan in enumerate(plans):
                 m = super_resolve_array(
-                    model, x, factors, axis=axis, opts=self.run, progress=progress, passes=plan, variance_out=var
+                    _oriented(model, plan),
+                    x,
+                    factors,
+                    axis=axis,
+                    opts=run,
+                    progress=progress,
+                    passes=plan,
+                    variance_out=var,
                 )
                 if var is not None:
                     var += m * m
@@ -244,6 +264,14 @@ class ArraySR:
 
         if getattr(self.model, "input_space", "hr") != "lr":
             return
+        if isinstance(self.model, AxisESPCN):
+            refined = [f for f in factors if f > 1]
+            if refined != [self.model.config.factor]:
+                raise CheckpointError(
+                    self.checkpoint.path,
+                    f"this one-axis network refines one axis ×{self.model.config.factor} only, not scale {factors}",
+                )
+            return
         if self._second is not None:
             factors = split_stages(factors, axis)[0]  # the in-plane stage is this network's
         own = tuple(self.checkpoint.arch.get("factors", ()))
@@ -262,6 +290,25 @@ class ArraySR:
         if len(refined) == 2 and refined[0] == refined[1]:
             return in_plane(refined[0], axis)
         return scale
+
+
+def _unadapted_wins(info: Any) -> bool:
+    """Whether a one-axis network's rejected adaptation leaves the unadapted network to run: it beat
+    bicubic on the study's held-out slices. When nothing could be measured (no donor slices, or too
+    few to hold one out) bicubic runs: dipy's test_piesno at ×5 (2 thick slices) lost 0.24 dB with
+    the unadapted network."""
+    if info.val_mse_before is None or info.val_mse_bicubic is None:
+        return False
+    return bool(info.val_mse_before < info.val_mse_bicubic)
+
+
+def _oriented(model: nn.Module | None, plan: list[tuple[int, tuple[int, int]]] | None) -> nn.Module | None:
+    """``model`` turned to refine the one axis of a one-pass ``plan`` (a one-axis coarse-grid network
+    refines its columns or its rows with the same weights); other networks as they are."""
+    if model is None or plan is None or not isinstance(model, AxisESPCN):
+        return model
+    ((_, fs),) = plan
+    return model.oriented(fs)
 
 
 def _pooled_std(second: np.ndarray, mean: np.ndarray, n: int, scale: float) -> np.ndarray:

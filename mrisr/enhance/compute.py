@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mrisr.adapt import STEPS_FINE_GRID, AdaptConfig, effective_steps
+from mrisr.adapt import STEPS_AXIS, STEPS_FINE_GRID, AdaptConfig, effective_steps
 from mrisr.degradation import bicubic_frames, crop_to_multiple, degrade_frames
 from mrisr.enhance.arrays import ArraySR
 from mrisr.enhance.maps import consistency as consistency_maps
@@ -76,9 +76,7 @@ class Batch:
             "axis": opts.axis,
             "adapt": resolved(opts.adapt, effective_steps(opts.adapt, arrays.model)) if opts.adapt else None,
             # Only one-axis refinement adapts automatically, and only fine-grid networks do that.
-            "auto_adapt": resolved(
-                opts.auto_adapt, (opts.auto_adapt.steps if opts.auto_adapt else None) or STEPS_FINE_GRID
-            ),
+            "auto_adapt": resolved(opts.auto_adapt, self._auto_steps()),
             "ensemble": arrays.run.ensemble,
             "network": arrays.network,
             "checkpoint_sha256": arrays.checkpoint.sha256,
@@ -97,6 +95,14 @@ class Batch:
         if opts.target_spacing is not None:
             req["target_spacing"] = list(opts.target_spacing)
         return dict(json.loads(json.dumps(req)))
+
+    def _auto_steps(self) -> int:
+        """Steps of the automatic one-axis adaptation: as asked, else the one-axis network's default."""
+        if self.opts.auto_adapt is not None and self.opts.auto_adapt.steps is not None:
+            return self.opts.auto_adapt.steps
+        second = self.arrays.through_plane
+        name = str((second.arch if second is not None else self.arrays.checkpoint.arch).get("name", "srcnn"))
+        return STEPS_AXIS if name == "axis-espcn" else STEPS_FINE_GRID
 
     def super_resolve(
         self,
@@ -272,13 +278,21 @@ def output_from(adapted: dict[str, Any] | None) -> str:
 
 
 def note(adapted: dict[str, Any] | None, factors: Sequence[int], axis: int) -> str | None:
-    """One line for the console when part of the output is bicubic or an adaptation was rejected."""
+    """One line for the console when part of the output is bicubic, an adaptation was rejected, or a
+    thick-slice network was adapted (what it learnt from, in how many steps and seconds, and why it
+    was used)."""
     if adapted is None:
         return None
     notes = []
     inner = note(adapted.get("in_plane"), factors, axis) if adapted.get("stage") == "through-plane" else None
     if inner:
         notes.append(f"in-plane: {inner}")
+    if adapted.get("used") and adapted.get("method") == "axis-coarse-grid":
+        slices = int(adapted.get("n_train_planes", 0)) + int(adapted.get("n_val_planes", 0))
+        notes.append(
+            f"through-plane network adapted on {slices} of the study's own slices in {adapted.get('steps')} steps "
+            f"({float(adapted.get('seconds', 0.0)):.1f} s): {adapted.get('reason')}"
+        )
     if not adapted.get("used") and "reason" in adapted:
         refined = [a for a, f in enumerate(factors) if f > 1]
         if adapted.get("stage") == "through-plane":

@@ -181,11 +181,12 @@ def split_stages(factors: tuple[int, int, int], axis: int = 2) -> tuple[tuple[in
 
 
 def _shipped_one_axis(factor: int) -> Path | None:
-    """The shipped through-plane network for ``factor``, else the one trained for the nearest factor
-    (the per-study adaptation then teaches it ``factor``; docs/beyond.md)."""
+    """The shipped one-axis coarse-grid network for ``factor`` (``axis-espcn_x1-1-F.pt``), else the
+    through-plane SRCNN for ``factor`` or the one trained for the nearest factor (the per-study
+    adaptation then teaches it ``factor``; docs/beyond.md)."""
     from mrisr.checkpoint import WEIGHTS_DIR
 
-    exact = shipped_checkpoint((1, 1, factor), arch="srcnn")
+    exact = shipped_checkpoint((1, 1, factor), arch="axis-espcn") or shipped_checkpoint((1, 1, factor), arch="srcnn")
     if exact is not None:
         return exact
     trained = []
@@ -206,8 +207,9 @@ def resolve_checkpoint(
     """Load ``path``, or the shipped weights for ``scale`` (×4 in-plane when no scale is given).
 
     - The plane of the ``axis`` slices refined ×f×f (f = 2, 3, 4): the shipped ``arch`` network.
-    - One axis refined ×F (F = 2 … 6, thick slices): the shipped through-plane SRCNN for F, or the one
-      for the nearest factor, whatever ``arch`` (it is adapted to every study).
+    - One axis refined ×F (F = 2 … 6, thick slices): the shipped one-axis coarse-grid network for F,
+      else the through-plane SRCNN for F or the one for the nearest factor, whatever ``arch`` (it is
+      adapted to every study).
     - Both (``2,2,5``): the in-plane network of the first stage (:func:`split_stages`); the second
       stage's comes from :func:`resolve_through_plane`.
 
@@ -226,8 +228,8 @@ def resolve_checkpoint(
     if plane_only:
         found = shipped_checkpoint(in_plane(refined.pop(), 2), arch=arch)
     elif n_refined == 1:
-        arch = "srcnn"
         found = _shipped_one_axis(refined.pop())
+        arch = found.name.split("_x")[0] if found is not None else "srcnn"
     elif len(refined) == 1:
         # Two axes alike but not the plane of the slices (4,1,4 with --axis 2): the in-plane SRCNN
         # serves every plane, axis by axis.

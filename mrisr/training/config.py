@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mrisr.degradation import TRAIN_DEGRADATIONS
-from mrisr.models import ESPCNConfig, SRCNNConfig
+from mrisr.models import AxisESPCNConfig, ESPCNConfig, SRCNNConfig
 
 LOSSES: tuple[str, ...] = ("mse", "l1", "ssim")
 
@@ -77,7 +77,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     workers: int = 0
-    model: SRCNNConfig | ESPCNConfig = field(default_factory=lambda: SRCNNConfig(residual=True))
+    model: SRCNNConfig | ESPCNConfig | AxisESPCNConfig = field(default_factory=lambda: SRCNNConfig(residual=True))
     loss: str = "mse"
     axes: tuple[int, ...] | None = None
     invert_prob: float = 0.5
@@ -113,7 +113,12 @@ class TrainConfig:
         if isinstance(self.model, ESPCNConfig) and tuple(self.model.factors) != (self.scale, self.scale):
             raise ValueError(f"an ESPCN for factors {self.model.factors} cannot train at scale {self.scale}")
         if self.through_plane and isinstance(self.model, ESPCNConfig):
-            raise ValueError("through-plane training needs a network on the fine grid (srcnn), not espcn")
+            raise ValueError("through-plane training needs a network on the fine grid (srcnn) or axis-espcn, not espcn")
+        if isinstance(self.model, AxisESPCNConfig):
+            if not self.through_plane:
+                raise ValueError("an axis-espcn refines one axis: it trains --through-plane only")
+            if tuple(self.model.factors) != (1, self.scale):
+                raise ValueError(f"an axis-espcn for factors {self.model.factors} cannot train at scale {self.scale}")
         if self.degradation not in TRAIN_DEGRADATIONS:
             raise ValueError(f"unknown degradation {self.degradation!r}; choose from {', '.join(TRAIN_DEGRADATIONS)}")
         if self.loss not in LOSSES:

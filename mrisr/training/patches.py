@@ -161,6 +161,10 @@ class PatchDataset(Dataset):
         mode = draw_mode(cfg.degradation, rng)
         if getattr(cfg.model, "name", "srcnn") == "espcn":  # a low-resolution-grid network sees the LR patch
             x = downsample(t[None], (cfg.scale, cfg.scale), mode)[0]
+        elif getattr(cfg.model, "name", "srcnn") == "axis-espcn":  # coarse along its columns only
+            if rng.random() < 0.5:  # the thick axis is the patch's rows or its columns, half the time each
+                t = t.transpose(-1, -2).contiguous()
+            x = downsample(t[None], (1, cfg.scale), mode)[0]
         elif cfg.through_plane:  # one axis: the thick one is the rows or the columns, half the time each
             f = (1, cfg.scale) if rng.random() < 0.5 else (cfg.scale, 1)
             x = degrade_and_upsample(t[None], f, mode)[0]
