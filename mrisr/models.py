@@ -54,6 +54,26 @@ def _conv_stack(kernel_sizes: tuple[int, ...], channels: list[int], padding_mode
     return body
 
 
+def _coarse_grid_dict(cfg: ESPCNConfig | AxisESPCNConfig) -> dict[str, Any]:
+    """The plain-JSON form of a coarse-grid network's configuration (tuples as lists)."""
+    d = asdict(cfg)
+    for key in ("factors", "kernel_sizes", "filters"):
+        d[key] = list(d[key])
+    return d
+
+
+def _coarse_grid_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of a coarse-grid configuration read back from its JSON form."""
+    f = [int(v) for v in d["factors"]]
+    return {
+        "factors": (f[0], f[1]),
+        "kernel_sizes": tuple(int(k) for k in d["kernel_sizes"]),
+        "filters": tuple(int(v) for v in d["filters"]),
+        "residual": bool(d.get("residual", True)),
+        "padding_mode": str(d.get("padding_mode", "replicate")),
+    }
+
+
 @dataclass(frozen=True)
 class SRCNNConfig:
     """Architecture of an SRCNN.
@@ -144,22 +164,12 @@ class ESPCNConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, as stored in checkpoints and sidecars."""
-        d = asdict(self)
-        for key in ("factors", "kernel_sizes", "filters"):
-            d[key] = list(d[key])
-        return d
+        return _coarse_grid_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ESPCNConfig:
         """Inverse of :meth:`to_dict`."""
-        f = [int(v) for v in d["factors"]]
-        return cls(
-            factors=(f[0], f[1]),
-            kernel_sizes=tuple(int(k) for k in d["kernel_sizes"]),
-            filters=tuple(int(v) for v in d["filters"]),
-            residual=bool(d.get("residual", True)),
-            padding_mode=str(d.get("padding_mode", "replicate")),
-        )
+        return cls(**_coarse_grid_fields(d))
 
     @property
     def macs_per_pixel(self) -> float:
@@ -238,22 +248,12 @@ class AxisESPCNConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, as stored in checkpoints and sidecars."""
-        d = asdict(self)
-        for key in ("factors", "kernel_sizes", "filters"):
-            d[key] = list(d[key])
-        return d
+        return _coarse_grid_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AxisESPCNConfig:
         """Inverse of :meth:`to_dict`."""
-        f = [int(v) for v in d["factors"]]
-        return cls(
-            factors=(f[0], f[1]),
-            kernel_sizes=tuple(int(k) for k in d["kernel_sizes"]),
-            filters=tuple(int(v) for v in d["filters"]),
-            residual=bool(d.get("residual", True)),
-            padding_mode=str(d.get("padding_mode", "replicate")),
-        )
+        return cls(**_coarse_grid_fields(d))
 
     @property
     def macs_per_pixel(self) -> float:
