@@ -155,7 +155,7 @@ def _process_locked(batch: Batch, study: Study, out_fmt: str, loaded: Future[Vol
         # Nor is a file of the user's at the sidecar's path replaced by the failure record.
         no_result = standing_result(opts.out_dir, study, targets)[0] is None
         sidecar_free = link_out_of(sidecar, opts.out_dir) is None and (
-            not (sidecar.exists() or sidecar.is_symlink()) or sidecar in owned_outputs(opts.out_dir, study)
+            not os.path.lexists(sidecar) or sidecar in owned_outputs(opts.out_dir, study)
         )
         if not isinstance(exc, OutputExistsError) and no_result and sidecar_free:
             _write_failure(batch, study, sidecar, line, seconds)

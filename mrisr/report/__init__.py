@@ -89,7 +89,7 @@ def check_report_paths(root: Path) -> None:
         owned = {n for n in names if n in REPORT_FILES} | {"report.json"}
     for name in REPORT_FILES:
         path = root / name
-        if (path.exists() or path.is_symlink()) and name not in owned:
+        if os.path.lexists(path) and name not in owned:
             raise ReportBlockedError(path, "not written by a report of mrisr; move it away to write the report here")
 
 
