@@ -37,7 +37,17 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1, help="Patches per step (per process).")] = 16,
     patch_size: Annotated[int, typer.Option(min=2, help="High-resolution patch side in voxels.")] = 64,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (Adam, cosine decay).")] = 1e-3,
-    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Fraction of studies held out.")] = 0.1,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Fraction of studies held out (without --val).")
+    ] = 0.1,
+    val: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--val",
+            help="Folder or file of validation studies (repeatable): they validate and never train, "
+            "also inside DATA; --val-fraction is then unused.",
+        ),
+    ] = None,
     degradation: Annotated[
         str, typer.Option(help="bicubic | box | kspace | mixed (bicubic or box per patch).")
     ] = "bicubic",
@@ -240,7 +250,13 @@ def train(
             try:
                 with stop.abandonable():
                     result = run_training(
-                        data, out, cfg, resume=resume, callbacks=callbacks, tissue_maps=tissue_map or ()
+                        data,
+                        out,
+                        cfg,
+                        resume=resume,
+                        callbacks=callbacks,
+                        tissue_maps=tissue_map or (),
+                        val_data=val or (),
                     )
             except KeyboardInterrupt:  # a second signal: the step in progress was abandoned
                 if main_rank:

@@ -29,24 +29,15 @@ from torch.utils.data import DataLoader
 from mrisr.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mrisr.degradation import evaluation_mode
 from mrisr.device import resolve_device
-from mrisr.discovery import find_studies
 from mrisr.fsutil import remove_temporaries
 from mrisr.training.config import TrainConfig
-from mrisr.training.data import (
-    SLAB_GAP,
-    Split,
-    TrainingData,
-    build_pieces,
-    load_studies,
-    slab_for,
-    split_studies,
-    write_split,
-)
+from mrisr.training.data import Split, TrainingData, build_pieces, write_split
 from mrisr.training.ddp import SkipSampler, dist_env, stop_requested
 from mrisr.training.losses import loss_fn
 from mrisr.training.patches import PatchDataset
 from mrisr.training.plots import PLOT_EVERY_S, plot_curves
 from mrisr.training.run_state import RUN_FILES, RunState, check_resume, run_meta, write_csv
+from mrisr.training.studies import prepare_data
 from mrisr.training.tissue import TissueMaps, load_tissue_maps
 from mrisr.training.validation import val_factors, validate
 
@@ -107,52 +98,6 @@ def _start_processes(device: torch.device, world: int, local_rank: int) -> torch
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
-
-
-def _prepare_data(
-    data: Sequence[str | Path], out: Path, cfg: TrainConfig, *, main: bool, not_studies: Sequence[str | Path] = ()
-) -> tuple[TrainingData, Split]:
-    """The usable studies under ``data`` (less the files ``not_studies``: tissue maps kept beside
-    them), loaded and normalised, and their split (a held-out slab of the only study when there is one).
-
-    Raises:
-        FileNotFoundError: No study, or none usable.
-    """
-    others = {Path(p).resolve() for p in not_studies}
-    studies = [s for s in find_studies(list(data), exclude=[out]) if s.path.resolve() not in others]
-    if not studies:
-        raise FileNotFoundError(f"no NIfTI or DICOM study under {', '.join(map(str, data))}")
-    loaded = load_studies(studies, cfg.workers)
-    factors = val_factors(cfg)
-    # Validation degrades whole volumes by the factors: each axis must hold a block.
-    small: dict[str, str] = {}
-    for sid, item in loaded.studies.items():
-        shape = item.frames[0].shape
-        if any(n < f for n, f in zip(shape, factors, strict=True)):
-            small[sid] = f"{item.study.path}: shape {tuple(shape)} is smaller than the scale {factors}"
-    loaded = loaded.without(small)
-    for line in loaded.errors:
-        log.error("skipping %s", line)
-    if not loaded.studies:
-        raise FileNotFoundError(
-            f"no usable study under {', '.join(map(str, data))} ({len(loaded.errors)} could not be read)"
-        )
-    ids = list(loaded.studies)
-    split = split_studies(ids, cfg.val_fraction, cfg.seed)
-    if len(ids) == 1 and cfg.val_fraction > 0:
-        slab = slab_for(loaded.studies[ids[0]].frames[0].shape[2], cfg.val_fraction)
-        split = Split(split.train, split.val, slab)
-        if slab is None:
-            log.warning("ONLY ONE STUDY and it is too thin for a held-out slab: no validation")
-        elif main:
-            log.warning(
-                "ONLY ONE STUDY: validating on a held-out slab of its axis-2 slices %d:%d (training skips "
-                "%d slices either side); validation figures come from the training subject and are optimistic",
-                slab[0],
-                slab[1],
-                SLAB_GAP,
-            )
-    return loaded, split
 
 
 def _tissue_for(paths: Sequence[str | Path], cfg: TrainConfig, loaded: TrainingData, split: Split) -> TissueMaps | None:
@@ -249,6 +194,7 @@ def train(
     resume: bool = False,
     callbacks: Callbacks | None = None,
     tissue_maps: Sequence[str | Path] = (),
+    val_data: Sequence[str | Path] = (),
 ) -> TrainResult:
     """Train an SRCNN on the studies found under ``data`` and write the run into ``out_dir``.
 
@@ -261,6 +207,8 @@ def train(
         callbacks: Progress hooks.
         tissue_maps: Tissue probability maps (NIfTI) for ``cfg.tissue_contrast``, used with the
             training studies on their grid (:func:`mrisr.training.tissue.load_tissue_maps`).
+        val_data: Files and folders of the validation studies; they never train, also where ``data``
+            holds them. Without, ``cfg.val_fraction`` of the studies validate.
 
     Returns:
         The run's summary.
@@ -275,7 +223,7 @@ def train(
     device = _start_processes(resolve_device(cfg.device), world, local_rank)
     main = rank == 0
     # The data first: a folder without studies leaves no --out behind.
-    loaded, split = _prepare_data(data, out, cfg, main=main, not_studies=tissue_maps)
+    loaded, split = prepare_data(data, out, cfg, main=main, not_studies=tissue_maps, val_data=val_data)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:  # what a killed run was writing (SIGKILL: its atomic write never cleaned up)
