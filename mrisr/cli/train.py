@@ -54,6 +54,14 @@ def train(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the split, the weights and the patches.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="Start from this checkpoint's weights (same architecture), or 'shipped' for the packaged "
+            "file of this --arch and --scale: fine-tuning. The learning-rate schedule starts afresh.",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data-loader worker processes.")] = 0,
     arch: Annotated[
         str,
@@ -183,6 +191,16 @@ def train(
         resolve_device(device)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    init_path: Path | None = None
+    if init == "shipped":  # the packaged weights of this network (./shipped names a file of that name)
+        from mrisr.checkpoint import shipped_checkpoint
+
+        init_path = shipped_checkpoint(cfg.factors, arch=arch)
+        if init_path is None:
+            scale_name = "x" + "-".join(map(str, cfg.factors))
+            raise fail(f"--init shipped: mrisr ships no {arch} weights for {scale_name}")
+    elif init is not None:
+        init_path = Path(init)
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out}: cannot be used as the output folder (not a folder)")
     if resume and not (out / "last.pt").is_file():
@@ -257,6 +275,7 @@ def train(
                         callbacks=callbacks,
                         tissue_maps=tissue_map or (),
                         val_data=val or (),
+                        init=init_path,
                     )
             except KeyboardInterrupt:  # a second signal: the step in progress was abandoned
                 if main_rank:

@@ -36,7 +36,15 @@ from mrisr.training.ddp import SkipSampler, dist_env, stop_requested
 from mrisr.training.losses import loss_fn
 from mrisr.training.patches import PatchDataset
 from mrisr.training.plots import PLOT_EVERY_S, plot_curves
-from mrisr.training.run_state import RUN_FILES, RunState, check_resume, run_meta, write_csv
+from mrisr.training.run_state import (
+    RUN_FILES,
+    RunState,
+    check_init,
+    check_resume,
+    init_record,
+    run_meta,
+    write_csv,
+)
 from mrisr.training.studies import prepare_data
 from mrisr.training.tissue import TissueMaps, load_tissue_maps
 from mrisr.training.validation import val_factors, validate
@@ -125,7 +133,12 @@ def _tissue_for(paths: Sequence[str | Path], cfg: TrainConfig, loaded: TrainingD
 
 
 def _resumable(
-    out: Path, cfg: TrainConfig, loaded: TrainingData, split: Split, tissue: TissueMaps | None
+    out: Path,
+    cfg: TrainConfig,
+    loaded: TrainingData,
+    split: Split,
+    tissue: TissueMaps | None,
+    init: Checkpoint | None,
 ) -> Checkpoint:
     """``out/last.pt``, checked to continue this run (before anything is written: a refused resume
     leaves the run as it was).
@@ -144,6 +157,7 @@ def _resumable(
         val_data=loaded.records(split.val),
         path=out / "last.pt",
         tissue_maps=tissue.records if tissue is not None else (),
+        init=init_record(init) if init is not None else None,
     )
     return ck
 
@@ -195,6 +209,7 @@ def train(
     callbacks: Callbacks | None = None,
     tissue_maps: Sequence[str | Path] = (),
     val_data: Sequence[str | Path] = (),
+    init: str | Path | None = None,
 ) -> TrainResult:
     """Train an SRCNN on the studies found under ``data`` and write the run into ``out_dir``.
 
@@ -209,14 +224,24 @@ def train(
             training studies on their grid (:func:`mrisr.training.tissue.load_tissue_maps`).
         val_data: Files and folders of the validation studies; they never train, also where ``data``
             holds them. Without, ``cfg.val_fraction`` of the studies validate.
+        init: A checkpoint of the same architecture to start from instead of random weights (a warm
+            start, e.g. fine-tuning a shipped network on one's own studies); the optimiser and
+            learning-rate schedule start afresh. Recorded in the checkpoints' ``meta["init"]``; a
+            resume must name the same file.
 
     Returns:
         The run's summary.
 
     Raises:
         FileNotFoundError: If ``data`` does not exist, holds no study, or ``resume`` finds no ``last.pt``.
+        CheckpointError: ``init`` is missing, unreadable or no checkpoint.
+        ValueError: ``init`` holds another architecture than ``cfg.model``.
     """
     cb = callbacks or Callbacks()
+    init_ck = None
+    if init is not None:  # before anything is read or written: a wrong --init costs nothing
+        init_ck = load_checkpoint(init)
+        check_init(init_ck, cfg)
     out = Path(out_dir)
     rank, world, local_rank = dist_env()
     distributed = world > 1
@@ -230,14 +255,17 @@ def train(
             for tmp in remove_temporaries(out / name, all_of_them=False):
                 log.info("removed %s, left by a killed run", tmp)
     tissue = _tissue_for(tissue_maps, cfg, loaded, split)
-    ck = _resumable(out, cfg, loaded, split, tissue) if resume else None
+    ck = _resumable(out, cfg, loaded, split, tissue, init_ck) if resume else None
     if main:
         write_split(out / "split.json", split, cfg.seed)
     pieces, val_volumes = build_pieces(loaded, split, cfg, tissue)
     val_mode = evaluation_mode(cfg.degradation)
-    run = RunState.start(cfg, device)
+    run = RunState.start(cfg, device, init_ck if ck is None else None)
+    if ck is None and init_ck is not None:
+        log.info("weights start from %s (--init)", init_ck.path)
     if ck is not None:
         run.restore(ck, out / "metrics.csv")
+        run.init = init_record(init_ck) if init_ck is not None else None
     net: nn.Module = run.model
     if distributed:
         net = nn.parallel.DistributedDataParallel(run.model, device_ids=[local_rank] if device.type == "cuda" else None)

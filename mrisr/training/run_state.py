@@ -132,10 +132,12 @@ def check_resume(
     val_data: list[dict[str, str]],
     path: Path,
     tissue_maps: Sequence[dict[str, str]] = (),
+    init: dict[str, Any] | None = None,
 ) -> None:
-    """Refuse to resume a run with other settings, training or validation data than it was started
-    with (an uninterrupted run would not have given the result; the optimiser and schedule could not
-    follow, and best.pt would compare validation figures of two different sets).
+    """Refuse to resume a run with other settings, training or validation data, or another ``--init``
+    checkpoint, than it was started with (an uninterrupted run would not have given the result; the
+    optimiser and schedule could not follow, and best.pt would compare validation figures of two
+    different sets).
 
     Raises:
         ValueError: Naming the settings that differ, or the studies that changed.
@@ -156,12 +158,41 @@ def check_resume(
     # Runs recorded before tissue maps existed had none. Their order matters (each map draws its own value).
     if [d.get("sha256") for d in meta.get("tissue_maps") or []] != [d["sha256"] for d in tissue_maps]:
         raise ValueError(f"--resume: the tissue maps differ from the run's ({path} records them in its tissue_maps)")
+    was_init = (meta.get("init") or {}).get("sha256")  # runs recorded before --init had none
+    now_init = (init or {}).get("sha256")
+    if was_init != now_init:
+        started = f"--init {meta['init']['file']}" if was_init else "no --init"
+        given = f"--init {init['file']}" if init else "no --init"
+        raise ValueError(f"--resume: {path} started from {started}, this run from {given}; start a new run")
     if "validation_sha256" in meta:  # recorded since session 4
         was_v = set((meta["validation_sha256"] or {}).items())
         now_v = {(d["id"], d["sha256"]) for d in val_data}
         if was_v != now_v:
             ids = sorted({i for i, _ in was_v ^ now_v})
             raise ValueError(f"--resume: the validation studies differ from the run's ({', '.join(map(str, ids))})")
+
+
+def init_record(ck: Checkpoint) -> dict[str, Any]:
+    """What a run records of the checkpoint its weights started from (``meta["init"]``)."""
+    name = ck.path.name if ck.path is not None else ""
+    return {"file": name, "sha256": ck.sha256, "steps": ck.meta.get("steps")}
+
+
+def check_init(ck: Checkpoint, cfg: TrainConfig) -> None:
+    """Refuse a warm start from a checkpoint whose network is not the run's.
+
+    Raises:
+        ValueError: Naming the architecture settings that differ.
+    """
+    have = json.loads(json.dumps(ck.arch))
+    want = json.loads(json.dumps(cfg.model.to_dict()))
+    keys = sorted(have.keys() | want.keys())
+    diffs = [f"{k} {have.get(k)!r} (here {want.get(k)!r})" for k in keys if have.get(k) != want.get(k)]
+    if diffs:
+        raise ValueError(
+            f"--init {ck.path}: its network is not this run's: {', '.join(diffs)}; "
+            "pass the same --arch, --scale, --kernel-sizes, --filters, --residual and --padding"
+        )
 
 
 @dataclass
@@ -185,18 +216,34 @@ class RunState:
     loss_n: int = 0
     best_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    #: ``{"file", "sha256", "steps"}`` of the checkpoint the weights started from (``--init``), else None.
+    init: dict[str, Any] | None = None
 
     @classmethod
-    def start(cls, cfg: TrainConfig, device: torch.device) -> RunState:
-        """A fresh run: the network seeded with ``cfg.seed``, Adam with cosine decay."""
+    def start(cls, cfg: TrainConfig, device: torch.device, init: Checkpoint | None = None) -> RunState:
+        """A fresh run: Adam with cosine decay on the network seeded with ``cfg.seed``, or on the
+        weights of ``init`` (a warm start; the optimiser and schedule still start afresh).
+
+        Raises:
+            ValueError: ``init`` holds another architecture than ``cfg.model`` (:func:`check_init`).
+        """
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model.to_dict()).to(device)
+        model = build_model(cfg.model.to_dict())
+        record = None
+        if init is not None:
+            check_init(init, cfg)
+            try:
+                model.load_state_dict(init.state_dict)
+            except RuntimeError as exc:
+                raise ValueError(f"--init {init.path}: its weights do not fit its architecture ({exc})") from None
+            record = init_record(init)
+        model = model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             opt, T_max=cfg.total_steps, eta_min=cfg.lr * cfg.min_lr_ratio
         )
         use_amp = device.type == "cuda"
-        return cls(cfg, model, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp)
+        return cls(cfg, model, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp, init=record)
 
     def restore(self, ck: Checkpoint, metrics_csv: Path) -> None:
         """Continue from a checkpoint with training state (weights, optimiser, counters, RNG states)."""
@@ -269,4 +316,5 @@ def run_meta(
         "best_val": run.best_metrics,
         "device": device,
         "train_config": cfg.to_dict(),
+        "init": run.init,
     }
