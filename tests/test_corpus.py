@@ -255,3 +255,26 @@ def test_a_scan_the_reader_refuses_stops_the_build(tmp_path: Path) -> None:
         corpus.build(out, [_source(member, payload, name="bad")], fetcher=_no_download)
     assert "\n" not in str(info.value)
     assert not (out / "train" / "bad.nii.gz").exists()
+
+
+def test_shipped_weights_carry_the_notices_of_their_corpus_sources() -> None:
+    """Every shipped checkpoint trained on corpus scans names, in ``meta["licence_notice"]``, the
+    notice of each package its training files came from (and the MNI one), and ships those files."""
+    from mrisr.checkpoint import WEIGHTS_DIR, load_checkpoint
+
+    by_file = {f"{s.name}.nii.gz": s for s in corpus.SOURCES}
+    checked = 0
+    for path in sorted(WEIGHTS_DIR.glob("*.pt")):
+        meta = load_checkpoint(path).meta
+        listed = meta.get("licence_notice")
+        names = [listed] if isinstance(listed, str) else list(listed or [])
+        for name in names:
+            assert (WEIGHTS_DIR / name).is_file(), f"{path.name}: {name} is not shipped"
+        for record in meta.get("training_data") or []:
+            src = by_file.get(record["file"])
+            if src is None:
+                continue  # not a corpus file (the template as nilearn ships it: its notice is checked above)
+            need = {f"NOTICE-{src.package}-{src.version}.txt"} | ({src.notice} if src.notice else set())
+            assert need <= set(names), f"{path.name} trained on {record['file']} but lists {names}"
+            checked += 1
+    assert checked > 0
