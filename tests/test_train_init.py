@@ -110,4 +110,7 @@ def test_cli_init_shipped_and_its_errors(data: Path, tmp_path: Path, capsys: pyt
     assert main(["train", str(data), "--out", str(tmp_path / "y"), "--scale", "5", "--init", "shipped", *tiny]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ships no srcnn weights for x5-5-1" in err[0]
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert main(["train", str(data), "--out", str(tmp_path / "z"), "--init", "", *tiny]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init: empty" in err[0]
+    assert not any((tmp_path / n).exists() for n in "xyz")

@@ -200,6 +200,8 @@ def train(
             scale_name = "x" + "-".join(map(str, cfg.factors))
             raise fail(f"--init shipped: mrisr ships no {arch} weights for {scale_name}")
     elif init is not None:
+        if not init.strip():
+            raise fail("--init: empty; give a checkpoint file or 'shipped'")
         init_path = Path(init)
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out}: cannot be used as the output folder (not a folder)")
