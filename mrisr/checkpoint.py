@@ -292,6 +292,11 @@ def shipped_checkpoint(scale: tuple[int, int, int], *, arch: str = "srcnn") -> P
 
     In-plane scales ``(s, s, 1)`` look for ``{arch}_x{s}.pt``; others for ``{arch}_x{a}-{b}-{c}.pt``.
     """
-    name = f"x{scale[0]}" if scale[0] == scale[1] and scale[2] == 1 else "x" + "-".join(map(str, scale))
-    path = WEIGHTS_DIR / f"{arch}_{name}.pt"
+    path = WEIGHTS_DIR / shipped_name(scale, arch=arch)
     return path if path.is_file() else None
+
+
+def shipped_name(scale: tuple[int, int, int], *, arch: str = "srcnn") -> str:
+    """The file name the shipped weights for ``scale`` have (:func:`shipped_checkpoint`)."""
+    name = f"x{scale[0]}" if scale[0] == scale[1] and scale[2] == 1 else "x" + "-".join(map(str, scale))
+    return f"{arch}_{name}.pt"

@@ -201,16 +201,27 @@ class ESPCN(nn.Module):
         return y
 
 
-def build_model(arch: dict[str, Any]) -> nn.Module:
-    """Build a network from its stored description (``{"name": "srcnn" | "espcn", ...}``)."""
+def build_model_config(arch: dict[str, Any]) -> SRCNNConfig | ESPCNConfig | AxisESPCNConfig:
+    """The configuration a stored description (``{"name": "srcnn" | "espcn" | "axis-espcn", ...}``)
+    stands for, with the defaults of older records filled in."""
     name = arch.get("name", "srcnn")
     if name == "srcnn":
-        return SRCNN(SRCNNConfig.from_dict(arch))
+        return SRCNNConfig.from_dict(arch)
     if name == "espcn":
-        return ESPCN(ESPCNConfig.from_dict(arch))
+        return ESPCNConfig.from_dict(arch)
     if name == "axis-espcn":
-        return AxisESPCN(AxisESPCNConfig.from_dict(arch))
+        return AxisESPCNConfig.from_dict(arch)
     raise ValueError(f"unknown architecture {name!r}")
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """Build a network from its stored description (:func:`build_model_config`)."""
+    cfg = build_model_config(arch)
+    if isinstance(cfg, SRCNNConfig):
+        return SRCNN(cfg)
+    if isinstance(cfg, ESPCNConfig):
+        return ESPCN(cfg)
+    return AxisESPCN(cfg)
 
 
 @dataclass(frozen=True)

@@ -272,9 +272,12 @@ def test_shipped_weights_carry_the_notices_of_their_corpus_sources() -> None:
             assert (WEIGHTS_DIR / name).is_file(), f"{path.name}: {name} is not shipped"
         for record in meta.get("training_data") or []:
             src = by_file.get(record["file"])
-            if src is None:
-                continue  # not a corpus file (the template as nilearn ships it: its notice is checked above)
-            need = {f"NOTICE-{src.package}-{src.version}.txt"} | ({src.notice} if src.notice else set())
+            if src is not None:
+                need = {f"NOTICE-{src.package}-{src.version}.txt"} | ({src.notice} if src.notice else set())
+            elif record["file"] == "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz":  # as nilearn ships it
+                need = {"NOTICE-mni-icbm152.txt"}
+            else:
+                raise AssertionError(f"{path.name}: trained on {record['file']}, of no known source")
             assert need <= set(names), f"{path.name} trained on {record['file']} but lists {names}"
             checked += 1
     assert checked > 0

@@ -107,10 +107,35 @@ def test_cli_init_shipped_and_its_errors(data: Path, tmp_path: Path, capsys: pyt
     assert main(["train", str(data), "--out", str(tmp_path / "x"), "--arch", "espcn", "--init", "shipped", *tiny]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "espcn_x4.pt" in err[0] and "kernel_sizes" in err[0]
+    assert "it needs --arch espcn --scale 4 --kernel-sizes 5,3,3,3 --filters 64,64,32 --residual" in err[0]
     assert main(["train", str(data), "--out", str(tmp_path / "y"), "--scale", "5", "--init", "shipped", *tiny]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ships no srcnn weights for x5-5-1" in err[0]
+    assert len(err) == 1 and "ships no srcnn_x5.pt" in err[0]
     assert main(["train", str(data), "--out", str(tmp_path / "z"), "--init", "", *tiny]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--init: empty" in err[0]
     assert not any((tmp_path / n).exists() for n in "xyz")
+
+
+def test_init_of_another_scale_is_refused_also_where_the_layers_match(data: Path, tmp_path: Path) -> None:
+    """An SRCNN's layers are the same at every scale: the checkpoint's recorded scale decides."""
+    train([data], tmp_path / "x2", _cfg(scale=2))
+    with pytest.raises(ValueError, match=r"scale \[2, 2, 1\] \(here \[4, 4, 1\]\).*--scale 2 "):
+        train([data], tmp_path / "x4", _cfg(scale=4), init=tmp_path / "x2" / "best.pt")
+    with pytest.raises(ValueError, match=r"scale \[2, 2, 1\] \(here \[1, 1, 2\]\)"):
+        train([data], tmp_path / "t2", _cfg(scale=2, through_plane=True), init=tmp_path / "x2" / "best.pt")
+    assert not (tmp_path / "x4").exists() and not (tmp_path / "t2").exists()
+
+
+def test_cli_init_shipped_through_plane(data: Path, tmp_path: Path) -> None:
+    """``--init shipped --through-plane`` takes the one-axis file for that factor."""
+    tiny = ["--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--patch-size", "9", "--device", "cpu"]
+    out = tmp_path / "axis"
+    args = ["train", str(data), "--out", str(out), "--arch", "axis-espcn", "--through-plane", "--scale", "3",
+            "--filters", "32,32,32,32", "--init", "shipped", "--lr", "0", *tiny]  # fmt: skip
+    assert main(args) == 0
+    shipped = load_checkpoint(WEIGHTS_DIR / "axis-espcn_x1-1-3.pt")
+    got = load_checkpoint(out / "last.pt")
+    assert got.meta["init"]["sha256"] == shipped.sha256 and got.scale == (1, 1, 3)
+    for k, v in shipped.state_dict.items():
+        assert torch.equal(got.state_dict[k], v), k

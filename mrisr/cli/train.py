@@ -58,8 +58,8 @@ def train(
         str | None,
         typer.Option(
             "--init",
-            help="Start from this checkpoint's weights (same architecture), or 'shipped' for the packaged "
-            "file of this --arch and --scale: fine-tuning. The learning-rate schedule starts afresh.",
+            help="Start from this checkpoint's weights (same network and scale), or 'shipped' for the packaged "
+            "file of this --arch, --scale and --through-plane: fine-tuning. The schedule starts afresh.",
         ),
     ] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data-loader worker processes.")] = 0,
@@ -193,12 +193,11 @@ def train(
         raise fail(str(exc)) from None
     init_path: Path | None = None
     if init == "shipped":  # the packaged weights of this network (./shipped names a file of that name)
-        from mrisr.checkpoint import shipped_checkpoint
+        from mrisr.checkpoint import WEIGHTS_DIR, shipped_checkpoint, shipped_name
 
         init_path = shipped_checkpoint(cfg.factors, arch=arch)
         if init_path is None:
-            scale_name = "x" + "-".join(map(str, cfg.factors))
-            raise fail(f"--init shipped: mrisr ships no {arch} weights for {scale_name}")
+            raise fail(f"--init shipped: mrisr ships no {shipped_name(cfg.factors, arch=arch)} (in {WEIGHTS_DIR})")
     elif init is not None:
         if not init.strip():
             raise fail("--init: empty; give a checkpoint file or 'shipped'")

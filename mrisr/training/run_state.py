@@ -26,7 +26,7 @@ from torch import nn
 
 from mrisr.checkpoint import Checkpoint
 from mrisr.fsutil import atomic_path
-from mrisr.models import build_model
+from mrisr.models import build_model, build_model_config
 from mrisr.training.config import TrainConfig
 from mrisr.training.data import Split, TrainingData
 from mrisr.transforms import normalization_method
@@ -161,9 +161,14 @@ def check_resume(
     was_init = (meta.get("init") or {}).get("sha256")  # runs recorded before --init had none
     now_init = (init or {}).get("sha256")
     if was_init != now_init:
-        started = f"--init {meta['init']['file']}" if was_init else "no --init"
-        given = f"--init {init['file']}" if init else "no --init"
-        raise ValueError(f"--resume: {path} started from {started}, this run from {given}; start a new run")
+
+        def named(rec: dict[str, Any] | None) -> str:
+            return f"--init {rec['file']} (sha256 {rec['sha256'][:12]}…)" if rec else "no --init"
+
+        raise ValueError(
+            f"--resume: {path} started from {named(meta.get('init'))}, this run from {named(init)}; "
+            "a resume needs the same --init file, unchanged; start a new run"
+        )
     if "validation_sha256" in meta:  # recorded since session 4
         was_v = set((meta["validation_sha256"] or {}).items())
         now_v = {(d["id"], d["sha256"]) for d in val_data}
@@ -178,21 +183,46 @@ def init_record(ck: Checkpoint) -> dict[str, Any]:
     return {"file": name, "sha256": ck.sha256, "steps": ck.meta.get("steps")}
 
 
+def _arch_record(arch: dict[str, Any]) -> dict[str, Any]:
+    """An architecture record in its current plain-JSON form (defaults of older files filled in)."""
+    try:
+        return cast(dict[str, Any], json.loads(json.dumps(build_model_config(arch).to_dict())))
+    except (KeyError, TypeError, ValueError):
+        return cast(dict[str, Any], json.loads(json.dumps(arch)))
+
+
 def check_init(ck: Checkpoint, cfg: TrainConfig) -> None:
-    """Refuse a warm start from a checkpoint whose network is not the run's.
+    """Refuse a warm start from a checkpoint whose network, or scale, is not the run's.
 
     Raises:
-        ValueError: Naming the architecture settings that differ.
+        ValueError: Naming what differs and the options that would match the file.
     """
-    have = json.loads(json.dumps(ck.arch))
-    want = json.loads(json.dumps(cfg.model.to_dict()))
+    have = _arch_record(ck.arch)
+    want = _arch_record(cfg.model.to_dict())
     keys = sorted(have.keys() | want.keys())
     diffs = [f"{k} {have.get(k)!r} (here {want.get(k)!r})" for k in keys if have.get(k) != want.get(k)]
+    if ck.scale is not None and ck.scale != cfg.factors:  # an SRCNN's layers do not show its scale
+        diffs.append(f"scale {list(ck.scale)} (here {list(cfg.factors)})")
     if diffs:
         raise ValueError(
-            f"--init {ck.path}: its network is not this run's: {', '.join(diffs)}; "
-            "pass the same --arch, --scale, --kernel-sizes, --filters, --residual and --padding"
+            f"--init {ck.path}: its network is not this run's: {', '.join(diffs)}; {_options_for(have, ck)}"
         )
+
+
+def _options_for(arch: dict[str, Any], ck: Checkpoint) -> str:
+    """The ``mrisr train`` options that build ``arch`` at ``ck``'s scale (for the refusal's hint)."""
+    opts = [f"--arch {arch.get('name', 'srcnn')}"]
+    if ck.scale is not None:
+        thick = [f for f in ck.scale if f != 1]
+        through = ck.scale[0] == 1 and ck.scale[1] == 1 and ck.scale[2] != 1
+        opts.append(f"--scale {thick[0] if thick else 1}" + (" --through-plane" if through else ""))
+    if "kernel_sizes" in arch:
+        opts.append("--kernel-sizes " + ",".join(map(str, arch["kernel_sizes"])))
+    if "filters" in arch:
+        opts.append("--filters " + ",".join(map(str, arch["filters"])))
+    opts.append("--residual" if arch.get("residual", True) else "--no-residual")
+    opts.append(f"--padding {arch.get('padding_mode', 'replicate')}")
+    return "it needs " + " ".join(opts)
 
 
 @dataclass
