@@ -4,41 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
+from train_helpers import tiny_config, write_studies
 
 from mrisr.checkpoint import WEIGHTS_DIR, CheckpointError, load_checkpoint
 from mrisr.cli import main
 from mrisr.models import SRCNNConfig
 from mrisr.training import TrainConfig, train
 
-TINY = SRCNNConfig(kernel_sizes=(3, 1, 3), filters=(4, 4), residual=True)
-
-
-def _vol(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    g = np.mgrid[:16, :16, :8].astype(np.float32)
-    x = 300 + 100 * np.sin(g[0] / 1.7 + seed) * np.cos(g[1] / 2.3) + rng.normal(0, 5, (16, 16, 8))
-    return x.astype(np.int16)
-
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    for i, name in enumerate(("a", "b", "c")):
-        nib.save(nib.Nifti1Image(_vol(i), np.eye(4)), root / f"{name}.nii.gz")
-    return root
+    return write_studies(tmp_path / "data", ("a", "b", "c"))
 
 
 def _cfg(**kw: object) -> TrainConfig:
-    base: dict[str, object] = dict(
-        scale=2, epochs=1, steps_per_epoch=3, batch_size=2, patch_size=8, device="cpu", seed=0, model=TINY
-    )
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
+    return tiny_config(**{"steps_per_epoch": 3, **kw})
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -8,38 +8,21 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from train_helpers import tiny_config, tiny_volume, write_studies
 
 from mrisr.checkpoint import load_checkpoint
 from mrisr.cli import main
-from mrisr.models import SRCNNConfig
 from mrisr.training import TrainConfig, train
-
-TINY = SRCNNConfig(kernel_sizes=(3, 1, 3), filters=(4, 4), residual=True)
-
-
-def _vol(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    g = np.mgrid[:16, :16, :8].astype(np.float32)
-    x = 300 + 100 * np.sin(g[0] / 1.7 + seed) * np.cos(g[1] / 2.3) + rng.normal(0, 5, (16, 16, 8))
-    return x.astype(np.int16)
 
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """``corpus/{a,b}.nii.gz`` to train on and ``corpus/val/held.nii.gz`` to validate on."""
-    root = tmp_path / "corpus"
-    (root / "val").mkdir(parents=True)
-    for i, name in enumerate(("a", "b", "val/held")):
-        nib.save(nib.Nifti1Image(_vol(i), np.eye(4)), root / f"{name}.nii.gz")
-    return root
+    return write_studies(tmp_path / "corpus", ("a", "b", "val/held"))
 
 
 def _cfg(**kw: object) -> TrainConfig:
-    base: dict[str, object] = dict(
-        scale=2, epochs=1, steps_per_epoch=2, batch_size=2, patch_size=8, device="cpu", seed=0, model=TINY
-    )
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
+    return tiny_config(**kw)
 
 
 def test_val_folder_inside_the_data_validates_and_never_trains(corpus: Path, tmp_path: Path) -> None:
@@ -62,7 +45,7 @@ def test_cli_val_option_and_its_errors(corpus: Path, tmp_path: Path, capsys: pyt
     # The same run resumed with other validation studies is refused, the run left as it was.
     other = tmp_path / "other"
     other.mkdir()
-    nib.save(nib.Nifti1Image(_vol(7), np.eye(4)), other / "held2.nii.gz")
+    nib.save(nib.Nifti1Image(tiny_volume(7), np.eye(4)), other / "held2.nii.gz")
     before = (out / "last.pt").read_bytes()
     assert main(["train", str(corpus), "--val", str(other), "--out", str(out), "--resume", *tiny]) != 0
     assert (out / "last.pt").read_bytes() == before
@@ -81,6 +64,6 @@ def test_val_that_holds_every_study_or_shares_an_id_is_refused(corpus: Path, tmp
         train([corpus / "val"], tmp_path / "r1", _cfg(), val_data=[corpus / "val"])
     twin = tmp_path / "twin"
     twin.mkdir()
-    nib.save(nib.Nifti1Image(_vol(5), np.eye(4)), twin / "a.nii.gz")
+    nib.save(nib.Nifti1Image(tiny_volume(5), np.eye(4)), twin / "a.nii.gz")
     with pytest.raises(ValueError, match="'a'"):
         train([corpus / "a.nii.gz", corpus / "b.nii.gz"], tmp_path / "r2", _cfg(), val_data=[twin])
