@@ -260,12 +260,11 @@ def train(
         write_split(out / "split.json", split, cfg.seed)
     pieces, val_volumes = build_pieces(loaded, split, cfg, tissue)
     val_mode = evaluation_mode(cfg.degradation)
-    run = RunState.start(cfg, device, init_ck if ck is None else None)
-    if ck is None and init_ck is not None:
-        log.info("weights start from %s (--init)", init_ck.path)
+    run = RunState.start(cfg, device, init_ck)  # a resume then restores its own weights over init's
     if ck is not None:
         run.restore(ck, out / "metrics.csv")
-        run.init = init_record(init_ck) if init_ck is not None else None
+    elif init_ck is not None:
+        log.info("weights start from %s (--init)", init_ck.path)
     net: nn.Module = run.model
     if distributed:
         net = nn.parallel.DistributedDataParallel(run.model, device_ids=[local_rank] if device.type == "cuda" else None)

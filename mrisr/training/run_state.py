@@ -252,16 +252,16 @@ class RunState:
     @classmethod
     def start(cls, cfg: TrainConfig, device: torch.device, init: Checkpoint | None = None) -> RunState:
         """A fresh run: Adam with cosine decay on the network seeded with ``cfg.seed``, or on the
-        weights of ``init`` (a warm start; the optimiser and schedule still start afresh).
+        weights of ``init`` (a warm start; the optimiser and schedule still start afresh), which the
+        caller has checked with :func:`check_init`.
 
         Raises:
-            ValueError: ``init`` holds another architecture than ``cfg.model`` (:func:`check_init`).
+            ValueError: ``init``'s weights do not fit ``cfg.model``.
         """
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model.to_dict())
         record = None
         if init is not None:
-            check_init(init, cfg)
             try:
                 model.load_state_dict(init.state_dict)
             except RuntimeError as exc:
